@@ -1,0 +1,44 @@
+"""fastopt: OpenMMLab-compatible optimizer construction in linear time, with merged groups.
+
+``build_optimizer`` (mmcv 1.x) and ``build_optim_wrapper`` (mmengine) give every
+parameter exactly the hyperparameters the reference constructors give it, while
+parameters with equal hyperparameters share one param group.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (loaded before the extension: one OpenMP runtime)
+
+from ._core import HAVE_NATIVE
+from .builder import (
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    OPTIM_WRAPPERS,
+    OPTIMIZER_BUILDERS,
+    OPTIMIZERS,
+    build_optim_wrapper,
+    build_optimizer,
+)
+from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
+from .grouping import merge_param_groups
+from .registry import Registry, build_from_cfg
+from .wrapper import OptimWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HAVE_NATIVE",
+    "OPTIMIZERS",
+    "OPTIMIZER_BUILDERS",
+    "OPTIM_WRAPPERS",
+    "OPTIM_WRAPPER_CONSTRUCTORS",
+    "DefaultOptimWrapperConstructor",
+    "DefaultOptimizerConstructor",
+    "GroupPlan",
+    "OptimWrapper",
+    "Registry",
+    "__version__",
+    "build_from_cfg",
+    "build_optim_wrapper",
+    "build_optimizer",
+    "merge_param_groups",
+]

@@ -1,0 +1,149 @@
+"""One walk of a model, in the order mmcv/mmengine's ``add_params`` visits it."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ._reference import (
+    CONV_OFFSET,
+    DUPLICATE,
+    FROZEN,
+    IN_DCN,
+    IS_BIAS,
+    IS_CONV2D,
+    IS_DWCONV,
+    IS_FLAT,
+    IS_NORM,
+)
+
+#: Module classes whose parameters the norm rules apply to (as both references).
+NORM_TYPES: tuple[type, ...] = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+
+_DEFAULT_NAMED_PARAMETERS = nn.Module.named_parameters
+_DEFAULT_NAMED_CHILDREN = nn.Module.named_children
+
+
+@functools.cache
+def dcn_types() -> tuple[type, ...]:
+    """mmcv.ops deformable conv classes when mmcv-full's ops are installed, else ().
+
+    Like the references, DCN modules exist only when ``mmcv._ext`` is present; the
+    check looks for the compiled file without importing mmcv.
+    """
+    spec = importlib.util.find_spec("mmcv")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    if not any(glob.glob(os.path.join(d, "_ext*")) for d in spec.submodule_search_locations):
+        return ()
+    try:
+        from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
+    except Exception:  # a broken mmcv-full build: behave as if the ops are absent
+        return ()
+    return (DeformConv2d, ModulatedDeformConv2d)
+
+
+@dataclass
+class ParamTable:
+    """Parameters in visiting order with the names the references match and their facts."""
+
+    params: list[Tensor] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # f"{prefix}.{name}", as matched
+    flags: list[int] = field(default_factory=list)
+    first_seen: dict[int, int] = field(default_factory=dict)  # index of a duplicate -> first
+
+    def flag_array(self) -> np.ndarray:
+        """Flags as the uint32 array the core takes."""
+        return np.asarray(self.flags, dtype=np.uint32)
+
+    def display_name(self, i: int) -> str:
+        """The parameter's dotted name without the leading dot of top-level ones."""
+        name = self.names[i]
+        return name[1:] if name.startswith(".") else name
+
+
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    if type(module).named_parameters is not _DEFAULT_NAMED_PARAMETERS:
+        yield from module.named_parameters(recurse=False)
+        return
+    memo: set[int] = set()
+    for name, p in module._parameters.items():
+        if p is None or id(p) in memo:
+            continue
+        memo.add(id(p))
+        yield name, p
+
+
+def _own_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    if type(module).named_children is not _DEFAULT_NAMED_CHILDREN:
+        return list(module.named_children())
+    memo: set[int] = set()
+    out = []
+    for name, child in module._modules.items():
+        if child is None or id(child) in memo:
+            continue
+        memo.add(id(child))
+        out.append((name, child))
+    return out
+
+
+def walk(
+    module: nn.Module,
+    prefix: str = "",
+    in_dcn: bool = False,
+    seen: dict[int, int] | None = None,
+    dcn: tuple[type, ...] | None = None,
+) -> ParamTable:
+    """Collect every parameter under ``module`` in reference order (pre-order, own params first).
+
+    ``seen`` maps ``id(tensor)`` to its first index for tensors visited before
+    (a caller's earlier groups use -1); repeats are flagged ``DUPLICATE``.
+    """
+    dcn = dcn_types() if dcn is None else dcn
+    seen = {} if seen is None else seen
+    table = ParamTable()
+    params, names, flags, first_seen = table.params, table.names, table.flags, table.first_seen
+    stack: list[tuple[nn.Module, str, bool]] = [(module, prefix, in_dcn)]
+    while stack:
+        mod, pre, dcn_parent = stack.pop()
+        base = 0
+        if isinstance(mod, NORM_TYPES):
+            base |= IS_NORM
+        if isinstance(mod, nn.Conv2d):
+            base |= IS_CONV2D
+            if mod.in_channels == mod.groups:
+                base |= IS_DWCONV
+        if dcn_parent:
+            base |= IN_DCN
+        if "conv_offset" in pre:
+            base |= CONV_OFFSET
+        for name, p in _own_parameters(mod):
+            f = base
+            if name == "bias":
+                f |= IS_BIAS
+            if p.ndim == 1:
+                f |= IS_FLAT
+            if not p.requires_grad:
+                f |= FROZEN
+            index = len(params)
+            first = seen.setdefault(id(p), index)
+            if first != index:
+                f |= DUPLICATE
+                first_seen[index] = first
+            params.append(p)
+            names.append(f"{pre}.{name}")
+            flags.append(f)
+        child_in_dcn = bool(dcn) and isinstance(mod, dcn)
+        children = _own_children(mod)
+        for child_name, child in reversed(children):
+            stack.append((child, f"{pre}.{child_name}" if pre else child_name, child_in_dcn))
+    return table

@@ -1,0 +1,388 @@
+"""Optimizer constructors with mmcv 1.x and mmengine paramwise_cfg semantics.
+
+Every parameter gets exactly the hyperparameters the reference constructor
+would give it, but one walk of the model and one native call decide them all,
+and parameters whose hyperparameters are equal share one param group.
+
+>>> import torch.nn as nn
+>>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+>>> ctor = DefaultOptimizerConstructor(
+...     dict(type='SGD', lr=0.01, weight_decay=1e-4), dict(norm_decay_mult=0.0))
+>>> [len(g['params']) for g in ctor(model).param_groups]
+[2, 2]
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import numbers
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _core
+from ._reference import (
+    BIAS_DECAY,
+    BIAS_LR,
+    BYPASS_DUP,
+    DCN_LR,
+    DUPLICATE_ERROR,
+    DWCONV_DECAY,
+    FLAT_DECAY,
+    FROZEN_KEPT,
+    HAS_WD,
+    LR_BIAS,
+    LR_CUSTOM,
+    LR_DCN_OFFSET,
+    LR_RULE_NAMES,
+    MMENGINE,
+    NORM_DECAY,
+    SKIPPED,
+    TRAINABLE,
+    WD_BIAS,
+    WD_CUSTOM,
+    WD_DWCONV,
+    WD_FLAT,
+    WD_NORM,
+    WD_RULE_NAMES,
+)
+from ._walk import ParamTable, walk
+from .grouping import freeze, merge_param_groups
+from .registry import Registry, resolve_type
+
+logger = logging.getLogger("fastopt")
+
+__all__ = ["DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan"]
+
+# paramwise_cfg multiplier -> (config bit, rule it drives)
+_MULTIPLIERS = {
+    "bias_lr_mult": BIAS_LR,
+    "bias_decay_mult": BIAS_DECAY,
+    "norm_decay_mult": NORM_DECAY,
+    "dwconv_decay_mult": DWCONV_DECAY,
+    "flat_decay_mult": FLAT_DECAY,
+    "dcn_offset_lr_mult": DCN_LR,
+}
+_WD_MULT = {WD_NORM: "norm_decay_mult", WD_BIAS: "bias_decay_mult",
+            WD_DWCONV: "dwconv_decay_mult", WD_FLAT: "flat_decay_mult"}
+_LR_MULT = {LR_BIAS: "bias_lr_mult", LR_DCN_OFFSET: "dcn_offset_lr_mult"}
+
+
+def _check_multiplier(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be a number, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"{where} must be a finite non-negative number, got {value!r}")
+
+
+def rule_name(sig: tuple[int, int, int, int]) -> str:
+    """Short name of the rule that decided a signature (custom, bias, norm, ...)."""
+    key, lr, wd, kind = sig
+    if kind in (FROZEN_KEPT, SKIPPED):
+        return "frozen" if kind == FROZEN_KEPT else "skipped"
+    if key >= 0:
+        return "custom"
+    parts = [LR_RULE_NAMES[lr]] if lr else []
+    if wd and WD_RULE_NAMES[wd] not in parts:
+        parts.append(WD_RULE_NAMES[wd])
+    return "+".join(parts) or "default"
+
+
+@dataclass
+class GroupPlan:
+    """The outcome of the rules for one model: per parameter, its signature and group."""
+
+    table: ParamTable
+    sig_ids: np.ndarray  # per parameter: row of ``signatures``
+    signatures: list[tuple[int, int, int, int]]  # (key, lr_rule, wd_rule, kind)
+    overrides: list[dict[str, Any] | None]  # per signature; None: in no group
+    keys: list[str]  # custom keys, indexed by signature[0]
+
+    def per_param_groups(self) -> list[dict[str, Any]]:
+        """One ``{'params': [p], **overrides}`` dict per kept parameter, in model order."""
+        out = []
+        overrides = self.overrides
+        for p, s in zip(self.table.params, self.sig_ids.tolist()):
+            o = overrides[s]
+            if o is not None:
+                out.append({"params": [p], **o})
+        return out
+
+
+class _ConstructorBase:
+    """Shared machinery; subclasses pick mmcv (False) or mmengine (True) semantics."""
+
+    mmengine: bool = False
+
+    base_lr: Any
+    base_wd: Any
+    paramwise_cfg: dict
+    optimizer_cfg: dict
+
+    def _validate_cfg(self) -> None:
+        """Check paramwise_cfg's structure and multipliers, as the references do and more."""
+        cfg = self.paramwise_cfg
+        if not isinstance(cfg, dict):
+            raise TypeError(f"paramwise_cfg should be None or a dict, but got {type(cfg)}")
+        if "custom_keys" in cfg:
+            custom = cfg["custom_keys"]
+            if not isinstance(custom, dict):
+                raise TypeError(f"If specified, custom_keys must be a dict, but got {type(custom)}")
+            for key, value in custom.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"custom_keys keys must be str, got {key!r}")
+                if not isinstance(value, dict):
+                    raise TypeError(
+                        f"custom_keys[{key!r}] must be a dict such as dict(lr_mult=0.1), "
+                        f"got {value!r}"
+                    )
+                for mult in ("lr_mult", "decay_mult"):
+                    if mult in value:
+                        _check_multiplier(f"custom_keys[{key!r}][{mult!r}]", value[mult])
+                if self.base_wd is None and "decay_mult" in value:
+                    raise ValueError(
+                        f"base_wd should not be None: custom_keys[{key!r}] sets decay_mult "
+                        "but the optimizer config has no weight_decay"
+                    )
+        for mult in _MULTIPLIERS:
+            if mult in cfg and (cfg[mult] is not None or not self.mmengine):
+                _check_multiplier(f"paramwise_cfg[{mult!r}]", cfg[mult])
+        wd_mults = [m for m in ("bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult")
+                    if m in cfg]
+        if wd_mults and self.base_wd is None:
+            raise ValueError(
+                f"base_wd should not be None: paramwise_cfg sets {', '.join(wd_mults)} "
+                "but the optimizer config has no weight_decay"
+            )
+
+    # -- rules ---------------------------------------------------------------------------
+    def _config_bits(self) -> int:
+        cfg = self.paramwise_cfg
+        bits = MMENGINE if self.mmengine else 0
+        if self.base_wd is not None:
+            bits |= HAS_WD
+        if cfg.get("bypass_duplicate", False):
+            bits |= BYPASS_DUP
+        for mult, bit in _MULTIPLIERS.items():
+            if cfg.get(mult) is not None:
+                bits |= bit
+        return bits
+
+    def _multiplier(self, name: str) -> Any:
+        value = self.paramwise_cfg.get(name)
+        return 1.0 if value is None else value  # mmcv's default; mmengine never asks then
+
+    def _need_lr(self, why: str, param_name: str) -> Any:
+        if self.base_lr is None:
+            raise ValueError(
+                f"{why} sets the lr of {param_name!r} as a multiple of the optimizer's lr, "
+                "but the optimizer config has no 'lr'"
+            )
+        return self.base_lr
+
+    def _overrides(self, sig: tuple[int, int, int, int], keys: list[str], example: str) -> dict | None:
+        """Hyperparameters a signature sets, computed exactly as the reference computes them."""
+        key, lr_rule, wd_rule, kind = sig
+        if kind == SKIPPED:
+            return None
+        if kind != TRAINABLE:  # frozen kept by mmcv; duplicates are rejected later
+            return {}
+        out: dict[str, Any] = {}
+        if lr_rule == LR_CUSTOM:
+            name = keys[key]
+            entry = self.paramwise_cfg["custom_keys"][name]
+            if not (self.mmengine and "lr" in entry):  # the entry's own lr wins in mmengine
+                base = self._need_lr(f"custom_keys[{name!r}]", example)
+                out["lr"] = base * entry.get("lr_mult", 1.0)
+            if wd_rule == WD_CUSTOM:
+                out["weight_decay"] = self.base_wd * entry.get("decay_mult", 1.0)
+            if self.mmengine:
+                out.update(entry)
+            return out
+        if lr_rule:
+            mult = _LR_MULT[lr_rule]
+            out["lr"] = self._need_lr(mult, example) * self._multiplier(mult)
+        if wd_rule:
+            out["weight_decay"] = self.base_wd * self._multiplier(_WD_MULT[wd_rule])
+        return out
+
+    def plan(self, module: nn.Module, prefix: str = "", is_dcn_module: Any = None,
+             seen: dict[int, int] | None = None) -> GroupPlan:
+        """Decide every parameter under ``module``: one walk, one native call."""
+        table = walk(module, prefix, bool(is_dcn_module), seen)
+        custom = self.paramwise_cfg.get("custom_keys", {}) or {}
+        keys = list(custom)
+        ids, rows = _core.assign(table.names, table.flag_array(), keys, self._config_bits())
+        signatures = [tuple(r) for r in rows.tolist()]
+        first_of = np.full(len(signatures), -1, dtype=np.int64)
+        if len(ids):
+            uniq, first = np.unique(ids, return_index=True)
+            first_of[uniq] = first
+        overrides = [
+            self._overrides(sig, keys, table.display_name(int(first_of[s])))
+            for s, sig in enumerate(signatures)
+        ]
+        return GroupPlan(table, ids, signatures, overrides, keys)
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
+                   is_dcn_module: Any = None) -> None:
+        """Append one group dict per parameter of ``module`` to ``params`` (reference layout).
+
+        Kept for subclasses that override or call it; ``__call__`` merges the result.
+        """
+        seen = {id(p): -1 for g in params for p in g["params"]}
+        plan = self.plan(module, prefix, is_dcn_module, seen)
+        self._warn_skipped(plan)
+        params.extend(plan.per_param_groups())
+
+    def _warn_skipped(self, plan: GroupPlan) -> None:
+        skipped = [plan.table.display_name(i) for i, s in enumerate(plan.sig_ids.tolist())
+                   if plan.signatures[s][3] == SKIPPED and i in plan.table.first_seen]
+        if skipped:
+            warnings.warn(
+                f"{len(skipped)} shared parameter(s) skipped because bypass_duplicate=True "
+                f"(first: {skipped[0]!r})", UserWarning, stacklevel=3)
+
+    # -- groups ----------------------------------------------------------------------------
+    def _optimizer_class(self, registry: Registry) -> Any:
+        return resolve_type(self.optimizer_cfg["type"], registry)
+
+    def _defaults(self, optimizer_cls: Any) -> dict[str, Any]:
+        """Values every group gets unless it overrides them: signature defaults, then cfg."""
+        defaults: dict[str, Any] = {}
+        try:
+            sig = inspect.signature(optimizer_cls)
+        except (TypeError, ValueError):
+            sig = None
+        if sig is not None:
+            for name, p in sig.parameters.items():
+                if p.default is not inspect.Parameter.empty:
+                    defaults[name] = p.default
+        defaults.update({k: v for k, v in self.optimizer_cfg.items() if k != "type"})
+        return defaults
+
+    def param_groups(self, model: nn.Module, optimizer_cls: Any) -> Iterable | list[dict]:
+        """The merged param groups for ``model`` (or ``model.parameters()`` without paramwise)."""
+        if not self.paramwise_cfg:
+            return model.parameters()
+        defaults = self._defaults(optimizer_cls)
+        if type(self).add_params is not _ConstructorBase.add_params:
+            per_param: list[dict] = []
+            self.add_params(per_param, model)
+            return merge_param_groups(per_param, defaults)
+        plan = self.plan(model)
+        self._warn_skipped(plan)
+        self._warn_unused_keys(plan)
+        return self._groups_from_plan(plan, defaults)
+
+    def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> list[dict]:
+        table = plan.table
+        # Reject tensors the reference would put in two groups (torch raises then).
+        for i, s in enumerate(plan.sig_ids.tolist()):
+            if plan.signatures[s][3] == DUPLICATE_ERROR:
+                first = table.first_seen.get(i, -1)
+                where = table.display_name(first) if first >= 0 else "an earlier group"
+                raise ValueError(
+                    f"parameter {table.display_name(i)!r} is the same tensor as {where!r}; "
+                    "a parameter can be in only one group (set "
+                    "paramwise_cfg=dict(bypass_duplicate=True) to skip shared parameters)"
+                )
+        # Merge signatures with equal effective hyperparameters, first-seen order.
+        group_of_sig = np.full(len(plan.signatures), -1, dtype=np.int64)
+        groups: list[dict] = []
+        index: dict[Any, int] = {}
+        for s, o in enumerate(plan.overrides):
+            if o is None:
+                continue
+            key = freeze({**defaults, **o})
+            g = index.setdefault(key, len(groups))
+            if g == len(groups):
+                groups.append({"params": [], **o})
+            group_of_sig[s] = g
+        lists = [g["params"] for g in groups]
+        for p, g in zip(table.params, group_of_sig[plan.sig_ids].tolist()):
+            if g >= 0:
+                lists[g].append(p)
+        logger.debug("fastopt: %d parameters in %d param groups", len(table.params), len(groups))
+        return groups
+
+    def _warn_unused_keys(self, plan: GroupPlan) -> None:
+        used = {sig[0] for sig in plan.signatures if sig[0] >= 0}
+        unused = [k for i, k in enumerate(plan.keys) if i not in used]
+        if unused:
+            warnings.warn(
+                f"custom_keys {unused} match no trainable parameter; check for typos "
+                "(a key matches when it is a substring of 'prefix.name')",
+                UserWarning, stacklevel=4)
+
+
+class DefaultOptimizerConstructor(_ConstructorBase):
+    """mmcv 1.x ``DefaultOptimizerConstructor``: ``ctor(model)`` returns a torch optimizer."""
+
+    mmengine = False
+
+    def __init__(self, optimizer_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        if not isinstance(optimizer_cfg, dict):
+            raise TypeError(f"optimizer_cfg should be a dict, but got {type(optimizer_cfg)}")
+        if "type" not in optimizer_cfg:
+            raise KeyError("optimizer_cfg must contain the key 'type', e.g. type='SGD'")
+        self.optimizer_cfg = optimizer_cfg
+        self.paramwise_cfg = {} if paramwise_cfg is None else paramwise_cfg
+        self.base_lr = optimizer_cfg.get("lr")
+        self.base_wd = optimizer_cfg.get("weight_decay")
+        self._validate_cfg()
+
+    def __call__(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Build the optimizer for ``model`` (unwrapping ``model.module`` first)."""
+        from .builder import OPTIMIZERS
+
+        if hasattr(model, "module"):
+            model = model.module
+        optimizer_cls = self._optimizer_class(OPTIMIZERS)
+        cfg = self.optimizer_cfg.copy()
+        cfg["params"] = self.param_groups(model, optimizer_cls)
+        return OPTIMIZERS.build(cfg)
+
+
+class DefaultOptimWrapperConstructor(_ConstructorBase):
+    """mmengine ``DefaultOptimWrapperConstructor``: ``ctor(model)`` returns an OptimWrapper."""
+
+    mmengine = True
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        if not isinstance(optim_wrapper_cfg, dict):
+            raise TypeError(f"optim_wrapper_cfg should be a dict, but got {type(optim_wrapper_cfg)}")
+        if "optimizer" not in optim_wrapper_cfg:
+            raise KeyError('optim_wrapper_cfg must contain an "optimizer" config')
+        self.optim_wrapper_cfg = optim_wrapper_cfg.copy()
+        self.optimizer_cfg = self.optim_wrapper_cfg.pop("optimizer")
+        if not isinstance(self.optimizer_cfg, dict) or "type" not in self.optimizer_cfg:
+            raise TypeError(
+                f"optim_wrapper_cfg['optimizer'] must be a dict with 'type', got {self.optimizer_cfg!r}"
+            )
+        self.paramwise_cfg = {} if paramwise_cfg is None else paramwise_cfg
+        self.base_lr = self.optimizer_cfg.get("lr", None)
+        self.base_wd = self.optimizer_cfg.get("weight_decay", None)
+        self._validate_cfg()
+
+    def __call__(self, model: nn.Module) -> Any:
+        """Build the optim wrapper (and its optimizer) for ``model``."""
+        from .builder import OPTIMIZERS, build_wrapper
+
+        if hasattr(model, "module"):
+            model = model.module
+        optimizer_cls = self._optimizer_class(OPTIMIZERS)
+        first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
+        cfg = self.optimizer_cfg.copy()
+        cfg[first_arg] = self.param_groups(model, optimizer_cls)
+        optimizer = OPTIMIZERS.build(cfg)
+        wrapper_cfg = self.optim_wrapper_cfg.copy()
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        return build_wrapper(wrapper_cfg, optimizer)

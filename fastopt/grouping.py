@@ -1,0 +1,59 @@
+"""Merging per-parameter param groups into as few groups as exactness allows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["freeze", "merge_param_groups"]
+
+
+def freeze(value: Any) -> Any:
+    """A hashable, type-strict stand-in for a hyperparameter value or dict.
+
+    Types are part of the key so ``1`` and ``1.0`` (or ``True``) never merge:
+    a merged group must keep every value exactly as the reference has it.
+    """
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((k, freeze(v)) for k, v in value.items()), key=repr)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(freeze(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return (type(value).__name__, value)
+
+
+def merge_param_groups(groups: list[dict], defaults: dict[str, Any] | None = None) -> list[dict]:
+    """Merge groups whose hyperparameters (over ``defaults``) are equal, in first-seen order.
+
+    Parameters keep their order inside each group. A tensor in two groups is an error.
+
+    >>> import torch
+    >>> a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    >>> merged = merge_param_groups([{'params': [a], 'lr': 0.1}, {'params': [b]},
+    ...                              {'params': [c], 'lr': 0.1}])
+    >>> [(len(g['params']), g.get('lr')) for g in merged]
+    [(2, 0.1), (1, None)]
+    """
+    defaults = defaults or {}
+    out: list[dict] = []
+    index: dict[Any, int] = {}
+    owner: dict[int, int] = {}
+    for i, group in enumerate(groups):
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        key = freeze({**defaults, **hyper})
+        g = index.setdefault(key, len(out))
+        if g == len(out):
+            out.append({"params": [], **hyper})
+        params = group["params"]
+        params = [params] if hasattr(params, "data_ptr") else list(params)
+        for p in params:
+            first = owner.setdefault(id(p), i)
+            if first != i:
+                raise ValueError(
+                    f"a parameter of shape {tuple(p.shape)} is in param group {first} and "
+                    f"param group {i}; a parameter can be in only one group"
+                )
+        out[g]["params"].extend(params)
+    return out

@@ -1,0 +1,134 @@
+"""A small registry mapping type names to classes, with mmcv/mmengine's build API.
+
+>>> MODELS = Registry('model')
+>>> @MODELS.register_module()
+... class Net:
+...     def __init__(self, depth=1):
+...         self.depth = depth
+>>> MODELS.build(dict(type='Net', depth=3)).depth
+3
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+__all__ = ["Registry", "build_from_cfg"]
+
+
+def _where(obj: Any) -> str:
+    """Where an object was defined, for duplicate-registration errors."""
+    module = getattr(obj, "__module__", "?")
+    qualname = getattr(obj, "__qualname__", repr(obj))
+    try:
+        file = inspect.getsourcefile(obj)
+        line = inspect.getsourcelines(obj)[1]
+        return f"{module}.{qualname} ({file}:{line})"
+    except (TypeError, OSError):
+        return f"{module}.{qualname}"
+
+
+class Registry:
+    """Maps names to classes or functions; builds them from config dicts."""
+
+    def __init__(self, name: str, build_func: Callable[..., Any] | None = None) -> None:
+        self.name = name
+        self._module_dict: dict[str, Any] = {}
+        self._build_func = build_func
+
+    def __len__(self) -> int:
+        return len(self._module_dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._module_dict
+
+    def __repr__(self) -> str:
+        return f"Registry(name={self.name!r}, items={sorted(self._module_dict)})"
+
+    @property
+    def module_dict(self) -> dict[str, Any]:
+        """The registered name -> object mapping (read it, do not mutate it)."""
+        return self._module_dict
+
+    def keys(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._module_dict)
+
+    def get(self, key: str) -> Any | None:
+        """The object registered under ``key``, or None."""
+        return self._module_dict.get(key)
+
+    def closest(self, key: str, n: int = 3) -> list[str]:
+        """Registered names closest to ``key`` (for error messages)."""
+        return difflib.get_close_matches(key, list(self._module_dict), n=n, cutoff=0.5)
+
+    def _register(self, module: Any, name: str | list[str] | None, force: bool) -> None:
+        if not callable(module):
+            raise TypeError(f"only callables can be registered in {self.name!r}, got {module!r}")
+        names = [module.__name__] if name is None else [name] if isinstance(name, str) else name
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"registry names must be str, got {n!r}")
+            if not force and n in self._module_dict:
+                raise KeyError(
+                    f"{n!r} is already registered in {self.name!r} as "
+                    f"{_where(self._module_dict[n])}; pass force=True to replace it"
+                )
+            self._module_dict[n] = module
+
+    def register_module(
+        self, name: str | list[str] | None = None, force: bool = False, module: Any = None
+    ) -> Any:
+        """Register ``module`` (call form) or return a decorator that registers its target."""
+        if not isinstance(force, bool):
+            raise TypeError(f"force must be a bool, got {type(force).__name__}")
+        if module is not None:
+            self._register(module, name, force)
+            return module
+
+        def decorator(obj: Any) -> Any:
+            self._register(obj, name, force)
+            return obj
+
+        return decorator
+
+    def build(self, cfg: dict, default_args: dict | None = None) -> Any:
+        """Build an object from ``cfg`` (a dict with ``type``) using this registry."""
+        if self._build_func is not None:
+            return self._build_func(cfg, self, default_args)
+        return build_from_cfg(cfg, self, default_args)
+
+
+def resolve_type(obj_type: Any, registry: Registry) -> Any:
+    """Turn a ``type`` entry (name or class) into the registered object, with a clear error."""
+    if isinstance(obj_type, str):
+        obj = registry.get(obj_type)
+        if obj is None:
+            hint = registry.closest(obj_type)
+            tail = f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""
+            raise KeyError(f"{obj_type!r} is not registered in the {registry.name!r} registry{tail}")
+        return obj
+    if callable(obj_type):
+        return obj_type
+    raise TypeError(f"type must be a str or a class, got {type(obj_type).__name__}")
+
+
+def build_from_cfg(cfg: dict, registry: Registry, default_args: dict | None = None) -> Any:
+    """Build ``registry[cfg['type']](**rest)``; ``default_args`` fill keys cfg lacks."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"cfg must be a dict, got {type(cfg).__name__}")
+    if "type" not in cfg and (default_args is None or "type" not in default_args):
+        raise KeyError(f'cfg (or default_args) must contain the key "type", got {cfg}')
+    if not isinstance(registry, Registry):
+        raise TypeError(f"registry must be a fastopt Registry, got {type(registry).__name__}")
+    args = dict(cfg)
+    if default_args is not None:
+        for key, value in default_args.items():
+            args.setdefault(key, value)
+    obj_cls = resolve_type(args.pop("type"), registry)
+    try:
+        return obj_cls(**args)
+    except TypeError as exc:
+        raise type(exc)(f"{getattr(obj_cls, '__name__', obj_cls)}: {exc}") from exc

@@ -1,0 +1,109 @@
+"""A minimal mmengine-style ``OptimWrapper`` for use without mmengine installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["OptimWrapper"]
+
+
+class OptimWrapper:
+    """Wraps a torch optimizer with mmengine's ``OptimWrapper`` interface.
+
+    Supports ``update_params`` (backward, optional gradient clipping, step,
+    zero_grad) and gradient accumulation over ``accumulative_counts`` calls.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, accumulative_counts: int = 1,
+                 clip_grad: dict | None = None) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        if not isinstance(accumulative_counts, int) or accumulative_counts < 1:
+            raise ValueError(f"accumulative_counts must be a positive int, got {accumulative_counts!r}")
+        self.optimizer = optimizer
+        self._accumulative_counts = accumulative_counts
+        self._inner_count = 0
+        self.clip_grad_kwargs: dict[str, Any] = {}
+        self._clip_type = "norm"
+        if clip_grad is not None:
+            if not isinstance(clip_grad, dict) or not clip_grad:
+                raise ValueError(f"clip_grad must be a non-empty dict, got {clip_grad!r}")
+            kwargs = dict(clip_grad)
+            self._clip_type = kwargs.pop("type", "norm")
+            if self._clip_type not in ("norm", "value"):
+                raise ValueError(f"clip_grad type must be 'norm' or 'value', got {self._clip_type!r}")
+            self.clip_grad_kwargs = kwargs
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The wrapped optimizer's param groups."""
+        return self.optimizer.param_groups
+
+    @property
+    def defaults(self) -> dict:
+        """The wrapped optimizer's defaults."""
+        return self.optimizer.defaults
+
+    def backward(self, loss: Tensor, **kwargs: Any) -> None:
+        """Backpropagate ``loss``."""
+        loss.backward(**kwargs)
+        self._inner_count += 1
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _clip_grad(self) -> Tensor | None:
+        params = self._params()
+        if not params:
+            return None
+        if self._clip_type == "value":
+            torch.nn.utils.clip_grad_value_(params, **self.clip_grad_kwargs)
+            return None
+        return torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_kwargs)
+
+    def step(self, **kwargs: Any) -> None:
+        """Clip gradients if configured, then step the optimizer."""
+        if self.clip_grad_kwargs:
+            self._clip_grad()
+        self.optimizer.step(**kwargs)
+
+    def zero_grad(self, **kwargs: Any) -> None:
+        """Zero (or free) the gradients."""
+        self.optimizer.zero_grad(**kwargs)
+
+    def should_update(self) -> bool:
+        """True on the calls where accumulated gradients are applied."""
+        return self._inner_count % self._accumulative_counts == 0
+
+    def update_params(self, loss: Tensor, step_kwargs: dict | None = None,
+                      zero_kwargs: dict | None = None) -> None:
+        """backward (loss scaled by 1/accumulative_counts), then step + zero_grad when due."""
+        self.backward(loss / self._accumulative_counts)
+        if self.should_update():
+            self.step(**(step_kwargs or {}))
+            self.zero_grad(**(zero_kwargs or {}))
+
+    def get_lr(self) -> dict[str, list[float]]:
+        """Learning rate of every param group, as ``{'lr': [...]}``."""
+        return {"lr": [g["lr"] for g in self.optimizer.param_groups]}
+
+    def get_momentum(self) -> dict[str, list[float]]:
+        """Momentum (or beta1) of every param group, as ``{'momentum': [...]}``."""
+        out = []
+        for g in self.optimizer.param_groups:
+            out.append(g["momentum"] if "momentum" in g else g.get("betas", (0.0,))[0])
+        return {"momentum": out}
+
+    def state_dict(self) -> dict:
+        """The optimizer's state dict."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load an optimizer state dict."""
+        self.optimizer.load_state_dict(state_dict)
+
+    def __repr__(self) -> str:
+        return f"OptimWrapper(optimizer={self.optimizer!r})"
