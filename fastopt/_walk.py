@@ -83,7 +83,7 @@ def _own_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield name, p
 
 
-def _own_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def own_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
     if type(module).named_children is not _DEFAULT_NAMED_CHILDREN:
         return list(module.named_children())
     memo: set[int] = set()
@@ -102,11 +102,13 @@ def walk(
     in_dcn: bool = False,
     seen: dict[int, int] | None = None,
     dcn: tuple[type, ...] | None = None,
+    recurse: bool = True,
 ) -> ParamTable:
     """Collect every parameter under ``module`` in reference order (pre-order, own params first).
 
     ``seen`` maps ``id(tensor)`` to its first index for tensors visited before
-    (a caller's earlier groups use -1); repeats are flagged ``DUPLICATE``.
+    (a caller's earlier groups use -1); repeats are flagged ``DUPLICATE``. With
+    ``recurse=False`` only ``module``'s own parameters are collected.
     """
     dcn = dcn_types() if dcn is None else dcn
     seen = {} if seen is None else seen
@@ -142,8 +144,10 @@ def walk(
             params.append(p)
             names.append(f"{pre}.{name}")
             flags.append(f)
+        if not recurse:
+            break
         child_in_dcn = bool(dcn) and isinstance(mod, dcn)
-        children = _own_children(mod)
+        children = own_children(mod)
         for child_name, child in reversed(children):
             stack.append((child, f"{pre}.{child_name}" if pre else child_name, child_in_dcn))
     return table

@@ -53,7 +53,7 @@ from ._reference import (
     WD_NORM,
     WD_RULE_NAMES,
 )
-from ._walk import ParamTable, walk
+from ._walk import ParamTable, dcn_types, own_children, walk
 from .grouping import freeze, merge_param_groups
 from .registry import Registry, resolve_type
 
@@ -214,9 +214,9 @@ class _ConstructorBase:
         return out
 
     def plan(self, module: nn.Module, prefix: str = "", is_dcn_module: Any = None,
-             seen: dict[int, int] | None = None) -> GroupPlan:
+             seen: dict[int, int] | None = None, recurse: bool = True) -> GroupPlan:
         """Decide every parameter under ``module``: one walk, one native call."""
-        table = walk(module, prefix, bool(is_dcn_module), seen)
+        table = walk(module, prefix, bool(is_dcn_module), seen, recurse=recurse)
         custom = self.paramwise_cfg.get("custom_keys", {}) or {}
         keys = list(custom)
         ids, rows = _core.assign(table.names, table.flag_array(), keys, self._config_bits())
@@ -231,16 +231,36 @@ class _ConstructorBase:
         ]
         return GroupPlan(table, ids, signatures, overrides, keys)
 
+    def _seen(self, params: list[dict]) -> dict[int, int]:
+        """``id -> -1`` for every tensor already in ``params``, updated incrementally."""
+        cache = getattr(self, "_seen_cache", None)
+        if cache is None or cache[0] is not params or cache[1] > len(params):
+            cache = (params, 0, {})
+        _, done, seen = cache
+        for group in params[done:]:
+            group_params = group["params"]
+            for p in [group_params] if isinstance(group_params, torch.Tensor) else group_params:
+                seen.setdefault(id(p), -1)
+        self._seen_cache = (params, len(params), seen)
+        return seen
+
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
                    is_dcn_module: Any = None) -> None:
         """Append one group dict per parameter of ``module`` to ``params`` (reference layout).
 
-        Kept for subclasses that override or call it; ``__call__`` merges the result.
+        As in the references, children are visited through ``self.add_params``, so a
+        subclass override sees every submodule; ``__call__`` merges the result.
         """
-        seen = {id(p): -1 for g in params for p in g["params"]}
-        plan = self.plan(module, prefix, is_dcn_module, seen)
+        overridden = type(self).add_params is not _ConstructorBase.add_params
+        plan = self.plan(module, prefix, is_dcn_module, dict(self._seen(params)),
+                         recurse=not overridden)
         self._warn_skipped(plan)
         params.extend(plan.per_param_groups())
+        if overridden:
+            dcn = dcn_types()
+            child_in_dcn = bool(dcn) and isinstance(module, dcn)
+            for name, child in own_children(module):
+                self.add_params(params, child, f"{prefix}.{name}" if prefix else name, child_in_dcn)
 
     def _warn_skipped(self, plan: GroupPlan) -> None:
         skipped = [plan.table.display_name(i) for i, s in enumerate(plan.sig_ids.tolist())
