@@ -12,7 +12,7 @@ from fastopt import _reference as R
 _C = pytest.importorskip("fastopt._C")
 
 # Names and keys over a small alphabet so overlaps are common; unicode included.
-ALPHABET = st.sampled_from(list("ab.c01_") + ["é", "σ", "块", "😀"])
+ALPHABET = st.sampled_from([*"ab.c01_", "é", "σ", "块", "😀"])
 NAME = st.text(ALPHABET, max_size=24)
 KEY = st.text(ALPHABET, max_size=6)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
