@@ -96,6 +96,17 @@ def own_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _type_info(cls: type, dcn: tuple[type, ...]) -> tuple[int, bool, bool, bool]:
+    """(flags implied by the class, is Conv2d, is a DCN, walks with nn.Module's own methods)."""
+    base = IS_NORM if issubclass(cls, NORM_TYPES) else 0
+    conv = issubclass(cls, nn.Conv2d)
+    if conv:
+        base |= IS_CONV2D
+    default = (cls.named_parameters is _DEFAULT_NAMED_PARAMETERS
+               and cls.named_children is _DEFAULT_NAMED_CHILDREN)
+    return base, conv, bool(dcn) and issubclass(cls, dcn), default
+
+
 def walk(
     module: nn.Module,
     prefix: str = "",
@@ -114,21 +125,29 @@ def walk(
     seen = {} if seen is None else seen
     table = ParamTable()
     params, names, flags, first_seen = table.params, table.names, table.flags, table.first_seen
+    infos: dict[type, tuple[int, bool, bool, bool]] = {}
     stack: list[tuple[nn.Module, str, bool]] = [(module, prefix, in_dcn)]
     while stack:
         mod, pre, dcn_parent = stack.pop()
-        base = 0
-        if isinstance(mod, NORM_TYPES):
-            base |= IS_NORM
-        if isinstance(mod, nn.Conv2d):
-            base |= IS_CONV2D
-            if mod.in_channels == mod.groups:
-                base |= IS_DWCONV
+        cls = type(mod)
+        info = infos.get(cls)
+        if info is None:
+            info = infos[cls] = _type_info(cls, dcn)
+        base, conv, is_dcn, default = info
+        if conv and mod.in_channels == mod.groups:
+            base |= IS_DWCONV
         if dcn_parent:
             base |= IN_DCN
         if "conv_offset" in pre:
             base |= CONV_OFFSET
-        for name, p in _own_parameters(mod):
+        if default:
+            own = mod._parameters
+            items = own.items() if len(own) < 2 else _own_parameters(mod)
+        else:
+            items = mod.named_parameters(recurse=False)
+        for name, p in items:
+            if p is None:
+                continue
             f = base
             if name == "bias":
                 f |= IS_BIAS
@@ -146,8 +165,12 @@ def walk(
             flags.append(f)
         if not recurse:
             break
-        child_in_dcn = bool(dcn) and isinstance(mod, dcn)
-        children = own_children(mod)
-        for child_name, child in reversed(children):
-            stack.append((child, f"{pre}.{child_name}" if pre else child_name, child_in_dcn))
+        children = mod._modules
+        if not children:
+            continue
+        if len(children) > 1 or not default:
+            children = dict(own_children(mod))
+        for child_name, child in reversed(children.items()):
+            if child is not None:
+                stack.append((child, f"{pre}.{child_name}" if pre else child_name, is_dcn))
     return table

@@ -105,6 +105,11 @@ class GroupPlan:
     overrides: list[dict[str, Any] | None]  # per signature; None: in no group
     keys: list[str]  # custom keys, indexed by signature[0]
 
+    def kinds(self) -> np.ndarray:
+        """Per parameter: its Kind (trainable, frozen kept, skipped, duplicate error)."""
+        kind_of_sig = np.array([sig[3] for sig in self.signatures], dtype=np.int32)
+        return kind_of_sig[self.sig_ids] if len(kind_of_sig) else np.zeros(0, dtype=np.int32)
+
     def per_param_groups(self) -> list[dict[str, Any]]:
         """One ``{'params': [p], **overrides}`` dict per kept parameter, in model order."""
         out = []
@@ -263,8 +268,8 @@ class _ConstructorBase:
                 self.add_params(params, child, f"{prefix}.{name}" if prefix else name, child_in_dcn)
 
     def _warn_skipped(self, plan: GroupPlan) -> None:
-        skipped = [plan.table.display_name(i) for i, s in enumerate(plan.sig_ids.tolist())
-                   if plan.signatures[s][3] == SKIPPED and i in plan.table.first_seen]
+        skipped = [plan.table.display_name(i) for i in np.flatnonzero(plan.kinds() == SKIPPED).tolist()
+                   if i in plan.table.first_seen]
         if skipped:
             warnings.warn(
                 f"{len(skipped)} shared parameter(s) skipped because bypass_duplicate=True "
@@ -305,15 +310,14 @@ class _ConstructorBase:
     def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> list[dict]:
         table = plan.table
         # Reject tensors the reference would put in two groups (torch raises then).
-        for i, s in enumerate(plan.sig_ids.tolist()):
-            if plan.signatures[s][3] == DUPLICATE_ERROR:
-                first = table.first_seen.get(i, -1)
-                where = table.display_name(first) if first >= 0 else "an earlier group"
-                raise ValueError(
-                    f"parameter {table.display_name(i)!r} is the same tensor as {where!r}; "
-                    "a parameter can be in only one group (set "
-                    "paramwise_cfg=dict(bypass_duplicate=True) to skip shared parameters)"
-                )
+        for i in np.flatnonzero(plan.kinds() == DUPLICATE_ERROR)[:1].tolist():
+            first = table.first_seen.get(i, -1)
+            where = table.display_name(first) if first >= 0 else "an earlier group"
+            raise ValueError(
+                f"parameter {table.display_name(i)!r} is the same tensor as {where!r}; "
+                "a parameter can be in only one group (set "
+                "paramwise_cfg=dict(bypass_duplicate=True) to skip shared parameters)"
+            )
         # Merge signatures with equal effective hyperparameters, first-seen order.
         group_of_sig = np.full(len(plan.signatures), -1, dtype=np.int64)
         groups: list[dict] = []
@@ -326,10 +330,16 @@ class _ConstructorBase:
             if g == len(groups):
                 groups.append({"params": [], **o})
             group_of_sig[s] = g
-        lists = [g["params"] for g in groups]
-        for p, g in zip(table.params, group_of_sig[plan.sig_ids].tolist()):
-            if g >= 0:
-                lists[g].append(p)
+        # Distribute parameters: a stable sort by group keeps model order inside groups.
+        group_of_param = group_of_sig[plan.sig_ids]
+        order = np.argsort(group_of_param, kind="stable")
+        counts = np.bincount(group_of_param[group_of_param >= 0], minlength=len(groups))
+        start = int(np.count_nonzero(group_of_param < 0))  # skipped parameters sort first
+        params = table.params
+        for g, count in enumerate(counts.tolist()):
+            members = order[start:start + count].tolist()
+            start += count
+            groups[g]["params"] = [params[i] for i in members]
         logger.debug("fastopt: %d parameters in %d param groups", len(table.params), len(groups))
         return groups
 

@@ -1,0 +1,187 @@
+"""Optimizer construction time: fastopt vs mmengine 0.10.7 and mmcv 1.7.2, in one process.
+
+Every implementation builds the optimizer for the same model and the model's
+real OpenMMLab config; repeats are interleaved (A B C A B C ...) and medians
+reported, so machine noise hits all of them alike. Then fastopt alone is
+timed on synthetic models from 5k to 100k (or 1M with --giant) tensors to show
+that its cost per tensor stays flat.
+
+    python benchmarks/bench_build.py            # full run (~1-2 minutes on 2 cores)
+    python benchmarks/bench_build.py --quick    # small models only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+import types
+import warnings
+from typing import Any, Callable
+
+import torch
+
+import fastopt
+from fastopt import zoo
+
+TARGETS = {"big_5k": 100.0, "cascade_mask_rcnn_swin_l": 10.0}
+SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, so --json output on stdout stays clean."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def references() -> dict[str, Callable[[torch.nn.Module, dict], Any]]:
+    """The reference builders that are installed: mmengine and/or mmcv 1.x."""
+    refs: dict[str, Callable] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from mmengine.logging import MMLogger
+            from mmengine.optim import build_optim_wrapper
+
+            # mmengine logs one INFO line per parameter; silencing it only makes it faster.
+            MMLogger.get_current_instance().setLevel(logging.WARNING)
+            refs["mmengine"] = build_optim_wrapper
+        except ImportError:
+            log("mmengine not installed: skipping it")
+        try:
+            sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+            from mmcv.runner import build_optimizer
+
+            refs["mmcv"] = build_optimizer
+        except ImportError:
+            log("mmcv 1.x not installed: skipping it")
+    return refs
+
+
+def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall time of one call, with garbage from earlier calls collected first."""
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def n_groups(built: Any) -> int:
+    """Param group count of an optimizer or optim wrapper."""
+    return len(getattr(built, "optimizer", built).param_groups)
+
+
+def compare(name: str, repeats: int, refs: dict[str, Callable]) -> dict[str, Any]:
+    """Interleaved construction timings of every implementation on one zoo model."""
+    spec = zoo.MODELS[name]
+    model = zoo.build(name)
+    tensors = zoo.count_tensors(model)
+    engine_cfg = dict(optimizer=dict(spec.optimizer), paramwise_cfg=spec.paramwise_cfg)
+    mmcv_cfg = dict(spec.optimizer, paramwise_cfg=spec.paramwise_cfg)
+    impls: dict[str, Callable[[], Any]] = {
+        "fastopt (mmengine API)": lambda: fastopt.build_optim_wrapper(model, engine_cfg),
+        "fastopt (mmcv API)": lambda: fastopt.build_optimizer(model, mmcv_cfg),
+    }
+    if "mmengine" in refs:
+        impls["mmengine"] = lambda: refs["mmengine"](model, copy.deepcopy(engine_cfg))
+    if "mmcv" in refs:
+        impls["mmcv"] = lambda: refs["mmcv"](model, copy.deepcopy(mmcv_cfg))
+    for fn in impls.values():  # warm-up: imports, registries, first-call caches
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in impls}
+    groups: dict[str, int] = {}
+    for r in range(repeats):
+        for impl, fn in impls.items():
+            dt, built = time_once(fn)
+            times[impl].append(dt)
+            groups[impl] = n_groups(built)
+        log(f"  {name}: repeat {r + 1}/{repeats} done")
+    results = [{"impl": k, "construct_s": statistics.median(v), "groups": groups[k]}
+               for k, v in times.items()]
+    return {"model": name, "tensors": tensors, "numel": zoo.count_numel(model), "results": results}
+
+
+def scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """fastopt construction time on synthetic models of growing tensor count."""
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05),
+               paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
+                                  custom_keys={"stages.0": dict(lr_mult=0.1)}))
+    rows = []
+    for n in sizes:
+        model = zoo.synthetic(n)
+        tensors = zoo.count_tensors(model)
+        fastopt.build_optim_wrapper(model, cfg)
+        samples = [time_once(lambda: fastopt.build_optim_wrapper(model, cfg))[0] for _ in range(repeats)]
+        t = statistics.median(samples)
+        rows.append({"tensors": tensors, "construct_s": t, "us_per_tensor": t / tensors * 1e6})
+        log(f"  synthetic {tensors:>9,} tensors: {t * 1e3:9.1f} ms")
+        del model
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and the scaling sweep; print tables (and JSON with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small models, fewer repeats")
+    ap.add_argument("--giant", action="store_true", help="extend the scaling sweep to 1M tensors")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--json", metavar="PATH", help="write all figures as JSON")
+    ap.add_argument("--check", action="store_true",
+                    help="exit non-zero when a target (100x at 5k, 10x on Swin-L, 1.5x scaling) is missed")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 5)
+    models = ["cascade_mask_rcnn_swin_l"] if args.quick else ["cascade_mask_rcnn_swin_l", "big_5k"]
+    sizes = [5_000, 20_000] if args.quick else [5_000, 20_000, 100_000]
+    if args.giant:
+        sizes.append(1_000_000)
+
+    refs = references()
+    report: dict[str, Any] = {"torch": torch.__version__, "native": fastopt.HAVE_NATIVE,
+                              "comparisons": [], "scaling": []}
+    ok = True
+    for name in models:
+        log(f"comparing on {name} ...")
+        report["comparisons"].append(compare(name, repeats, refs))
+    log("scaling sweep (fastopt) ...")
+    report["scaling"] = scaling(sizes, repeats)
+
+    print(f"\nConstruction time, median of {repeats} interleaved repeats (torch {torch.__version__})")
+    for comp in report["comparisons"]:
+        print(f"\n{comp['model']}: {comp['tensors']:,} tensors")
+        print(f"  {'implementation':<24}{'time':>12}{'groups':>9}{'speed-up':>12}")
+        by = {r["impl"]: r for r in comp["results"]}
+        for r in comp["results"]:
+            ref = by.get("mmengine" if "mmengine API" in r["impl"] else "mmcv")
+            speed = f"{ref['construct_s'] / r['construct_s']:10.1f}x" if ref and ref is not r else ""
+            print(f"  {r['impl']:<24}{r['construct_s'] * 1e3:10.1f}ms{r['groups']:>9}{speed:>12}")
+        target = TARGETS.get(comp["model"])
+        if target and "mmengine" in by:
+            ratio = by["mmengine"]["construct_s"] / by["fastopt (mmengine API)"]["construct_s"]
+            comp["speedup_vs_mmengine"] = ratio
+            verdict = "meets" if ratio >= target else "MISSES"
+            ok &= ratio >= target
+            print(f"  -> {ratio:.0f}x faster than mmengine ({verdict} the {target:.0f}x target)")
+    base = report["scaling"][0]["us_per_tensor"]
+    print("\nfastopt scaling (mmengine API, synthetic models)")
+    print(f"  {'tensors':>10}{'time':>12}{'us/tensor':>11}{'vs 5k':>8}")
+    for row in report["scaling"]:
+        row["per_tensor_vs_first"] = row["us_per_tensor"] / base
+        print(f"  {row['tensors']:>10,}{row['construct_s'] * 1e3:10.1f}ms{row['us_per_tensor']:>11.2f}"
+              f"{row['per_tensor_vs_first']:>7.2f}x")
+    worst = max(r["per_tensor_vs_first"] for r in report["scaling"])
+    ok &= worst <= SCALING_LIMIT
+    print(f"  -> per-tensor time at most {worst:.2f}x that at 5k "
+          f"({'meets' if worst <= SCALING_LIMIT else 'MISSES'} the {SCALING_LIMIT}x target)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        log(f"wrote {args.json}")
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
