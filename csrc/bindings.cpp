@@ -5,6 +5,7 @@
 
 #include "matcher.h"
 #include "rules.h"
+#include "step_cpu.h"
 
 namespace py = pybind11;
 using fastopt::Assignment;
@@ -47,6 +48,38 @@ py::tuple assign(const std::vector<std::string>& names,
   return py::make_tuple(ids, table);
 }
 
+template <typename T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// Checks the shapes of one multi-tensor call and returns the tensor count.
+int64_t check_step_args(const Array<uint64_t>& ptrs, int64_t n_ptrs, const Array<int64_t>& numels,
+                        const Array<int32_t>& dtypes, const Array<int32_t>& flags, const Array<double>& hyper,
+                        int64_t n_hyper) {
+  const int64_t n = numels.ndim() == 1 ? static_cast<int64_t>(numels.shape(0)) : -1;
+  const auto rows_ok = [n](const py::array& a, int64_t cols) {
+    return a.ndim() == 2 && a.shape(0) == n && a.shape(1) == cols;
+  };
+  if (n < 0 || !rows_ok(ptrs, n_ptrs) || !rows_ok(hyper, n_hyper) || dtypes.ndim() != 1 ||
+      dtypes.shape(0) != n || flags.ndim() != 1 || flags.shape(0) != n)
+    throw std::invalid_argument("step: expected ptrs (n, " + std::to_string(n_ptrs) + "), numels (n,), dtypes (n,), "
+                                "flags (n,), hyper (n, " + std::to_string(n_hyper) + ")");
+  return n;
+}
+
+void adam_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
+               const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale) {
+  const int64_t n = check_step_args(ptrs, fastopt::kAdamPtrs, numels, dtypes, flags, hyper, fastopt::kAdamHypers);
+  py::gil_scoped_release release;
+  fastopt::adam_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale);
+}
+
+void sgd_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
+              const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale) {
+  const int64_t n = check_step_args(ptrs, fastopt::kSgdPtrs, numels, dtypes, flags, hyper, fastopt::kSgdHypers);
+  py::gil_scoped_release release;
+  fastopt::sgd_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -57,4 +90,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("assign", &assign, py::arg("names"), py::arg("flags"), py::arg("keys"), py::arg("config"),
         "Rule outcome per parameter: (ids, table), ids[i] indexing rows (key, lr_rule, "
         "wd_rule, kind) of table, rows in first-seen order.");
+  m.def("adam_step", &adam_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
+        py::arg("hyper"), py::arg("grad_scale"),
+        "One Adam/AdamW step over n tensors: ptrs (n, 6) param/grad/exp_avg/exp_avg_sq/max_exp_avg_sq/step, "
+        "hyper (n, 5) lr/beta1/beta2/eps/weight_decay; grad_scale <= 0 means none.");
+  m.def("sgd_step", &sgd_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
+        py::arg("hyper"), py::arg("grad_scale"),
+        "One SGD step over n tensors: ptrs (n, 3) param/grad/momentum_buffer, hyper (n, 4) "
+        "lr/momentum/dampening/weight_decay; grad_scale <= 0 means none.");
+  m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
+  m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
+        "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
 }

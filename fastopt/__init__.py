@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loaded before the extension: one OpenMP runtime)
 
+from . import optim
 from ._core import HAVE_NATIVE
 from .builder import (
     OPTIM_WRAPPER_CONSTRUCTORS,
@@ -41,4 +42,5 @@ __all__ = [
     "build_optim_wrapper",
     "build_optimizer",
     "merge_param_groups",
+    "optim",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import optim
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 from .registry import Registry, build_from_cfg, resolve_type
 from .wrapper import OptimWrapper
@@ -41,6 +42,9 @@ def _register_torch_optimizers() -> list[str]:
 
 
 TORCH_OPTIMIZERS = _register_torch_optimizers()
+# The accelerated subclasses take torch's names (isinstance checks still hold).
+for _cls in (optim.SGD, optim.Adam, optim.AdamW):
+    OPTIMIZERS.register_module(name=_cls.__name__, module=_cls, force=True)
 OPTIMIZER_BUILDERS.register_module(module=DefaultOptimizerConstructor)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=DefaultOptimWrapperConstructor)
 OPTIM_WRAPPERS.register_module(module=OptimWrapper)

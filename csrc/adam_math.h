@@ -1,0 +1,71 @@
+// Adam / AdamW element update, mirroring torch.optim.adam._single_tensor_adam
+// (torch 2.13, capturable=False, differentiable=False), math in opmath_t O:
+//
+//   g  = grad / grad_scale                 (only with a GradScaler; the unscaled grad is stored back)
+//   g  = maximize ? -g : g
+//   p  = p * (1 - lr * wd)                 (decoupled, AdamW)   |   g = g + wd * p   (L2, Adam)
+//   m  = lerp(m, g, 1 - beta1)
+//   v  = v * beta2 + (1 - beta2) * g * g
+//   vmax = max(vmax, v); v_hat = amsgrad ? vmax : v
+//   p  = p - (lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+//
+// Per-tensor scalars are computed once per step in double (as Python does) and
+// rounded to O, like torch's scalar arguments. With bf16/fp16 storage every
+// intermediate torch materialises as a tensor is rounded to storage precision
+// at the same point (round_to), so low-precision results follow torch's too.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.h"
+#include "step_kernels.h"
+
+namespace fastopt {
+namespace {  // internal linkage: one copy per instruction-set build
+
+template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale, bool kSmallWeight>
+void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict v, S* __restrict vmax,
+               int64_t begin, int64_t end, const AdamScalars<typename OpMath<S>::type>& s) {
+  using O = typename OpMath<S>::type;
+  const O w = s.lerp_weight, one_minus_w = O(1) - s.lerp_weight;
+  for (int64_t i = begin; i < end; ++i) {
+    O gi = load<O>(g[i]);
+    if constexpr (kScale) {
+      gi = gi / s.grad_scale;
+      g[i] = store<S>(gi);
+    }
+    gi = gi * s.sign;
+    O pi = load<O>(p[i]);
+    if constexpr (kDecoupled) pi = round_to<S>(pi * s.decay);
+    if constexpr (kL2) gi = round_to<S>(gi + s.l2 * pi);
+    O mi = load<O>(m[i]);
+    // torch's lerp switches formula at |weight| = 0.5 for accuracy.
+    if constexpr (kSmallWeight) mi = round_to<S>(mi + w * (gi - mi));
+    else mi = round_to<S>(gi - (gi - mi) * one_minus_w);
+    O vi = round_to<S>(load<O>(v[i]) * s.beta2);
+    vi = round_to<S>(vi + s.one_minus_beta2 * gi * gi);
+    O vh = vi;
+    if constexpr (kAmsgrad) {
+      vh = max_op(load<O>(vmax[i]), vi);
+      vmax[i] = store<S>(vh);
+    }
+    const O denom = round_to<S>(round_to<S>(round_to<S>(sqrt_op(vh)) / s.bc2_sqrt) + s.eps);
+    pi = pi + s.neg_step_size * (mi / denom);
+    p[i] = store<S>(pi);
+    m[i] = store<S>(mi);
+    v[i] = store<S>(vi);
+  }
+}
+
+template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale>
+void adam_kernel(S* p, S* g, S* m, S* v, S* vmax, int64_t begin, int64_t end,
+                 const AdamScalars<typename OpMath<S>::type>& s) {
+  using O = typename OpMath<S>::type;
+  if (abs_op(s.lerp_weight) < O(0.5))
+    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, true>(p, g, m, v, vmax, begin, end, s);
+  else
+    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, false>(p, g, m, v, vmax, begin, end, s);
+}
+
+}  // namespace
+}  // namespace fastopt

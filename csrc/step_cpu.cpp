@@ -1,0 +1,185 @@
+#include "step_cpu.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "chunking.h"
+#include "dtype.h"
+#include "step_kernels.h"
+
+namespace fastopt {
+
+namespace {
+
+// ---- instruction-set dispatch ----------------------------------------------------------
+
+using AdamChunks = void (*)(const AdamTensor*, const Chunk*, int64_t);
+using SgdChunks = void (*)(const SgdTensor*, const Chunk*, int64_t);
+
+struct Kernels {
+  const char* name;
+  AdamChunks adam;
+  SgdChunks sgd;
+};
+
+constexpr Kernels kBaseline{"baseline", &isa_baseline::adam_chunks, &isa_baseline::sgd_chunks};
+#ifdef FASTOPT_X86_ISAS
+constexpr Kernels kAvx2{"avx2", &isa_avx2::adam_chunks, &isa_avx2::sgd_chunks};
+constexpr Kernels kAvx512{"avx512", &isa_avx512::adam_chunks, &isa_avx512::sgd_chunks};
+#endif
+
+bool supported(const std::string& name) {
+  if (name == "baseline") return true;
+#ifdef FASTOPT_X86_ISAS
+  __builtin_cpu_init();
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                             __builtin_cpu_supports("f16c");
+  if (name == "avx512")
+    return supported("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+  return false;
+}
+
+const Kernels* by_name(const std::string& name) {
+  if (name == "baseline") return &kBaseline;
+#ifdef FASTOPT_X86_ISAS
+  if (name == "avx2") return &kAvx2;
+  if (name == "avx512") return &kAvx512;
+#endif
+  return nullptr;
+}
+
+const Kernels* best() {
+  // FASTOPT_CPU_ISA caps the choice (e.g. to compare variants or rule one out).
+  const char* env = std::getenv("FASTOPT_CPU_ISA");
+  if (env != nullptr && *env != 0) {
+    const Kernels* k = by_name(env);
+    if (k != nullptr && supported(env)) return k;
+  }
+  for (const char* name : {"avx512", "avx2"})
+    if (supported(name)) return by_name(name);
+  return &kBaseline;
+}
+
+const Kernels*& active() {
+  static const Kernels* k = best();
+  return k;
+}
+
+void check_dtype(int32_t d, int64_t tensor) {
+  if (d < 0 || d >= kNumDTypes)
+    throw std::invalid_argument("tensor " + std::to_string(tensor) + ": unsupported dtype code " + std::to_string(d));
+}
+
+void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
+  if (p == 0 && numel > 0)
+    throw std::invalid_argument("tensor " + std::to_string(tensor) + ": null " + what + " pointer");
+}
+
+template <typename O>
+AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double grad_scale) {
+  const double lr = h[kAdamLr], beta1 = h[kAdamBeta1], beta2 = h[kAdamBeta2], wd = h[kAdamWd];
+  const double bc1 = 1.0 - std::pow(beta1, step);
+  const double bc2 = 1.0 - std::pow(beta2, step);
+  AdamScalars<O> s{};
+  s.neg_step_size = static_cast<O>(-(lr / bc1));
+  s.bc2_sqrt = static_cast<O>(std::sqrt(bc2));
+  s.eps = static_cast<O>(h[kAdamEps]);
+  s.lerp_weight = static_cast<O>(1.0 - beta1);
+  s.beta2 = static_cast<O>(beta2);
+  s.one_minus_beta2 = static_cast<O>(1.0 - beta2);
+  s.decay = static_cast<O>(1.0 - lr * wd);
+  s.l2 = static_cast<O>(wd);
+  s.grad_scale = static_cast<O>(grad_scale);
+  s.sign = (flags & kMaximize) ? O(-1) : O(1);
+  return s;
+}
+
+template <typename O>
+SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale) {
+  SgdScalars<O> s{};
+  s.neg_lr = static_cast<O>(-h[kSgdLr]);
+  s.wd = static_cast<O>(h[kSgdWd]);
+  s.momentum = static_cast<O>(h[kSgdMomentum]);
+  s.one_minus_dampening = static_cast<O>(1.0 - h[kSgdDampening]);
+  s.grad_scale = static_cast<O>(grad_scale);
+  s.sign = (flags & kMaximize) ? O(-1) : O(1);
+  s.first = (flags & kFirstStep) != 0;
+  return s;
+}
+
+}  // namespace
+
+const char* cpu_isa() { return active()->name; }
+
+void set_cpu_isa(const std::string& name) {
+  const Kernels* k = by_name(name);
+  if (k == nullptr || !supported(name))
+    throw std::invalid_argument("instruction set '" + name + "' is not built in or not supported by this CPU");
+  active() = k;
+}
+
+void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
+                   const int32_t* flags, const double* hyper, double grad_scale) {
+  std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t* row = ptrs + i * kAdamPtrs;
+    const int32_t fl = flags[i];
+    check_dtype(dtypes[i], i);
+    check_ptr(row[kAdamParam], numels[i], i, "param");
+    check_ptr(row[kAdamGrad], numels[i], i, "grad");
+    check_ptr(row[kAdamExpAvg], numels[i], i, "exp_avg");
+    check_ptr(row[kAdamExpAvgSq], numels[i], i, "exp_avg_sq");
+    if (fl & kAmsgrad) check_ptr(row[kAdamMaxExpAvgSq], numels[i], i, "max_exp_avg_sq");
+    if (row[kAdamStep] == 0) throw std::invalid_argument("tensor " + std::to_string(i) + ": null step pointer");
+  }
+  // Validated: from here on nothing throws, so no counter moves unless all do.
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t* row = ptrs + i * kAdamPtrs;
+    const double* h = hyper + i * kAdamHypers;
+    const int32_t fl = flags[i];
+    // The step counter is a float32 scalar tensor, as torch keeps it.
+    auto* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(row[kAdamStep]));
+    *step_ptr += 1.0f;
+    const double step = static_cast<double>(*step_ptr);
+    AdamTensor& t = tensors[static_cast<std::size_t>(i)];
+    t.ptrs = row;
+    t.dtype = dtypes[i];
+    const bool wd = h[kAdamWd] != 0.0;
+    t.mode = ((wd && !(fl & kDecoupledWd)) ? 1 : 0) | ((wd && (fl & kDecoupledWd)) ? 2 : 0) |
+             ((fl & kAmsgrad) ? 4 : 0) | (grad_scale > 0 ? 8 : 0);
+    t.f = adam_scalars<float>(h, fl, step, grad_scale);
+    t.d = adam_scalars<double>(h, fl, step, grad_scale);
+  }
+  const std::vector<Chunk> chunks = make_chunks(numels, n);
+  active()->adam(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
+}
+
+void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
+                  const int32_t* flags, const double* hyper, double grad_scale) {
+  std::vector<SgdTensor> tensors(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t* row = ptrs + i * kSgdPtrs;
+    const double* h = hyper + i * kSgdHypers;
+    check_dtype(dtypes[i], i);
+    check_ptr(row[kSgdParam], numels[i], i, "param");
+    check_ptr(row[kSgdGrad], numels[i], i, "grad");
+    const bool momentum = h[kSgdMomentum] != 0.0;
+    if (momentum) check_ptr(row[kSgdBuf], numels[i], i, "momentum_buffer");
+    SgdTensor& t = tensors[static_cast<std::size_t>(i)];
+    t.ptrs = row;
+    t.dtype = dtypes[i];
+    t.mode = (h[kSgdWd] != 0.0 ? 1 : 0) | (momentum ? 2 : 0) | ((momentum && (flags[i] & kNesterov)) ? 4 : 0) |
+             (grad_scale > 0 ? 8 : 0);
+    t.f = sgd_scalars<float>(h, flags[i], grad_scale);
+    t.d = sgd_scalars<double>(h, flags[i], grad_scale);
+  }
+  const std::vector<Chunk> chunks = make_chunks(numels, n);
+  active()->sgd(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
+}
+
+}  // namespace fastopt

@@ -1,0 +1,40 @@
+// Multi-tensor CPU steps: every tensor of every param group in one call.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fastopt {
+
+// Per-tensor flags (shared with fastopt/_kernels.py).
+enum StepFlag : int32_t {
+  kMaximize = 1 << 0,
+  kAmsgrad = 1 << 1,     // Adam
+  kDecoupledWd = 1 << 2, // Adam: AdamW-style decay
+  kNesterov = 1 << 3,    // SGD
+  kFirstStep = 1 << 4,   // SGD: momentum buffer created this step
+};
+
+// Columns of the per-tensor pointer table.
+enum AdamPtr : int { kAdamParam = 0, kAdamGrad, kAdamExpAvg, kAdamExpAvgSq, kAdamMaxExpAvgSq, kAdamStep, kAdamPtrs };
+enum AdamHyper : int { kAdamLr = 0, kAdamBeta1, kAdamBeta2, kAdamEps, kAdamWd, kAdamHypers };
+enum SgdPtr : int { kSgdParam = 0, kSgdGrad, kSgdBuf, kSgdPtrs };
+enum SgdHyper : int { kSgdLr = 0, kSgdMomentum, kSgdDampening, kSgdWd, kSgdHypers };
+
+// n tensors; ptrs is n x kAdamPtrs (row-major), hyper n x kAdamHypers; step
+// counters (float32 scalars) are incremented here. grad_scale <= 0: none.
+void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
+                   const int32_t* flags, const double* hyper, double grad_scale);
+
+// n tensors; ptrs is n x kSgdPtrs, hyper n x kSgdHypers; the buffer pointer may be
+// 0 when momentum is 0.
+void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
+                  const int32_t* flags, const double* hyper, double grad_scale);
+
+// Name of the kernel build in use ("avx512", "avx2" or "baseline").
+const char* cpu_isa();
+
+// Switch kernel builds (for tests and comparisons); throws if unavailable here.
+void set_cpu_isa(const std::string& name);
+
+}  // namespace fastopt

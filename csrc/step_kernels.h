@@ -1,0 +1,72 @@
+// Per-instruction-set step kernels: the chunk loops of csrc/step_cpu.cpp.
+//
+// step_kernels.cpp is compiled once per instruction set (baseline x86-64, AVX2,
+// AVX-512) into its own namespace; step_cpu.cpp picks one at run time. Only
+// plain structs cross between them, and everything with code inside the kernel
+// build has internal linkage, so no AVX-512 instruction can leak into the
+// baseline path.
+#pragma once
+
+#include <cstdint>
+
+namespace fastopt {
+
+// A contiguous range of one tensor (see chunking.h).
+struct Chunk {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+template <typename O>
+struct AdamScalars {
+  O neg_step_size;   // -lr / bias_correction1
+  O bc2_sqrt;        // sqrt(bias_correction2)
+  O eps;
+  O lerp_weight;     // 1 - beta1
+  O beta2;
+  O one_minus_beta2;
+  O decay;           // 1 - lr * wd (decoupled)
+  O l2;              // wd (L2)
+  O grad_scale;
+  O sign;            // -1 when maximize
+};
+
+template <typename O>
+struct SgdScalars {
+  O neg_lr;
+  O wd;
+  O momentum;
+  O one_minus_dampening;
+  O grad_scale;
+  O sign;
+  bool first;  // momentum buffer created this step: it becomes a copy of g
+};
+
+struct AdamTensor {
+  const uint64_t* ptrs;  // row of the pointer table (step_cpu.h AdamPtr)
+  int32_t dtype;
+  int32_t mode;          // kernel variant: bit0 L2, bit1 decoupled, bit2 amsgrad, bit3 grad scale
+  AdamScalars<float> f;
+  AdamScalars<double> d;
+};
+
+struct SgdTensor {
+  const uint64_t* ptrs;  // row of the pointer table (step_cpu.h SgdPtr)
+  int32_t dtype;
+  int32_t mode;          // bit0 weight decay, bit1 momentum, bit2 nesterov, bit3 grad scale
+  SgdScalars<float> f;
+  SgdScalars<double> d;
+};
+
+#define FASTOPT_DECLARE_KERNELS(isa)                                                  \
+  namespace isa {                                                                     \
+  void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks); \
+  void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks);   \
+  }
+
+FASTOPT_DECLARE_KERNELS(isa_baseline)
+FASTOPT_DECLARE_KERNELS(isa_avx2)
+FASTOPT_DECLARE_KERNELS(isa_avx512)
+
+}  // namespace fastopt

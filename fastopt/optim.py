@@ -1,0 +1,310 @@
+"""Accelerated ``torch.optim`` subclasses: SGD, Adam and AdamW.
+
+Same signatures, defaults, ``param_groups`` keys and ``state`` keys as torch's
+classes (``isinstance(opt, torch.optim.AdamW)`` holds, ``state_dict()``
+cross-loads both ways, LR schedulers work), but on CPU a step over every
+param group is one call into the native multi-tensor kernel
+(``csrc/step_cpu.cpp``) with per-tensor hyperparameters. Whatever the kernel
+cannot take — CUDA or other devices, complex or non-contiguous tensors,
+tensor-valued lr, ``differentiable``/``capturable``, sparse SGD gradients —
+runs through torch's own implementation, unchanged.
+
+``torch.amp.GradScaler`` hands these optimizers the scale and the inf flag
+(``_step_supports_amp_scaling``): gradients are unscaled inside the kernel and
+a step with inf/NaN gradients is skipped entirely, as with torch's fused kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_scalar_dtype
+
+from . import _core
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+# csrc/dtype.h DType and csrc/step_cpu.h StepFlag
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+MAXIMIZE, AMSGRAD, DECOUPLED_WD, NESTEROV, FIRST_STEP, STEP_F64 = (1 << i for i in range(6))
+
+
+def _as_uint64(values: list[int]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.uint64, count=len(values))
+
+
+class _Fallback(Exception):
+    """Raised while planning when a parameter's state needs torch's own path."""
+
+
+class _Plan:
+    """What stays fixed between steps for one optimizer: tensor order, groups, state pointers."""
+
+    def __init__(self, opt: torch.optim.Optimizer, n_ptrs: int) -> None:
+        self.key = opt._fastopt_key()
+        self.native = True
+        self.params: list[Tensor] = [p for g in opt.param_groups for p in g["params"]]
+        sizes = [len(g["params"]) for g in opt.param_groups]
+        self.group_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        self.numels = np.fromiter((p.numel() for p in self.params), dtype=np.int64, count=len(self.params))
+        self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in self.params), dtype=np.int32,
+                                  count=len(self.params))
+        self.ptrs = np.zeros((len(self.params), n_ptrs), dtype=np.uint64)
+        self.param_ptrs = [p.data_ptr() for p in self.params]
+        self.ptrs[:, 0] = _as_uint64(self.param_ptrs)
+        self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
+        self.keep: list[Any] = [None] * len(self.params)      # state tensors kept alive
+
+
+class _NativeStep:
+    """Shared step driver; subclasses define the state layout and the kernel call."""
+
+    _step_supports_amp_scaling = True
+    _n_ptrs: int
+    _n_hyper: int
+
+    param_groups: list[dict]
+    state: dict
+
+    # -- hooks for subclasses ------------------------------------------------------------
+    def _group_hyper(self, group: dict) -> tuple[list[float], int]:
+        raise NotImplementedError
+
+    def _init_state(self, p: Tensor, group: dict, plan: _Plan, i: int) -> None:
+        raise NotImplementedError
+
+    def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
+                     flags: np.ndarray, grad_scale: float) -> None:
+        raise NotImplementedError
+
+    def _sparse_ok(self) -> bool:
+        return False
+
+    # -- eligibility ---------------------------------------------------------------------
+    def _structure(self, group: dict) -> Any:
+        """Group settings that change which state tensors exist (a change re-plans)."""
+        return None
+
+    def _fastopt_key(self) -> tuple:
+        groups = tuple((id(g["params"]), len(g["params"]), self._structure(g)) for g in self.param_groups)
+        return (*groups, id(self.state))
+
+    def _group_native(self, group: dict) -> bool:
+        if _core._C is None or group.get("differentiable") or group.get("capturable"):
+            return False
+        if any(isinstance(v, Tensor) for k, v in group.items() if k != "params") or any(
+                isinstance(b, Tensor) for b in group.get("betas", ())):
+            return False
+        for p in group["params"]:
+            if p.device.type != "cpu" or p.dtype not in DTYPE_CODES or not p.is_contiguous():
+                return False
+        return True
+
+    def _plan(self) -> _Plan | None:
+        plan = getattr(self, "_fastopt_plan", None)
+        if plan is None or plan.key != self._fastopt_key():
+            plan = _Plan(self, self._n_ptrs)  # type: ignore[arg-type]
+            ids = [id(p) for p in plan.params]
+            plan.native = len(set(ids)) == len(ids) and all(self._group_native(g) for g in self.param_groups)
+            self._fastopt_plan = plan
+        return plan if plan.native else None
+
+    def _invalidate(self) -> None:
+        self._fastopt_plan = None
+
+    # -- the step ------------------------------------------------------------------------
+    def _native_step(self, grad_scale: Tensor | None) -> bool:
+        """Step every group natively; False (nothing done) when torch's path must run."""
+        plan = self._plan()
+        if plan is None:
+            return False
+        params = plan.params
+        grads = [p.grad for p in params]
+        rows_list = [i for i, g in enumerate(grads) if g is not None]
+        if not rows_list:
+            return True
+        sel = [grads[i] for i in rows_list]
+        for g in sel:
+            if g.layout is not torch.strided:
+                if self._sparse_ok():
+                    return False
+                raise RuntimeError(self._sparse_error)
+            if not g.is_contiguous():
+                return False
+        # Parameters whose storage moved (p.data = ...) are re-checked before use.
+        param_ptrs = [params[i].data_ptr() for i in rows_list]
+        for i, ptr in zip(rows_list, param_ptrs):
+            if ptr != plan.param_ptrs[i]:
+                p = params[i]
+                if (p.numel() != plan.numels[i] or DTYPE_CODES.get(p.dtype) != plan.dtypes[i]
+                        or not p.is_contiguous() or p.device.type != "cpu"):
+                    self._invalidate()
+                    return False
+                plan.param_ptrs[i] = ptr
+                plan.ptrs[i, 0] = ptr
+        rows = np.asarray(rows_list, dtype=np.int64)
+        todo = rows[~plan.ready[rows]]
+        first = np.zeros(len(params), dtype=bool)
+        if len(todo):
+            groups = self.param_groups
+            try:
+                for i in todo.tolist():
+                    first[i] = self._init_state(params[i], groups[int(plan.group_of[i])], plan, i)
+            except _Fallback:
+                plan.native = False  # until the groups change: torch's path
+                return False
+        ptrs = plan.ptrs[rows]
+        ptrs[:, 1] = _as_uint64([g.data_ptr() for g in sel])
+        per_group = [self._group_hyper(g) for g in self.param_groups]
+        group_hyper = np.array([h for h, _ in per_group], dtype=np.float64).reshape(-1, self._n_hyper)
+        group_flags = np.array([f for _, f in per_group], dtype=np.int32)
+        gi = plan.group_of[rows]
+        flags = group_flags[gi] | np.where(first[rows], FIRST_STEP, 0).astype(np.int32)
+        scale = 0.0 if grad_scale is None else float(grad_scale)
+        self._call_kernel(plan, rows, ptrs, group_hyper[gi], flags, scale)
+        return True
+
+    def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.item()):
+            return loss  # inf/NaN gradients: the step is skipped, state included
+        with torch.no_grad():
+            if self._native_step(grad_scale):
+                return loss
+            # torch's path: unscale here, since only its fused kernels take a scale.
+            if grad_scale is not None:
+                grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+                for grad in grads:
+                    grad.div_(grad_scale.to(grad.device))
+        saved = (grad_scale, found_inf)
+        self.grad_scale = self.found_inf = None  # type: ignore[attr-defined]
+        try:
+            torch_step()
+        finally:
+            self.grad_scale, self.found_inf = saved  # type: ignore[attr-defined]
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict (torch's format); cached state pointers are rebuilt."""
+        self._invalidate()
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        self._invalidate()
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group (as torch); the native plan is rebuilt on the next step."""
+        super().add_param_group(param_group)  # type: ignore[misc]
+        self._invalidate()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.pop("_fastopt_plan", None)
+        return state
+
+
+class SGD(_NativeStep, torch.optim.SGD):
+    """``torch.optim.SGD`` with a native multi-tensor CPU step (momentum, nesterov, dampening,
+    weight decay, maximize)."""
+
+    _n_ptrs = 3
+    _n_hyper = 4
+
+    def _group_hyper(self, group: dict) -> tuple[list[float], int]:
+        flags = (MAXIMIZE if group["maximize"] else 0) | (NESTEROV if group["nesterov"] else 0)
+        return [group["lr"], group["momentum"], group["dampening"], group["weight_decay"]], flags
+
+    def _sparse_ok(self) -> bool:
+        return True
+
+    def _structure(self, group: dict) -> Any:
+        return group["momentum"] != 0
+
+    def _init_state(self, p: Tensor, group: dict, plan: _Plan, i: int) -> bool:
+        first = False
+        if group["momentum"] != 0:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or not buf.is_contiguous():
+                if buf is not None:  # an unusual buffer: let torch's path handle this parameter
+                    raise _Fallback
+                buf = torch.empty_like(p, memory_format=torch.contiguous_format)
+                state["momentum_buffer"] = buf
+                first = True
+            plan.ptrs[i, 2] = buf.data_ptr()
+            plan.keep[i] = buf
+            plan.ready[i] = not first
+        else:
+            plan.ready[i] = True
+        return first
+
+    def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
+                     flags: np.ndarray, grad_scale: float) -> None:
+        _core._C.sgd_step(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
+        plan.ready[rows] = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimization step (native on CPU, torch's otherwise)."""
+        return self._fastopt_step(lambda: torch.optim.SGD.step(self), closure)
+
+
+class Adam(_NativeStep, torch.optim.Adam):
+    """``torch.optim.Adam`` with a native multi-tensor CPU step (amsgrad, maximize, L2 or
+    decoupled weight decay)."""
+
+    _n_ptrs = 6
+    _n_hyper = 5
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+    def _structure(self, group: dict) -> Any:
+        return bool(group["amsgrad"])
+
+    def _group_hyper(self, group: dict) -> tuple[list[float], int]:
+        beta1, beta2 = group["betas"]
+        flags = ((MAXIMIZE if group["maximize"] else 0) | (AMSGRAD if group["amsgrad"] else 0)
+                 | (DECOUPLED_WD if group.get("decoupled_weight_decay") else 0))
+        return [group["lr"], beta1, beta2, group["eps"], group["weight_decay"]], flags
+
+    def _init_state(self, p: Tensor, group: dict, plan: _Plan, i: int) -> bool:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        tensors = [state[k] for k in keys]
+        step = state["step"]
+        if (not isinstance(step, Tensor) or step.device.type != "cpu" or step.numel() != 1
+                or step.dtype not in (torch.float32,)
+                or any(t.shape != p.shape or t.dtype != p.dtype or not t.is_contiguous() for t in tensors)):
+            raise _Fallback
+        plan.ptrs[i, 2] = tensors[0].data_ptr()
+        plan.ptrs[i, 3] = tensors[1].data_ptr()
+        plan.ptrs[i, 4] = tensors[2].data_ptr() if group["amsgrad"] else 0
+        plan.ptrs[i, 5] = step.data_ptr()
+        plan.keep[i] = (tensors, step)
+        plan.ready[i] = True
+        return False
+
+    def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
+                     flags: np.ndarray, grad_scale: float) -> None:
+        _core._C.adam_step(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimization step (native on CPU, torch's otherwise)."""
+        return self._fastopt_step(lambda: torch.optim.Adam.step(self), closure)
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    """``torch.optim.AdamW`` with a native multi-tensor CPU step."""
