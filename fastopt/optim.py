@@ -84,6 +84,16 @@ class _NativeStep:
     def _sparse_ok(self) -> bool:
         return False
 
+    _step_column: int | None = None
+
+    def _state_columns(self, group: dict) -> list[tuple[str, int]]:
+        """State tensors (key, pointer-table column) a group's parameters carry."""
+        raise NotImplementedError
+
+    def _flat_first(self, group: dict, had_state: bool) -> bool:
+        """Flat mode: whether the first step initialises state from the gradient (SGD)."""
+        return False
+
     # -- eligibility ---------------------------------------------------------------------
     def _structure(self, group: dict) -> Any:
         """Group settings that change which state tensors exist (a change re-plans)."""
@@ -178,7 +188,7 @@ class _NativeStep:
         if found_inf is not None and bool(found_inf.item()):
             return loss  # inf/NaN gradients: the step is skipped, state included
         with torch.no_grad():
-            if self._native_step(grad_scale):
+            if self._flat_step(grad_scale) or self._native_step(grad_scale):
                 return loss
             # torch's path: unscale here, since only its fused kernels take a scale.
             if grad_scale is not None:
@@ -193,20 +203,86 @@ class _NativeStep:
             self.grad_scale, self.found_inf = saved  # type: ignore[attr-defined]
         return loss
 
+    # -- flat-buffer mode ------------------------------------------------------------------
+    def use_flat_buffers(self) -> None:
+        """Move parameters, gradients and state into contiguous per-group buffers (opt-in).
+
+        Afterwards a step is one native call with no per-tensor Python work;
+        ``zero_grad()`` zeroes the gradient buffers instead of freeing gradients.
+        See docs/flat_buffers.md for the contract.
+        """
+        from ._flat import FlatBuffers
+
+        plan = self._plan()
+        if plan is None:
+            raise ValueError("flat buffers need every parameter on the CPU, contiguous, in a supported "
+                             "dtype (float32/float64/bfloat16/float16), in exactly one group, with "
+                             "plain (non-tensor) hyperparameters")
+        with torch.no_grad():
+            self._fastopt_flat = FlatBuffers(self)
+        self._invalidate()
+
+    @property
+    def flat_buffers(self) -> Any:
+        """The flat buffers in use, or None."""
+        return getattr(self, "_fastopt_flat", None)
+
+    def _flat_step(self, grad_scale: Tensor | None) -> bool:
+        flat = getattr(self, "_fastopt_flat", None)
+        if flat is None:
+            return False
+        if flat.key != self._fastopt_key():  # groups changed: lay the buffers out again
+            self.use_flat_buffers()
+            flat = self._fastopt_flat
+        flat.sync_grads()
+        groups = self.param_groups
+        per_group = [self._group_hyper(g) for g in groups]
+        hyper = np.array([per_group[g][0] for g in flat.group_of.tolist()], dtype=np.float64)
+        flags = np.array([per_group[g][1] | (FIRST_STEP if seg.first else 0)
+                          for g, seg in zip(flat.group_of.tolist(), flat.segments)], dtype=np.int32)
+        scale = 0.0 if grad_scale is None else float(grad_scale)
+        self._kernel(flat.ptrs, flat.numels, flat.dtypes, flags, hyper.reshape(-1, self._n_hyper), scale)
+        for seg in flat.segments:
+            seg.first = False
+        flat.mark()
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; in flat-buffer mode the gradient buffers are zeroed instead of freed."""
+        flat = getattr(self, "_fastopt_flat", None)
+        if flat is None:
+            super().zero_grad(set_to_none=set_to_none)  # type: ignore[misc]
+        else:
+            flat.zero_grad()
+
+    def state_dict(self) -> dict:
+        """torch's state dict; in flat-buffer mode each parameter gets its own ``step`` tensor
+        (they share one counter internally, which torch's own optimizers must not see)."""
+        sd = super().state_dict()  # type: ignore[misc]
+        if getattr(self, "_fastopt_flat", None) is not None:
+            sd["state"] = {k: ({**v, "step": v["step"].clone()} if "step" in v else v)
+                           for k, v in sd["state"].items()}
+        return sd
+
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state dict (torch's format); cached state pointers are rebuilt."""
+        """Load a state dict (torch's format); cached pointers and flat buffers are rebuilt."""
+        flat = getattr(self, "_fastopt_flat", None) is not None
+        self._fastopt_flat = None
         self._invalidate()
         super().load_state_dict(state_dict)  # type: ignore[misc]
         self._invalidate()
+        if flat:
+            self.use_flat_buffers()
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a param group (as torch); the native plan is rebuilt on the next step."""
+        """Add a param group (as torch); the native plan (and flat buffers) follow on the next step."""
         super().add_param_group(param_group)  # type: ignore[misc]
         self._invalidate()
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()  # type: ignore[misc]
         state.pop("_fastopt_plan", None)
+        state.pop("_fastopt_flat", None)
         return state
 
 
@@ -245,9 +321,19 @@ class SGD(_NativeStep, torch.optim.SGD):
             plan.ready[i] = True
         return first
 
+    def _state_columns(self, group: dict) -> list[tuple[str, int]]:
+        return [("momentum_buffer", 2)] if group["momentum"] != 0 else []
+
+    def _flat_first(self, group: dict, had_state: bool) -> bool:
+        return group["momentum"] != 0 and not had_state
+
+    @staticmethod
+    def _kernel(*args: Any) -> None:
+        _core._C.sgd_step(*args)
+
     def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
                      flags: np.ndarray, grad_scale: float) -> None:
-        _core._C.sgd_step(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
+        self._kernel(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
         plan.ready[rows] = True
 
     @torch.no_grad()
@@ -296,9 +382,19 @@ class Adam(_NativeStep, torch.optim.Adam):
         plan.ready[i] = True
         return False
 
+    _step_column = 5
+
+    def _state_columns(self, group: dict) -> list[tuple[str, int]]:
+        cols = [("exp_avg", 2), ("exp_avg_sq", 3)]
+        return [*cols, ("max_exp_avg_sq", 4)] if group["amsgrad"] else cols
+
+    @staticmethod
+    def _kernel(*args: Any) -> None:
+        _core._C.adam_step(*args)
+
     def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
                      flags: np.ndarray, grad_scale: float) -> None:
-        _core._C.adam_step(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
+        self._kernel(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -1,0 +1,208 @@
+"""Optimizer step time on detector-shaped models: fastopt vs mmengine-built and torch optimizers.
+
+All variants step the same parameters, in one process, with repeats interleaved
+(A B C ... A B C ...) and medians reported. Default mode: every step sees a
+fresh set of gradient tensors (as after ``zero_grad(set_to_none=True)`` and a
+backward), so no implementation can rely on cached gradient pointers.
+
+    python benchmarks/bench_step.py                      # Swin-L Cascade Mask R-CNN, AdamW and SGD
+    python benchmarks/bench_step.py --model vitdet_h --optimizer adamw
+
+Variants:
+  mmengine            mmengine 0.10.7 build_optim_wrapper as is: one group per parameter
+  mmengine+fused      the same with fused=True in the optimizer config
+  torch fused merged  torch's fused optimizer on fastopt's merged groups
+  fastopt             fastopt.build_optim_wrapper: merged groups, native multi-tensor kernel
+  fastopt flat        fastopt with flat buffers (optimizer.use_flat_buffers())
+  flat limit          torch's fused optimizer on ONE flat tensor of the same size: the practical limit
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+import fastopt
+from fastopt import zoo
+
+DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
+OPTIMIZERS = {
+    "adamw": dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    "sgd": dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4),
+}
+BYTES_PER_ELEMENT = {"adamw": 7 * 4, "sgd": 5 * 4}  # fp32 reads + writes per element
+# fastopt must be this many times faster than each baseline (<= 1: at most 1/x slower)
+TARGETS = {
+    "adamw": {"mmengine": 3.0, "mmengine+fused": 1.5, "torch fused merged": 1.3, "flat limit": 1 / 1.3},
+    "sgd": {"mmengine": 2.5, "mmengine+fused": 1.3, "torch fused merged": 1.2, "flat limit": 1 / 1.3},
+}
+FLAT_TARGET = 1 / 1.1  # fastopt flat vs the flat limit
+
+
+def log(msg: str) -> None:
+    """Progress on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def mmengine_builder() -> Callable | None:
+    """mmengine's build_optim_wrapper, quiet, or None when mmengine is not installed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from mmengine.logging import MMLogger
+            from mmengine.optim import build_optim_wrapper
+        except ImportError:
+            return None
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
+    return build_optim_wrapper
+
+
+def build_variants(model: torch.nn.Module, opt_cfg: dict, paramwise: dict | None
+                   ) -> dict[str, torch.optim.Optimizer]:
+    """Every optimizer variant over the same parameters."""
+    cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=paramwise)
+    variants: dict[str, torch.optim.Optimizer] = {}
+    build_ref = mmengine_builder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if build_ref is not None:
+            variants["mmengine"] = build_ref(model, copy.deepcopy(cfg)).optimizer
+            fused_cfg = copy.deepcopy(cfg)
+            fused_cfg["optimizer"]["fused"] = True
+            variants["mmengine+fused"] = build_ref(model, fused_cfg).optimizer
+        else:
+            log("mmengine not installed: its variants are skipped")
+        ours = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+    torch_cls = getattr(torch.optim, opt_cfg["type"])
+    defaults = {k: v for k, v in opt_cfg.items() if k != "type"}
+    merged = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in ours.param_groups]
+    variants["torch fused merged"] = torch_cls(merged, fused=True, **defaults)
+    variants["fastopt"] = ours
+    if hasattr(ours, "use_flat_buffers"):
+        flat_model = copy.deepcopy(model)
+        flat = fastopt.build_optim_wrapper(flat_model, copy.deepcopy(cfg)).optimizer
+        flat.use_flat_buffers()
+        variants["fastopt flat"] = flat
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    limit = torch.zeros(numel, requires_grad=True)
+    variants["flat limit"] = torch_cls([limit], fused=True, **defaults)
+    return variants
+
+
+def params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters an optimizer steps."""
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def run(model_name: str, optimizer: str, width: float, repeats: int) -> dict[str, Any]:
+    """Time every variant on one model and optimizer; return the figures."""
+    spec = zoo.MODELS[model_name]
+    model = zoo.build(model_name, width=width)
+    tensors = sum(1 for p in model.parameters() if p.requires_grad)
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{model_name} (width {width}): {tensors} trainable tensors, {numel / 1e6:.1f}M elements; "
+        f"{optimizer}")
+    variants = build_variants(model, OPTIMIZERS[optimizer], spec.paramwise_cfg)
+    gen = torch.Generator().manual_seed(0)
+    # Two gradient sets per variant, alternated: pointers change every step (default mode).
+    grads: dict[str, list[list[torch.Tensor]]] = {}
+    for name, opt in variants.items():
+        if name == "fastopt flat":  # gradients live in the flat buffers
+            for seg in opt.flat_buffers.segments:
+                seg.grad_buf.normal_(0, 1e-3, generator=gen)
+            continue
+        grads[name] = [[torch.randn(p.shape, generator=gen) * 1e-3 for p in params_of(opt)] for _ in range(2)]
+
+    def set_grads(name: str, k: int) -> None:
+        opt = variants[name]
+        if name == "fastopt flat":
+            for seg in opt.flat_buffers.segments:  # what a backward does to the buffers' version
+                seg.grad_buf[:1].add_(0)
+            return
+        for p, g in zip(params_of(opt), grads[name][k % 2]):
+            p.grad = g
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for name, opt in variants.items():  # warm-up: state creation, first-call costs
+        for k in range(2):
+            set_grads(name, k)
+            opt.step()
+    for r in range(repeats):
+        for name, opt in variants.items():
+            set_grads(name, r)
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+        log(f"  repeat {r + 1}/{repeats}")
+    bytes_moved = numel * BYTES_PER_ELEMENT[optimizer]
+    results = []
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        results.append({"impl": name, "step_s": t, "groups": len(variants[name].param_groups),
+                        "gb_per_s": bytes_moved / t / 1e9})
+    return {"model": model_name, "optimizer": optimizer, "width": width, "tensors": tensors,
+            "numel": numel, "results": results}
+
+
+def report(fig: dict[str, Any]) -> bool:
+    """Print one table; True when every target is met."""
+    by = {r["impl"]: r for r in fig["results"]}
+    ours = by["fastopt"]["step_s"]
+    print(f"\n{fig['model']} ({fig['tensors']} tensors, {fig['numel'] / 1e6:.1f}M elements), "
+          f"{fig['optimizer']}, median step time")
+    print(f"  {'variant':<20}{'step':>10}{'groups':>8}{'GB/s':>8}{'fastopt speed-up':>18}")
+    for r in fig["results"]:
+        print(f"  {r['impl']:<20}{r['step_s'] * 1e3:8.2f}ms{r['groups']:>8}{r['gb_per_s']:>8.1f}"
+              f"{r['step_s'] / ours:>17.2f}x")
+    ok = True
+    for base, need in TARGETS[fig["optimizer"]].items():
+        if base not in by:
+            continue
+        got = by[base]["step_s"] / ours
+        good = got >= need
+        ok &= good
+        what = f">= {need:.2f}x" if need >= 1 else f"within {1 / need:.2f}x"
+        print(f"  fastopt vs {base:<20} {got:5.2f}x  (target {what}: {'meets' if good else 'MISSES'})")
+    if "fastopt flat" in by:
+        got = by["flat limit"]["step_s"] / by["fastopt flat"]["step_s"]
+        good = got >= FLAT_TARGET
+        ok &= good
+        print(f"  fastopt flat vs flat limit    {got:5.2f}x  (target within {1 / FLAT_TARGET:.2f}x: "
+              f"{'meets' if good else 'MISSES'})")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the step benchmark; print tables (and JSON with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cascade_mask_rcnn_swin_l", choices=sorted(zoo.MODELS))
+    ap.add_argument("--optimizer", default="both", choices=["adamw", "sgd", "both"])
+    ap.add_argument("--width", type=float, default=None, help="zoo width multiplier (default: ~30M elements)")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
+    args = ap.parse_args(argv)
+    width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
+    optimizers = ["adamw", "sgd"] if args.optimizer == "both" else [args.optimizer]
+    from fastopt import _C
+
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fastopt kernels: {_C.cpu_isa()}")
+    figures = [run(args.model, opt, width, args.repeats) for opt in optimizers]
+    ok = all([report(f) for f in figures])
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"torch": torch.__version__, "isa": _C.cpu_isa(), "figures": figures}, fh, indent=2)
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Flat-buffer mode: parameters, gradients and optimizer state in contiguous buffers.
+
+Each param group is split by dtype into segments; every segment owns one
+contiguous buffer for its parameters, one for their gradients and one per state
+tensor, and each parameter, its ``.grad`` and its ``state`` entries become views
+into them. A step is then one native call over a handful of segments, with no
+per-tensor Python work at all.
+
+The contract (see docs/flat_buffers.md): gradients must accumulate into the
+views. ``optimizer.zero_grad()`` zeroes the buffers instead of freeing them
+(like ``set_to_none=False``). If the buffers saw no gradient since the last
+step or zero_grad (for example after ``model.zero_grad()`` replaced every
+``.grad``), every parameter is re-checked and foreign gradients are copied in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Segment:
+    """Parameters of one group and one dtype, laid out back to back."""
+
+    group: int
+    params: list[Tensor]
+    offsets: list[int]
+    param_buf: Tensor
+    grad_buf: Tensor
+    grad_views: list[Tensor]
+    state_bufs: dict[str, Tensor] = field(default_factory=dict)
+    step: Tensor | None = None
+    first: bool = False  # SGD: momentum buffers start as a copy of the gradient
+    seen_version: int = -1
+
+
+def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
+    return [buf[o:o + p.numel()].view_as(p) for p, o in zip(params, offsets)]
+
+
+class FlatBuffers:
+    """The segments of one optimizer and the pointer table the kernel reads."""
+
+    def __init__(self, opt: Any) -> None:
+        self.key = opt._fastopt_key()
+        self.segments: list[Segment] = []
+        for gi, group in enumerate(opt.param_groups):
+            by_dtype: dict[torch.dtype, list[Tensor]] = {}
+            for p in group["params"]:
+                by_dtype.setdefault(p.dtype, []).append(p)
+            for params in by_dtype.values():
+                self.segments.append(self._segment(opt, gi, group, params))
+        n_ptrs = opt._n_ptrs
+        self.ptrs = np.zeros((len(self.segments), n_ptrs), dtype=np.uint64)
+        for r, seg in enumerate(self.segments):
+            self.ptrs[r, 0] = seg.param_buf.data_ptr()
+            self.ptrs[r, 1] = seg.grad_buf.data_ptr()
+            for key, col in opt._state_columns(opt.param_groups[seg.group]):
+                self.ptrs[r, col] = seg.state_bufs[key].data_ptr()
+            if seg.step is not None:
+                self.ptrs[r, opt._step_column] = seg.step.data_ptr()
+        self.numels = np.array([s.param_buf.numel() for s in self.segments], dtype=np.int64)
+        from .optim import DTYPE_CODES
+
+        self.dtypes = np.array([DTYPE_CODES[s.param_buf.dtype] for s in self.segments], dtype=np.int32)
+        self.group_of = np.array([s.group for s in self.segments], dtype=np.int64)
+        self.mark()
+
+    @staticmethod
+    def _segment(opt: Any, gi: int, group: dict, params: list[Tensor]) -> Segment:
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += p.numel()
+        dtype = params[0].dtype
+        param_buf = torch.empty(total, dtype=dtype)
+        grad_buf = torch.zeros(total, dtype=dtype)
+        views = _views(param_buf, params, offsets)
+        grad_views = _views(grad_buf, params, offsets)
+        with torch.no_grad():
+            for p, v, gv in zip(params, views, grad_views):
+                v.copy_(p)
+                if p.grad is not None:
+                    gv.copy_(p.grad)
+                p.data = v
+                p.grad = gv
+        seg = Segment(gi, params, offsets, param_buf, grad_buf, grad_views)
+        states = [opt.state.get(p, {}) for p in params]
+        have = [bool(s) for s in states]
+        if any(have) and not all(have):
+            raise ValueError(
+                f"param group {gi}: some parameters have optimizer state and others not (they never "
+                "had a gradient); step once more in the normal mode, or reset the state, first")
+        for key, _ in opt._state_columns(group):
+            buf = torch.zeros(total, dtype=dtype)
+            bviews = _views(buf, params, offsets)
+            for p, state, bv in zip(params, states, bviews):
+                if state.get(key) is not None:
+                    bv.copy_(state[key])
+                opt.state[p][key] = bv
+            seg.state_bufs[key] = buf
+        if opt._step_column is not None:
+            steps = {float(s["step"]) for s in states if "step" in s}
+            if len(steps) > 1:
+                raise ValueError(f"param group {gi}: step counts differ ({sorted(steps)}); "
+                                 "flat buffers need one count per group and dtype")
+            seg.step = torch.tensor(steps.pop() if steps else 0.0, dtype=torch.float32)
+            for p in params:
+                opt.state[p]["step"] = seg.step  # one shared counter
+        seg.first = opt._flat_first(group, all(have))
+        return seg
+
+    def mark(self) -> None:
+        """Remember the gradient buffers' versions (after a step or zero_grad)."""
+        for seg in self.segments:
+            seg.seen_version = seg.grad_buf._version
+
+    def zero_grad(self) -> None:
+        """Zero every gradient buffer (gradients stay attached as views)."""
+        for seg in self.segments:
+            seg.grad_buf.zero_()
+        self.mark()
+
+    def sync_grads(self) -> None:
+        """Make sure every ``.grad`` is its view; cheap unless a buffer saw no accumulation."""
+        for seg in self.segments:
+            if seg.grad_buf._version != seg.seen_version:
+                continue
+            with torch.no_grad():
+                for p, gv in zip(seg.params, seg.grad_views):
+                    g = p.grad
+                    if g is gv:
+                        continue
+                    if g is None:
+                        gv.zero_()
+                    else:
+                        gv.copy_(g)
+                    p.grad = gv
+
+    def params_moved(self) -> bool:
+        """True when some parameter no longer lives in its buffer (e.g. after ``model.to()``)."""
+        return any(p.data_ptr() != seg.param_buf.data_ptr() + o * p.element_size()
+                   for seg in self.segments for p, o in zip(seg.params, seg.offsets))
