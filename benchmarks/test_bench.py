@@ -1,0 +1,71 @@
+"""pytest-benchmark suites: construction and step, fastopt beside the references, one run.
+
+    pytest benchmarks/test_bench.py --benchmark-json=bench.json
+
+Group names pair the variants (compare within a group); not part of the test run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+import fastopt
+from fastopt import zoo
+
+MODELS = ["retinanet_r50_fpn", "cascade_mask_rcnn_swin_l"]
+
+
+def _mmengine() -> Any:
+    pytest.importorskip("mmengine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mmengine.logging import MMLogger
+        from mmengine.optim import build_optim_wrapper
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
+    return build_optim_wrapper
+
+
+def _cfg(name: str) -> dict:
+    spec = zoo.MODELS[name]
+    return dict(optimizer=dict(spec.optimizer), paramwise_cfg=spec.paramwise_cfg or dict(norm_decay_mult=0.0))
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("impl", ["fastopt", "mmengine"])
+@pytest.mark.parametrize("name", MODELS)
+def test_construct(benchmark: Any, name: str, impl: str) -> None:
+    benchmark.group = f"construct {name}"
+    model = zoo.build(name)
+    cfg = _cfg(name)
+    build = fastopt.build_optim_wrapper if impl == "fastopt" else _mmengine()
+    build(model, copy.deepcopy(cfg))  # warm-up
+    out = benchmark(lambda: build(model, copy.deepcopy(cfg)))
+    assert out.optimizer.param_groups
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("impl", ["fastopt", "fastopt flat", "torch fused merged", "mmengine"])
+def test_step_adamw(benchmark: Any, impl: str) -> None:
+    benchmark.group = "AdamW step cascade_mask_rcnn_swin_l (width 0.1)"
+    model = zoo.build("cascade_mask_rcnn_swin_l", width=0.1)
+    cfg = _cfg("cascade_mask_rcnn_swin_l")
+    if impl == "mmengine":
+        opt = _mmengine()(model, cfg).optimizer
+    else:
+        opt = fastopt.build_optim_wrapper(model, cfg).optimizer
+        if impl == "torch fused merged":
+            groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, fused=True)
+        elif impl == "fastopt flat":
+            opt.use_flat_buffers()
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    benchmark(opt.step)
