@@ -16,6 +16,7 @@ a step with inf/NaN gradients is skipped entirely, as with torch's fused kernels
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,9 @@ __all__ = ["SGD", "Adam", "AdamW"]
 # csrc/dtype.h DType and csrc/step_cpu.h StepFlag
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 MAXIMIZE, AMSGRAD, DECOUPLED_WD, NESTEROV, FIRST_STEP, STEP_F64 = (1 << i for i in range(6))
+
+
+_GRAD = operator.attrgetter("grad")
 
 
 def _as_uint64(values: list[int]) -> np.ndarray:
@@ -133,33 +137,36 @@ class _NativeStep:
         if plan is None:
             return False
         params = plan.params
-        grads = [p.grad for p in params]
-        rows_list = [i for i, g in enumerate(grads) if g is not None]
-        if not rows_list:
-            return True
-        sel = [grads[i] for i in rows_list]
-        for g in sel:
-            if g.layout is not torch.strided:
+        grads = list(map(_GRAD, params))
+        # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
+        if any(g is None for g in grads):  # parameters without a gradient are skipped, as torch does
+            rows_list = [i for i, g in enumerate(grads) if g is not None]
+            if not rows_list:
+                return True
+            sel = [grads[i] for i in rows_list]
+            sel_params = [params[i] for i in rows_list]
+        else:
+            rows_list, sel, sel_params = None, grads, params
+        try:
+            contiguous = all(map(Tensor.is_contiguous, sel))
+        except RuntimeError:  # sparse layouts have no strides
+            contiguous = False
+        if not contiguous:
+            if any(g.layout is not torch.strided for g in sel):
                 if self._sparse_ok():
                     return False
                 raise RuntimeError(self._sparse_error)
-            if not g.is_contiguous():
-                return False
+            return False
+        rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
         # Parameters whose storage moved (p.data = ...) are re-checked before use.
-        param_ptrs = [params[i].data_ptr() for i in rows_list]
-        for i, ptr in zip(rows_list, param_ptrs):
-            if ptr != plan.param_ptrs[i]:
-                p = params[i]
-                if (p.numel() != plan.numels[i] or DTYPE_CODES.get(p.dtype) != plan.dtypes[i]
-                        or not p.is_contiguous() or p.device.type != "cpu"):
-                    self._invalidate()
-                    return False
-                plan.param_ptrs[i] = ptr
-                plan.ptrs[i, 0] = ptr
-        rows = np.asarray(rows_list, dtype=np.int64)
+        param_ptrs = list(map(Tensor.data_ptr, sel_params))
+        cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
+        if param_ptrs != cached and not self._params_moved(plan, rows.tolist(), param_ptrs):
+            return False
         todo = rows[~plan.ready[rows]]
-        first = np.zeros(len(params), dtype=bool)
+        first = None
         if len(todo):
+            first = np.zeros(len(params), dtype=bool)
             groups = self.param_groups
             try:
                 for i in todo.tolist():
@@ -167,16 +174,41 @@ class _NativeStep:
             except _Fallback:
                 plan.native = False  # until the groups change: torch's path
                 return False
-        ptrs = plan.ptrs[rows]
-        ptrs[:, 1] = _as_uint64([g.data_ptr() for g in sel])
-        per_group = [self._group_hyper(g) for g in self.param_groups]
-        group_hyper = np.array([h for h, _ in per_group], dtype=np.float64).reshape(-1, self._n_hyper)
-        group_flags = np.array([f for _, f in per_group], dtype=np.int32)
+        ptrs = plan.ptrs[rows] if rows_list is not None else plan.ptrs.copy()
+        ptrs[:, 1] = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
+        group_hyper, group_flags = self._hyper_table()
         gi = plan.group_of[rows]
-        flags = group_flags[gi] | np.where(first[rows], FIRST_STEP, 0).astype(np.int32)
+        flags = group_flags[gi]
+        if first is not None:
+            flags = flags | np.where(first[rows], FIRST_STEP, 0).astype(np.int32)
         scale = 0.0 if grad_scale is None else float(grad_scale)
         self._call_kernel(plan, rows, ptrs, group_hyper[gi], flags, scale)
         return True
+
+    def _params_moved(self, plan: _Plan, rows: list[int], ptrs: list[int]) -> bool:
+        """Accept parameters whose storage moved if they are still steppable; else re-plan."""
+        for i, ptr in zip(rows, ptrs):
+            if ptr != plan.param_ptrs[i]:
+                p = plan.params[i]
+                if (p.numel() != plan.numels[i] or DTYPE_CODES.get(p.dtype) != plan.dtypes[i]
+                        or not p.is_contiguous() or p.device.type != "cpu"):
+                    self._invalidate()
+                    return False
+                plan.param_ptrs[i] = ptr
+                plan.ptrs[i, 0] = ptr
+        return True
+
+    def _hyper_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-group hyperparameters and flags as arrays, rebuilt only when a value changed."""
+        per_group = [self._group_hyper(g) for g in self.param_groups]
+        key = [(tuple(h), f) for h, f in per_group]
+        cache = getattr(self, "_fastopt_hyper", None)
+        if cache is None or cache[0] != key:
+            hyper = np.array([h for h, _ in per_group], dtype=np.float64).reshape(-1, self._n_hyper)
+            flags = np.array([f for _, f in per_group], dtype=np.int32)
+            cache = (key, hyper, flags)
+            self._fastopt_hyper = cache
+        return cache[1], cache[2]
 
     def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None) -> Any:
         loss = None
@@ -283,6 +315,7 @@ class _NativeStep:
         state = super().__getstate__()  # type: ignore[misc]
         state.pop("_fastopt_plan", None)
         state.pop("_fastopt_flat", None)
+        state.pop("_fastopt_hyper", None)
         return state
 
 
