@@ -210,6 +210,39 @@ class _NativeStep:
             self._fastopt_hyper = cache
         return cache[1], cache[2]
 
+    #: Device types whose tensors step through torch's fused kernels on the merged groups
+    #: (when the groups leave ``fused``/``foreach`` unset).
+    _torch_fused_devices: tuple[str, ...] = ("cuda", "xpu")
+
+    def _torch_fused_ok(self) -> bool:
+        """True when every group can run torch's fused kernel instead of its default path."""
+        for g in self.param_groups:
+            if g.get("fused") is not None or g.get("foreach") is not None:
+                return False  # the user chose a path: respect it
+            if g.get("differentiable") or g.get("capturable"):
+                return False
+            for p in g["params"]:
+                if p.device.type not in self._torch_fused_devices or p.dtype not in DTYPE_CODES:
+                    return False
+        return True
+
+    def _torch_fused_step(self, torch_step: Callable[[], Any]) -> None:
+        """torch's fused kernel per merged group; it consumes grad_scale/found_inf itself."""
+        groups = self.param_groups
+        for g in groups:
+            for p in g["params"]:
+                state = self.state.get(p)
+                step = state.get("step") if state else None
+                # the fused kernels keep the step counter on the parameter's device, in fp32
+                if isinstance(step, Tensor) and (step.device != p.device or step.dtype != torch.float32):
+                    state["step"] = step.to(device=p.device, dtype=torch.float32)
+            g["fused"] = True
+        try:
+            torch_step()
+        finally:
+            for g in groups:
+                g["fused"] = None
+
     def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
@@ -222,7 +255,11 @@ class _NativeStep:
         with torch.no_grad():
             if self._flat_step(grad_scale) or self._native_step(grad_scale):
                 return loss
-            # torch's path: unscale here, since only its fused kernels take a scale.
+        if self._torch_fused_ok():
+            self._torch_fused_step(torch_step)
+            return loss
+        with torch.no_grad():
+            # torch's default path: unscale here, since only its fused kernels take a scale.
             if grad_scale is not None:
                 grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
                 for grad in grads:

@@ -274,3 +274,33 @@ def test_kernel_rejects_bad_shapes_and_null_pointers() -> None:
     with pytest.raises(ValueError, match="unsupported dtype code 9"):
         _C.sgd_step(np.ones((1, 3), np.uint64), np.ones(1, np.int64), np.full(1, 9, np.int32),
                     np.zeros(1, np.int32), np.zeros((1, 4)), 0.0)
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_device_path_uses_torch_fused_kernels(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors the native kernel does not take (e.g. CUDA) step through torch's fused kernel
+    on the merged groups. Exercised on CPU by routing CPU tensors to that path."""
+    ours_cls, ref_cls = PAIRS[name]
+    monkeypatch.setattr(fo._NativeStep, "_group_native", lambda self, group: False)
+    monkeypatch.setattr(fo._NativeStep, "_torch_fused_devices", ("cpu",))
+    torch.manual_seed(0)
+    ps = [torch.randn(s, requires_grad=True) for s in [(5, 3), (7,), (0,)]]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    opts: dict = dict(lr=0.05, weight_decay=0.01)
+    if name == "SGD":
+        opts["momentum"] = 0.9
+    ours = ours_cls([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.01}], **opts)
+    ref = ref_cls([{"params": qs[:1]}, {"params": qs[1:], "lr": 0.01}], fused=True, **opts)
+    s1, s2 = (torch.amp.GradScaler("cpu", init_scale=256.0) for _ in range(2))
+    for step in range(4):
+        for opt, scaler, ts in ((ours, s1, ps), (ref, s2, qs)):
+            opt.zero_grad()
+            loss = sum((t * (i + 1)).sum() ** 2 for i, t in enumerate(ts))
+            scaler.scale(loss * (float("inf") if step == 1 else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q)
+    assert all(g["fused"] is None for g in ours.param_groups)  # the user's groups are left as they were
+    if name != "SGD":
+        assert ours.state[ps[0]]["step"].dtype == torch.float32
