@@ -15,61 +15,28 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import gc
 import json
-import logging
 import statistics
 import sys
-import time
-import types
-import warnings
 from typing import Any, Callable
 
 import torch
 
 import fastopt
 from fastopt import zoo
+from fastopt.bench import log, mmcv_builder, mmengine_builder, time_once
 
 TARGETS = {"big_5k": 100.0, "cascade_mask_rcnn_swin_l": 10.0}
 SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k
 
 
-def log(msg: str) -> None:
-    """Progress on stderr, so --json output on stdout stays clean."""
-    print(msg, file=sys.stderr, flush=True)
-
-
 def references() -> dict[str, Callable[[torch.nn.Module, dict], Any]]:
     """The reference builders that are installed: mmengine and/or mmcv 1.x."""
-    refs: dict[str, Callable] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from mmengine.logging import MMLogger
-            from mmengine.optim import build_optim_wrapper
-
-            # mmengine logs a line per parameter (frozen ones as warnings); silencing it only
-            # makes it faster.
-            MMLogger.get_current_instance().setLevel(logging.ERROR)
-            refs["mmengine"] = build_optim_wrapper
-        except ImportError:
-            log("mmengine not installed: skipping it")
-        try:
-            sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
-            from mmcv.runner import build_optimizer
-
-            refs["mmcv"] = build_optimizer
-        except ImportError:
-            log("mmcv 1.x not installed: skipping it")
-    return refs
-
-
-def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall time of one call, with garbage from earlier calls collected first."""
-    gc.collect()
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+    refs = {"mmengine": mmengine_builder(), "mmcv": mmcv_builder()}
+    for name, fn in refs.items():
+        if fn is None:
+            log(f"{name} not installed: skipping it")
+    return {k: v for k, v in refs.items() if v is not None}
 
 
 def n_groups(built: Any) -> int:

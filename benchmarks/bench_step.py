@@ -22,24 +22,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import statistics
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 import fastopt
 from fastopt import zoo
+from fastopt.bench import BYTES_PER_ELEMENT, OPTIMIZER_CFGS, log, mmengine_builder
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
-OPTIMIZERS = {
-    "adamw": dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    "sgd": dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4),
-}
-BYTES_PER_ELEMENT = {"adamw": 7 * 4, "sgd": 5 * 4}  # fp32 reads + writes per element
 # fastopt must be this many times faster than each baseline (<= 1: at most 1/x slower)
 TARGETS = {
     "adamw": {"mmengine": 3.0, "mmengine+fused": 1.5, "torch fused merged": 1.3, "flat limit": 1 / 1.3},
@@ -47,24 +42,6 @@ TARGETS = {
 }
 FLAT_TARGET = 1 / 1.1  # fastopt flat vs the flat limit
 TINY_FLAT_TARGET = 1 / 1.5  # the same on a model of 5k tiny tensors
-
-
-def log(msg: str) -> None:
-    """Progress on stderr."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def mmengine_builder() -> Callable | None:
-    """mmengine's build_optim_wrapper, quiet, or None when mmengine is not installed."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from mmengine.logging import MMLogger
-            from mmengine.optim import build_optim_wrapper
-        except ImportError:
-            return None
-    MMLogger.get_current_instance().setLevel(logging.ERROR)
-    return build_optim_wrapper
 
 
 def build_variants(model: torch.nn.Module, opt_cfg: dict, paramwise: dict | None
@@ -116,7 +93,7 @@ def run(model_name: str, optimizer: str, width: float, repeats: int) -> dict[str
     numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{model_name} (width {width}): {tensors} trainable tensors, {numel / 1e6:.1f}M elements; "
         f"{optimizer}")
-    variants = build_variants(model, OPTIMIZERS[optimizer], spec.paramwise_cfg)
+    variants = build_variants(model, OPTIMIZER_CFGS[optimizer], spec.paramwise_cfg)
     gen = torch.Generator().manual_seed(0)
     # Two gradient sets per variant, alternated: pointers change every step (default mode).
     grads: dict[str, list[list[torch.Tensor]]] = {}

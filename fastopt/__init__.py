@@ -20,6 +20,7 @@ from .builder import (
     build_optimizer,
 )
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
+from .explain import Explanation, explain
 from .grouping import merge_param_groups
 from .registry import Registry, build_from_cfg
 from .wrapper import OptimWrapper
@@ -34,6 +35,7 @@ __all__ = [
     "OPTIM_WRAPPER_CONSTRUCTORS",
     "DefaultOptimWrapperConstructor",
     "DefaultOptimizerConstructor",
+    "Explanation",
     "GroupPlan",
     "OptimWrapper",
     "Registry",
@@ -41,6 +43,7 @@ __all__ = [
     "build_from_cfg",
     "build_optim_wrapper",
     "build_optimizer",
+    "explain",
     "merge_param_groups",
     "optim",
 ]

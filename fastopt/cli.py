@@ -1,0 +1,269 @@
+"""The ``fastopt`` command: models, bench, explain, profile.
+
+    fastopt models
+    fastopt bench --model cascade_mask_rcnn_swin_l [--optimizer adamw|sgd] [--json P] [--plot P]
+    fastopt explain (--model NAME | CONFIG.py) [--json] [--filter REGEX]
+    fastopt profile (--model NAME | CONFIG.py) [--max-groups N] [--max-build-ms MS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import runpy
+import sys
+import warnings
+from typing import Any, Callable
+
+from torch import nn
+
+from . import zoo
+
+#: widths giving ~30M parameters (what `fastopt bench` measures steps on by default)
+BENCH_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+# ------------------------------------------------------------------ configs
+def load_config(path: str) -> dict[str, Any]:
+    """Top-level names of an mmcv/mmengine-style Python config (``_base_`` needs mmengine)."""
+    try:
+        from mmengine.config import Config
+    except ImportError:
+        Config = None
+    if Config is not None:
+        return Config.fromfile(path).to_dict()
+    ns = runpy.run_path(path)
+    if "_base_" in ns:
+        raise SystemExit(f"{path}: `_base_` inheritance needs mmengine installed")
+    return {k: v for k, v in ns.items() if not k.startswith("__") and not callable(v)
+            and type(v).__name__ != "module"}
+
+
+def resolve_callable(ref: str) -> Callable[..., Any]:
+    """'package.module:function' or 'package.module.function' -> the callable."""
+    if ":" in ref:
+        mod, _, attr = ref.partition(":")
+    else:
+        mod, _, attr = ref.rpartition(".")
+    if not mod:
+        raise SystemExit(f"model builder {ref!r} must be 'package.module:callable'")
+    obj: Any = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_model(spec: Any) -> nn.Module:
+    """A model from a config's ``model`` entry: 'module:callable' or dict(type=..., **kwargs)."""
+    if isinstance(spec, str):
+        return resolve_callable(spec)()
+    if isinstance(spec, dict) and isinstance(spec.get("type"), str):
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        return resolve_callable(spec["type"])(**kwargs)
+    raise SystemExit("the config's `model` must be 'package.module:callable' or "
+                     "dict(type='package.module:callable', **kwargs)")
+
+
+def optimizer_cfg_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``optim_wrapper=`` (mmengine) or ``optimizer=`` (mmcv 1.x) entry of a config."""
+    if "optim_wrapper" in cfg:
+        return cfg["optim_wrapper"]
+    if "optimizer" in cfg and isinstance(cfg["optimizer"], dict):
+        return cfg["optimizer"]
+    raise SystemExit("the config has neither `optim_wrapper=` nor `optimizer=`")
+
+
+def model_and_cfg(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str]:
+    """(model, optimizer config, label) from --model NAME and/or CONFIG.py."""
+    if args.config:
+        cfg = load_config(args.config)
+        opt_cfg = optimizer_cfg_of(cfg)
+        if args.model:
+            model = zoo.build(args.model)
+        elif "model" in cfg:
+            model = build_model(cfg["model"])
+        else:
+            raise SystemExit("name a model: --model NAME, or `model = 'pkg.module:builder'` in the config")
+        return model, opt_cfg, args.config
+    if not args.model:
+        raise SystemExit("give --model NAME or a CONFIG.py")
+    spec = _zoo_spec(args.model)
+    cfg = dict(optimizer=dict(spec.optimizer), paramwise_cfg=spec.paramwise_cfg)
+    return zoo.build(args.model), cfg, args.model
+
+
+def _zoo_spec(name: str) -> zoo.ZooModel:
+    if name not in zoo.MODELS:
+        raise SystemExit(f"unknown model {name!r}; `fastopt models` lists them")
+    return zoo.MODELS[name]
+
+
+# ------------------------------------------------------------------ commands
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the bundled models."""
+    from .bench import count_full
+
+    rows = []
+    for name, spec in zoo.MODELS.items():
+        model = zoo.build(name)
+        tensors, full = count_full(name)
+        rows.append((name, tensors, zoo.count_numel(model), full, spec.optimizer["type"],
+                     "yes" if spec.paramwise_cfg else "no"))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "tensors", "numel", "numel_full", "optimizer", "paramwise"), r))
+                          for r in rows], indent=2))
+        return 0
+    print(f"{'model':<26}{'tensors':>8}{'params (default width)':>24}{'params (full width)':>21}"
+          f"{'optimizer':>11}{'paramwise':>11}")
+    for name, tensors, numel, full, opt, pw in rows:
+        print(f"{name:<26}{tensors:>8,}{numel:>24,}{full:>21,}{opt:>11}{pw:>11}")
+    print(f"\nzoo.build(name, width=...) scales channels; the default width is {zoo.DEFAULT_WIDTH:g}.")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Construction and step time of every installed implementation, side by side."""
+    from . import bench
+
+    _zoo_spec(args.model)
+    width = args.width or BENCH_WIDTH.get(args.model)
+    report = bench.compare(args.model, args.optimizer, width=width, repeats=args.repeats)
+    by = {r["impl"]: r for r in report["results"]}
+    ours = by["fastopt"]
+    print(f"\n{report['model']} (width {report['width']}): {report['tensors']:,} tensors, "
+          f"{report['numel'] / 1e6:.1f}M parameters; {report['optimizer']}; medians of {args.repeats} "
+          "interleaved repeats")
+    print(f"  {'implementation':<18}{'construct':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
+          f"{'fastopt faster: build':>23}{'step':>7}")
+    for r in report["results"]:
+        c = f"{r['construct_s'] * 1e3:9.1f}ms" if r["construct_s"] is not None else f"{'-':>11}"
+        cr = f"{r['construct_s'] / ours['construct_s']:22.1f}x" if r["construct_s"] else f"{'-':>23}"
+        print(f"  {r['impl']:<18}{c}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
+              f"{cr}{r['step_s'] / ours['step_s']:6.2f}x")
+    scale_rows = []
+    if args.plot:
+        sizes = [1000, 2000, 5000, 10_000, 20_000, 100_000] + ([1_000_000] if args.giant else [])
+        bench.log("scaling sweep for the plot ...")
+        scale_rows = bench.scaling(sizes)
+        bench.plot(report, scale_rows, args.plot)
+        bench.log(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(report, scaling=scale_rows), fh, indent=2)
+        bench.log(f"wrote {args.json}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Per-parameter rules and the group table."""
+    from .explain import explain
+
+    model, cfg, label = model_and_cfg(args)
+    report = explain(model, cfg)
+    pattern = re.compile(args.filter) if args.filter else None
+    params = [p for p in report.params if pattern is None or pattern.search(p.name)]
+    for key in report.unused_keys:
+        print(f"warning: custom key {key!r} matches no trainable parameter", file=sys.stderr)
+    if args.json:
+        out = report.to_json()
+        if pattern is not None:
+            out["params"] = [p for p in out["params"] if pattern.search(p["name"])]
+        print(json.dumps(out, indent=2))
+        return 0
+    shown = ["lr", "weight_decay"]
+    extra = sorted({k for g in report.groups for k, v in g.items()
+                    if k not in ("num_params", "numel", *shown) and any(
+                        h.get(k) != v for h in report.groups)})
+    outside = sorted({p.rule for p in report.params if p.group is None})
+    n_out = sum(p.group is None for p in report.params)
+    note = f" ({n_out} in none: {', '.join(outside)})" if n_out else ""
+    print(f"{label}: {report.api} semantics, {report.optimizer}, {len(report.params)} parameters in "
+          f"{len(report.groups)} groups{note}, decided in {report.build_s * 1e3:.1f} ms\n")
+    print(f"  {'group':>5}{'params':>8}{'numel':>12}" + "".join(f"{k:>14}" for k in shown + extra))
+    for gi, g in enumerate(report.groups):
+        print(f"  {gi:>5}{g['num_params']:>8}{g['numel']:>12,}" +
+              "".join(f"{_fmt(g.get(k)):>14}" for k in shown + extra))
+    print(f"\n  {'parameter':<60}{'group':>6}  {'rule':<22}{'lr':>10}{'wd':>10}  notes")
+    for p in params:
+        rule = p.rule + (f" '{p.custom_key}'" if p.custom_key is not None else "")
+        notes = []
+        if p.also_matched:
+            notes.append("also matched " + ", ".join(repr(k) for k in p.also_matched))
+        if p.switched_off and p.switched_off != "default":
+            notes.append(f"overrides the {p.switched_off} rule")
+        group = "-" if p.group is None else str(p.group)
+        print(f"  {p.name:<60}{group:>6}  {rule:<22}{_fmt(p.hyper.get('lr')):>10}"
+              f"{_fmt(p.hyper.get('weight_decay')):>10}  {'; '.join(notes)}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Grouping cost and group count, with limits for CI."""
+    from .bench import profile
+
+    model, cfg, label = model_and_cfg(args)
+    result = profile(model, cfg, repeats=args.repeats)
+    print(f"{label}: {result['tensors']:,} tensors in {result['groups']} groups, "
+          f"built in {result['build_ms']:.2f} ms (median of {args.repeats})")
+    failed = []
+    if args.max_groups is not None and result["groups"] > args.max_groups:
+        failed.append(f"{result['groups']} groups > --max-groups {args.max_groups}")
+    if args.max_build_ms is not None and result["build_ms"] > args.max_build_ms:
+        failed.append(f"{result['build_ms']:.2f} ms > --max-build-ms {args.max_build_ms}")
+    for msg in failed:
+        print(f"LIMIT EXCEEDED: {msg}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastopt`` command."""
+    ap = argparse.ArgumentParser(prog="fastopt", description="OpenMMLab optimizer configs, fast.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list the bundled detector-shaped models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="construction and step time vs mmengine, mmcv and torch")
+    p.add_argument("--model", default="cascade_mask_rcnn_swin_l")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--width", type=float, help="zoo width (default: ~30M parameters)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars")
+    p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")
+    p.set_defaults(func=cmd_bench)
+
+    for name, func, text in (("explain", cmd_explain, "why each parameter got its hyperparameters"),
+                             ("profile", cmd_profile, "grouping cost and group count, with CI limits")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", nargs="?", help="mmcv/mmengine-style Python config")
+        p.add_argument("--model", help="a bundled model (`fastopt models`)")
+        if name == "explain":
+            p.add_argument("--json", action="store_true")
+            p.add_argument("--filter", metavar="REGEX", help="only parameters whose name matches")
+        else:
+            p.add_argument("--max-groups", type=int)
+            p.add_argument("--max-build-ms", type=float)
+            p.add_argument("--repeats", type=int, default=5)
+        p.set_defaults(func=func)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fastopt`` console script."""
+    args = parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+        return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

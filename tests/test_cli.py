@@ -1,0 +1,107 @@
+"""The fastopt command line and its JSON outputs (layouts documented in docs/cli.md)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fastopt import cli, zoo
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "--json")
+    rows = json.loads(out)
+    assert code == 0
+    assert {r["name"] for r in rows} == set(zoo.MODELS)
+    swin = next(r for r in rows if r["name"] == "cascade_mask_rcnn_swin_l")
+    assert swin["tensors"] == 415 and swin["numel_full"] > 200_000_000 and swin["optimizer"] == "AdamW"
+
+
+def test_explain_json_layout_and_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "explain", "--model", "cascade_mask_rcnn_swin_l", "--json")
+    data = json.loads(out)
+    assert code == 0 and "absolute_pos_embed" in err  # the Swin config's key matches nothing here
+    assert {"groups", "params", "api", "optimizer", "unused_keys"} <= data.keys()
+    assert data["api"] == "mmengine" and data["unused_keys"] == ["absolute_pos_embed"]
+    params = {p["name"]: p for p in data["params"]}
+    assert len(params) == 415
+    for p in params.values():
+        assert {"name", "group", "rule", "lr", "weight_decay", "custom_key", "also_matched",
+                "switched_off"} <= p.keys()
+        assert 0 <= p["group"] < len(data["groups"])
+    table = params["backbone.stages.0.blocks.0.attn.w_msa.relative_position_bias_table"]
+    assert table["rule"] == "custom" and table["custom_key"] == "relative_position_bias_table"
+    assert table["weight_decay"] == 0.0
+    norm = params["backbone.stages.0.blocks.0.norm1.weight"]
+    assert norm["custom_key"] == "norm" and norm["weight_decay"] == 0.0
+    assert sum(g["num_params"] for g in data["groups"]) == 415
+
+
+def test_explain_reports_competing_keys_and_switched_off_rules(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "cfg.py"
+    config.write_text(textwrap.dedent("""
+        model = dict(type='fastopt.zoo:build', name='faster_rcnn_r50_fpn')
+        optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4,
+                         paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={
+                             'backbone': dict(lr_mult=0.1), 'backbone.layer2': dict(lr_mult=0.5)}))
+    """))
+    code, out, _ = run(capsys, "explain", str(config), "--json", "--filter", r"^backbone\.layer2\.0\.bn1")
+    data = json.loads(out)
+    assert code == 0 and data["api"] == "mmcv"
+    weight, _bias = data["params"]
+    assert weight["name"] == "backbone.layer2.0.bn1.weight"
+    assert weight["custom_key"] == "backbone.layer2" and weight["also_matched"] == ["backbone"]
+    assert weight["switched_off"] == "norm"  # the custom key overrides the norm rule
+    assert weight["lr"] == pytest.approx(0.01) and weight["weight_decay"] == 1e-4
+    _, text, _ = run(capsys, "explain", str(config), "--filter", "layer2.0.bn1.bias")
+    assert "also matched 'backbone'" in text and "overrides the norm rule" in text
+
+
+def test_explain_marks_frozen_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--model", "faster_rcnn_r50_fpn", "--json",
+                       "--filter", "^backbone.conv1")
+    [p] = json.loads(out)["params"]
+    assert code == 0
+    assert p["group"] is None and p["rule"] == "frozen"  # mmengine leaves frozen parameters out
+
+
+def test_profile_limits_set_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1")[0] == 0
+    code, _, err = run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1",
+                       "--max-groups", "1")
+    assert code == 1 and "LIMIT EXCEEDED" in err
+    code, _, err = run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1",
+                       "--max-build-ms", "0.000001")
+    assert code == 1 and "--max-build-ms" in err
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bench.json"
+    code, out, _ = run(capsys, "bench", "--model", "retinanet_r50_fpn", "--width", "0.05", "--repeats", "1",
+                       "--optimizer", "sgd", "--json", str(path))
+    data = json.loads(path.read_text())
+    assert code == 0 and "fastopt" in out
+    assert {"model", "tensors", "numel", "results"} <= data.keys()
+    impls = {r["impl"]: r for r in data["results"]}
+    assert {"fastopt", "torch flat limit"} <= impls.keys()
+    for r in data["results"]:
+        assert {"impl", "construct_s", "step_s", "groups"} <= r.keys()
+        assert r["step_s"] > 0
+    assert impls["torch flat limit"]["construct_s"] is None and impls["torch flat limit"]["groups"] == 1
+    assert impls["fastopt"]["groups"] < data["tensors"]
+
+
+def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        cli.main(["explain", "--model", "nope"])
