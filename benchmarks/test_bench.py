@@ -8,8 +8,6 @@ Group names pair the variants (compare within a group); not part of the test run
 from __future__ import annotations
 
 import copy
-import logging
-import warnings
 from typing import Any
 
 import pytest
@@ -17,18 +15,23 @@ import torch
 
 import fastopt
 from fastopt import zoo
+from fastopt.bench import mmcv_builder, mmengine_builder
 
 MODELS = ["retinanet_r50_fpn", "cascade_mask_rcnn_swin_l"]
 
 
 def _mmengine() -> Any:
-    pytest.importorskip("mmengine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from mmengine.logging import MMLogger
-        from mmengine.optim import build_optim_wrapper
-    MMLogger.get_current_instance().setLevel(logging.ERROR)
-    return build_optim_wrapper
+    build = mmengine_builder()
+    if build is None:
+        pytest.skip("mmengine not installed")
+    return build
+
+
+def _mmcv() -> Any:
+    build = mmcv_builder()
+    if build is None:
+        pytest.skip("mmcv 1.x not installed")
+    return build
 
 
 def _cfg(name: str) -> dict:
@@ -37,25 +40,34 @@ def _cfg(name: str) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("impl", ["fastopt", "mmengine"])
+@pytest.mark.parametrize("impl", ["fastopt", "fastopt (mmcv API)", "mmengine", "mmcv"])
 @pytest.mark.parametrize("name", MODELS)
 def test_construct(benchmark: Any, name: str, impl: str) -> None:
     benchmark.group = f"construct {name}"
     model = zoo.build(name)
     cfg = _cfg(name)
-    build = fastopt.build_optim_wrapper if impl == "fastopt" else _mmengine()
+    if impl in ("mmcv", "fastopt (mmcv API)"):
+        cfg = dict(cfg["optimizer"], paramwise_cfg=cfg["paramwise_cfg"])
+        build = fastopt.build_optimizer if impl.startswith("fastopt") else _mmcv()
+    else:
+        build = fastopt.build_optim_wrapper if impl == "fastopt" else _mmengine()
     build(model, copy.deepcopy(cfg))  # warm-up
     out = benchmark(lambda: build(model, copy.deepcopy(cfg)))
-    assert out.optimizer.param_groups
+    assert getattr(out, "optimizer", out).param_groups
+
+
+STEP_IMPLS = ["fastopt", "fastopt flat", "torch fused merged", "mmengine", "mmengine+fused"]
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("impl", ["fastopt", "fastopt flat", "torch fused merged", "mmengine"])
+@pytest.mark.parametrize("impl", STEP_IMPLS)
 def test_step_adamw(benchmark: Any, impl: str) -> None:
     benchmark.group = "AdamW step cascade_mask_rcnn_swin_l (width 0.1)"
     model = zoo.build("cascade_mask_rcnn_swin_l", width=0.1)
     cfg = _cfg("cascade_mask_rcnn_swin_l")
-    if impl == "mmengine":
+    if impl.startswith("mmengine"):
+        if impl == "mmengine+fused":
+            cfg["optimizer"]["fused"] = True
         opt = _mmengine()(model, cfg).optimizer
     else:
         opt = fastopt.build_optim_wrapper(model, cfg).optimizer
