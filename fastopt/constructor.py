@@ -14,6 +14,7 @@ and parameters whose hyperparameters are equal share one param group.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import math
@@ -136,6 +137,11 @@ class _ConstructorBase:
         cfg = self.paramwise_cfg
         if not isinstance(cfg, dict):
             raise TypeError(f"paramwise_cfg should be None or a dict, but got {type(cfg)}")
+        for name, value in (("lr", self.base_lr), ("weight_decay", self.base_wd)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                _check_multiplier(f"optimizer {name}", value)
+        if type(self) in (DefaultOptimizerConstructor, DefaultOptimWrapperConstructor):
+            self._warn_unknown_keys()
         if "custom_keys" in cfg:
             custom = cfg["custom_keys"]
             if not isinstance(custom, dict):
@@ -166,6 +172,19 @@ class _ConstructorBase:
                 f"base_wd should not be None: paramwise_cfg sets {', '.join(wd_mults)} "
                 "but the optimizer config has no weight_decay"
             )
+
+    def _warn_unknown_keys(self) -> None:
+        """A paramwise_cfg key the default constructor ignores is most likely a typo."""
+        known = {"custom_keys", "bypass_duplicate", *_MULTIPLIERS}
+        if not self.mmengine:
+            known.discard("flat_decay_mult")  # mmcv 1.x has no flat rule
+        for key in self.paramwise_cfg:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+                tail = f"; did you mean {hint[0]!r}?" if hint else ""
+                api = "mmengine's" if self.mmengine else "mmcv 1.x's"
+                warnings.warn(f"paramwise_cfg key {key!r} is not used by {api} default constructor{tail}",
+                              UserWarning, stacklevel=5)
 
     # -- rules ---------------------------------------------------------------------------
     def _config_bits(self) -> int:
@@ -295,6 +314,8 @@ class _ConstructorBase:
 
     def param_groups(self, model: nn.Module, optimizer_cls: Any) -> Iterable | list[dict]:
         """The merged param groups for ``model`` (or ``model.parameters()`` without paramwise)."""
+        if next(model.parameters(), None) is None:
+            raise ValueError(f"{type(model).__name__} has no parameters to optimize")
         if not self.paramwise_cfg:
             return model.parameters()
         defaults = self._defaults(optimizer_cls)
@@ -340,6 +361,9 @@ class _ConstructorBase:
             members = order[start:start + count].tolist()
             start += count
             groups[g]["params"] = [params[i] for i in members]
+        if not groups:
+            raise ValueError(f"no parameter to optimize: all {len(table.params)} parameters are frozen "
+                             "(requires_grad=False) or skipped as shared")
         logger.debug("fastopt: %d parameters in %d param groups", len(table.params), len(groups))
         return groups
 

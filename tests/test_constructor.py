@@ -160,6 +160,7 @@ def fake_dcn(monkeypatch: pytest.MonkeyPatch) -> None:
                                 bias_decay_mult=0.0, flat_decay_mult=0.5, norm_decay_mult=0.0),
                                 dict(bias_lr_mult=3.0), dict(custom_keys={"conv_offset": dict(lr_mult=0)})])
 @pytest.mark.parametrize("api", ["mmcv", "mmengine"])
+@pytest.mark.filterwarnings("ignore:paramwise_cfg key 'flat_decay_mult' is not used by mmcv")
 def test_dcn_parity(api: str, pw: dict, fake_dcn: None, monkeypatch: pytest.MonkeyPatch) -> None:
     model = DcnNet()
     opt = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
