@@ -56,7 +56,7 @@ from ._reference import (
 )
 from ._walk import ParamTable, dcn_types, own_children, walk
 from .grouping import freeze, merge_param_groups
-from .registry import Registry, resolve_type
+from .registry import Registry, build_from_cfg, resolve_type
 
 logger = logging.getLogger("fastopt")
 
@@ -295,8 +295,22 @@ class _ConstructorBase:
                 f"(first: {skipped[0]!r})", UserWarning, stacklevel=3)
 
     # -- groups ----------------------------------------------------------------------------
+    #: Optimizer registries of a host framework searched after fastopt's own (set by the
+    #: mmengine/mmcv plug-ins, so custom optimizers registered there keep working).
+    fallback_optimizers: Any = None
+
     def _optimizer_class(self, registry: Registry) -> Any:
-        return resolve_type(self.optimizer_cfg["type"], registry)
+        name = self.optimizer_cfg["type"]
+        if isinstance(name, str) and name not in registry and self.fallback_optimizers is not None:
+            found = self.fallback_optimizers.get(name)
+            if found is not None:
+                return found
+        return resolve_type(name, registry)
+
+    def _build_optimizer(self, optimizer_cls: Any, params: Any, first_arg: str = "params") -> Any:
+        cfg = {k: v for k, v in self.optimizer_cfg.items() if k != "type"}
+        cfg[first_arg] = params
+        return build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
 
     def _defaults(self, optimizer_cls: Any) -> dict[str, Any]:
         """Values every group gets unless it overrides them: signature defaults, then cfg."""
@@ -400,9 +414,7 @@ class DefaultOptimizerConstructor(_ConstructorBase):
         if hasattr(model, "module"):
             model = model.module
         optimizer_cls = self._optimizer_class(OPTIMIZERS)
-        cfg = self.optimizer_cfg.copy()
-        cfg["params"] = self.param_groups(model, optimizer_cls)
-        return OPTIMIZERS.build(cfg)
+        return self._build_optimizer(optimizer_cls, self.param_groups(model, optimizer_cls))
 
 
 class DefaultOptimWrapperConstructor(_ConstructorBase):
@@ -434,9 +446,7 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
             model = model.module
         optimizer_cls = self._optimizer_class(OPTIMIZERS)
         first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
-        cfg = self.optimizer_cfg.copy()
-        cfg[first_arg] = self.param_groups(model, optimizer_cls)
-        optimizer = OPTIMIZERS.build(cfg)
+        optimizer = self._build_optimizer(optimizer_cls, self.param_groups(model, optimizer_cls), first_arg)
         wrapper_cfg = self.optim_wrapper_cfg.copy()
         wrapper_cfg.setdefault("type", "OptimWrapper")
         return build_wrapper(wrapper_cfg, optimizer)

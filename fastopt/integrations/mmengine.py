@@ -1,0 +1,48 @@
+"""Register fastopt into mmengine: one config line switches a project over.
+
+    custom_imports = dict(imports=['fastopt.integrations.mmengine'], allow_failed_imports=False)
+    optim_wrapper = dict(
+        constructor='FastOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
+        paramwise_cfg=dict(norm_decay_mult=0.))
+
+Registered into mmengine's registries: ``FastOptimWrapperConstructor`` (in
+``OPTIM_WRAPPER_CONSTRUCTORS``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
+``OPTIMIZERS``). The constructor gives every parameter exactly the hyperparameters of
+mmengine's ``DefaultOptimWrapperConstructor``, merges equal groups, steps ``SGD`` / ``Adam``
+/ ``AdamW`` with fastopt's native kernels, builds the wrapper from mmengine's
+``OPTIM_WRAPPERS`` and finds other optimizer types in mmengine's ``OPTIMIZERS`` (so
+optimizers registered by downstream projects keep working).
+"""
+
+from __future__ import annotations
+
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+
+from .. import optim
+from ..constructor import DefaultOptimWrapperConstructor
+
+__all__ = ["FastAdam", "FastAdamW", "FastOptimWrapperConstructor", "FastSGD"]
+
+
+class FastSGD(optim.SGD):
+    """fastopt's SGD under a name of its own in mmengine's registry."""
+
+
+class FastAdam(optim.Adam):
+    """fastopt's Adam under a name of its own in mmengine's registry."""
+
+
+class FastAdamW(optim.AdamW):
+    """fastopt's AdamW under a name of its own in mmengine's registry."""
+
+
+class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's DefaultOptimWrapperConstructor semantics, built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+for _cls in (FastSGD, FastAdam, FastAdamW):
+    OPTIMIZERS.register_module(module=_cls, force=True)
+OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FastOptimWrapperConstructor, force=True)

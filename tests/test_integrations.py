@@ -1,0 +1,158 @@
+"""The mmengine and mmcv 1.x plug-ins, inside the real frameworks."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from .models import MixedNormNet
+from .refs import mismatches, mmcv_runner, mmengine_build, quiet_mmengine_logger
+
+PARAMWISE = dict(norm_decay_mult=0.0, bias_decay_mult=0.0, custom_keys={"head": dict(lr_mult=0.1)})
+
+
+def _names(model: nn.Module) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def test_mmengine_registry_plugin_parity() -> None:
+    build = mmengine_build()
+    quiet_mmengine_logger()
+    import fastopt.integrations.mmengine as plugin
+
+    model = MixedNormNet()
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05), paramwise_cfg=PARAMWISE)
+    ref = build(model, copy.deepcopy(cfg)).optimizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = build(model, dict(copy.deepcopy(cfg), constructor="FastOptimWrapperConstructor")).optimizer
+        named = build(model, dict(copy.deepcopy(cfg), constructor="FastOptimWrapperConstructor",
+                                  optimizer=dict(cfg["optimizer"], type="FastAdamW"))).optimizer
+    assert mismatches(ref, fast, _names(model)) == []
+    assert isinstance(fast, torch.optim.AdamW) and len(fast.param_groups) < len(ref.param_groups)
+    assert type(named) is plugin.FastAdamW
+
+
+def test_mmcv_registry_plugin_parity() -> None:
+    runner = mmcv_runner()
+    import fastopt.integrations.mmcv as plugin
+
+    model = MixedNormNet()
+    cfg = dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
+    ref = runner.build_optimizer(model, copy.deepcopy(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = runner.build_optimizer(model, dict(copy.deepcopy(cfg), constructor="FastOptimizerConstructor"))
+        named = runner.build_optimizer(model, dict(copy.deepcopy(cfg), type="FastSGD",
+                                                   constructor="FastOptimizerConstructor"))
+    assert mismatches(ref, fast, _names(model)) == []
+    assert type(named) is plugin.FastSGD and isinstance(named, torch.optim.SGD)
+
+
+class _Data(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(3, 8, 8, generator=g), labels=torch.tensor(i % 2))
+
+
+def _runner_model() -> Any:
+    from mmengine.model import BaseModel
+
+    class TinyDetector(BaseModel):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                          nn.Conv2d(4, 4, 3, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, inputs: torch.Tensor, labels: torch.Tensor, mode: str = "tensor") -> Any:
+            logits = self.head(self.backbone(inputs))
+            if mode == "loss":
+                return dict(loss=nn.functional.cross_entropy(logits, labels))
+            return logits
+
+    return TinyDetector()
+
+
+def _train(tmp: Path, constructor: str | None) -> Any:
+    pytest.importorskip("mmengine")
+    from mmengine.runner import Runner
+
+    optim_wrapper: dict[str, Any] = dict(optimizer=dict(type="AdamW", lr=1e-2, weight_decay=0.05),
+                                         paramwise_cfg=PARAMWISE, clip_grad=dict(max_norm=1.0))
+    if constructor:
+        optim_wrapper["constructor"] = constructor
+    cfg = dict(
+        model=_runner_model(), work_dir=str(tmp), experiment_name=tmp.name,
+        train_dataloader=dict(dataset=_Data(), sampler=dict(type="DefaultSampler", shuffle=False),
+                              batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
+        train_cfg=dict(by_epoch=False, max_iters=6), optim_wrapper=optim_wrapper,
+        param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=3),
+                         dict(type="MultiStepLR", milestones=[4], gamma=0.1, by_epoch=False)],
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=100)),
+        log_level="ERROR", randomness=dict(seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import fastopt.integrations.mmengine  # noqa: F401
+
+        runner = Runner(**cfg)
+        runner.train()
+    return runner
+
+
+def test_mmengine_runner_trains_like_the_default_constructor(tmp_path: Path) -> None:
+    ref = _train(tmp_path / "ref", None)
+    fast = _train(tmp_path / "fast", "FastOptimWrapperConstructor")
+    ref_opt, fast_opt = ref.optim_wrapper.optimizer, fast.optim_wrapper.optimizer
+    assert type(fast_opt).__module__ == "fastopt.optim"
+    assert len(fast_opt.param_groups) < len(ref_opt.param_groups)
+    # Same per-parameter hyperparameters after 6 scheduled iterations (lr follows the schedulers) ...
+    names = {id(p): n for n, p in fast.model.named_parameters()}
+    by_name = {n: p for n, p in ref.model.named_parameters()}
+    ref_hyper = {n: g for g in ref_opt.param_groups for p in g["params"]
+                 for n in [next(k for k, v in by_name.items() if v is p)]}
+    for g in fast_opt.param_groups:
+        for p in g["params"]:
+            want = ref_hyper[names[id(p)]]
+            for key in ("lr", "weight_decay", "betas", "eps"):
+                assert g[key] == pytest.approx(want[key]), (names[id(p)], key)
+    # ... and the same trained weights.
+    for (n, p), q in zip(fast.model.named_parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_custom_imports_in_a_config_file(tmp_path: Path) -> None:
+    """A fresh interpreter: only the config's custom_imports registers the plug-in."""
+    pytest.importorskip("mmengine")
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "cfg.py").write_text(textwrap.dedent("""
+        custom_imports = dict(imports=['fastopt.integrations.mmengine'], allow_failed_imports=False)
+        optim_wrapper = dict(constructor='FastOptimWrapperConstructor',
+                             optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+                             paramwise_cfg=dict(norm_decay_mult=0.0))
+    """))
+    script = textwrap.dedent(f"""
+        import warnings; warnings.simplefilter('ignore')
+        import torch.nn as nn
+        from mmengine.config import Config
+        from mmengine.optim import build_optim_wrapper
+        cfg = Config.fromfile({str(tmp_path / "cfg.py")!r})
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        opt = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+        print(type(opt).__module__, len(opt.param_groups))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["fastopt.optim", "2"]
