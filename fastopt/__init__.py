@@ -19,6 +19,7 @@ from .builder import (
     build_optim_wrapper,
     build_optimizer,
 )
+from .checkpoint import load_per_param_state_dict, per_param_state_dict
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
 from .explain import Explanation, explain
 from .grouping import merge_param_groups
@@ -44,6 +45,8 @@ __all__ = [
     "build_optim_wrapper",
     "build_optimizer",
     "explain",
+    "load_per_param_state_dict",
     "merge_param_groups",
     "optim",
+    "per_param_state_dict",
 ]

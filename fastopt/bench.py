@@ -14,7 +14,6 @@ import math
 import statistics
 import sys
 import time
-import types
 import warnings
 from typing import Any, Callable
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from . import zoo
+from ._compat import ensure_torchvision
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
 BYTES_PER_ELEMENT = {"adamw": 7 * 4, "sgd": 5 * 4}
@@ -63,7 +63,7 @@ def mmcv_builder() -> Callable | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+            ensure_torchvision()
             from mmcv.runner import build_optimizer
         except ImportError:
             return None

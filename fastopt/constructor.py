@@ -310,7 +310,10 @@ class _ConstructorBase:
     def _build_optimizer(self, optimizer_cls: Any, params: Any, first_arg: str = "params") -> Any:
         cfg = {k: v for k, v in self.optimizer_cfg.items() if k != "type"}
         cfg[first_arg] = params
-        return build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
+        optimizer = build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
+        # Remembered so checkpoints in the reference's one-group-per-parameter layout map back.
+        optimizer._fastopt_param_order = getattr(self, "param_order", None)
+        return optimizer
 
     def _defaults(self, optimizer_cls: Any) -> dict[str, Any]:
         """Values every group gets unless it overrides them: signature defaults, then cfg."""
@@ -331,16 +334,22 @@ class _ConstructorBase:
         if next(model.parameters(), None) is None:
             raise ValueError(f"{type(model).__name__} has no parameters to optimize")
         if not self.paramwise_cfg:
-            return model.parameters()
+            self.param_order = list(model.parameters())
+            return self.param_order
         defaults = self._defaults(optimizer_cls)
         if type(self).add_params is not _ConstructorBase.add_params:
             per_param: list[dict] = []
             self.add_params(per_param, model)
+            self.param_order = [p for g in per_param for p in g["params"]]
             return merge_param_groups(per_param, defaults)
         plan = self.plan(model)
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)
-        return self._groups_from_plan(plan, defaults)
+        groups = self._groups_from_plan(plan, defaults)
+        # the reference's layout: one group per kept parameter, in walk order
+        kept = np.flatnonzero(plan.kinds() != SKIPPED).tolist()
+        self.param_order = [plan.table.params[i] for i in kept]
+        return groups
 
     def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> list[dict]:
         table = plan.table

@@ -334,7 +334,19 @@ class _NativeStep:
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state dict (torch's format); cached pointers and flat buffers are rebuilt."""
+        """Load a state dict (torch's format); cached pointers and flat buffers are rebuilt.
+
+        A state dict saved from the mmengine/mmcv-built optimizer of the same model and
+        config (one group per parameter) is recognised and mapped by parameter order.
+        """
+        order = getattr(self, "_fastopt_param_order", None)
+        groups = state_dict.get("param_groups", [])
+        if (order is not None and len(groups) != len(self.param_groups) and len(groups) == len(order)
+                and all(len(g["params"]) == 1 for g in groups)):
+            from .checkpoint import load_per_param_state_dict
+
+            load_per_param_state_dict(self, state_dict)  # comes back here in merged layout
+            return
         flat = getattr(self, "_fastopt_flat", None) is not None
         self._fastopt_flat = None
         self._invalidate()

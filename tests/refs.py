@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 from typing import Any
 
 import pytest
 import torch
 
+from fastopt._compat import ensure_torchvision
 from fastopt.grouping import freeze
 
 
@@ -25,10 +24,7 @@ def mmengine_build() -> Any:
 def mmcv_runner() -> Any:
     """mmcv 1.x's ``mmcv.runner`` module (torchvision stubbed; skips when mmcv is absent)."""
     pytest.importorskip("mmcv")
-    if "torchvision" not in sys.modules:
-        stub = types.ModuleType("torchvision")
-        stub.__version__ = "0.0.0"
-        sys.modules["torchvision"] = stub
+    ensure_torchvision()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mmcv.runner

@@ -13,19 +13,14 @@ optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``.
 
 from __future__ import annotations
 
-import sys
-import types
+from .._compat import ensure_torchvision
 
-if "torchvision" not in sys.modules:  # mmcv.runner imports torchvision, which may not load
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        sys.modules["torchvision"] = types.ModuleType("torchvision")
+ensure_torchvision()  # mmcv.runner imports torchvision, which may not load beside this torch
 
-from mmcv.runner import OPTIMIZER_BUILDERS, OPTIMIZERS
+from mmcv.runner import OPTIMIZER_BUILDERS, OPTIMIZERS  # noqa: E402
 
-from .. import optim
-from ..constructor import DefaultOptimizerConstructor
+from .. import optim  # noqa: E402
+from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastOptimizerConstructor", "FastSGD"]
 
