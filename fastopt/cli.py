@@ -4,6 +4,7 @@
     fastopt bench --model cascade_mask_rcnn_swin_l [--optimizer adamw|sgd] [--json P] [--plot P]
     fastopt explain (--model NAME | CONFIG.py) [--json] [--filter REGEX]
     fastopt profile (--model NAME | CONFIG.py) [--max-groups N] [--max-build-ms MS]
+    fastopt lr-curve CONFIG.py --iters-per-epoch N [--out lr.png] [--json lr.json]
 """
 
 from __future__ import annotations
@@ -223,6 +224,38 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_lr_curve(args: argparse.Namespace) -> int:
+    """The lr at every iteration of a config's schedule, as a plot (and JSON)."""
+    from .schedule import lr_curve
+
+    cfg = load_config(args.config)
+    lrs = lr_curve(cfg, args.iters_per_epoch, args.epochs)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"iters_per_epoch": args.iters_per_epoch, "lr": lrs}, fh)
+    if args.out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(range(len(lrs)), lrs)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("lr")
+        ax.set_yscale("log")
+        ax.set_title(f"{args.config}: {len(lrs):,} iterations ({args.iters_per_epoch} per epoch)")
+        ax.grid(True, which="both", alpha=0.3)
+        for epoch in range(1, len(lrs) // args.iters_per_epoch):
+            ax.axvline(epoch * args.iters_per_epoch, color="gray", alpha=0.15)
+        fig.tight_layout()
+        fig.savefig(args.out, dpi=120)
+        plt.close(fig)
+    print(f"{len(lrs):,} iterations: lr {lrs[0]:.6g} at the start, max {max(lrs):.6g}, "
+          f"{lrs[-1]:.6g} at the end")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastopt`` command."""
     ap = argparse.ArgumentParser(prog="fastopt", description="OpenMMLab optimizer configs, fast.")
@@ -240,6 +273,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars")
     p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("lr-curve", help="plot a config's lr schedule (param_scheduler or lr_config)")
+    p.add_argument("config")
+    p.add_argument("--iters-per-epoch", type=int, required=True)
+    p.add_argument("--epochs", type=int, help="default: the config's max_epochs")
+    p.add_argument("--out", metavar="PNG")
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_lr_curve)
 
     for name, func, text in (("explain", cmd_explain, "why each parameter got its hyperparameters"),
                              ("profile", cmd_profile, "grouping cost and group count, with CI limits")):
