@@ -24,7 +24,7 @@ from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstru
 from .explain import Explanation, explain
 from .grouping import merge_param_groups
 from .registry import Registry, build_from_cfg
-from .wrapper import OptimWrapper
+from .wrapper import AmpOptimWrapper, OptimWrapper
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "OPTIMIZER_BUILDERS",
     "OPTIM_WRAPPERS",
     "OPTIM_WRAPPER_CONSTRUCTORS",
+    "AmpOptimWrapper",
     "DefaultOptimWrapperConstructor",
     "DefaultOptimizerConstructor",
     "Explanation",

@@ -13,7 +13,7 @@ from torch import nn
 from . import optim
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 from .registry import Registry, build_from_cfg, resolve_type
-from .wrapper import OptimWrapper
+from .wrapper import AmpOptimWrapper, OptimWrapper
 
 __all__ = [
     "OPTIMIZERS",
@@ -48,6 +48,7 @@ for _cls in (optim.SGD, optim.Adam, optim.AdamW):
 OPTIMIZER_BUILDERS.register_module(module=DefaultOptimizerConstructor)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=DefaultOptimWrapperConstructor)
 OPTIM_WRAPPERS.register_module(module=OptimWrapper)
+OPTIM_WRAPPERS.register_module(module=AmpOptimWrapper)
 
 
 def _check_model(model: Any) -> None:
@@ -103,8 +104,8 @@ def wrapper_class(wrapper_type: Any) -> Any:
     """The class a wrapper ``type`` names: user registrations, then mmengine's, then fastopt's."""
     if isinstance(wrapper_type, str):
         own = OPTIM_WRAPPERS.get(wrapper_type)
-        if own is not None and own is not OptimWrapper:
-            return own
+        if own is not None and own not in (OptimWrapper, AmpOptimWrapper):
+            return own  # registered by the user: theirs wins
         theirs = _mmengine_wrapper(wrapper_type)
         if theirs is not None:
             return theirs

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OptimWrapper"]
+__all__ = ["AmpOptimWrapper", "OptimWrapper"]
 
 
 class OptimWrapper:
@@ -107,3 +107,62 @@ class OptimWrapper:
 
     def __repr__(self) -> str:
         return f"OptimWrapper(optimizer={self.optimizer!r})"
+
+
+class AmpOptimWrapper(OptimWrapper):
+    """Mixed precision (mmengine's ``AmpOptimWrapper`` behaviour) on ``torch.amp.GradScaler``.
+
+    ``loss_scale`` is ``'dynamic'``, a fixed float, or a dict of GradScaler arguments;
+    ``dtype`` (``'float16'``, ``'bfloat16'`` or a torch dtype) is what ``optim_context``
+    autocasts to. fastopt's optimizers take the scale inside their kernel
+    (``_step_supports_amp_scaling``), so no separate unscaling pass runs unless gradients
+    are clipped.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, loss_scale: str | float | dict = "dynamic",
+                 dtype: str | torch.dtype | None = None, **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.device_type = params[0].device.type if params else "cpu"
+        if loss_scale == "dynamic":
+            scaler_args: dict[str, Any] = {}
+        elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
+            scaler_args = dict(init_scale=float(loss_scale), growth_factor=1.0, backoff_factor=1.0)
+        elif isinstance(loss_scale, dict):
+            scaler_args = dict(loss_scale)
+        else:
+            raise TypeError(f"loss_scale must be 'dynamic', a number or a dict, got {loss_scale!r}")
+        self.loss_scaler = torch.amp.GradScaler(self.device_type, **scaler_args)
+        if isinstance(dtype, str):
+            if dtype not in ("float16", "bfloat16"):
+                raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        self.cast_dtype = dtype
+
+    def backward(self, loss: Tensor, **kwargs: Any) -> None:
+        """Backpropagate the scaled loss."""
+        self.loss_scaler.scale(loss).backward(**kwargs)
+        self._inner_count += 1
+
+    def step(self, **kwargs: Any) -> None:
+        """Unscale (only to clip), step through the scaler (skipped on inf/NaN), update the scale."""
+        if self.clip_grad_kwargs:
+            self.loss_scaler.unscale_(self.optimizer)
+            self._clip_grad()
+        self.loss_scaler.step(self.optimizer, **kwargs)
+        self.loss_scaler.update()
+
+    def optim_context(self, model: torch.nn.Module | None = None) -> Any:
+        """Autocast to ``dtype`` for the forward pass."""
+        return torch.autocast(self.device_type, dtype=self.cast_dtype)
+
+    def state_dict(self) -> dict:
+        """The optimizer's state dict plus the loss scaler's."""
+        return dict(self.optimizer.state_dict(), loss_scaler=self.loss_scaler.state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load both the loss scaler's and the optimizer's state."""
+        state_dict = dict(state_dict)
+        if "loss_scaler" in state_dict:
+            self.loss_scaler.load_state_dict(state_dict.pop("loss_scaler"))
+        self.optimizer.load_state_dict(state_dict)
