@@ -35,6 +35,18 @@ MAXIMIZE, AMSGRAD, DECOUPLED_WD, NESTEROV, FIRST_STEP, STEP_F64 = (1 << i for i 
 
 
 _GRAD = operator.attrgetter("grad")
+_PLAIN_TYPES = (torch.nn.Parameter, torch.Tensor)
+
+
+def _local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2 parameters, their grads and state); else ``t``."""
+    if type(t) in _PLAIN_TYPES:
+        return t
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return t
+    return t._local_tensor if isinstance(t, DTensor) else t
 
 
 def _as_uint64(values: list[int]) -> np.ndarray:
@@ -52,13 +64,16 @@ class _Plan:
         self.key = opt._fastopt_key()
         self.native = True
         self.params: list[Tensor] = [p for g in opt.param_groups for p in g["params"]]
+        # FSDP2: sharded parameters step on their local shards
+        self.sharded = any(type(p) not in _PLAIN_TYPES for p in self.params)
+        local = [_local(p) for p in self.params] if self.sharded else self.params
         sizes = [len(g["params"]) for g in opt.param_groups]
         self.group_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-        self.numels = np.fromiter((p.numel() for p in self.params), dtype=np.int64, count=len(self.params))
-        self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in self.params), dtype=np.int32,
+        self.numels = np.fromiter((p.numel() for p in local), dtype=np.int64, count=len(self.params))
+        self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in local), dtype=np.int32,
                                   count=len(self.params))
         self.ptrs = np.zeros((len(self.params), n_ptrs), dtype=np.uint64)
-        self.param_ptrs = [p.data_ptr() for p in self.params]
+        self.param_ptrs = [p.data_ptr() for p in local]
         self.ptrs[:, 0] = _as_uint64(self.param_ptrs)
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
         self.keep: list[Any] = [None] * len(self.params)      # state tensors kept alive
@@ -113,7 +128,7 @@ class _NativeStep:
         if any(isinstance(v, Tensor) for k, v in group.items() if k != "params") or any(
                 isinstance(b, Tensor) for b in group.get("betas", ())):
             return False
-        for p in group["params"]:
+        for p in map(_local, group["params"]):
             if p.device.type != "cpu" or p.dtype not in DTYPE_CODES or not p.is_contiguous():
                 return False
         return True
@@ -147,6 +162,8 @@ class _NativeStep:
             sel_params = [params[i] for i in rows_list]
         else:
             rows_list, sel, sel_params = None, grads, params
+        if plan.sharded:
+            sel, sel_params = [_local(g) for g in sel], [_local(p) for p in sel_params]
         try:
             contiguous = all(map(Tensor.is_contiguous, sel))
         except RuntimeError:  # sparse layouts have no strides
@@ -189,7 +206,7 @@ class _NativeStep:
         """Accept parameters whose storage moved if they are still steppable; else re-plan."""
         for i, ptr in zip(rows, ptrs):
             if ptr != plan.param_ptrs[i]:
-                p = plan.params[i]
+                p = _local(plan.params[i])
                 if (p.numel() != plan.numels[i] or DTYPE_CODES.get(p.dtype) != plan.dtypes[i]
                         or not p.is_contiguous() or p.device.type != "cpu"):
                     self._invalidate()
@@ -283,6 +300,9 @@ class _NativeStep:
         from ._flat import FlatBuffers
 
         plan = self._plan()
+        if plan is not None and plan.sharded:
+            raise ValueError("flat buffers do not take sharded (DTensor / FSDP2) parameters; "
+                             "the default mode steps their local shards natively")
         if plan is None:
             raise ValueError("flat buffers need every parameter on the CPU, contiguous, in a supported "
                              "dtype (float32/float64/bfloat16/float16), in exactly one group, with "
@@ -390,13 +410,13 @@ class SGD(_NativeStep, torch.optim.SGD):
         if group["momentum"] != 0:
             state = self.state[p]
             buf = state.get("momentum_buffer")
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or not buf.is_contiguous():
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or not _local(buf).is_contiguous():
                 if buf is not None:  # an unusual buffer: let torch's path handle this parameter
                     raise _Fallback
                 buf = torch.empty_like(p, memory_format=torch.contiguous_format)
                 state["momentum_buffer"] = buf
                 first = True
-            plan.ptrs[i, 2] = buf.data_ptr()
+            plan.ptrs[i, 2] = _local(buf).data_ptr()
             plan.keep[i] = buf
             plan.ready[i] = not first
         else:
@@ -454,11 +474,12 @@ class Adam(_NativeStep, torch.optim.Adam):
         step = state["step"]
         if (not isinstance(step, Tensor) or step.device.type != "cpu" or step.numel() != 1
                 or step.dtype not in (torch.float32,)
-                or any(t.shape != p.shape or t.dtype != p.dtype or not t.is_contiguous() for t in tensors)):
+                or any(t.shape != p.shape or t.dtype != p.dtype or not _local(t).is_contiguous()
+                       for t in tensors)):
             raise _Fallback
-        plan.ptrs[i, 2] = tensors[0].data_ptr()
-        plan.ptrs[i, 3] = tensors[1].data_ptr()
-        plan.ptrs[i, 4] = tensors[2].data_ptr() if group["amsgrad"] else 0
+        plan.ptrs[i, 2] = _local(tensors[0]).data_ptr()
+        plan.ptrs[i, 3] = _local(tensors[1]).data_ptr()
+        plan.ptrs[i, 4] = _local(tensors[2]).data_ptr() if group["amsgrad"] else 0
         plan.ptrs[i, 5] = step.data_ptr()
         plan.keep[i] = (tensors, step)
         plan.ready[i] = True

@@ -1,5 +1,6 @@
-"""Distributed training on CPU (gloo, 2 processes): DDP and ZeroRedundancyOptimizer with fastopt
-give the same parameters as one process stepping on the averaged gradients."""
+"""Distributed training on CPU (gloo, 2 processes): DDP, ZeroRedundancyOptimizer and FSDP2
+(fully_shard: the kernel steps each rank's local shards) with fastopt give the same
+parameters as one process stepping on the averaged gradients."""
 
 from __future__ import annotations
 
@@ -42,7 +43,13 @@ def _worker(rank: int, port: int, out_dir: str, mode: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         model = _model()
-        if mode == "ddp":
+        if mode == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(model)
+            opt = fastopt.build_optim_wrapper(model, copy.deepcopy(CFG)).optimizer
+            net = model
+        elif mode == "ddp":
             ddp = nn.parallel.DistributedDataParallel(model)
             opt = fastopt.build_optim_wrapper(ddp, copy.deepcopy(CFG)).optimizer  # unwraps .module
             net = ddp
@@ -57,15 +64,18 @@ def _worker(rank: int, port: int, out_dir: str, mode: str) -> None:
             opt.zero_grad()
             net(_batch(rank, step)).pow(2).mean().backward()
             opt.step()
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        plan = getattr(opt, "_fastopt_plan", None)
+        native = bool(plan is not None and plan.native) if mode != "zero" else True
         if rank == 0:
-            torch.save([p.detach() for p in model.parameters()], os.path.join(out_dir, f"{mode}.pt"))
+            torch.save(([p.detach() for p in full], native), os.path.join(out_dir, f"{mode}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def _single(mode: str) -> list[torch.Tensor]:
     model = _model()
-    if mode == "ddp":
+    if mode in ("ddp", "fsdp2"):
         opt = fastopt.build_optim_wrapper(model, copy.deepcopy(CFG)).optimizer
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05, foreach=False)
@@ -78,12 +88,13 @@ def _single(mode: str) -> list[torch.Tensor]:
     return [p.detach() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero"])
+@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp2"])
 def test_two_processes_match_one(mode: str) -> None:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(_free_port(), out, mode), nprocs=WORLD, join=True)
-        got = torch.load(os.path.join(out, f"{mode}.pt"))
+        got, native = torch.load(os.path.join(out, f"{mode}.pt"))
+    assert native, "the native kernel should have stepped (local shards for FSDP2)"
     for a, b in zip(got, _single(mode)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
