@@ -156,3 +156,54 @@ def test_custom_imports_in_a_config_file(tmp_path: Path) -> None:
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["fastopt.optim", "2"]
+
+
+def _mmcv_train(tmp: Path, constructor: str | None) -> tuple[nn.Module, Any, list[torch.Tensor]]:
+    runner_mod = mmcv_runner()
+    import logging
+
+    import fastopt.integrations.mmcv  # noqa: F401
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(4, 2)
+
+        def train_step(self, data: dict, optimizer: Any) -> dict:
+            loss = nn.functional.cross_entropy(self.head(self.backbone(data["inputs"])), data["labels"])
+            return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
+
+    model = Net()
+    initial = [p.detach().clone() for p in model.parameters()]
+    cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
+    if constructor:
+        cfg["constructor"] = constructor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = runner_mod.build_optimizer(model, cfg)
+        runner = runner_mod.EpochBasedRunner(model, optimizer=optimizer, work_dir=str(tmp),
+                                             logger=logging.getLogger("fastopt-test"), max_epochs=2)
+        runner.register_training_hooks(
+            lr_config=dict(policy="step", step=[1], warmup="linear", warmup_iters=3, warmup_ratio=0.1),
+            optimizer_config=dict(grad_clip=dict(max_norm=1.0)))
+        loader = torch.utils.data.DataLoader(_Data(), batch_size=4, shuffle=False)
+        runner.run([loader], [("train", 1)])
+    return model, optimizer, initial
+
+
+def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: Path) -> None:
+    ref_model, ref_opt, initial = _mmcv_train(tmp_path / "ref", None)
+    fast_model, fast_opt, _ = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor")
+    assert all(not torch.equal(p, q) for p, q in zip(ref_model.parameters(), initial))  # it trained
+    assert type(fast_opt).__module__ == "fastopt.optim"
+    assert len(fast_opt.param_groups) < len(ref_opt.param_groups)
+    for (n, p), q in zip(fast_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    lr = {id(p): g["lr"] for g in fast_opt.param_groups for p in g["params"]}
+    ref_lr = {n: g["lr"] for g in ref_opt.param_groups for n, p in ref_model.named_parameters()
+              if any(p is q for q in g["params"])}
+    for n, p in fast_model.named_parameters():
+        assert lr[id(p)] == pytest.approx(ref_lr[n])
