@@ -1,4 +1,5 @@
-"""Layer-wise learning-rate decay constructors (the ConvNeXt recipe of MMDetection / MMSegmentation).
+"""Layer-wise learning-rate decay constructors (the ConvNeXt / BEiT / MAE recipe of
+MMDetection 3.x and MMSegmentation 1.x).
 
 ``LearningRateDecayOptimizerConstructor`` reads ``paramwise_cfg=dict(num_layers=N,
 decay_rate=r, decay_type='layer_wise' | 'stage_wise')``. Every trainable parameter gets a
@@ -18,7 +19,7 @@ from torch import nn
 from .builder import OPTIM_WRAPPER_CONSTRUCTORS
 from .constructor import DefaultOptimWrapperConstructor
 
-__all__ = ["LearningRateDecayOptimizerConstructor", "convnext_depth"]
+__all__ = ["LearningRateDecayOptimizerConstructor", "convnext_depth", "vit_depth"]
 
 _EMBEDDINGS = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
 # depth of each ConvNeXt downsampling layer, by stage (the last stage takes num_layers)
@@ -50,9 +51,20 @@ def convnext_depth(name: str, num_layers: int, stage_wise: bool) -> int:
     return num_layers - 1 if stage_wise else num_layers + 1  # necks and heads: deepest
 
 
+def vit_depth(name: str, depth_count: int) -> int:
+    """Depth of a BEiT / MAE parameter: embeddings 0, ``backbone.layers.i`` i + 1, the rest
+    (final norms, neck, head) ``depth_count - 1``."""
+    if name in _EMBEDDINGS or name.startswith("backbone.patch_embed"):
+        return 0
+    if name.startswith("backbone.layers"):
+        return int(name.split(".")[2]) + 1
+    return depth_count - 1
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise (or stage-wise) lr decay for ConvNeXt backbones, groups merged by depth."""
+    """Layer-wise (or stage-wise) lr decay for ConvNeXt (and layer-wise for BEiT / MAE)
+    backbones, one group per depth and decay kind."""
 
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
                    is_dcn_module: Any = None) -> None:
@@ -63,10 +75,11 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         decay_type = cfg.get("decay_type", "layer_wise")
         if decay_type not in ("layer_wise", "stage_wise"):
             raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
-        backbone = getattr(module, "backbone", None)
-        if "ConvNeXt" not in type(backbone).__name__:
-            raise NotImplementedError(
-                f"layer-wise lr decay is defined for ConvNeXt backbones, got {type(backbone).__name__}")
+        kind = type(getattr(module, "backbone", None)).__name__
+        vit = "BEiT" in kind or "MAE" in kind
+        if "ConvNeXt" not in kind and not (vit and decay_type == "layer_wise"):
+            raise NotImplementedError(f"{decay_type} lr decay is defined for ConvNeXt backbones "
+                                      f"(and layer_wise for BEiT / MAE), got {kind}")
         depth_count = cfg["num_layers"] + 2
         stage_wise = decay_type == "stage_wise"
         groups: dict[str, dict[str, Any]] = {}
@@ -74,7 +87,10 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             if not p.requires_grad:
                 continue
             no_decay = p.ndim == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token")
-            depth = convnext_depth(name, depth_count if stage_wise else cfg["num_layers"], stage_wise)
+            if vit:
+                depth = vit_depth(name, depth_count)
+            else:
+                depth = convnext_depth(name, depth_count if stage_wise else cfg["num_layers"], stage_wise)
             key = f"layer_{depth}_{'no_decay' if no_decay else 'decay'}"
             group = groups.get(key)
             if group is None:

@@ -12,11 +12,11 @@ if ! python -c "import importlib.metadata as m; assert m.version('mmcv') == '1.7
   MMCV_WITH_OPS=0 $PIP install -q --no-build-isolation "mmcv==1.7.2"
   $PIP install -q "setuptools>=77"
 fi
-# MMDetection 3.x ships the layer-wise lr decay constructor the tests compare against; it
-# needs mmcv 2.x to import as a package, so only its files are used (no dependencies).
-$PIP install -q --no-deps "mmdet==3.3.0"
+# MMDetection 3.x and MMSegmentation 1.x ship the layer-wise lr decay constructors the tests
+# compare against; they need mmcv 2.x to import as packages, so only their files are used.
+$PIP install -q --no-deps "mmdet==3.3.0" "mmsegmentation==1.2.2"
 python - <<'PY'
 import importlib.metadata as m
-for pkg in ("torch", "mmengine", "mmcv", "mmdet"):
+for pkg in ("torch", "mmengine", "mmcv", "mmdet", "mmsegmentation"):
     print(f"{pkg}=={m.version(pkg)}")
 PY

@@ -1,7 +1,8 @@
-"""fastopt's LearningRateDecayOptimizerConstructor against MMDetection 3.3's original.
+"""fastopt's LearningRateDecayOptimizerConstructor against the originals in MMDetection 3.3
+(ConvNeXt) and MMSegmentation 1.2 (ConvNeXt, BEiT, MAE).
 
-mmdet 3.x does not import beside mmcv 1.7.2, so the original module file is loaded on its
-own, with ``mmdet.registry`` pointed at a scratch mmengine registry.
+Neither package imports beside mmcv 1.7.2, so each original module file is loaded on its
+own, with ``<package>.registry`` pointed at a scratch mmengine registry.
 """
 
 from __future__ import annotations
@@ -24,21 +25,24 @@ from .refs import mismatches, quiet_mmengine_logger
 
 
 @functools.cache
-def _load_original() -> Any:
-    spec = importlib.util.find_spec("mmdet")
+def _load_original(package: str) -> Any:
+    spec = importlib.util.find_spec(package)
     path = f"{spec.submodule_search_locations[0]}/engine/optimizers/layer_decay_optimizer_constructor.py"
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
 
-    stub = types.ModuleType("mmdet.registry")
-    stub.OPTIM_WRAPPER_CONSTRUCTORS = Registry("scratch constructors", parent=OPTIM_WRAPPER_CONSTRUCTORS,
-                                               scope="fastopt_tests")
-    saved = {k: sys.modules.get(k) for k in ("mmdet", "mmdet.registry")}
-    sys.modules["mmdet"] = types.ModuleType("mmdet")
-    sys.modules["mmdet.registry"] = stub
+    stub = types.ModuleType(f"{package}.registry")
+    stub.OPTIM_WRAPPER_CONSTRUCTORS = Registry(f"scratch {package} constructors",
+                                               parent=OPTIM_WRAPPER_CONSTRUCTORS, scope=f"test_{package}")
+    names = (package, f"{package}.registry")
+    saved = {k: sys.modules.get(k) for k in names}
+    sys.modules[package] = types.ModuleType(package)
+    sys.modules[f"{package}.registry"] = stub
     try:
-        module_spec = importlib.util.spec_from_file_location("mmdet_layer_decay_original", path)
+        module_spec = importlib.util.spec_from_file_location(f"{package}_layer_decay_original", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module_spec.loader.exec_module(module)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -48,12 +52,12 @@ def _load_original() -> Any:
     return module.LearningRateDecayOptimizerConstructor
 
 
-def _original() -> Any:
+def _original(package: str) -> Any:
     pytest.importorskip("mmengine")
-    spec = importlib.util.find_spec("mmdet")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("mmdet (the reference) is not installed")
-    return _load_original()
+        pytest.skip(f"{package} (the reference) is not installed")
+    return _load_original(package)
 
 
 class ConvNeXt(nn.Module):
@@ -80,13 +84,37 @@ class ConvNeXt(nn.Module):
         self.norm3 = nn.LayerNorm(dims[-1])
 
 
-class Detector(nn.Module):
-    def __init__(self) -> None:
+class BEiT(nn.Module):
+    """BEiT-shaped backbone (mmseg names): embeddings, patch_embed, 4 layers, final norms."""
+
+    def __init__(self, dim: int = 8, layers: int = 4) -> None:
         super().__init__()
-        self.backbone = ConvNeXt()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.patch_embed = nn.Module()
+        self.patch_embed.projection = nn.Conv2d(3, dim, 4, 4)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            layer = nn.Module()
+            layer.ln1 = nn.LayerNorm(dim)
+            layer.attn = nn.Module()
+            layer.attn.qkv = nn.Linear(dim, 3 * dim, bias=False)
+            layer.attn.q_bias = nn.Parameter(torch.zeros(dim))
+            layer.attn.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+            layer.gamma_1 = nn.Parameter(torch.ones(dim))
+            layer.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim))
+            self.layers.append(layer)
+        self.ln1 = nn.LayerNorm(dim)
+
+
+class Detector(nn.Module):
+    def __init__(self, backbone: str = "ConvNeXt") -> None:
+        super().__init__()
+        self.backbone = ConvNeXt() if backbone == "ConvNeXt" else BEiT()
         self.neck = nn.Conv2d(8, 8, 1)
         self.head = nn.Linear(8, 3)
-        self.backbone.downsample_layers[0][0].weight.requires_grad_(False)  # a frozen stem weight
+        bb = self.backbone
+        stem = bb.downsample_layers[0][0] if backbone == "ConvNeXt" else bb.patch_embed.projection
+        stem.weight.requires_grad_(False)  # a frozen stem weight
 
 
 def _per_param(opt: torch.optim.Optimizer) -> dict[int, dict]:
@@ -94,12 +122,17 @@ def _per_param(opt: torch.optim.Optimizer) -> dict[int, dict]:
             for g in opt.param_groups for p in g["params"]}
 
 
-@pytest.mark.parametrize("decay_type", ["layer_wise", "stage_wise"])
+CASES = [("mmdet", "ConvNeXt", "layer_wise"), ("mmdet", "ConvNeXt", "stage_wise"),
+         ("mmseg", "ConvNeXt", "layer_wise"), ("mmseg", "ConvNeXt", "stage_wise"),
+         ("mmseg", "BEiT", "layer_wise")]
+
+
+@pytest.mark.parametrize(("package", "backbone", "decay_type"), CASES)
 @pytest.mark.parametrize("opt_type", ["AdamW", "SGD"])
-def test_matches_mmdetection(decay_type: str, opt_type: str) -> None:
-    original = _original()
+def test_matches_openmmlab(package: str, backbone: str, decay_type: str, opt_type: str) -> None:
+    original = _original(package)
     quiet_mmengine_logger()
-    model = Detector()
+    model = Detector(backbone)
     cfg = dict(optimizer=dict(type=opt_type, lr=1e-3, weight_decay=0.05),
                paramwise_cfg=dict(num_layers=6, decay_rate=0.7, decay_type=decay_type))
     with warnings.catch_warnings():
@@ -122,7 +155,7 @@ def test_matches_mmdetection(decay_type: str, opt_type: str) -> None:
 def test_needs_a_convnext_backbone() -> None:
     model = nn.Module()
     model.backbone = nn.Linear(2, 2)
-    with pytest.raises(NotImplementedError, match="ConvNeXt"):
+    with pytest.raises(NotImplementedError, match="defined for ConvNeXt"):
         fastopt.build_optim_wrapper(model, dict(optimizer=dict(type="SGD", lr=0.1, weight_decay=0.1),
                                                 constructor="LearningRateDecayOptimizerConstructor",
                                                 paramwise_cfg=dict(num_layers=6, decay_rate=0.7)))
