@@ -96,9 +96,14 @@ class _NativeStep:
     def _init_state(self, p: Tensor, group: dict, plan: _Plan, i: int) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _kernel(*args: Any) -> None:
+        raise NotImplementedError
+
     def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
                      flags: np.ndarray, grad_scale: float) -> None:
-        raise NotImplementedError
+        self._kernel(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
+        plan.ready[rows] = True  # state exists from now on (SGD's first momentum step done)
 
     def _sparse_ok(self) -> bool:
         return False
@@ -433,11 +438,6 @@ class SGD(_NativeStep, torch.optim.SGD):
     def _kernel(*args: Any) -> None:
         _core._C.sgd_step(*args)
 
-    def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
-                     flags: np.ndarray, grad_scale: float) -> None:
-        self._kernel(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
-        plan.ready[rows] = True
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step (native on CPU, torch's otherwise)."""
@@ -494,10 +494,6 @@ class Adam(_NativeStep, torch.optim.Adam):
     @staticmethod
     def _kernel(*args: Any) -> None:
         _core._C.adam_step(*args)
-
-    def _call_kernel(self, plan: _Plan, rows: np.ndarray, ptrs: np.ndarray, hyper: np.ndarray,
-                     flags: np.ndarray, grad_scale: float) -> None:
-        self._kernel(ptrs, plan.numels[rows], plan.dtypes[rows], flags, hyper, grad_scale)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -4,3 +4,22 @@ Import ``fastopt.integrations.mmengine`` (or list it in a config's ``custom_impo
 set ``constructor='FastOptimWrapperConstructor'``; for mmcv 1.x, import
 ``fastopt.integrations.mmcv`` and set ``constructor='FastOptimizerConstructor'``.
 """
+
+from __future__ import annotations
+
+from .. import optim
+
+
+class FastSGD(optim.SGD):
+    """fastopt's SGD under a name of its own in the host framework's registry."""
+
+
+class FastAdam(optim.Adam):
+    """fastopt's Adam under a name of its own in the host framework's registry."""
+
+
+class FastAdamW(optim.AdamW):
+    """fastopt's AdamW under a name of its own in the host framework's registry."""
+
+
+FAST_OPTIMIZERS = (FastSGD, FastAdam, FastAdamW)

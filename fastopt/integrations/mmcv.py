@@ -19,22 +19,10 @@ ensure_torchvision()  # mmcv.runner imports torchvision, which may not load besi
 
 from mmcv.runner import OPTIMIZER_BUILDERS, OPTIMIZERS  # noqa: E402
 
-from .. import optim  # noqa: E402
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
+from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastOptimizerConstructor", "FastSGD"]
-
-
-class FastSGD(optim.SGD):
-    """fastopt's SGD under a name of its own in mmcv's registry."""
-
-
-class FastAdam(optim.Adam):
-    """fastopt's Adam under a name of its own in mmcv's registry."""
-
-
-class FastAdamW(optim.AdamW):
-    """fastopt's AdamW under a name of its own in mmcv's registry."""
 
 
 class FastOptimizerConstructor(DefaultOptimizerConstructor):
@@ -43,6 +31,6 @@ class FastOptimizerConstructor(DefaultOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
-for _cls in (FastSGD, FastAdam, FastAdamW):
+for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
 OPTIMIZER_BUILDERS.register_module(module=FastOptimizerConstructor, force=True)

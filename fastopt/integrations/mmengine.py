@@ -19,22 +19,10 @@ from __future__ import annotations
 
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
-from .. import optim
 from ..constructor import DefaultOptimWrapperConstructor
+from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD
 
 __all__ = ["FastAdam", "FastAdamW", "FastOptimWrapperConstructor", "FastSGD"]
-
-
-class FastSGD(optim.SGD):
-    """fastopt's SGD under a name of its own in mmengine's registry."""
-
-
-class FastAdam(optim.Adam):
-    """fastopt's Adam under a name of its own in mmengine's registry."""
-
-
-class FastAdamW(optim.AdamW):
-    """fastopt's AdamW under a name of its own in mmengine's registry."""
 
 
 class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -43,6 +31,6 @@ class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
-for _cls in (FastSGD, FastAdam, FastAdamW):
+for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FastOptimWrapperConstructor, force=True)
