@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 
 import fastopt
 from fastopt import zoo
-from fastopt.bench import BYTES_PER_ELEMENT, OPTIMIZER_CFGS, log, mmengine_builder
+from fastopt.bench import BYTES_PER_ELEMENT, OPTIMIZER_CFGS, interleaved_step_times, log, mmengine_builder
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 # fastopt must be this many times faster than each baseline (<= 1: at most 1/x slower)
@@ -113,22 +111,10 @@ def run(model_name: str, optimizer: str, width: float, repeats: int) -> dict[str
         for p, g in zip(params_of(opt), grads[name][k % 2]):
             p.grad = g
 
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, opt in variants.items():  # warm-up: state creation, first-call costs
-        for k in range(2):
-            set_grads(name, k)
-            opt.step()
-    for r in range(repeats):
-        for name, opt in variants.items():
-            set_grads(name, r)
-            start = time.perf_counter()
-            opt.step()
-            times[name].append(time.perf_counter() - start)
-        log(f"  repeat {r + 1}/{repeats}")
+    times = interleaved_step_times(variants, set_grads, repeats, warmup=2)
     bytes_moved = numel * BYTES_PER_ELEMENT[optimizer]
     results = []
-    for name, ts in times.items():
-        t = statistics.median(ts)
+    for name, t in times.items():
         results.append({"impl": name, "step_s": t, "groups": len(variants[name].param_groups),
                         "gb_per_s": bytes_moved / t / 1e9})
     return {"model": model_name, "optimizer": optimizer, "width": width, "tensors": tensors,

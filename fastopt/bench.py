@@ -44,6 +44,26 @@ def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
+                           set_grads: Callable[[str, int], None], repeats: int, warmup: int = 1,
+                           progress: Callable[[str], None] = log) -> dict[str, float]:
+    """Median step time of each optimizer; repeats interleaved, ``set_grads(name, r)`` before
+    every step (outside the timing), ``warmup`` untimed steps first (state creation)."""
+    for k, opt in optimizers.items():
+        for r in range(warmup):
+            set_grads(k, r)
+            opt.step()
+    steps: dict[str, list[float]] = {k: [] for k in optimizers}
+    for r in range(repeats):
+        for k, opt in optimizers.items():
+            set_grads(k, r)
+            start = time.perf_counter()
+            opt.step()
+            steps[k].append(time.perf_counter() - start)
+        progress(f"  step: repeat {r + 1}/{repeats}")
+    return {k: statistics.median(v) for k, v in steps.items()}
+
+
 def mmengine_builder() -> Callable | None:
     """mmengine's ``build_optim_wrapper`` with its per-parameter logging silenced, or None."""
     with warnings.catch_warnings():
@@ -153,20 +173,10 @@ def compare(name: str, optimizer: str = "adamw", width: float | None = None, num
         for p, g in zip(trainable, grads[r % 2]):
             p.grad = g
 
-    steps: dict[str, list[float]] = {k: [] for k in optimizers}
-    for k, opt in optimizers.items():
-        set_grads(k, 0)
-        opt.step()
-    for r in range(repeats):
-        for k, opt in optimizers.items():
-            set_grads(k, r)
-            start = time.perf_counter()
-            opt.step()
-            steps[k].append(time.perf_counter() - start)
-        progress(f"  step: repeat {r + 1}/{repeats}")
+    steps = interleaved_step_times(optimizers, set_grads, repeats, warmup=1, progress=progress)
     results = []
     for k, opt in optimizers.items():
-        step_s = statistics.median(steps[k])
+        step_s = steps[k]
         results.append({"impl": k, "construct_s": statistics.median(construct[k]) if k in construct else None,
                         "step_s": step_s, "groups": len(opt.param_groups),
                         "gb_per_s": n_elem * BYTES_PER_ELEMENT[optimizer] / step_s / 1e9})

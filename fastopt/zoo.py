@@ -374,6 +374,17 @@ class ResLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+def _stage_outputs(module: nn.Module, x: Tensor, names: Sequence[str],
+                   out_indices: Sequence[int]) -> Feats:
+    """Run the named stages in order and return the outputs of ``out_indices``."""
+    outs = []
+    for i, name in enumerate(names):
+        x = getattr(module, name)(x)
+        if i in out_indices:
+            outs.append(x)
+    return tuple(outs)
+
+
 class ResNet(nn.Module):
     """mmdet ``ResNet``: conv1/bn1 stem, ``layer1``..``layer4``; frozen stages."""
 
@@ -444,12 +455,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Feats:
         """Return the feature maps of ``out_indices``."""
         x = self.maxpool(self.relu(self.norm1(self.conv1(x))))
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return _stage_outputs(self, x, self.res_layers, self.out_indices)
 
 
 # ---------------------------------------------------------------------- necks
@@ -1032,12 +1038,7 @@ class MobileNetV2(nn.Module):
     def forward(self, x: Tensor) -> Feats:
         """Return the feature maps of ``out_indices``."""
         x = self.conv1(x)
-        outs = []
-        for i, name in enumerate(self.layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return _stage_outputs(self, x, self.layers, self.out_indices)
 
 
 class SSDNeck(nn.Module):
