@@ -23,7 +23,7 @@ from .checkpoint import load_per_param_state_dict, per_param_state_dict
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
 from .explain import Explanation, explain
 from .grouping import merge_param_groups
-from .layer_decay import LearningRateDecayOptimizerConstructor
+from .layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from .registry import Registry, build_from_cfg
 from .wrapper import AmpOptimWrapper, OptimWrapper
 
@@ -40,6 +40,7 @@ __all__ = [
     "DefaultOptimizerConstructor",
     "Explanation",
     "GroupPlan",
+    "LayerDecayOptimizerConstructor",
     "LearningRateDecayOptimizerConstructor",
     "OptimWrapper",
     "Registry",

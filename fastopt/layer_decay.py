@@ -1,5 +1,8 @@
 """Layer-wise learning-rate decay constructors (the ConvNeXt / BEiT / MAE recipe of
-MMDetection 3.x and MMSegmentation 1.x).
+MMDetection 2.x/3.x and MMSegmentation 0.x/1.x, and the ViT recipe of MMDetection's ViTDet
+project), for both APIs: the classes below are registered in ``OPTIM_WRAPPER_CONSTRUCTORS``
+(mmengine style) and ``Mmcv*`` twins under the same names in ``OPTIMIZER_BUILDERS`` (mmcv 1.x
+style, returning the optimizer).
 
 ``LearningRateDecayOptimizerConstructor`` reads ``paramwise_cfg=dict(num_layers=N,
 decay_rate=r, decay_type='layer_wise' | 'stage_wise')``. Every trainable parameter gets a
@@ -8,6 +11,18 @@ deepest), its group's ``lr = base_lr * r ** (N + 1 - d)`` (also kept as ``lr_sca
 weight decay 0 for 1-D tensors, biases and ``pos_embed`` / ``cls_token``. The groups carry
 ``group_name`` (``layer_{d}_decay`` / ``layer_{d}_no_decay``) and ``param_names`` like the
 original, and come out in order of first appearance.
+
+``LayerDecayOptimizerConstructor`` is the name two OpenMMLab configs use for different
+recipes; the paramwise_cfg tells them apart (each original rejects the other's config):
+
+- ``layer_decay_rate=r`` (MMSegmentation's BEiT configs): the layer-wise recipe above, with
+  ``decay_rate=r``.
+- ``decay_rate=r`` (MMDetection's ViTDet configs): ViTDet's own rules. Depth 0 for
+  backbone parameters whose name contains ``patch_embed`` or ``pos_embed``, ``i + 1`` for
+  ``backbone.blocks.i``, ``N + 1`` for everything else (necks and heads keep ``base_lr``);
+  weight decay 0 only for ``norm`` parameters under ``backbone.blocks`` (group
+  ``layer_{d}_no_decay``) and parameters named ``*pos_embed*`` (``layer_{d}_no_decay_pos_embed``,
+  an ``int`` 0 as in the original); biases keep weight decay.
 """
 
 from __future__ import annotations
@@ -16,10 +31,12 @@ from typing import Any
 
 from torch import nn
 
-from .builder import OPTIM_WRAPPER_CONSTRUCTORS
-from .constructor import DefaultOptimWrapperConstructor
+from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
+from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 
-__all__ = ["LearningRateDecayOptimizerConstructor", "convnext_depth", "vit_depth"]
+__all__ = ["LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor",
+           "MmcvLayerDecayOptimizerConstructor", "MmcvLearningRateDecayOptimizerConstructor",
+           "convnext_depth", "layer_decay_groups", "lr_decay_groups", "vit_depth", "vitdet_depth"]
 
 _EMBEDDINGS = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
 # depth of each ConvNeXt downsampling layer, by stage (the last stage takes num_layers)
@@ -61,43 +78,137 @@ def vit_depth(name: str, depth_count: int) -> int:
     return depth_count - 1
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise (or stage-wise) lr decay for ConvNeXt (and layer-wise for BEiT / MAE)
-    backbones, one group per depth and decay kind."""
+def vitdet_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for MMDetection's ViTDet recipe: backbone ``patch_embed`` /
+    ``pos_embed`` 0, ``backbone.blocks.i`` i + 1, anything else ``num_layers + 1``."""
+    if not name.startswith("backbone"):
+        return num_layers + 1
+    if "patch_embed" in name or "pos_embed" in name:
+        return 0
+    if ".blocks." in name:
+        try:
+            return int(name.split(".")[2]) + 1
+        except ValueError:
+            raise ValueError(f"ViTDet layer decay reads the block index of {name!r} from its third "
+                             "name component, which is not a number (blocks must be backbone.blocks.i)"
+                             ) from None
+    return num_layers + 1
+
+
+def _add(groups: dict[str, dict[str, Any]], key: str, scale: Any, lr: Any, weight_decay: Any,
+         name: str, param: nn.Parameter) -> None:
+    """Put ``param`` into the group named ``key``, created with the originals' keys on first use."""
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = {"weight_decay": weight_decay, "params": [], "param_names": [],
+                               "lr_scale": scale, "group_name": key, "lr": lr}
+    group["params"].append(param)
+    group["param_names"].append(name)
+
+
+def _need(cfg: dict, *keys: str) -> None:
+    missing = [k for k in keys if cfg.get(k) is None]
+    if missing:
+        raise KeyError(f"paramwise_cfg needs {' and '.join(keys)} for layer-wise lr decay "
+                       f"(missing: {', '.join(missing)})")
+
+
+
+def lr_decay_groups(module: nn.Module, cfg: dict, base_lr: Any, base_wd: Any) -> list[dict]:
+    """The ``LearningRateDecayOptimizerConstructor`` groups (ConvNeXt, BEiT, MAE) of ``module``."""
+    _need(cfg, "num_layers", "decay_rate")
+    decay_type = cfg.get("decay_type", "layer_wise")
+    layer_wise = isinstance(decay_type, str) and "layer_wise" in decay_type
+    if not layer_wise and decay_type != "stage_wise":
+        raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
+    kind = type(getattr(module, "backbone", None)).__name__
+    vit = "BEiT" in kind or "MAE" in kind
+    if "ConvNeXt" not in kind and not (vit and layer_wise):
+        raise NotImplementedError(f"{decay_type} lr decay is defined for ConvNeXt backbones "
+                                  f"(and layer_wise for BEiT / MAE), got {kind}")
+    depth_count = cfg["num_layers"] + 2
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token")
+        if vit:
+            depth = vit_depth(name, depth_count)
+        else:
+            depth = convnext_depth(name, cfg["num_layers"] if layer_wise else depth_count, not layer_wise)
+        scale = cfg["decay_rate"] ** (depth_count - depth - 1)
+        key = f"layer_{depth}_{'no_decay' if no_decay else 'decay'}"
+        _add(groups, key, scale, scale * base_lr, 0.0 if no_decay else base_wd, name, p)
+    return list(groups.values())
+
+
+def layer_decay_groups(module: nn.Module, cfg: dict, base_lr: Any, base_wd: Any) -> list[dict]:
+    """The ``LayerDecayOptimizerConstructor`` groups of ``module``: MMSegmentation's BEiT
+    recipe when ``cfg`` has ``layer_decay_rate``, else MMDetection's ViTDet recipe."""
+    if "layer_decay_rate" in cfg:  # MMSegmentation's BEiT recipe, under its old key
+        renamed = {k: v for k, v in cfg.items() if k != "layer_decay_rate"}
+        renamed.update(decay_rate=cfg["layer_decay_rate"], decay_type="layer_wise_vit")
+        return lr_decay_groups(module, renamed, base_lr, base_wd)
+    _need(cfg, "num_layers", "decay_rate")
+    depth_count = cfg["num_layers"] + 2
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd: Any = base_wd
+        if name.startswith("backbone.blocks") and "norm" in name:
+            kind, wd = "no_decay", 0.0
+        elif "pos_embed" in name:
+            kind, wd = "no_decay_pos_embed", 0
+        else:
+            kind = "decay"
+        depth = vitdet_depth(name, cfg["num_layers"])
+        scale = cfg["decay_rate"] ** (depth_count - 1 - depth)
+        _add(groups, f"layer_{depth}_{kind}", scale, scale * base_lr * 1.0, wd, name, p)
+    return list(groups.values())
+
+
+class _LearningRateDecay:
+    """``add_params`` of ``LearningRateDecayOptimizerConstructor`` (either API)."""
+
+    paramwise_cfg: dict
+    base_lr: Any
+    base_wd: Any
 
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
                    is_dcn_module: Any = None) -> None:
-        """One group per (depth, decay/no-decay), as the MMDetection constructor builds them."""
-        cfg = self.paramwise_cfg
-        if "num_layers" not in cfg or "decay_rate" not in cfg:
-            raise KeyError("paramwise_cfg needs num_layers and decay_rate for layer-wise lr decay")
-        decay_type = cfg.get("decay_type", "layer_wise")
-        if decay_type not in ("layer_wise", "stage_wise"):
-            raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
-        kind = type(getattr(module, "backbone", None)).__name__
-        vit = "BEiT" in kind or "MAE" in kind
-        if "ConvNeXt" not in kind and not (vit and decay_type == "layer_wise"):
-            raise NotImplementedError(f"{decay_type} lr decay is defined for ConvNeXt backbones "
-                                      f"(and layer_wise for BEiT / MAE), got {kind}")
-        depth_count = cfg["num_layers"] + 2
-        stage_wise = decay_type == "stage_wise"
-        groups: dict[str, dict[str, Any]] = {}
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = p.ndim == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token")
-            if vit:
-                depth = vit_depth(name, depth_count)
-            else:
-                depth = convnext_depth(name, depth_count if stage_wise else cfg["num_layers"], stage_wise)
-            key = f"layer_{depth}_{'no_decay' if no_decay else 'decay'}"
-            group = groups.get(key)
-            if group is None:
-                scale = cfg["decay_rate"] ** (depth_count - depth - 1)
-                group = groups[key] = {"weight_decay": 0.0 if no_decay else self.base_wd, "params": [],
-                                       "param_names": [], "lr_scale": scale, "group_name": key,
-                                       "lr": scale * self.base_lr}
-            group["params"].append(p)
-            group["param_names"].append(name)
-        params.extend(groups.values())
+        """One group per (depth, decay / no-decay), in order of first appearance."""
+        params.extend(lr_decay_groups(module, self.paramwise_cfg, self.base_lr, self.base_wd))
+
+
+class _LayerDecay(_LearningRateDecay):
+    """``add_params`` of ``LayerDecayOptimizerConstructor`` (either API)."""
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
+                   is_dcn_module: Any = None) -> None:
+        """One group per (depth, decay kind), in order of first appearance."""
+        params.extend(layer_decay_groups(module, self.paramwise_cfg, self.base_lr, self.base_wd))
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class LearningRateDecayOptimizerConstructor(_LearningRateDecay, DefaultOptimWrapperConstructor):
+    """Layer-wise (or stage-wise) lr decay for ConvNeXt (and layer-wise for BEiT / MAE)
+    backbones, one group per depth and decay kind; returns an optim wrapper."""
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class LayerDecayOptimizerConstructor(_LayerDecay, DefaultOptimWrapperConstructor):
+    """``LayerDecayOptimizerConstructor`` of MMDetection's ViTDet project (``decay_rate``), or
+    MMSegmentation's deprecated BEiT one (``layer_decay_rate``), told apart by the config."""
+
+
+@OPTIMIZER_BUILDERS.register_module(name="LearningRateDecayOptimizerConstructor")
+class MmcvLearningRateDecayOptimizerConstructor(_LearningRateDecay, DefaultOptimizerConstructor):
+    """mmcv 1.x-style ``LearningRateDecayOptimizerConstructor`` (MMDetection 2.x,
+    MMSegmentation 0.x): same groups, returns the optimizer."""
+
+
+@OPTIMIZER_BUILDERS.register_module(name="LayerDecayOptimizerConstructor")
+class MmcvLayerDecayOptimizerConstructor(_LayerDecay, DefaultOptimizerConstructor):
+    """mmcv 1.x-style ``LayerDecayOptimizerConstructor`` (MMSegmentation 0.x's BEiT recipe with
+    ``layer_decay_rate``; ViTDet's with ``decay_rate``): returns the optimizer."""

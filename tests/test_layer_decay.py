@@ -1,5 +1,6 @@
-"""fastopt's LearningRateDecayOptimizerConstructor against the originals in MMDetection 3.3
-(ConvNeXt) and MMSegmentation 1.2 (ConvNeXt, BEiT, MAE).
+"""fastopt's layer-wise lr decay constructors against the originals: MMDetection 3.3
+(ConvNeXt), MMSegmentation 1.2 (ConvNeXt, BEiT, MAE; the deprecated BEiT
+``LayerDecayOptimizerConstructor``) and MMDetection's ViTDet project.
 
 Neither package imports beside mmcv 1.7.2, so each original module file is loaded on its
 own, with ``<package>.registry`` pointed at a scratch mmengine registry.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
 import sys
 import types
 import warnings
@@ -24,15 +26,24 @@ import fastopt
 from .refs import mismatches, quiet_mmengine_logger
 
 
-@functools.cache
-def _load_original(package: str) -> Any:
+def _original_path(package: str) -> str:
     spec = importlib.util.find_spec(package)
-    path = f"{spec.submodule_search_locations[0]}/engine/optimizers/layer_decay_optimizer_constructor.py"
+    return f"{spec.submodule_search_locations[0]}/engine/optimizers/layer_decay_optimizer_constructor.py"
+
+
+def _load_file(package: str, path: str, cls: str) -> Any:
+    """Class ``cls`` of the original module file at ``path`` (executed once)."""
+    return getattr(_load_module(package, path), cls)
+
+
+@functools.cache
+def _load_module(package: str, path: str) -> Any:
+    """Execute one original module file with ``<package>.registry`` pointed at a scratch registry."""
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
 
     stub = types.ModuleType(f"{package}.registry")
     stub.OPTIM_WRAPPER_CONSTRUCTORS = Registry(f"scratch {package} constructors",
-                                               parent=OPTIM_WRAPPER_CONSTRUCTORS, scope=f"test_{package}")
+                                               parent=OPTIM_WRAPPER_CONSTRUCTORS, scope=f"test {path}")
     names = (package, f"{package}.registry")
     saved = {k: sys.modules.get(k) for k in names}
     sys.modules[package] = types.ModuleType(package)
@@ -49,15 +60,15 @@ def _load_original(package: str) -> Any:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return module.LearningRateDecayOptimizerConstructor
+    return module
 
 
-def _original(package: str) -> Any:
+def _original(package: str, cls: str = "LearningRateDecayOptimizerConstructor") -> Any:
     pytest.importorskip("mmengine")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(f"{package} (the reference) is not installed")
-    return _load_original(package)
+    return _load_file(package, _original_path(package), cls)
 
 
 class ConvNeXt(nn.Module):
@@ -123,8 +134,9 @@ def _per_param(opt: torch.optim.Optimizer) -> dict[int, dict]:
 
 
 CASES = [("mmdet", "ConvNeXt", "layer_wise"), ("mmdet", "ConvNeXt", "stage_wise"),
+         ("mmdet", "ConvNeXt", "layer_wise_vit"),
          ("mmseg", "ConvNeXt", "layer_wise"), ("mmseg", "ConvNeXt", "stage_wise"),
-         ("mmseg", "BEiT", "layer_wise")]
+         ("mmseg", "BEiT", "layer_wise"), ("mmseg", "BEiT", "layer_wise_vit")]
 
 
 @pytest.mark.parametrize(("package", "backbone", "decay_type"), CASES)
@@ -159,3 +171,178 @@ def test_needs_a_convnext_backbone() -> None:
         fastopt.build_optim_wrapper(model, dict(optimizer=dict(type="SGD", lr=0.1, weight_decay=0.1),
                                                 constructor="LearningRateDecayOptimizerConstructor",
                                                 paramwise_cfg=dict(num_layers=6, decay_rate=0.7)))
+
+
+def _build_pair(original: Any, model: nn.Module, cfg: dict, constructor: str) -> tuple[Any, Any]:
+    """The original's optimizer and fastopt's for the same config (neither mutates ``cfg``)."""
+    quiet_mmengine_logger()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper_cfg = {k: v for k, v in copy.deepcopy(cfg).items() if k != "paramwise_cfg"}
+        paramwise = copy.deepcopy(cfg["paramwise_cfg"])
+        ref = original(optim_wrapper_cfg=wrapper_cfg, paramwise_cfg=paramwise)(model)
+    fast = fastopt.build_optim_wrapper(model, dict(copy.deepcopy(cfg), constructor=constructor))
+    return ref.optimizer, fast.optimizer
+
+
+@pytest.mark.parametrize("backbone", ["BEiT", "ConvNeXt"])
+def test_mmseg_deprecated_layer_decay_name(backbone: str) -> None:
+    """``LayerDecayOptimizerConstructor`` with ``layer_decay_rate`` is MMSegmentation's BEiT one."""
+    original = _original("mmseg", "LayerDecayOptimizerConstructor")
+    model = Detector(backbone)
+    cfg = dict(optimizer=dict(type="AdamW", lr=3e-5, weight_decay=0.05),
+               paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.9))
+    before = copy.deepcopy(cfg)
+    ref, fast = _build_pair(original, model, cfg, "LayerDecayOptimizerConstructor")
+    assert cfg == before
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert mismatches(ref, fast, names) == []
+    assert len({g["lr"] for g in fast.param_groups}) > 3
+
+
+# --------------------------------------------------------------------------- ViTDet
+VITDET_FILE = "projects/ViTDet/vitdet/layer_decay_optimizer_constructor.py"
+
+
+def _vitdet_original() -> Any:
+    """MMDetection's ViTDet constructor, from the source checkout named by
+    ``$FASTOPT_MMDET_SOURCE``: the ViTDet project ships in no mmdet wheel or sdist."""
+    pytest.importorskip("mmengine")
+    root = os.environ.get("FASTOPT_MMDET_SOURCE")
+    if not root or not os.path.isfile(os.path.join(root, VITDET_FILE)):
+        pytest.skip(f"set FASTOPT_MMDET_SOURCE to an mmdetection checkout (with {VITDET_FILE}) "
+                    "to compare with the ViTDet original")
+    return _load_file("mmdet", os.path.join(root, VITDET_FILE), "LayerDecayOptimizerConstructor")
+
+
+class ViT(nn.Module):
+    """ViTDet-shaped backbone with its traps: a frozen block weight, a final norm outside the
+    blocks, a 1-D non-norm parameter and a bias inside the blocks."""
+
+    def __init__(self, dim: int = 8, depth: int = 6) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, 4, 4)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, dim))
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.norm1 = nn.LayerNorm(dim)
+            block.attn = nn.Module()
+            block.attn.qkv = nn.Linear(dim, 3 * dim)
+            block.attn.rel_pos_h = nn.Parameter(torch.zeros(7, 2))
+            block.gamma = nn.Parameter(torch.ones(dim))
+            block.norm2 = nn.LayerNorm(dim)
+            block.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim))
+            self.blocks.append(block)
+        self.blocks[1].attn.qkv.weight.requires_grad_(False)
+        self.norm = nn.LayerNorm(dim)
+
+
+class ViTDetLike(nn.Module):
+    """A ViT backbone plus a neck whose names contain ``pos_embed``, ``blocks`` and ``norm``."""
+
+    def __init__(self, depth: int = 6) -> None:
+        super().__init__()
+        self.backbone = ViT(depth=depth)
+        self.neck = nn.Module()
+        self.neck.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.neck.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))])
+        self.neck.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+
+def _vitdet_models() -> dict[str, Any]:
+    from fastopt import zoo
+
+    return {"vitdet_b_mask_rcnn": lambda: zoo.vitdet_h(width=0.05, depth=12),
+            "vit_traps": ViTDetLike}
+
+
+VITDET_CASES = [("vitdet_b_mask_rcnn", "AdamW", 12), ("vit_traps", "AdamW", 6),
+                ("vit_traps", "SGD", 6), ("vit_traps", "AdamW", 3), ("vit_traps", "AdamW", 9)]
+
+
+@pytest.mark.parametrize(("model_name", "opt_type", "num_layers"), VITDET_CASES)
+def test_vitdet_matches_original(model_name: str, opt_type: str, num_layers: int) -> None:
+    """Every parameter's group equals the ViTDet original's (also num_layers != depth)."""
+    original = _vitdet_original()
+    model = _vitdet_models()[model_name]()
+    cfg = dict(optimizer=dict(type=opt_type, lr=1e-4, weight_decay=0.1),
+               paramwise_cfg=dict(num_layers=num_layers, decay_rate=0.7, decay_type="layer_wise"))
+    ref, fast = _build_pair(original, model, cfg, "LayerDecayOptimizerConstructor")
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert mismatches(ref, fast, names) == []
+    assert [g["group_name"] for g in ref.param_groups] == [g["group_name"] for g in fast.param_groups]
+    assert type(fast).__module__ == "fastopt.optim"
+
+
+def test_vitdet_rules() -> None:
+    """The ViTDet recipe as documented in fastopt.layer_decay, parameter by parameter."""
+    model = ViTDetLike(depth=6)
+    opt = fastopt.build_optim_wrapper(model, dict(
+        optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.1),
+        constructor="LayerDecayOptimizerConstructor",
+        paramwise_cfg=dict(num_layers=6, decay_rate=0.7))).optimizer
+    by_name = {n: g for g in opt.param_groups for n in g["param_names"]}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(by_name) == sorted(trainable) and "backbone.blocks.1.attn.qkv.weight" not in by_name
+
+    def check(name: str, depth: int, wd: float, kind: str) -> None:
+        group = by_name[name]
+        assert group["lr_scale"] == 0.7 ** (7 - depth) and group["lr"] == 0.7 ** (7 - depth) * 1e-4
+        assert group["weight_decay"] == wd and type(group["weight_decay"]) is type(wd)
+        assert group["group_name"] == f"layer_{depth}_{kind}"
+
+    check("backbone.patch_embed.proj.weight", 0, 0.1, "decay")
+    check("backbone.patch_embed.proj.bias", 0, 0.1, "decay")  # biases keep weight decay
+    check("backbone.pos_embed", 0, 0, "no_decay_pos_embed")  # an int 0, as in the original
+    check("backbone.blocks.0.norm1.weight", 1, 0.0, "no_decay")
+    check("backbone.blocks.4.attn.qkv.bias", 5, 0.1, "decay")
+    check("backbone.blocks.5.gamma", 6, 0.1, "decay")
+    check("backbone.blocks.5.norm2.bias", 6, 0.0, "no_decay")
+    check("backbone.norm.weight", 7, 0.1, "decay")  # outside the blocks: deepest, decayed
+    check("neck.pos_embed", 7, 0, "no_decay_pos_embed")
+    check("neck.blocks.0.1.weight", 7, 0.1, "decay")
+    check("neck.norm.bias", 7, 0.1, "decay")
+    check("head.weight", 7, 0.1, "decay")
+    assert len(opt.param_groups) == 2 + 2 * 6 + 2  # (decay, pos_embed) at 0 and 7, two per block
+
+
+def test_vitdet_block_index_must_be_a_number() -> None:
+    model = nn.Module()
+    model.backbone = nn.Module()
+    model.backbone.stage = nn.Module()
+    model.backbone.stage.blocks = nn.ModuleList([nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match=r"block index of 'backbone\.stage\.blocks\.0\.weight'"):
+        fastopt.build_optim_wrapper(model, dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.1),
+                                                constructor="LayerDecayOptimizerConstructor",
+                                                paramwise_cfg=dict(num_layers=2, decay_rate=0.7)))
+
+
+def test_layer_decay_needs_its_keys() -> None:
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.1),
+               constructor="LayerDecayOptimizerConstructor", paramwise_cfg=dict(num_layers=6))
+    with pytest.raises(KeyError, match="missing: decay_rate"):
+        fastopt.build_optim_wrapper(ViTDetLike(), cfg)
+
+
+@pytest.mark.parametrize(("constructor", "paramwise"), [
+    ("FastLearningRateDecayOptimizerConstructor", dict(num_layers=4, decay_rate=0.9)),
+    ("FastLayerDecayOptimizerConstructor", dict(num_layers=4, layer_decay_rate=0.9)),
+])
+def test_mmengine_plugin_layer_decay(constructor: str, paramwise: dict) -> None:
+    """mmengine's own build_optim_wrapper with the plug-in's constructors vs MMSegmentation's."""
+    original = _original("mmseg", constructor.removeprefix("Fast"))
+    from mmengine.optim import OptimWrapper, build_optim_wrapper
+
+    import fastopt.integrations.mmengine  # noqa: F401  (registers the constructors)
+
+    model = Detector("BEiT")
+    cfg = dict(optimizer=dict(type="AdamW", lr=3e-5, weight_decay=0.05), paramwise_cfg=paramwise)
+    ref, _ = _build_pair(original, model, cfg, "LearningRateDecayOptimizerConstructor"
+                         if "decay_rate" in paramwise else "LayerDecayOptimizerConstructor")
+    wrapper = build_optim_wrapper(model, dict(copy.deepcopy(cfg), constructor=constructor))
+    assert type(wrapper) is OptimWrapper
+    assert mismatches(ref, wrapper.optimizer, {id(p): n for n, p in model.named_parameters()}) == []
+    assert type(wrapper.optimizer).__module__ == "fastopt.optim"

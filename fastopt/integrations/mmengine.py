@@ -6,9 +6,11 @@
         optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
         paramwise_cfg=dict(norm_decay_mult=0.))
 
-Registered into mmengine's registries: ``FastOptimWrapperConstructor`` (in
-``OPTIM_WRAPPER_CONSTRUCTORS``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
-``OPTIMIZERS``). The constructor gives every parameter exactly the hyperparameters of
+Registered into mmengine's registries: ``FastOptimWrapperConstructor``,
+``FastLearningRateDecayOptimizerConstructor`` and ``FastLayerDecayOptimizerConstructor`` (in
+``OPTIM_WRAPPER_CONSTRUCTORS``; the last two are the layer-wise lr decay recipes of
+MMDetection / MMSegmentation, see ``fastopt.layer_decay``) and ``FastSGD``, ``FastAdam``,
+``FastAdamW`` (in ``OPTIMIZERS``). The constructor gives every parameter exactly the hyperparameters of
 mmengine's ``DefaultOptimWrapperConstructor``, merges equal groups, steps ``SGD`` / ``Adam``
 / ``AdamW`` with fastopt's native kernels, builds the wrapper from mmengine's
 ``OPTIM_WRAPPERS`` and finds other optimizer types in mmengine's ``OPTIMIZERS`` (so
@@ -20,9 +22,11 @@ from __future__ import annotations
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
 from ..constructor import DefaultOptimWrapperConstructor
+from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD
 
-__all__ = ["FastAdam", "FastAdamW", "FastOptimWrapperConstructor", "FastSGD"]
+__all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
+           "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD"]
 
 
 class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -31,6 +35,22 @@ class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
+class FastLearningRateDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
+    """MMDetection / MMSegmentation ``LearningRateDecayOptimizerConstructor`` (ConvNeXt, BEiT,
+    MAE), built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+class FastLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
+    """``LayerDecayOptimizerConstructor`` of MMDetection's ViTDet (``decay_rate``) or
+    MMSegmentation's BEiT (``layer_decay_rate``), built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
 for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
-OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FastOptimWrapperConstructor, force=True)
+for _ctor in (FastOptimWrapperConstructor, FastLearningRateDecayOptimizerConstructor,
+              FastLayerDecayOptimizerConstructor):
+    OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=_ctor, force=True)
