@@ -15,6 +15,7 @@ import os
 import sys
 import types
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from torch import nn
 
 import fastopt
 
-from .refs import mismatches, quiet_mmengine_logger
+from .refs import mismatches, mmcv_runner, quiet_mmengine_logger
 
 
 def _original_path(package: str) -> str:
@@ -346,3 +347,84 @@ def test_mmengine_plugin_layer_decay(constructor: str, paramwise: dict) -> None:
     assert type(wrapper) is OptimWrapper
     assert mismatches(ref, wrapper.optimizer, {id(p): n for n, p in model.named_parameters()}) == []
     assert type(wrapper.optimizer).__module__ == "fastopt.optim"
+
+
+# ------------------------------------------------------------ mmcv 1.x API (build_optimizer)
+REFERENCES = Path(os.environ.get("FASTOPT_REFERENCES", Path(__file__).parents[1] / ".references"))
+V1_FILES = {"mmdet": "mmdet-2.28.2/mmdet/core/optimizers/layer_decay_optimizer_constructor.py",
+            "mmseg": "mmsegmentation-0.30.0/mmseg/core/optimizers/layer_decay_optimizer_constructor.py"}
+
+
+@functools.cache
+def _load_v1_module(package: str) -> Any:
+    """Execute the mmcv 1.x-era original (MMDetection 2.28 / MMSegmentation 0.30) file under
+    stand-in ``<package>.utils`` and ``<package>.core[.optimizers].builder`` modules."""
+    import logging
+
+    runner = mmcv_runner()
+    stand_ins = {package: types.ModuleType(package), f"{package}.utils": types.ModuleType("utils"),
+                 f"{package}.core": types.ModuleType("core"),
+                 f"{package}.core.optimizers": types.ModuleType("optimizers")}
+    stand_ins[f"{package}.utils"].get_root_logger = lambda: logging.getLogger("fastopt-test-reference")
+    builder = types.ModuleType("builder")
+    builder.OPTIMIZER_BUILDERS = type(runner.OPTIMIZER_BUILDERS)(f"scratch {package} builders")
+    builder_name = f"{package}.core.optimizers.builder" if package == "mmdet" else f"{package}.core.builder"
+    stand_ins[builder_name] = builder
+    for name in (f"{package}.core", f"{package}.core.optimizers"):
+        stand_ins[name].__path__ = []  # packages, for the relative imports
+    saved = {k: sys.modules.get(k) for k in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
+        name = f"{package}.core.optimizers.layer_decay_optimizer_constructor"
+        spec = importlib.util.spec_from_file_location(name, REFERENCES / V1_FILES[package])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module
+
+
+def _v1_original(package: str, cls: str) -> Any:
+    if not (REFERENCES / V1_FILES[package]).is_file():
+        pytest.skip(f"{REFERENCES / V1_FILES[package]} is missing: run scripts/install_references.sh")
+    return getattr(_load_v1_module(package), cls)
+
+
+V1_CASES = [("mmdet", "LearningRateDecayOptimizerConstructor", "ConvNeXt", "layer_wise"),
+            ("mmdet", "LearningRateDecayOptimizerConstructor", "ConvNeXt", "stage_wise"),
+            ("mmseg", "LearningRateDecayOptimizerConstructor", "ConvNeXt", "layer_wise"),
+            ("mmseg", "LearningRateDecayOptimizerConstructor", "ConvNeXt", "stage_wise"),
+            ("mmseg", "LearningRateDecayOptimizerConstructor", "BEiT", "layer_wise"),
+            ("mmseg", "LayerDecayOptimizerConstructor", "BEiT", None)]
+
+
+@pytest.mark.parametrize(("package", "cls", "backbone", "decay_type"), V1_CASES)
+@pytest.mark.parametrize("plugin", [False, True])
+def test_mmcv_api_matches_mmcv_era_originals(package: str, cls: str, backbone: str, decay_type: str | None,
+                                             plugin: bool) -> None:
+    """fastopt.build_optimizer (and mmcv's own, through the plug-in) vs MMDetection 2.x /
+    MMSegmentation 0.x, parameter by parameter."""
+    original = _v1_original(package, cls)
+    model = Detector(backbone)
+    paramwise: dict[str, Any] = dict(num_layers=6)
+    if decay_type is None:
+        paramwise["layer_decay_rate"] = 0.9
+    else:
+        paramwise.update(decay_rate=0.7, decay_type=decay_type)
+    optimizer = dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = original(copy.deepcopy(optimizer), copy.deepcopy(paramwise))(model)
+        cfg = dict(copy.deepcopy(optimizer), paramwise_cfg=copy.deepcopy(paramwise))
+        if plugin:
+            importlib.import_module("fastopt.integrations.mmcv")  # registers the Fast* constructors
+
+            fast = mmcv_runner().build_optimizer(model, dict(cfg, constructor=f"Fast{cls}"))
+        else:
+            fast = fastopt.build_optimizer(model, dict(cfg, constructor=cls))
+    assert mismatches(ref, fast, {id(p): n for n, p in model.named_parameters()}) == []
+    assert type(fast).__module__ == "fastopt.optim" and len({g["lr"] for g in fast.param_groups}) > 3

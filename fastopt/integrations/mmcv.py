@@ -5,8 +5,11 @@
                      constructor='FastOptimizerConstructor',
                      paramwise_cfg=dict(norm_decay_mult=0.))
 
-Registered into ``mmcv.runner``'s registries: ``FastOptimizerConstructor`` (in
-``OPTIMIZER_BUILDERS``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in ``OPTIMIZERS``).
+Registered into ``mmcv.runner``'s registries: ``FastOptimizerConstructor``,
+``FastLearningRateDecayOptimizerConstructor`` and ``FastLayerDecayOptimizerConstructor`` (in
+``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of MMDetection 2.x / MMSegmentation
+0.x, see ``fastopt.layer_decay``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
+``OPTIMIZERS``).
 The constructor follows mmcv 1.7.2's ``DefaultOptimizerConstructor`` exactly and finds
 optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``.
 """
@@ -20,9 +23,14 @@ ensure_torchvision()  # mmcv.runner imports torchvision, which may not load besi
 from mmcv.runner import OPTIMIZER_BUILDERS, OPTIMIZERS  # noqa: E402
 
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
+from ..layer_decay import (  # noqa: E402
+    MmcvLayerDecayOptimizerConstructor,
+    MmcvLearningRateDecayOptimizerConstructor,
+)
 from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD  # noqa: E402
 
-__all__ = ["FastAdam", "FastAdamW", "FastOptimizerConstructor", "FastSGD"]
+__all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
+           "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD"]
 
 
 class FastOptimizerConstructor(DefaultOptimizerConstructor):
@@ -31,6 +39,22 @@ class FastOptimizerConstructor(DefaultOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
+class FastLearningRateDecayOptimizerConstructor(MmcvLearningRateDecayOptimizerConstructor):
+    """MMDetection 2.x / MMSegmentation 0.x ``LearningRateDecayOptimizerConstructor``
+    (ConvNeXt, BEiT, MAE), built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+class FastLayerDecayOptimizerConstructor(MmcvLayerDecayOptimizerConstructor):
+    """MMSegmentation 0.x's BEiT ``LayerDecayOptimizerConstructor`` (``layer_decay_rate``),
+    built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
 for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
-OPTIMIZER_BUILDERS.register_module(module=FastOptimizerConstructor, force=True)
+for _ctor in (FastOptimizerConstructor, FastLearningRateDecayOptimizerConstructor,
+              FastLayerDecayOptimizerConstructor):
+    OPTIMIZER_BUILDERS.register_module(module=_ctor, force=True)
