@@ -180,29 +180,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     shown = ["lr", "weight_decay"]
+    # group keys that vary between groups; lists (a constructor's param_names) stay in the
+    # parameter table below
     extra = sorted({k for g in report.groups for k, v in g.items()
-                    if k not in ("num_params", "numel", *shown) and any(
-                        h.get(k) != v for h in report.groups)})
+                    if k not in ("num_params", "numel", *shown) and not isinstance(v, (list, tuple))
+                    and any(h.get(k) != v for h in report.groups)})
     outside = sorted({p.rule for p in report.params if p.group is None})
     n_out = sum(p.group is None for p in report.params)
     note = f" ({n_out} in none: {', '.join(outside)})" if n_out else ""
     print(f"{label}: {report.api} semantics, {report.optimizer}, {len(report.params)} parameters in "
           f"{len(report.groups)} groups{note}, decided in {report.build_s * 1e3:.1f} ms\n")
-    print(f"  {'group':>5}{'params':>8}{'numel':>12}" + "".join(f"{k:>14}" for k in shown + extra))
-    for gi, g in enumerate(report.groups):
+    columns = shown + extra
+    cells = [[_fmt(g.get(k)) for k in columns] for g in report.groups]
+    widths = [max(len(k), *(len(row[i]) for row in cells)) + 2 for i, k in enumerate(columns)]
+    print(f"  {'group':>5}{'params':>8}{'numel':>12}" + "".join(f"{k:>{w}}" for k, w in zip(columns, widths)))
+    for gi, (g, row) in enumerate(zip(report.groups, cells)):
         print(f"  {gi:>5}{g['num_params']:>8}{g['numel']:>12,}" +
-              "".join(f"{_fmt(g.get(k)):>14}" for k in shown + extra))
-    print(f"\n  {'parameter':<60}{'group':>6}  {'rule':<22}{'lr':>10}{'wd':>10}  notes")
-    for p in params:
-        rule = p.rule + (f" '{p.custom_key}'" if p.custom_key is not None else "")
+              "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
+    rules = [p.rule + (f" '{p.custom_key}'" if p.custom_key is not None else "") for p in params]
+    name_w = max([60, *(len(p.name) + 2 for p in params)])
+    rule_w = max([22, *(len(r) + 2 for r in rules)])
+    print(f"\n  {'parameter':<{name_w}}{'group':>6}  {'rule':<{rule_w}}{'lr':>12}{'wd':>12}  notes")
+    for p, rule in zip(params, rules):
         notes = []
         if p.also_matched:
             notes.append("also matched " + ", ".join(repr(k) for k in p.also_matched))
         if p.switched_off and p.switched_off != "default":
             notes.append(f"overrides the {p.switched_off} rule")
         group = "-" if p.group is None else str(p.group)
-        print(f"  {p.name:<60}{group:>6}  {rule:<22}{_fmt(p.hyper.get('lr')):>10}"
-              f"{_fmt(p.hyper.get('weight_decay')):>10}  {'; '.join(notes)}")
+        print(f"  {p.name:<{name_w}}{group:>6}  {rule:<{rule_w}}{_fmt(p.hyper.get('lr')):>12}"
+              f"{_fmt(p.hyper.get('weight_decay')):>12}  {'; '.join(notes)}")
     return 0
 
 

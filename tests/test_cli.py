@@ -75,6 +75,25 @@ def test_explain_marks_frozen_parameters(capsys: pytest.CaptureFixture[str]) -> 
     assert p["group"] is None and p["rule"] == "frozen"  # mmengine leaves frozen parameters out
 
 
+def test_explain_a_layer_decay_constructor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ViTDet's constructor decides the groups: the table shows its group names, not name lists."""
+    config = tmp_path / "vitdet.py"
+    config.write_text(textwrap.dedent("""
+        model = dict(type='fastopt.zoo:build', name='vitdet_h', depth=4)
+        optim_wrapper = dict(
+            constructor='LayerDecayOptimizerConstructor',
+            paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=4),
+            optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.1))
+    """))
+    code, text, _ = run(capsys, "explain", str(config), "--filter", r"^backbone\.pos_embed$")
+    header = next(line for line in text.splitlines() if line.strip().startswith("group"))
+    assert code == 0 and header.split() == ["group", "params", "numel", "lr", "weight_decay",
+                                            "group_name", "lr_scale"]
+    assert "layer_0_no_decay_pos_embed" in text and "param_names" not in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("backbone.pos_embed"))
+    assert row.split()[1:3] == ["0", "constructor:LayerDecayOptimizerConstructor"]
+
+
 def test_profile_limits_set_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1")[0] == 0
     code, _, err = run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1",
