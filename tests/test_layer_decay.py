@@ -428,3 +428,35 @@ def test_mmcv_api_matches_mmcv_era_originals(package: str, cls: str, backbone: s
             fast = fastopt.build_optimizer(model, dict(cfg, constructor=cls))
     assert mismatches(ref, fast, {id(p): n for n, p in model.named_parameters()}) == []
     assert type(fast).__module__ == "fastopt.optim" and len({g["lr"] for g in fast.param_groups}) > 3
+
+
+def test_resume_from_the_originals_checkpoint() -> None:
+    """An optimizer state saved by MMSegmentation's constructor loads into fastopt's, and the
+    next steps match the original's."""
+    original = _original("mmseg")
+    torch.manual_seed(0)
+    model = Detector("BEiT")
+    twin = copy.deepcopy(model)
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-2, weight_decay=0.05),
+               paramwise_cfg=dict(num_layers=4, decay_rate=0.7))
+    ref, _ = _build_pair(original, model, cfg, "LearningRateDecayOptimizerConstructor")
+
+    def set_grads(m: nn.Module, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) if p.requires_grad else None
+
+    for seed in range(2):
+        set_grads(model, seed)
+        ref.step()
+    twin.load_state_dict(model.state_dict())
+    fast = fastopt.build_optim_wrapper(twin, dict(copy.deepcopy(cfg),
+                                                  constructor="LearningRateDecayOptimizerConstructor")).optimizer
+    fast.load_state_dict(copy.deepcopy(ref.state_dict()))
+    for seed in range(2, 4):
+        set_grads(model, seed)
+        set_grads(twin, seed)
+        ref.step()
+        fast.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
