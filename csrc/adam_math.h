@@ -3,16 +3,18 @@
 //
 //   g  = grad / grad_scale                 (only with a GradScaler; the unscaled grad is stored back)
 //   g  = maximize ? -g : g
-//   p  = p * (1 - lr * wd)                 (decoupled, AdamW)   |   g = g + wd * p   (L2, Adam)
-//   m  = lerp(m, g, 1 - beta1)
-//   v  = v * beta2 + (1 - beta2) * g * g
+//   p  = p * (1 - lr * wd)                 (decoupled, AdamW)   |   g = fma(wd, p, g)   (L2, Adam)
+//   m  = lerp(m, g, 1 - beta1)             fma(w, g - m, m), or fma(-(g - m), 1 - w, g) for w >= 0.5
+//   v  = fma((1 - beta2) * g, g, v * beta2)                      (mul_, then addcmul_)
 //   vmax = max(vmax, v); v_hat = amsgrad ? vmax : v
-//   p  = p - (lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+//   p  = p + (-(lr / (1 - beta1^t)) * m) / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)   (addcdiv_)
 //
-// Per-tensor scalars are computed once per step in double (as Python does) and
-// rounded to O, like torch's scalar arguments. With bf16/fp16 storage every
-// intermediate torch materialises as a tensor is rounded to storage precision
-// at the same point (round_to), so low-precision results follow torch's too.
+// fma marks where torch's CPU kernels round a * b + c once; the result is
+// bit-identical to torch's. Per-tensor scalars are computed once per step in
+// double (as Python does) and rounded to O, like torch's scalar arguments; add's
+// alpha is rounded to the storage type, as torch does for bf16/fp16. With bf16/fp16
+// storage every intermediate torch materialises as a tensor is rounded to storage
+// precision at the same point (round_to).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@ void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict 
                int64_t begin, int64_t end, const AdamScalars<typename OpMath<S>::type>& s) {
   using O = typename OpMath<S>::type;
   const O w = s.lerp_weight, one_minus_w = O(1) - s.lerp_weight;
+  const O l2 = round_to<S>(s.l2);  // add's alpha, in storage precision
   for (int64_t i = begin; i < end; ++i) {
     O gi = load<O>(g[i]);
     if constexpr (kScale) {
@@ -37,20 +40,20 @@ void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict 
     gi = gi * s.sign;
     O pi = load<O>(p[i]);
     if constexpr (kDecoupled) pi = round_to<S>(pi * s.decay);
-    if constexpr (kL2) gi = round_to<S>(gi + s.l2 * pi);
+    if constexpr (kL2) gi = round_to<S>(fma_op(l2, pi, gi));
     O mi = load<O>(m[i]);
     // torch's lerp switches formula at |weight| = 0.5 for accuracy.
-    if constexpr (kSmallWeight) mi = round_to<S>(mi + w * (gi - mi));
-    else mi = round_to<S>(gi - (gi - mi) * one_minus_w);
+    if constexpr (kSmallWeight) mi = round_to<S>(fma_op(w, gi - mi, mi));
+    else mi = round_to<S>(fma_op(-(gi - mi), one_minus_w, gi));
     O vi = round_to<S>(load<O>(v[i]) * s.beta2);
-    vi = round_to<S>(vi + s.one_minus_beta2 * gi * gi);
+    vi = round_to<S>(fma_op(s.one_minus_beta2 * gi, gi, vi));
     O vh = vi;
     if constexpr (kAmsgrad) {
       vh = max_op(load<O>(vmax[i]), vi);
       vmax[i] = store<S>(vh);
     }
     const O denom = round_to<S>(round_to<S>(round_to<S>(sqrt_op(vh)) / s.bc2_sqrt) + s.eps);
-    pi = pi + s.neg_step_size * (mi / denom);
+    pi = pi + (s.neg_step_size * mi) / denom;
     p[i] = store<S>(pi);
     m[i] = store<S>(mi);
     v[i] = store<S>(vi);

@@ -104,6 +104,10 @@ template <> struct OpMath<double> { using type = double; };
 
 inline float sqrt_op(float v) { return __builtin_sqrtf(v); }
 inline double sqrt_op(double v) { return __builtin_sqrt(v); }
+// a * b + c rounded once, where torch's CPU kernels fuse it (add with alpha, lerp,
+// addcmul). Correctly rounded in every build, so results stay identical across ISAs.
+inline float fma_op(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline double fma_op(double a, double b, double c) { return __builtin_fma(a, b, c); }
 // NaN-propagating max, as torch.maximum.
 template <typename O> inline O max_op(O a, O b) {
   const O m = a < b ? b : a;  // a NaN: m is a

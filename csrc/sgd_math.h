@@ -3,13 +3,15 @@
 //
 //   g   = grad / grad_scale               (only with a GradScaler; stored back)
 //   g   = maximize ? -g : g
-//   g   = g + wd * p                      (wd != 0)
-//   buf = first ? g : buf * momentum + (1 - dampening) * g      (momentum != 0)
-//   g   = nesterov ? g + momentum * buf : buf                   (momentum != 0)
-//   p   = p - lr * g
+//   g   = fma(wd, p, g)                   (wd != 0)
+//   buf = first ? g : fma(1 - dampening, g, buf * momentum)     (momentum != 0)
+//   g   = nesterov ? fma(momentum, buf, g) : buf                (momentum != 0)
+//   p   = fma(-lr, g, p)
 //
-// With bf16/fp16 storage each intermediate is rounded where torch's tensor ops
-// would round it (round_to).
+// Every fma is a torch add with alpha, which rounds a * b + c once (bit-identical
+// results) and takes alpha in storage precision (bf16/fp16 round it); buf * momentum
+// is a mul_ by a full-precision scalar. With bf16/fp16 storage each intermediate is
+// rounded where torch's tensor ops would round it (round_to).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +27,9 @@ void sgd_kernel(S* __restrict p, S* __restrict g, S* __restrict buf, int64_t beg
                 const SgdScalars<typename OpMath<S>::type>& s) {
   using O = typename OpMath<S>::type;
   const bool first = s.first;
+  // add's alphas, in storage precision
+  const O wd = round_to<S>(s.wd), damp = round_to<S>(s.one_minus_dampening);
+  const O mom_alpha = round_to<S>(s.momentum), neg_lr = round_to<S>(s.neg_lr);
   for (int64_t i = begin; i < end; ++i) {
     O gi = load<O>(g[i]);
     if constexpr (kScale) {
@@ -33,15 +38,15 @@ void sgd_kernel(S* __restrict p, S* __restrict g, S* __restrict buf, int64_t beg
     }
     gi = gi * s.sign;
     O pi = load<O>(p[i]);
-    if constexpr (kWd) gi = round_to<S>(gi + s.wd * pi);
+    if constexpr (kWd) gi = round_to<S>(fma_op(wd, pi, gi));
     if constexpr (kMomentum) {
       // Rounded to storage after each op (mul_, add_), as torch's tensor ops do.
-      const O bi = first ? gi : round_to<S>(round_to<S>(load<O>(buf[i]) * s.momentum) + s.one_minus_dampening * gi);
+      const O bi = first ? gi : round_to<S>(fma_op(damp, gi, round_to<S>(load<O>(buf[i]) * s.momentum)));
       buf[i] = store<S>(bi);
-      if constexpr (kNesterov) gi = round_to<S>(gi + s.momentum * bi);
+      if constexpr (kNesterov) gi = round_to<S>(fma_op(mom_alpha, bi, gi));
       else gi = bi;
     }
-    pi = pi + s.neg_lr * gi;
+    pi = fma_op(neg_lr, gi, pi);
     p[i] = store<S>(pi);
   }
 }

@@ -124,6 +124,38 @@ def test_matches_torch_other_dtypes(name: str, dtype: torch.dtype) -> None:
     assert_same(ours, ref, ps, qs, dtype)
 
 
+SGD_OPTIONS = [dict(lr=0.1), dict(lr=0.1, momentum=0.9),
+               dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-4),
+               dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.3, maximize=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("opts", SGD_OPTIONS)
+def test_sgd_is_bit_identical_to_torch(opts: dict, dtype: torch.dtype) -> None:
+    """Every fused multiply-add sits where torch's add-with-alpha has one: same bits."""
+    ours, ref, ps, qs = run_pair("SGD", opts, dtype, [(33_000,), (7, 3), (5,)], steps=4, skip_grad=1)
+    assert ours._fastopt_plan.native
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
+        if "momentum" in opts:
+            assert torch.equal(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_moments_are_bit_identical_to_torch(name: str) -> None:
+    """exp_avg (lerp) and exp_avg_sq (mul_ + addcmul_) match torch bit for bit; parameters
+    only differ through torch's inexactly rounded sqrt, by an ulp or two. (With L2 decay the
+    gradient reads the parameter, so Adam runs without it here.)"""
+    opts = dict(lr=1e-3, weight_decay=0.01 if name == "AdamW" else 0.0, betas=(0.9, 0.999), amsgrad=True)
+    ours, ref, ps, qs = run_pair(name, opts, torch.float32, [(33_000,), (7, 3)], steps=4)
+    for p, q in zip(ps, qs):
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert torch.equal(ours.state[p][key], ref.state[q][key]), key
+        assert (p != q).float().mean().item() < 0.02
+        eps = torch.finfo(torch.float32).eps
+        torch.testing.assert_close(p, q, rtol=4 * eps, atol=4 * eps * 1e-3)
+
+
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_every_isa_gives_identical_bits(name: str) -> None:
     isas = _isas()

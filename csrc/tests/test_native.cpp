@@ -110,11 +110,11 @@ void ref_adam(std::vector<T>& p, std::vector<T>& g, std::vector<T>& m, std::vect
   for (std::size_t i = 0; i < p.size(); ++i) {
     T gi = g[i];
     T pi = p[i] * decay;
-    T mi = m[i] + w * (gi - m[i]);
+    T mi = std::fma(w, gi - m[i], m[i]);
     T vi = v[i] * beta2;
-    vi = vi + omb2 * gi * gi;
+    vi = std::fma(omb2 * gi, gi, vi);
     const T denom = std::sqrt(vi) / bc2s + e;
-    p[i] = pi + neg_step * (mi / denom);
+    p[i] = pi + (neg_step * mi) / denom;
     m[i] = mi;
     v[i] = vi;
   }
