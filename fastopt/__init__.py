@@ -25,6 +25,7 @@ from .explain import Explanation, explain
 from .grouping import merge_param_groups
 from .layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from .registry import Registry, build_from_cfg
+from .tsm import TSMOptimizerConstructor, TSMOptimWrapperConstructor
 from .wrapper import AmpOptimWrapper, OptimWrapper
 
 __version__ = "0.1.0"
@@ -44,6 +45,8 @@ __all__ = [
     "LearningRateDecayOptimizerConstructor",
     "OptimWrapper",
     "Registry",
+    "TSMOptimWrapperConstructor",
+    "TSMOptimizerConstructor",
     "__version__",
     "build_from_cfg",
     "build_optim_wrapper",

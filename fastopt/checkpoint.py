@@ -1,10 +1,11 @@
-"""Optimizer checkpoints in the reference layout: one param group per parameter.
+"""Optimizer checkpoints in the reference layout.
 
-mmengine's and mmcv's constructors give every parameter its own group, so their optimizer
-state dicts have one group (and one state entry) per parameter, in the order the model is
-walked. A fastopt optimizer built from the same model and config merges those groups;
-these functions translate between the two layouts by that walk order, which the
-fastopt constructor records on the optimizer.
+mmengine's and mmcv's default constructors give every parameter its own group, so their
+optimizer state dicts have one group (and one state entry) per parameter, in the order the
+model is walked; custom constructors (layer decay, TSM) have groups of their own. A fastopt
+optimizer built from the same model and config merges equal groups; these functions
+translate between the two layouts by the reference's parameter order and group sizes,
+which the fastopt constructor records on the optimizer.
 """
 
 from __future__ import annotations
@@ -19,55 +20,70 @@ from .grouping import freeze
 __all__ = ["load_per_param_state_dict", "per_param_state_dict"]
 
 
-def _order(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def _layout(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The reference's parameter order and its groups as (size, merged group index)."""
     order = getattr(optimizer, "_fastopt_param_order", None)
-    if order is None:
-        raise ValueError("this optimizer was not built by a fastopt constructor: the per-parameter "
-                         "layout of the reference is unknown")
-    return order
+    layout = getattr(optimizer, "_fastopt_reference_layout", None)
+    if order is None or layout is None:
+        raise ValueError("this optimizer was not built by a fastopt constructor: the layout of the "
+                         "reference optimizer is unknown")
+    return order, layout
+
+
+def reference_group_sizes(optimizer: torch.optim.Optimizer) -> list[int] | None:
+    """Sizes of the reference optimizer's param groups (None if not built by fastopt)."""
+    layout = getattr(optimizer, "_fastopt_reference_layout", None)
+    return None if layout is None else [size for size, _ in layout]
+
+
+def _hyper(group: dict) -> dict:
+    return {key: v for key, v in group.items() if key not in ("params", "param_names")}
 
 
 def per_param_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's state dict in the reference layout (one group per parameter, walk order),
-    loadable by the mmengine/mmcv-built optimizer of the same model and config."""
-    order = _order(optimizer)
+    """The optimizer's state dict in the reference layout (one group per parameter, walk order,
+    for the default constructors), loadable by the mmengine/mmcv-built optimizer of the same
+    model and config."""
+    order, layout = _layout(optimizer)
     sd = optimizer.state_dict()
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    group_of = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
-    groups, state = [], {}
-    for k, p in enumerate(order):
-        hyper = {key: v for key, v in sd["param_groups"][group_of[id(p)]].items()
-                 if key not in ("params", "param_names")}
-        groups.append({**copy.deepcopy(hyper), "params": [k]})
-        if index[id(p)] in sd["state"]:
-            state[k] = sd["state"][index[id(p)]]
+    groups, state, k = [], {}, 0
+    for size, merged in layout:
+        hyper = copy.deepcopy(_hyper(sd["param_groups"][merged]))
+        groups.append({**hyper, "params": list(range(k, k + size))})
+        for p in order[k:k + size]:
+            if index[id(p)] in sd["state"]:
+                state[k] = sd["state"][index[id(p)]]
+            k += 1
     return {"state": state, "param_groups": groups}
 
 
 def load_per_param_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
     """Load a state dict saved in the reference layout into a fastopt (merged-group) optimizer."""
-    order = _order(optimizer)
+    order, layout = _layout(optimizer)
     saved_groups = state_dict["param_groups"]
-    if len(saved_groups) != len(order) or any(len(g["params"]) != 1 for g in saved_groups):
-        raise ValueError(f"expected one group per parameter for {len(order)} parameters, got "
-                         f"{len(saved_groups)} groups; was this saved from the same model and config?")
-    saved_index = {id(p): k for k, p in enumerate(order)}
-    saved_ids = [g["params"][0] for g in saved_groups]
+    sizes = [len(g["params"]) for g in saved_groups]
+    expected = [size for size, _ in layout]
+    if sizes != expected:
+        shape = "one group per parameter" if set(expected) == {1} else f"groups of sizes {expected}"
+        raise ValueError(f"expected {shape} for {len(order)} parameters, got {len(saved_groups)} groups "
+                         f"of sizes {sizes}; was this saved from the same model and config?")
+    hyper_of: dict[int, dict] = {}
+    for (_, merged), saved in zip(layout, saved_groups):
+        hyper = hyper_of.setdefault(merged, _hyper(saved))
+        if freeze(hyper) != freeze(_hyper(saved)):
+            raise ValueError(f"the saved hyperparameters of groups merged into group {merged} differ "
+                             f"({_hyper(saved)} vs {hyper}); they cannot share one group")
+    saved_ids = [pid for g in saved_groups for pid in g["params"]]
+    position = {id(p): k for k, p in enumerate(order)}
     new_groups, new_state, flat = [], {}, 0
     for gi, group in enumerate(optimizer.param_groups):
-        hyper = None
         for p in group["params"]:
-            k = saved_index.get(id(p))
+            k = position.get(id(p))
             if k is None:
                 raise ValueError(f"parameter {flat} of group {gi} is not in the saved layout")
-            saved = {key: v for key, v in saved_groups[k].items() if key not in ("params", "param_names")}
-            if hyper is None:
-                hyper = saved
-            elif freeze(saved) != freeze(hyper):
-                raise ValueError(f"the saved hyperparameters of parameters merged into group {gi} differ "
-                                 f"({saved} vs {hyper}); they cannot share one group")
             if saved_ids[k] in state_dict["state"]:
                 new_state[flat] = state_dict["state"][saved_ids[k]]
             flat += 1
-        new_groups.append({**(hyper or {}), "params": list(range(flat - len(group["params"]), flat))})
+        new_groups.append({**hyper_of.get(gi, {}), "params": list(range(flat - len(group["params"]), flat))})
     optimizer.load_state_dict({"state": new_state, "param_groups": new_groups})

@@ -55,7 +55,7 @@ from ._reference import (
     WD_RULE_NAMES,
 )
 from ._walk import ParamTable, dcn_types, own_children, walk
-from .grouping import freeze, merge_param_groups
+from .grouping import freeze, group_params, merge_param_groups_indexed
 from .registry import Registry, build_from_cfg, resolve_type
 
 logger = logging.getLogger("fastopt")
@@ -311,8 +311,10 @@ class _ConstructorBase:
         cfg = {k: v for k, v in self.optimizer_cfg.items() if k != "type"}
         cfg[first_arg] = params
         optimizer = build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
-        # Remembered so checkpoints in the reference's one-group-per-parameter layout map back.
+        # Remembered so checkpoints in the reference's layout (one group per parameter for the
+        # default constructors) map back.
         optimizer._fastopt_param_order = getattr(self, "param_order", None)
+        optimizer._fastopt_reference_layout = getattr(self, "reference_layout", None)
         return optimizer
 
     def _defaults(self, optimizer_cls: Any) -> dict[str, Any]:
@@ -333,15 +335,20 @@ class _ConstructorBase:
         """The merged param groups for ``model`` (or ``model.parameters()`` without paramwise)."""
         if next(model.parameters(), None) is None:
             raise ValueError(f"{type(model).__name__} has no parameters to optimize")
+        # The reference's layout (its groups' sizes, and which merged group each went into)
+        # is kept with the parameters in its order, so its checkpoints map both ways.
         if not self.paramwise_cfg:
             self.param_order = list(model.parameters())
+            self.reference_layout = [(len(self.param_order), 0)]
             return self.param_order
         defaults = self._defaults(optimizer_cls)
         if type(self).add_params is not _ConstructorBase.add_params:
             per_param: list[dict] = []
             self.add_params(per_param, model)
-            self.param_order = [p for g in per_param for p in g["params"]]
-            return merge_param_groups(per_param, defaults)
+            self.param_order = [p for g in per_param for p in group_params(g)]
+            merged, into = merge_param_groups_indexed(per_param, defaults)
+            self.reference_layout = [(len(group_params(g)), i) for g, i in zip(per_param, into)]
+            return merged
         plan = self.plan(model)
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)
@@ -349,6 +356,8 @@ class _ConstructorBase:
         # the reference's layout: one group per kept parameter, in walk order
         kept = np.flatnonzero(plan.kinds() != SKIPPED).tolist()
         self.param_order = [plan.table.params[i] for i in kept]
+        group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
+        self.reference_layout = [(1, group_of[id(p)]) for p in self.param_order]
         return groups
 
     def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> list[dict]:

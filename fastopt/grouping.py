@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["freeze", "merge_param_groups"]
+__all__ = ["freeze", "group_params", "merge_param_groups", "merge_param_groups_indexed"]
 
 
 def freeze(value: Any) -> Any:
@@ -36,18 +36,31 @@ def merge_param_groups(groups: list[dict], defaults: dict[str, Any] | None = Non
     >>> [(len(g['params']), g.get('lr')) for g in merged]
     [(2, 0.1), (1, None)]
     """
+    return merge_param_groups_indexed(groups, defaults)[0]
+
+
+def group_params(group: dict) -> list:
+    """A param group's ``params`` as a list (torch also takes a single tensor there)."""
+    params = group["params"]
+    return [params] if hasattr(params, "data_ptr") else list(params)
+
+
+def merge_param_groups_indexed(groups: list[dict], defaults: dict[str, Any] | None = None
+                               ) -> tuple[list[dict], list[int]]:
+    """``merge_param_groups``, plus the index of the merged group each input group went into."""
     defaults = defaults or {}
     out: list[dict] = []
     index: dict[Any, int] = {}
     owner: dict[int, int] = {}
+    into: list[int] = []
     for i, group in enumerate(groups):
         hyper = {k: v for k, v in group.items() if k != "params"}
         key = freeze({**defaults, **hyper})
         g = index.setdefault(key, len(out))
         if g == len(out):
             out.append({"params": [], **hyper})
-        params = group["params"]
-        params = [params] if hasattr(params, "data_ptr") else list(params)
+        into.append(g)
+        params = group_params(group)
         for p in params:
             first = owner.setdefault(id(p), i)
             if first != i:
@@ -56,4 +69,4 @@ def merge_param_groups(groups: list[dict], defaults: dict[str, Any] | None = Non
                     f"param group {i}; a parameter can be in only one group"
                 )
         out[g]["params"].extend(params)
-    return out
+    return out, into

@@ -362,14 +362,13 @@ class _NativeStep:
         """Load a state dict (torch's format); cached pointers and flat buffers are rebuilt.
 
         A state dict saved from the mmengine/mmcv-built optimizer of the same model and
-        config (one group per parameter) is recognised and mapped by parameter order.
+        config (one group per parameter, or a custom constructor's groups) is recognised by
+        its group sizes and mapped by parameter order.
         """
-        order = getattr(self, "_fastopt_param_order", None)
-        groups = state_dict.get("param_groups", [])
-        if (order is not None and len(groups) != len(self.param_groups) and len(groups) == len(order)
-                and all(len(g["params"]) == 1 for g in groups)):
-            from .checkpoint import load_per_param_state_dict
+        from .checkpoint import load_per_param_state_dict, reference_group_sizes
 
+        sizes = [len(g["params"]) for g in state_dict.get("param_groups", [])]
+        if sizes != [len(g["params"]) for g in self.param_groups] and sizes == reference_group_sizes(self):
             load_per_param_state_dict(self, state_dict)  # comes back here in merged layout
             return
         flat = getattr(self, "_fastopt_flat", None) is not None

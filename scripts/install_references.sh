@@ -16,11 +16,15 @@ fi
 # MMDetection 3.x and MMSegmentation 1.x ship the layer-wise lr decay constructors the tests
 # compare against; they need mmcv 2.x to import as packages, so only their files are used.
 $PIP install -q --no-deps "mmdet==3.3.0" "mmsegmentation==1.2.2"
-# Their mmcv 1.x-era releases (MMDetection 2.28.2, MMSegmentation 0.30.0) hold the mmcv-style
-# layer decay constructors; only those two files are taken from the sdists, into .references/.
+# Files of OpenMMLab projects that cannot be imported beside mmcv 1.7.2 / each other, taken
+# alone from their releases into .references/: the mmcv 1.x-era layer decay constructors
+# (MMDetection 2.28.2, MMSegmentation 0.30.0 sdists) and MMAction2's TSM constructors
+# (1.2.0 for mmengine, 0.24.1 for mmcv 1.x; wheels).
 REFS="${FASTOPT_REFERENCES:-$(cd "$(dirname "$0")/.." && pwd)/.references}"
 MMDET2=mmdet-2.28.2/mmdet/core/optimizers/layer_decay_optimizer_constructor.py
 MMSEG0=mmsegmentation-0.30.0/mmseg/core/optimizers/layer_decay_optimizer_constructor.py
+MMACTION1=mmaction/engine/optimizers/tsm_optim_wrapper_constructor.py
+MMACTION0=mmaction/core/optimizer/tsm_optimizer_constructor.py
 if [ ! -f "$REFS/$MMDET2" ] || [ ! -f "$REFS/$MMSEG0" ]; then
   sdists="$(mktemp -d)"
   $PIP download -q --no-deps --no-binary :all: -d "$sdists" "mmdet==2.28.2" "mmsegmentation==0.30.0"
@@ -29,7 +33,20 @@ if [ ! -f "$REFS/$MMDET2" ] || [ ! -f "$REFS/$MMSEG0" ]; then
   tar xzf "$sdists/mmsegmentation-0.30.0.tar.gz" -C "$REFS" "$MMSEG0"
   rm -rf "$sdists"
 fi
-echo "mmcv-era layer decay references in $REFS"
+if [ ! -f "$REFS/mmaction2-1.2.0/$MMACTION1" ] || [ ! -f "$REFS/mmaction2-0.24.1/$MMACTION0" ]; then
+  wheels="$(mktemp -d)"
+  $PIP download -q --no-deps --only-binary :all: -d "$wheels" "mmaction2==1.2.0"
+  $PIP download -q --no-deps --only-binary :all: -d "$wheels" "mmaction2==0.24.1"
+  python - "$wheels" "$REFS" "$MMACTION1" "$MMACTION0" <<'PY'
+import glob, os, sys, zipfile
+wheels, refs, new, old = sys.argv[1:]
+for version, member in (("1.2.0", new), ("0.24.1", old)):
+    [wheel] = glob.glob(os.path.join(wheels, f"mmaction2-{version}-*.whl"))
+    zipfile.ZipFile(wheel).extract(member, os.path.join(refs, f"mmaction2-{version}"))
+PY
+  rm -rf "$wheels"
+fi
+echo "single-file references in $REFS"
 python - <<'PY'
 import importlib.metadata as m
 for pkg in ("torch", "mmengine", "mmcv", "mmdet", "mmsegmentation"):

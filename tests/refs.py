@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+import types
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +72,44 @@ def mismatches(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer,
                     or type(a[pid].get(k)) is not type(b[pid].get(k))}
             out.append(f"{names.get(pid, '?')}: {diff}")
     return sorted(out)
+
+
+#: Single files of OpenMMLab projects that cannot be installed beside mmcv 1.7.2, placed here
+#: by scripts/install_references.sh.
+REFERENCES = Path(os.environ.get("FASTOPT_REFERENCES", Path(__file__).parents[1] / ".references"))
+
+
+def reference_file(relative: str) -> Path:
+    """``REFERENCES / relative``; skips the test when install_references.sh has not run."""
+    path = REFERENCES / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: run scripts/install_references.sh")
+    return path
+
+
+def exec_original(path: str | Path, module_name: str, stand_ins: dict[str, types.ModuleType]) -> Any:
+    """Execute one original module file as ``module_name`` with ``stand_ins`` in
+    ``sys.modules`` while it loads (restored afterwards); returns the module."""
+    saved = {k: sys.modules.get(k) for k in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec.loader.exec_module(module)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module
+
+
+def stand_in(name: str, **attrs: Any) -> types.ModuleType:
+    """An empty module named ``name`` with ``attrs`` (a package when it has ``__path__``)."""
+    module = types.ModuleType(name)
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return module

@@ -12,10 +12,7 @@ import copy
 import functools
 import importlib.util
 import os
-import sys
-import types
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +21,7 @@ from torch import nn
 
 import fastopt
 
-from .refs import mismatches, mmcv_runner, quiet_mmengine_logger
+from .refs import exec_original, mismatches, mmcv_runner, quiet_mmengine_logger, reference_file, stand_in
 
 
 def _original_path(package: str) -> str:
@@ -39,29 +36,14 @@ def _load_file(package: str, path: str, cls: str) -> Any:
 
 @functools.cache
 def _load_module(package: str, path: str) -> Any:
-    """Execute one original module file with ``<package>.registry`` pointed at a scratch registry."""
+    """Execute one mmengine-era original with ``<package>.registry`` pointed at a scratch registry."""
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
 
-    stub = types.ModuleType(f"{package}.registry")
-    stub.OPTIM_WRAPPER_CONSTRUCTORS = Registry(f"scratch {package} constructors",
-                                               parent=OPTIM_WRAPPER_CONSTRUCTORS, scope=f"test {path}")
-    names = (package, f"{package}.registry")
-    saved = {k: sys.modules.get(k) for k in names}
-    sys.modules[package] = types.ModuleType(package)
-    sys.modules[f"{package}.registry"] = stub
-    try:
-        module_spec = importlib.util.spec_from_file_location(f"{package}_layer_decay_original", path)
-        module = importlib.util.module_from_spec(module_spec)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module_spec.loader.exec_module(module)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return module
+    registry = Registry(f"scratch {package} constructors", parent=OPTIM_WRAPPER_CONSTRUCTORS,
+                        scope=f"test {path}")
+    return exec_original(path, f"{package}_layer_decay_original", {
+        package: stand_in(package), f"{package}.registry": stand_in("registry",
+                                                                     OPTIM_WRAPPER_CONSTRUCTORS=registry)})
 
 
 def _original(package: str, cls: str = "LearningRateDecayOptimizerConstructor") -> Any:
@@ -350,7 +332,6 @@ def test_mmengine_plugin_layer_decay(constructor: str, paramwise: dict) -> None:
 
 
 # ------------------------------------------------------------ mmcv 1.x API (build_optimizer)
-REFERENCES = Path(os.environ.get("FASTOPT_REFERENCES", Path(__file__).parents[1] / ".references"))
 V1_FILES = {"mmdet": "mmdet-2.28.2/mmdet/core/optimizers/layer_decay_optimizer_constructor.py",
             "mmseg": "mmsegmentation-0.30.0/mmseg/core/optimizers/layer_decay_optimizer_constructor.py"}
 
@@ -361,36 +342,19 @@ def _load_v1_module(package: str) -> Any:
     stand-in ``<package>.utils`` and ``<package>.core[.optimizers].builder`` modules."""
     import logging
 
+    path = reference_file(V1_FILES[package])
     runner = mmcv_runner()
-    stand_ins = {package: types.ModuleType(package), f"{package}.utils": types.ModuleType("utils"),
-                 f"{package}.core": types.ModuleType("core"),
-                 f"{package}.core.optimizers": types.ModuleType("optimizers")}
-    stand_ins[f"{package}.utils"].get_root_logger = lambda: logging.getLogger("fastopt-test-reference")
-    builder = types.ModuleType("builder")
-    builder.OPTIMIZER_BUILDERS = type(runner.OPTIMIZER_BUILDERS)(f"scratch {package} builders")
-    builder_name = f"{package}.core.optimizers.builder" if package == "mmdet" else f"{package}.core.builder"
-    stand_ins[builder_name] = builder
-    for name in (f"{package}.core", f"{package}.core.optimizers"):
-        stand_ins[name].__path__ = []  # packages, for the relative imports
-    saved = {k: sys.modules.get(k) for k in stand_ins}
-    sys.modules.update(stand_ins)
-    try:
-        name = f"{package}.core.optimizers.layer_decay_optimizer_constructor"
-        spec = importlib.util.spec_from_file_location(name, REFERENCES / V1_FILES[package])
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return module
+    builders = type(runner.OPTIMIZER_BUILDERS)(f"scratch {package} builders")
+    builder = f"{package}.core.optimizers.builder" if package == "mmdet" else f"{package}.core.builder"
+    return exec_original(path, f"{package}.core.optimizers.layer_decay_optimizer_constructor", {
+        package: stand_in(package),
+        f"{package}.utils": stand_in("utils", get_root_logger=lambda: logging.getLogger("fastopt-test-ref")),
+        f"{package}.core": stand_in("core", __path__=[]),
+        f"{package}.core.optimizers": stand_in("optimizers", __path__=[]),
+        builder: stand_in("builder", OPTIMIZER_BUILDERS=builders)})
 
 
 def _v1_original(package: str, cls: str) -> Any:
-    if not (REFERENCES / V1_FILES[package]).is_file():
-        pytest.skip(f"{REFERENCES / V1_FILES[package]} is missing: run scripts/install_references.sh")
     return getattr(_load_v1_module(package), cls)
 
 

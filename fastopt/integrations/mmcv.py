@@ -6,9 +6,10 @@
                      paramwise_cfg=dict(norm_decay_mult=0.))
 
 Registered into ``mmcv.runner``'s registries: ``FastOptimizerConstructor``,
-``FastLearningRateDecayOptimizerConstructor`` and ``FastLayerDecayOptimizerConstructor`` (in
-``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of MMDetection 2.x / MMSegmentation
-0.x, see ``fastopt.layer_decay``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
+``FastLearningRateDecayOptimizerConstructor``, ``FastLayerDecayOptimizerConstructor`` and
+``FastTSMOptimizerConstructor`` (in ``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of
+MMDetection 2.x / MMSegmentation 0.x, see ``fastopt.layer_decay``, and MMAction2 0.x's TSM
+recipe, see ``fastopt.tsm``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
 ``OPTIMIZERS``).
 The constructor follows mmcv 1.7.2's ``DefaultOptimizerConstructor`` exactly and finds
 optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``.
@@ -27,10 +28,12 @@ from ..layer_decay import (  # noqa: E402
     MmcvLayerDecayOptimizerConstructor,
     MmcvLearningRateDecayOptimizerConstructor,
 )
+from ..tsm import TSMOptimizerConstructor  # noqa: E402
 from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
-           "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD"]
+           "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD",
+           "FastTSMOptimizerConstructor"]
 
 
 class FastOptimizerConstructor(DefaultOptimizerConstructor):
@@ -53,8 +56,14 @@ class FastLayerDecayOptimizerConstructor(MmcvLayerDecayOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
+class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
+    """MMAction2 0.x ``TSMOptimizerConstructor``, built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
 for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
 for _ctor in (FastOptimizerConstructor, FastLearningRateDecayOptimizerConstructor,
-              FastLayerDecayOptimizerConstructor):
+              FastLayerDecayOptimizerConstructor, FastTSMOptimizerConstructor):
     OPTIMIZER_BUILDERS.register_module(module=_ctor, force=True)

@@ -7,9 +7,10 @@
         paramwise_cfg=dict(norm_decay_mult=0.))
 
 Registered into mmengine's registries: ``FastOptimWrapperConstructor``,
-``FastLearningRateDecayOptimizerConstructor`` and ``FastLayerDecayOptimizerConstructor`` (in
-``OPTIM_WRAPPER_CONSTRUCTORS``; the last two are the layer-wise lr decay recipes of
-MMDetection / MMSegmentation, see ``fastopt.layer_decay``) and ``FastSGD``, ``FastAdam``,
+``FastLearningRateDecayOptimizerConstructor``, ``FastLayerDecayOptimizerConstructor`` and
+``FastTSMOptimWrapperConstructor`` (in ``OPTIM_WRAPPER_CONSTRUCTORS``; the layer-wise lr decay
+recipes of MMDetection / MMSegmentation, see ``fastopt.layer_decay``, and MMAction2's TSM
+recipe, see ``fastopt.tsm``) and ``FastSGD``, ``FastAdam``,
 ``FastAdamW`` (in ``OPTIMIZERS``). The constructor gives every parameter exactly the hyperparameters of
 mmengine's ``DefaultOptimWrapperConstructor``, merges equal groups, steps ``SGD`` / ``Adam``
 / ``AdamW`` with fastopt's native kernels, builds the wrapper from mmengine's
@@ -23,10 +24,12 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
 from ..constructor import DefaultOptimWrapperConstructor
 from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
+from ..tsm import TSMOptimWrapperConstructor
 from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
-           "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD"]
+           "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD",
+           "FastTSMOptimWrapperConstructor"]
 
 
 class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -49,8 +52,14 @@ class FastLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
+class FastTSMOptimWrapperConstructor(TSMOptimWrapperConstructor):
+    """MMAction2 1.x ``TSMOptimWrapperConstructor``, built the fastopt way."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
 for _cls in FAST_OPTIMIZERS:
     OPTIMIZERS.register_module(module=_cls, force=True)
 for _ctor in (FastOptimWrapperConstructor, FastLearningRateDecayOptimizerConstructor,
-              FastLayerDecayOptimizerConstructor):
+              FastLayerDecayOptimizerConstructor, FastTSMOptimWrapperConstructor):
     OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=_ctor, force=True)

@@ -1,0 +1,236 @@
+"""fastopt's TSM constructors against MMAction2's originals: ``TSMOptimWrapperConstructor``
+(MMAction2 1.2, mmengine) and ``TSMOptimizerConstructor`` (MMAction2 0.24, mmcv 1.x).
+
+MMAction2 imports neither beside mmcv 1.7.2 nor twice, so scripts/install_references.sh takes
+the two module files from the wheels and they are executed alone here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import fastopt
+from fastopt import zoo
+
+from .refs import exec_original, mismatches, mmcv_runner, quiet_mmengine_logger, reference_file, stand_in
+
+NEW = "mmaction2-1.2.0/mmaction/engine/optimizers/tsm_optim_wrapper_constructor.py"
+OLD = "mmaction2-0.24.1/mmaction/core/optimizer/tsm_optimizer_constructor.py"
+
+
+@functools.cache
+def _new_original() -> Any:
+    pytest.importorskip("mmengine")
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
+
+    path = reference_file(NEW)
+    registry = Registry("scratch mmaction constructors", parent=OPTIM_WRAPPER_CONSTRUCTORS,
+                        scope="test mmaction")
+    module = exec_original(path, "mmaction_tsm_original", {
+        "mmaction": stand_in("mmaction"),
+        "mmaction.registry": stand_in("registry", OPTIM_WRAPPER_CONSTRUCTORS=registry)})
+    return module.TSMOptimWrapperConstructor
+
+
+@functools.cache
+def _old_original() -> Any:
+    path = reference_file(OLD)
+    runner = mmcv_runner()
+    builders = type(runner.OPTIMIZER_BUILDERS)("scratch mmaction 0.x builders")
+    stand_ins = {"mmcv.runner": stand_in("runner", OPTIMIZER_BUILDERS=builders,
+                                         DefaultOptimizerConstructor=runner.DefaultOptimizerConstructor)}
+    return exec_original(path, "mmaction_tsm_v0_original", stand_ins).TSMOptimizerConstructor
+
+
+class TSMHead(nn.Module):
+    """MMAction2 ``TSMHead``: dropout + ``fc_cls``."""
+
+    def __init__(self, in_channels: int, num_classes: int = 400) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(0.5)
+        self.fc_cls = nn.Linear(in_channels, num_classes)
+
+
+class TSMR50(nn.Module):
+    """TSM R-50 recognizer (ResNetTSM parameters are ResNet-50's) at reduced width."""
+
+    def __init__(self, frozen_stages: int = -1) -> None:
+        super().__init__()
+        self.backbone = zoo.ResNet(depth=50, base_channels=8, frozen_stages=frozen_stages)
+        self.cls_head = TSMHead(8 * 8 * 4)
+
+
+class Odd(nn.Module):
+    """The original's corner cases: a first conv with a bias, Conv3d / ConvTranspose / Conv1d,
+    GroupNorm, SyncBatchNorm, a frozen BN, a Linear in the middle, a parameter held by a
+    module with children (left out), and a bias-free classifier (the last bias collected is
+    then another layer's)."""
+
+    def __init__(self, classifier_bias: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(3, 4, 3, bias=True)
+        self.gn = nn.GroupNorm(2, 4)
+        self.block = nn.Sequential(nn.ConvTranspose2d(4, 4, 2), nn.SyncBatchNorm(4), nn.Conv1d(4, 4, 1),
+                                   nn.BatchNorm2d(4))
+        self.block[3].weight.requires_grad_(False)
+        self.mid = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(1))
+        self.fc = nn.Linear(4, 3, bias=classifier_bias)
+
+
+def linear_first() -> nn.Module:
+    """A Linear before the first convolution (only a convolution counts as the first)."""
+    return nn.Sequential(nn.Linear(3, 4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Linear(4, 2))
+
+
+MODELS = {"tsm_r50": TSMR50, "tsm_r50_frozen": lambda: TSMR50(frozen_stages=1), "odd": Odd,
+          "odd_fc_bias": lambda: Odd(classifier_bias=True), "linear_first": linear_first}
+
+
+def _build(api: str, model: nn.Module, paramwise: dict, constructor: str) -> tuple[Any, Any]:
+    """The original's optimizer and fastopt's (``constructor`` names fastopt's or a plug-in's)."""
+    optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if api == "mmengine":
+            quiet_mmengine_logger()
+            ref = _new_original()(optim_wrapper_cfg=dict(optimizer=copy.deepcopy(optimizer)),
+                                  paramwise_cfg=copy.deepcopy(paramwise))(model).optimizer
+            cfg = dict(optimizer=optimizer, paramwise_cfg=paramwise, constructor=constructor)
+            if constructor.startswith("Fast"):
+                importlib.import_module("fastopt.integrations.mmengine")
+                from mmengine.optim import build_optim_wrapper
+
+                return ref, build_optim_wrapper(model, cfg).optimizer
+            return ref, fastopt.build_optim_wrapper(model, cfg).optimizer
+        ref = _old_original()(copy.deepcopy(optimizer), copy.deepcopy(paramwise))(model)
+        cfg = dict(optimizer, paramwise_cfg=paramwise, constructor=constructor)
+        if constructor.startswith("Fast"):
+            importlib.import_module("fastopt.integrations.mmcv")
+            return ref, mmcv_runner().build_optimizer(model, cfg)
+        return ref, fastopt.build_optimizer(model, cfg)
+
+
+CONSTRUCTORS = {("mmengine", False): "TSMOptimWrapperConstructor",
+                ("mmengine", True): "FastTSMOptimWrapperConstructor",
+                ("mmcv", False): "TSMOptimizerConstructor", ("mmcv", True): "FastTSMOptimizerConstructor"}
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("fc_lr5", [True, False])
+@pytest.mark.parametrize(("api", "plugin"), list(CONSTRUCTORS))
+def test_matches_mmaction2(model_name: str, fc_lr5: bool, api: str, plugin: bool) -> None:
+    """Every parameter's lr and weight decay (values and types) equal the original's, and the
+    parameters the original leaves out are left out."""
+    model = MODELS[model_name]()
+    ref, fast = _build(api, model, dict(fc_lr5=fc_lr5), CONSTRUCTORS[api, plugin])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert mismatches(ref, fast, names) == []
+    assert type(fast).__module__ == "fastopt.optim"
+    nonempty = [g for g in fast.param_groups if g["params"]]
+    assert len(nonempty) < len([g for g in ref.param_groups if g["params"]])  # weights merged
+    if model_name.startswith("odd"):
+        listed = {id(p) for g in fast.param_groups for p in g["params"]}
+        assert id(model.scale) not in listed and id(model.block[3].weight) not in listed
+
+
+@pytest.mark.parametrize("api", ["mmengine", "mmcv"])
+def test_training_matches_mmaction2(api: str) -> None:
+    """Steps with the merged groups (frozen convs listed, empty groups kept) move every
+    parameter as the original's optimizer does."""
+    torch.manual_seed(0)
+    model = TSMR50(frozen_stages=1)
+    twin = copy.deepcopy(model)
+    start = copy.deepcopy(model)
+    ref, _ = _build(api, model, dict(fc_lr5=True), CONSTRUCTORS[api, False])
+    _, fast = _build(api, twin, dict(fc_lr5=True), CONSTRUCTORS[api, False])
+    for seed in range(3):
+        for m in (model, twin):
+            gen = torch.Generator().manual_seed(seed)
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=gen) if p.requires_grad else None
+        ref.step()
+        fast.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    changed = {n for (n, a), b in zip(model.named_parameters(), start.parameters()) if not torch.equal(a, b)}
+    assert "cls_head.fc_cls.bias" in changed and "backbone.conv1.weight" not in changed  # frozen stem
+
+
+@pytest.mark.parametrize("api", ["mmengine", "mmcv"])
+def test_errors_where_the_original_fails(api: str) -> None:
+    """Both raise: a LayerNorm (no learning policy), a model without a bias, a missing fc_lr5."""
+    with_ln = nn.Sequential(nn.Conv2d(3, 4, 1), nn.LayerNorm(4), nn.Linear(4, 2))
+    no_bias = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.Linear(4, 2, bias=False))
+    cases = [(with_ln, dict(fc_lr5=True), ValueError, "no learning policy to LayerNorm"),
+             (no_bias, dict(fc_lr5=True), ValueError, "with a bias"),
+             (TSMR50(), dict(other=1), KeyError, "fc_lr5")]
+    for model, paramwise, error, message in cases:
+        with pytest.raises((ValueError, KeyError, IndexError)):  # the original
+            _original_only(api, model, paramwise)
+        with pytest.raises(error, match=message):
+            _fast_only(api, model, paramwise)
+
+
+def _original_only(api: str, model: nn.Module, paramwise: dict) -> None:
+    optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if api == "mmengine":
+            _new_original()(optim_wrapper_cfg=dict(optimizer=optimizer), paramwise_cfg=paramwise)(model)
+        else:
+            _old_original()(optimizer, paramwise)(model)
+
+
+def _fast_only(api: str, model: nn.Module, paramwise: dict) -> None:
+    optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
+    if api == "mmengine":
+        fastopt.build_optim_wrapper(model, dict(optimizer=optimizer, paramwise_cfg=paramwise,
+                                                constructor="TSMOptimWrapperConstructor"))
+    else:
+        fastopt.build_optimizer(model, dict(optimizer, paramwise_cfg=paramwise,
+                                            constructor="TSMOptimizerConstructor"))
+
+
+@pytest.mark.parametrize("api", ["mmengine", "mmcv"])
+@pytest.mark.parametrize("model_name", ["linear_first", "tsm_r50_frozen"])
+def test_checkpoints_cross_between_layouts(api: str, model_name: str) -> None:
+    """The original's state dict (its seven groups, empty ones included) loads into fastopt's
+    merged optimizer and the next steps match; fastopt.per_param_state_dict writes the
+    original's layout back, which loads into the original's optimizer."""
+    torch.manual_seed(0)
+    model = MODELS[model_name]()
+    twin = copy.deepcopy(model)
+    ref, _ = _build(api, model, dict(fc_lr5=True), CONSTRUCTORS[api, False])
+    _, fast = _build(api, twin, dict(fc_lr5=True), CONSTRUCTORS[api, False])
+
+    def step(seed: int, *pairs: tuple[nn.Module, Any]) -> None:
+        for m, opt in pairs:
+            gen = torch.Generator().manual_seed(seed)
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=gen) if p.requires_grad else None
+            opt.step()
+
+    step(0, (model, ref))
+    twin.load_state_dict(model.state_dict())
+    saved = ref.state_dict()
+    assert len(saved["param_groups"]) == 7 and len(fast.param_groups) < 7
+    fast.load_state_dict(copy.deepcopy(saved))
+    step(1, (model, ref), (twin, fast))
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name  # SGD: bit-identical to torch
+    back = copy.deepcopy(fastopt.per_param_state_dict(fast))  # as if saved: no tensors shared
+    sizes = [len(g["params"]) for g in saved["param_groups"]]
+    assert [len(g["params"]) for g in back["param_groups"]] == sizes
+    ref.load_state_dict(back)
+    step(2, (model, ref), (twin, fast))
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
