@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import fastopt
@@ -180,24 +182,26 @@ def test_errors_where_the_original_fails(api: str) -> None:
             _fast_only(api, model, paramwise)
 
 
-def _original_only(api: str, model: nn.Module, paramwise: dict) -> None:
+def _original_only(api: str, model: nn.Module, paramwise: dict) -> Any:
+    """The original's optimizer for ``model``."""
     optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if api == "mmengine":
-            _new_original()(optim_wrapper_cfg=dict(optimizer=optimizer), paramwise_cfg=paramwise)(model)
-        else:
-            _old_original()(optimizer, paramwise)(model)
+            quiet_mmengine_logger()
+            return _new_original()(optim_wrapper_cfg=dict(optimizer=optimizer),
+                                   paramwise_cfg=paramwise)(model).optimizer
+        return _old_original()(optimizer, paramwise)(model)
 
 
-def _fast_only(api: str, model: nn.Module, paramwise: dict) -> None:
+def _fast_only(api: str, model: nn.Module, paramwise: dict) -> Any:
+    """fastopt's optimizer for ``model``."""
     optimizer = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4)
     if api == "mmengine":
-        fastopt.build_optim_wrapper(model, dict(optimizer=optimizer, paramwise_cfg=paramwise,
-                                                constructor="TSMOptimWrapperConstructor"))
-    else:
-        fastopt.build_optimizer(model, dict(optimizer, paramwise_cfg=paramwise,
-                                            constructor="TSMOptimizerConstructor"))
+        return fastopt.build_optim_wrapper(model, dict(optimizer=optimizer, paramwise_cfg=paramwise,
+                                                       constructor="TSMOptimWrapperConstructor")).optimizer
+    return fastopt.build_optimizer(model, dict(optimizer, paramwise_cfg=paramwise,
+                                               constructor="TSMOptimizerConstructor"))
 
 
 @pytest.mark.parametrize("api", ["mmengine", "mmcv"])
@@ -234,3 +238,62 @@ def test_checkpoints_cross_between_layouts(api: str, model_name: str) -> None:
     step(2, (model, ref), (twin, fast))
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name
+
+
+# --------------------------------------------------------------------- random models
+TSM_LEAVES = [lambda b: nn.Conv2d(4, 4, 1, bias=b), lambda b: nn.Conv1d(4, 4, 1, bias=b),
+              lambda b: nn.Conv3d(4, 4, 1, bias=b), lambda b: nn.ConvTranspose2d(4, 4, 1, bias=b),
+              lambda b: nn.Linear(4, 4, bias=b), lambda b: nn.BatchNorm2d(4, affine=b),
+              lambda b: nn.GroupNorm(2, 4), lambda b: nn.SyncBatchNorm(4), lambda b: nn.ReLU(),
+              lambda b: nn.LayerNorm(4), lambda b: nn.Embedding(3, 4)]
+
+
+@st.composite
+def tsm_models(draw: st.DrawFn, depth: int = 0) -> nn.Module:
+    """Containers of convolutions, Linear and norm layers (rarely a layer TSM rejects), with
+    frozen parameters, raw parameters on containers and a shared submodule now and then."""
+    root = nn.Module()
+    for i in range(draw(st.integers(1, 4))):
+        if depth < 2 and draw(st.integers(0, 3)) == 0:
+            child = draw(tsm_models(depth=depth + 1))
+        else:
+            kind = draw(st.integers(0, len(TSM_LEAVES) - 1) if draw(st.integers(0, 9)) == 0
+                        else st.integers(0, 8))
+            child = TSM_LEAVES[kind](draw(st.booleans()))
+        root.add_module(f"m{i}", child)
+    if draw(st.integers(0, 4)) == 0:
+        root.scale = nn.Parameter(torch.ones(1))
+    if depth == 0:
+        root.fc = nn.Linear(4, 3, bias=draw(st.integers(0, 9)) != 0)  # the classifier, usually
+        for p in root.parameters():
+            if draw(st.integers(0, 7)) == 0:
+                p.requires_grad_(False)
+        inner = [m for m in root.modules() if m is not root]
+        if inner and draw(st.integers(0, 5)) == 0:
+            root.add_module("again", draw(st.sampled_from(inner)))
+    return root
+
+
+def _outcome(fn: Any) -> tuple[Any, BaseException | None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fn(), None
+        except Exception as exc:  # both must raise, or neither
+            return None, exc
+
+
+@pytest.mark.parametrize("api", ["mmengine", "mmcv"])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=tsm_models(), fc_lr5=st.booleans())
+def test_random_models_match_mmaction2(api: str, model: nn.Module, fc_lr5: bool) -> None:
+    """Random models: the same lr / weight decay for every parameter as the original, or both
+    raise."""
+    (ref, ref_exc) = _outcome(lambda: _original_only(api, model, dict(fc_lr5=fc_lr5)))
+    (fast, fast_exc) = _outcome(lambda: _fast_only(api, model, dict(fc_lr5=fc_lr5)))
+    if ref_exc is not None:
+        assert fast_exc is not None, f"the original raised {ref_exc!r}, fastopt did not"
+        return
+    assert fast_exc is None, f"fastopt raised {fast_exc!r}, the original did not"
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    assert mismatches(ref, fast, names) == []
