@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import fastopt
@@ -424,3 +426,109 @@ def test_resume_from_the_originals_checkpoint() -> None:
         fast.step()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+
+# ----------------------------------------------------------------------- random models
+def _param(ndim: int) -> nn.Parameter:
+    return nn.Parameter(torch.zeros((2,) * ndim))
+
+
+@st.composite
+def _indexed(draw: st.DrawFn, depth: int) -> nn.Module:
+    """A ModuleList of blocks (nested to ``depth``) holding 1-D / 2-D parameters and norms."""
+    out = nn.ModuleList()
+    for _ in range(draw(st.integers(1, 4))):
+        if depth > 1:
+            out.append(draw(_indexed(depth - 1)))
+            continue
+        block = nn.Module()
+        for name in draw(st.lists(st.sampled_from(["weight", "bias", "gamma", "norm", "qkv", "pos_embed"]),
+                                  min_size=1, max_size=3, unique=True)):
+            if name in ("norm", "qkv"):
+                block.add_module(name, nn.LayerNorm(2) if name == "norm" else nn.Linear(2, 2))
+            else:
+                block.register_parameter(name, _param(draw(st.integers(1, 2))))
+        out.append(block)
+    return out
+
+
+@st.composite
+def decay_models(draw: st.DrawFn) -> nn.Module:
+    """Detectors whose backbone (named ConvNeXt, BEiT or ViT) has the layouts the depth rules
+    read (downsample_layers, stages, layers, blocks, patch_embed, tokens) in random shapes."""
+    kind = draw(st.sampled_from(["ConvNeXt", "BEiT", "ViT"]))
+    backbone = type(kind, (nn.Module,), {})()
+    parts = ["downsample_layers", "stages", "layers", "blocks", "patch_embed", "cls_token", "pos_embed",
+             "mask_token", "norm", "extra"]
+    for name in draw(st.lists(st.sampled_from(parts), min_size=1, max_size=5, unique=True)):
+        if name in ("cls_token", "pos_embed", "mask_token"):
+            backbone.register_parameter(name, _param(draw(st.integers(1, 3))))
+        elif name in ("norm", "patch_embed"):
+            backbone.add_module(name, nn.Conv2d(2, 2, 1) if name == "patch_embed" else nn.LayerNorm(2))
+        else:
+            backbone.add_module(name, draw(_indexed(2 if name in ("stages", "downsample_layers") else 1)))
+    model = nn.Module()
+    model.backbone = backbone
+    model.neck = nn.Linear(2, 2)
+    if draw(st.booleans()):
+        model.register_parameter(draw(st.sampled_from(["pos_embed", "cls_token", "scale"])), _param(1))
+    for p in model.parameters():
+        if draw(st.integers(0, 9)) == 0:
+            p.requires_grad_(False)
+    return model
+
+
+def _same_outcome(original: Any, constructor: str, model: nn.Module, optimizer: dict,
+                  paramwise: dict) -> None:
+    """The original and fastopt's constructor give every parameter the same group, or both raise."""
+    quiet_mmengine_logger()
+
+    def ref_fn() -> Any:
+        return original(optim_wrapper_cfg=dict(optimizer=dict(optimizer)),
+                        paramwise_cfg=dict(paramwise))(model)
+
+    def fast_fn() -> Any:
+        cfg = dict(optimizer=dict(optimizer), paramwise_cfg=dict(paramwise), constructor=constructor)
+        return fastopt.build_optim_wrapper(model, cfg)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ref, ref_exc = ref_fn(), None
+        except Exception as exc:  # both must raise, or neither
+            ref, ref_exc = None, exc
+        try:
+            fast, fast_exc = fast_fn(), None
+        except Exception as exc:
+            fast, fast_exc = None, exc
+    if ref_exc is not None:
+        assert fast_exc is not None, f"the original raised {ref_exc!r}, fastopt did not"
+        return
+    assert fast_exc is None, f"fastopt raised {fast_exc!r}, the original did not"
+    assert mismatches(ref.optimizer, fast.optimizer, {id(p): n for n, p in model.named_parameters()}) == []
+
+
+RANDOM = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("package", ["mmdet", "mmseg"])
+@RANDOM
+@given(model=decay_models(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.65, 0.9, 1.0]),
+       decay_type=st.sampled_from(["layer_wise", "stage_wise", "layer_wise_vit"]))
+def test_random_models_match_learning_rate_decay(package: str, model: nn.Module, num_layers: int, rate: float,
+                                                 decay_type: str) -> None:
+    """LearningRateDecayOptimizerConstructor on random layouts: the originals' groups, or both
+    raise. (MMDetection's original takes ConvNeXt only; fastopt also takes MMSegmentation's
+    BEiT recipe, compared with MMSegmentation's.)"""
+    assume(package == "mmseg" or type(model.backbone).__name__ == "ConvNeXt")
+    _same_outcome(_original(package), "LearningRateDecayOptimizerConstructor", model,
+                  dict(type="AdamW", lr=1e-3, weight_decay=0.05),
+                  dict(num_layers=num_layers, decay_rate=rate, decay_type=decay_type))
+
+
+@RANDOM
+@given(model=decay_models(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.7, 0.9]))
+def test_random_models_match_vitdet(model: nn.Module, num_layers: int, rate: float) -> None:
+    """ViTDet's constructor on random layouts (needs FASTOPT_MMDET_SOURCE, see above)."""
+    _same_outcome(_vitdet_original(), "LayerDecayOptimizerConstructor", model,
+                  dict(type="AdamW", lr=1e-4, weight_decay=0.1), dict(num_layers=num_layers, decay_rate=rate))
