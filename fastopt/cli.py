@@ -208,8 +208,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if p.switched_off and p.switched_off != "default":
             notes.append(f"overrides the {p.switched_off} rule")
         group = "-" if p.group is None else str(p.group)
-        print(f"  {p.name:<{name_w}}{group:>6}  {rule:<{rule_w}}{_fmt(p.hyper.get('lr')):>12}"
-              f"{_fmt(p.hyper.get('weight_decay')):>12}  {'; '.join(notes)}")
+        print(f"  {p.name:<{name_w}}{group:>6}  {rule:<{rule_w}}{_fmt(p.hyper.get('lr', '-')):>12}"
+              f"{_fmt(p.hyper.get('weight_decay', '-')):>12}  {'; '.join(notes)}")
     return 0
 
 

@@ -123,11 +123,14 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         reports = []
         for name, p in model.named_parameters():
             gi = group_of_id.get(id(p))
+            rule = f"constructor:{type(ctor).__name__}"
+            if gi is None:  # the constructor left it out: not optimized, no hyperparameters
+                reports.append(ParamReport(name, None, f"{rule} (left out)", None, [], None, {},
+                                           list(p.shape)))
+                continue
             hyper = dict(defaults)
-            if gi is not None:
-                hyper.update({k: v for k, v in groups[gi].items() if k != "params"})
-            reports.append(ParamReport(name, gi, f"constructor:{type(ctor).__name__}", None, [], None,
-                                       hyper, list(p.shape)))
+            hyper.update({k: v for k, v in groups[gi].items() if k != "params"})
+            reports.append(ParamReport(name, gi, rule, None, [], None, hyper, list(p.shape)))
         return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows(groups, defaults), reports,
                            [], build_s)
 

@@ -94,6 +94,22 @@ def test_explain_a_layer_decay_constructor(tmp_path: Path, capsys: pytest.Captur
     assert row.split()[1:3] == ["0", "constructor:LayerDecayOptimizerConstructor"]
 
 
+def test_explain_parameters_a_constructor_leaves_out(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """TSM leaves frozen norm parameters out: no group and no hyperparameters reported."""
+    config = tmp_path / "tsm.py"
+    config.write_text(textwrap.dedent("""
+        model = dict(type='fastopt.zoo:build', name='faster_rcnn_r50_fpn')
+        optim_wrapper = dict(constructor='TSMOptimWrapperConstructor', paramwise_cfg=dict(fc_lr5=True),
+                             optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0001))
+    """))
+    code, out, _ = run(capsys, "explain", str(config), "--json", "--filter", r"^backbone\.bn1\.weight$")
+    [p] = json.loads(out)["params"]
+    assert code == 0 and p["group"] is None and p["rule"].endswith("(left out)") and "lr" not in p
+    _, text, _ = run(capsys, "explain", str(config), "--filter", r"^backbone\.bn1\.weight$")
+    assert text.splitlines()[-1].split()[-2:] == ["-", "-"]
+
+
 def test_profile_limits_set_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1")[0] == 0
     code, _, err = run(capsys, "profile", "--model", "retinanet_r50_fpn", "--repeats", "1",
