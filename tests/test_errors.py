@@ -35,6 +35,22 @@ SGD = dict(type="SGD", lr=0.1, weight_decay=1e-4)
 NO_WD = dict(type="SGD", lr=0.1)
 
 
+def backbone_model(kind: str, nested_blocks: bool = False) -> nn.Module:
+    """A model whose backbone class is named ``kind`` (the layer-decay constructors read it)."""
+    m = nn.Module()
+    m.backbone = type(kind, (nn.Module,), {})()
+    m.backbone.stem = nn.Conv2d(3, 4, 1)
+    if nested_blocks:
+        m.backbone.stage = nn.Module()
+        m.backbone.stage.blocks = nn.ModuleList([nn.Linear(2, 2)])
+    m.head = nn.Linear(4, 2)
+    return m
+
+
+def convnext_model() -> nn.Module:
+    return backbone_model("ConvNeXt")
+
+
 def frozen_model() -> nn.Module:
     m = model()
     for p in m.parameters():
@@ -104,6 +120,31 @@ ERRORS: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
      "only callables can be registered"),
     ("build_from_cfg: not a dict", lambda: fastopt.build_from_cfg(3, fastopt.OPTIMIZERS), TypeError,
      "cfg must be a dict"),
+    ("layer decay without decay_rate",
+     engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
+                 paramwise_cfg=dict(num_layers=6)), convnext_model()), KeyError, "missing: decay_rate"),
+    ("layer decay: unknown decay_type",
+     engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
+                 paramwise_cfg=dict(num_layers=6, decay_rate=0.9, decay_type="block_wise")), convnext_model()),
+     ValueError, "decay_type must be 'layer_wise' or 'stage_wise', got 'block_wise'"),
+    ("layer decay: unsupported backbone",
+     engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
+                 paramwise_cfg=dict(num_layers=6, decay_rate=0.9, decay_type="stage_wise")), backbone_model("BEiT")),
+     NotImplementedError, "stage_wise lr decay is defined for ConvNeXt backbones"),
+    ("ViTDet block index not a number",
+     engine(dict(optimizer=SGD, constructor="LayerDecayOptimizerConstructor",
+                 paramwise_cfg=dict(num_layers=2, decay_rate=0.7)), backbone_model("ViT", nested_blocks=True)),
+     ValueError, r"block index of 'backbone\.stage\.blocks\.0\.weight'"),
+    ("TSM without fc_lr5", mmcv(dict(SGD, constructor="TSMOptimizerConstructor", paramwise_cfg=dict(x=1))),
+     KeyError, r"paramwise_cfg\['fc_lr5'\]"),
+    ("TSM: a layer without a policy",
+     engine(dict(optimizer=SGD, constructor="TSMOptimWrapperConstructor", paramwise_cfg=dict(fc_lr5=True)),
+            nn.Sequential(nn.Conv2d(3, 4, 1), nn.LayerNorm(4), nn.Linear(4, 2))), ValueError,
+     r"no learning policy to LayerNorm \(1\)"),
+    ("TSM: no classifier bias",
+     mmcv(dict(SGD, constructor="TSMOptimizerConstructor", paramwise_cfg=dict(fc_lr5=True)),
+          nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.Linear(4, 2, bias=False))), ValueError,
+     "need a last Linear/conv layer with a bias"),
 ]
 
 

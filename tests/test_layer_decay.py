@@ -294,24 +294,6 @@ def test_vitdet_rules() -> None:
     assert len(opt.param_groups) == 2 + 2 * 6 + 2  # (decay, pos_embed) at 0 and 7, two per block
 
 
-def test_vitdet_block_index_must_be_a_number() -> None:
-    model = nn.Module()
-    model.backbone = nn.Module()
-    model.backbone.stage = nn.Module()
-    model.backbone.stage.blocks = nn.ModuleList([nn.Linear(2, 2)])
-    with pytest.raises(ValueError, match=r"block index of 'backbone\.stage\.blocks\.0\.weight'"):
-        fastopt.build_optim_wrapper(model, dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.1),
-                                                constructor="LayerDecayOptimizerConstructor",
-                                                paramwise_cfg=dict(num_layers=2, decay_rate=0.7)))
-
-
-def test_layer_decay_needs_its_keys() -> None:
-    cfg = dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.1),
-               constructor="LayerDecayOptimizerConstructor", paramwise_cfg=dict(num_layers=6))
-    with pytest.raises(KeyError, match="missing: decay_rate"):
-        fastopt.build_optim_wrapper(ViTDetLike(), cfg)
-
-
 @pytest.mark.parametrize(("constructor", "paramwise"), [
     ("FastLearningRateDecayOptimizerConstructor", dict(num_layers=4, decay_rate=0.9)),
     ("FastLayerDecayOptimizerConstructor", dict(num_layers=4, layer_decay_rate=0.9)),
