@@ -17,7 +17,7 @@ import torch
 
 from .grouping import freeze
 
-__all__ = ["load_per_param_state_dict", "per_param_state_dict"]
+__all__ = ["load_per_param_state_dict", "per_param_state_dict", "reference_group_sizes"]
 
 
 def _layout(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
