@@ -45,7 +45,9 @@ _DOWNSAMPLE_DEPTH = {0: 0, 1: 2, 2: 3}
 
 def convnext_depth(name: str, num_layers: int, stage_wise: bool) -> int:
     """Depth of a ConvNeXt parameter for layer-wise (12 x 3-block steps in stage 2) or
-    stage-wise decay; ``num_layers`` is the config's value (stage-wise passes it + 2)."""
+    stage-wise decay; ``num_layers`` is the config's value (stage-wise passes it + 2).
+    Names the original cannot place (a stage or downsampling layer past 3, a block index
+    that is not a number) raise, as they do there."""
     parts = name.split(".")
     if name in _EMBEDDINGS:
         return 0
@@ -53,18 +55,25 @@ def convnext_depth(name: str, num_layers: int, stage_wise: bool) -> int:
         if stage_wise:
             return 0
         stage = int(parts[2])
-        return _DOWNSAMPLE_DEPTH.get(stage, num_layers) if stage < 4 else num_layers
+        if stage == 3:
+            return num_layers
+        if stage not in _DOWNSAMPLE_DEPTH:
+            raise ValueError(f"ConvNeXt layer-wise lr decay knows downsample_layers 0-3, got {name!r}")
+        return _DOWNSAMPLE_DEPTH[stage]
     if name.startswith("backbone.stages"):
         stage = int(parts[2])
         if stage_wise:
             return stage + 1
+        block = int(parts[3])  # read for every stage, as the original does
         if stage == 0:
             return 1
         if stage == 1:
             return 2
         if stage == 2:
-            return 3 + int(parts[3]) // 3
-        return num_layers
+            return 3 + block // 3
+        if stage == 3:
+            return num_layers
+        raise ValueError(f"ConvNeXt layer-wise lr decay knows stages 0-3, got {name!r}")
     return num_layers - 1 if stage_wise else num_layers + 1  # necks and heads: deepest
 
 
@@ -118,11 +127,16 @@ def lr_decay_groups(module: nn.Module, cfg: dict, base_lr: Any, base_wd: Any) ->
     """The ``LearningRateDecayOptimizerConstructor`` groups (ConvNeXt, BEiT, MAE) of ``module``."""
     _need(cfg, "num_layers", "decay_rate")
     decay_type = cfg.get("decay_type", "layer_wise")
-    layer_wise = isinstance(decay_type, str) and "layer_wise" in decay_type
+    try:
+        layer_wise = "layer_wise" in decay_type  # the originals' test (any container works)
+    except TypeError:
+        raise TypeError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}") from None
     if not layer_wise and decay_type != "stage_wise":
         raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
     kind = type(getattr(module, "backbone", None)).__name__
-    vit = "BEiT" in kind or "MAE" in kind
+    # the originals test ConvNeXt first; MMDetection's take ConvNeXt only, MMSegmentation's
+    # (followed here) also BEiT / MAE for layer-wise decay
+    vit = "ConvNeXt" not in kind and ("BEiT" in kind or "MAE" in kind)
     if "ConvNeXt" not in kind and not (vit and layer_wise):
         raise NotImplementedError(f"{decay_type} lr decay is defined for ConvNeXt backbones "
                                   f"(and layer_wise for BEiT / MAE), got {kind}")

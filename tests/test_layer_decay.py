@@ -417,11 +417,12 @@ def _param(ndim: int) -> nn.Parameter:
 
 @st.composite
 def _indexed(draw: st.DrawFn, depth: int) -> nn.Module:
-    """A ModuleList of blocks (nested to ``depth``) holding 1-D / 2-D parameters and norms."""
-    out = nn.ModuleList()
-    for _ in range(draw(st.integers(1, 4))):
+    """Numbered blocks (nested to ``depth``; up to five, one past ConvNeXt's four stages) holding
+    1-D / 2-D parameters and norms, now and then with a raw parameter beside the numbers."""
+    out = nn.Module()
+    for i in range(draw(st.integers(1, 5 if depth > 1 else 4))):
         if depth > 1:
-            out.append(draw(_indexed(depth - 1)))
+            out.add_module(str(i), draw(_indexed(depth - 1)))
             continue
         block = nn.Module()
         for name in draw(st.lists(st.sampled_from(["weight", "bias", "gamma", "norm", "qkv", "pos_embed"]),
@@ -430,15 +431,17 @@ def _indexed(draw: st.DrawFn, depth: int) -> nn.Module:
                 block.add_module(name, nn.LayerNorm(2) if name == "norm" else nn.Linear(2, 2))
             else:
                 block.register_parameter(name, _param(draw(st.integers(1, 2))))
-        out.append(block)
+        out.add_module(str(i), block)
+    if draw(st.integers(0, 7)) == 0:
+        out.register_parameter("scale", _param(1))
     return out
 
 
 @st.composite
 def decay_models(draw: st.DrawFn) -> nn.Module:
-    """Detectors whose backbone (named ConvNeXt, BEiT or ViT) has the layouts the depth rules
+    """Detectors whose backbone (named ConvNeXt, BEiT, MAE, ViT or both) has the layouts the depth rules
     read (downsample_layers, stages, layers, blocks, patch_embed, tokens) in random shapes."""
-    kind = draw(st.sampled_from(["ConvNeXt", "BEiT", "ViT"]))
+    kind = draw(st.sampled_from(["ConvNeXt", "BEiT", "ViT", "MAE", "ConvNeXtMAE"]))
     backbone = type(kind, (nn.Module,), {})()
     parts = ["downsample_layers", "stages", "layers", "blocks", "patch_embed", "cls_token", "pos_embed",
              "mask_token", "norm", "extra"]
@@ -496,9 +499,9 @@ RANDOM = settings(max_examples=100, deadline=None, suppress_health_check=[Health
 @pytest.mark.parametrize("package", ["mmdet", "mmseg"])
 @RANDOM
 @given(model=decay_models(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.65, 0.9, 1.0]),
-       decay_type=st.sampled_from(["layer_wise", "stage_wise", "layer_wise_vit"]))
+       decay_type=st.sampled_from(["layer_wise", "stage_wise", "layer_wise_vit", ("layer_wise",)]))
 def test_random_models_match_learning_rate_decay(package: str, model: nn.Module, num_layers: int, rate: float,
-                                                 decay_type: str) -> None:
+                                                 decay_type: Any) -> None:
     """LearningRateDecayOptimizerConstructor on random layouts: the originals' groups, or both
     raise. (MMDetection's original takes ConvNeXt only; fastopt also takes MMSegmentation's
     BEiT recipe, compared with MMSegmentation's.)"""
