@@ -141,12 +141,13 @@ def test_sgd_is_bit_identical_to_torch(opts: dict, dtype: torch.dtype) -> None:
             assert torch.equal(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
 
 
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.5)])  # both lerp formulas
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
-def test_adam_moments_are_bit_identical_to_torch(name: str) -> None:
+def test_adam_moments_are_bit_identical_to_torch(name: str, betas: tuple[float, float]) -> None:
     """exp_avg (lerp) and exp_avg_sq (mul_ + addcmul_) match torch bit for bit; parameters
     only differ through torch's inexactly rounded sqrt, by an ulp or two. (With L2 decay the
     gradient reads the parameter, so Adam runs without it here.)"""
-    opts = dict(lr=1e-3, weight_decay=0.01 if name == "AdamW" else 0.0, betas=(0.9, 0.999), amsgrad=True)
+    opts = dict(lr=1e-3, weight_decay=0.01 if name == "AdamW" else 0.0, betas=betas, amsgrad=True)
     ours, ref, ps, qs = run_pair(name, opts, torch.float32, [(33_000,), (7, 3)], steps=4)
     for p, q in zip(ps, qs):
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
