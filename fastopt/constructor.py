@@ -22,7 +22,7 @@ import numbers
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ from .registry import Registry, build_from_cfg, resolve_type
 
 logger = logging.getLogger("fastopt")
 
-__all__ = ["DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan"]
+__all__ = ["DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan", "RecipeConstructor"]
 
 # paramwise_cfg multiplier -> (config bit, rule it drives)
 _MULTIPLIERS = {
@@ -468,3 +468,19 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
         wrapper_cfg = self.optim_wrapper_cfg.copy()
         wrapper_cfg.setdefault("type", "OptimWrapper")
         return build_wrapper(wrapper_cfg, optimizer)
+
+
+class RecipeConstructor:
+    """Mixin for a constructor whose groups are one function of the model and config (layer
+    decay, TSM): put it before ``DefaultOptimizerConstructor`` / ``DefaultOptimWrapperConstructor``
+    and set ``recipe`` to ``staticmethod(fn)``; the groups it returns are merged as usual."""
+
+    recipe: Callable[[nn.Module, dict, Any, Any], list[dict]]
+    paramwise_cfg: dict
+    base_lr: Any
+    base_wd: Any
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
+                   is_dcn_module: Any = None) -> None:
+        """Append ``recipe(module, paramwise_cfg, base_lr, base_wd)`` to ``params``."""
+        params.extend(self.recipe(module, self.paramwise_cfg, self.base_lr, self.base_wd))

@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
-from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
+from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, RecipeConstructor
 
 __all__ = ["LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor",
            "MmcvLayerDecayOptimizerConstructor", "MmcvLearningRateDecayOptimizerConstructor",
@@ -182,47 +182,33 @@ def layer_decay_groups(module: nn.Module, cfg: dict, base_lr: Any, base_wd: Any)
     return list(groups.values())
 
 
-class _LearningRateDecay:
-    """``add_params`` of ``LearningRateDecayOptimizerConstructor`` (either API)."""
-
-    paramwise_cfg: dict
-    base_lr: Any
-    base_wd: Any
-
-    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
-                   is_dcn_module: Any = None) -> None:
-        """One group per (depth, decay / no-decay), in order of first appearance."""
-        params.extend(lr_decay_groups(module, self.paramwise_cfg, self.base_lr, self.base_wd))
-
-
-class _LayerDecay(_LearningRateDecay):
-    """``add_params`` of ``LayerDecayOptimizerConstructor`` (either API)."""
-
-    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
-                   is_dcn_module: Any = None) -> None:
-        """One group per (depth, decay kind), in order of first appearance."""
-        params.extend(layer_decay_groups(module, self.paramwise_cfg, self.base_lr, self.base_wd))
-
-
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class LearningRateDecayOptimizerConstructor(_LearningRateDecay, DefaultOptimWrapperConstructor):
+class LearningRateDecayOptimizerConstructor(RecipeConstructor, DefaultOptimWrapperConstructor):
     """Layer-wise (or stage-wise) lr decay for ConvNeXt (and layer-wise for BEiT / MAE)
     backbones, one group per depth and decay kind; returns an optim wrapper."""
 
+    recipe = staticmethod(lr_decay_groups)
+
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class LayerDecayOptimizerConstructor(_LayerDecay, DefaultOptimWrapperConstructor):
+class LayerDecayOptimizerConstructor(RecipeConstructor, DefaultOptimWrapperConstructor):
     """``LayerDecayOptimizerConstructor`` of MMDetection's ViTDet project (``decay_rate``), or
     MMSegmentation's deprecated BEiT one (``layer_decay_rate``), told apart by the config."""
 
+    recipe = staticmethod(layer_decay_groups)
+
 
 @OPTIMIZER_BUILDERS.register_module(name="LearningRateDecayOptimizerConstructor")
-class MmcvLearningRateDecayOptimizerConstructor(_LearningRateDecay, DefaultOptimizerConstructor):
+class MmcvLearningRateDecayOptimizerConstructor(RecipeConstructor, DefaultOptimizerConstructor):
     """mmcv 1.x-style ``LearningRateDecayOptimizerConstructor`` (MMDetection 2.x,
     MMSegmentation 0.x): same groups, returns the optimizer."""
 
+    recipe = staticmethod(lr_decay_groups)
+
 
 @OPTIMIZER_BUILDERS.register_module(name="LayerDecayOptimizerConstructor")
-class MmcvLayerDecayOptimizerConstructor(_LayerDecay, DefaultOptimizerConstructor):
+class MmcvLayerDecayOptimizerConstructor(RecipeConstructor, DefaultOptimizerConstructor):
     """mmcv 1.x-style ``LayerDecayOptimizerConstructor`` (MMSegmentation 0.x's BEiT recipe with
     ``layer_decay_rate``; ViTDet's with ``decay_rate``): returns the optimizer."""
+
+    recipe = staticmethod(layer_decay_groups)

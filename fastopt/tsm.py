@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
-from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
+from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, RecipeConstructor
 
 __all__ = ["TSMOptimWrapperConstructor", "TSMOptimizerConstructor", "tsm_groups"]
 
@@ -74,24 +74,15 @@ def tsm_groups(model: nn.Module, cfg: dict, base_lr: Any, base_wd: Any) -> list[
     ]
 
 
-class _TSM:
-    """``add_params`` of the TSM constructors (either API)."""
-
-    paramwise_cfg: dict
-    base_lr: Any
-    base_wd: Any
-
-    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "",
-                   is_dcn_module: Any = None) -> None:
-        """The TSM groups of ``module``, appended to ``params``."""
-        params.extend(tsm_groups(module, self.paramwise_cfg, self.base_lr, self.base_wd))
-
-
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class TSMOptimWrapperConstructor(_TSM, DefaultOptimWrapperConstructor):
+class TSMOptimWrapperConstructor(RecipeConstructor, DefaultOptimWrapperConstructor):
     """MMAction2 1.x ``TSMOptimWrapperConstructor``: returns an optim wrapper."""
+
+    recipe = staticmethod(tsm_groups)
 
 
 @OPTIMIZER_BUILDERS.register_module()
-class TSMOptimizerConstructor(_TSM, DefaultOptimizerConstructor):
+class TSMOptimizerConstructor(RecipeConstructor, DefaultOptimizerConstructor):
     """MMAction2 0.x ``TSMOptimizerConstructor`` (mmcv 1.x style): returns the optimizer."""
+
+    recipe = staticmethod(tsm_groups)
