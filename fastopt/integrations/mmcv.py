@@ -29,41 +29,14 @@ from ..layer_decay import (  # noqa: E402
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
-from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD  # noqa: E402
+from . import FastAdam, FastAdamW, FastSGD, register_plugin  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD",
            "FastTSMOptimizerConstructor"]
 
 
-class FastOptimizerConstructor(DefaultOptimizerConstructor):
-    """mmcv 1.x's DefaultOptimizerConstructor semantics, built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastLearningRateDecayOptimizerConstructor(MmcvLearningRateDecayOptimizerConstructor):
-    """MMDetection 2.x / MMSegmentation 0.x ``LearningRateDecayOptimizerConstructor``
-    (ConvNeXt, BEiT, MAE), built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastLayerDecayOptimizerConstructor(MmcvLayerDecayOptimizerConstructor):
-    """MMSegmentation 0.x's BEiT ``LayerDecayOptimizerConstructor`` (``layer_decay_rate``),
-    built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
-    """MMAction2 0.x ``TSMOptimizerConstructor``, built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-for _cls in FAST_OPTIMIZERS:
-    OPTIMIZERS.register_module(module=_cls, force=True)
-for _ctor in (FastOptimizerConstructor, FastLearningRateDecayOptimizerConstructor,
-              FastLayerDecayOptimizerConstructor, FastTSMOptimizerConstructor):
-    OPTIMIZER_BUILDERS.register_module(module=_ctor, force=True)
+(FastOptimizerConstructor, FastLearningRateDecayOptimizerConstructor, FastLayerDecayOptimizerConstructor,
+ FastTSMOptimizerConstructor) = register_plugin(
+    __name__, OPTIMIZERS, OPTIMIZER_BUILDERS, DefaultOptimizerConstructor,
+    MmcvLearningRateDecayOptimizerConstructor, MmcvLayerDecayOptimizerConstructor, TSMOptimizerConstructor)

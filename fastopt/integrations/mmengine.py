@@ -25,41 +25,14 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from ..constructor import DefaultOptimWrapperConstructor
 from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from ..tsm import TSMOptimWrapperConstructor
-from . import FAST_OPTIMIZERS, FastAdam, FastAdamW, FastSGD
+from . import FastAdam, FastAdamW, FastSGD, register_plugin
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD",
            "FastTSMOptimWrapperConstructor"]
 
 
-class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """mmengine's DefaultOptimWrapperConstructor semantics, built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastLearningRateDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
-    """MMDetection / MMSegmentation ``LearningRateDecayOptimizerConstructor`` (ConvNeXt, BEiT,
-    MAE), built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
-    """``LayerDecayOptimizerConstructor`` of MMDetection's ViTDet (``decay_rate``) or
-    MMSegmentation's BEiT (``layer_decay_rate``), built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-class FastTSMOptimWrapperConstructor(TSMOptimWrapperConstructor):
-    """MMAction2 1.x ``TSMOptimWrapperConstructor``, built the fastopt way."""
-
-    fallback_optimizers = OPTIMIZERS
-
-
-for _cls in FAST_OPTIMIZERS:
-    OPTIMIZERS.register_module(module=_cls, force=True)
-for _ctor in (FastOptimWrapperConstructor, FastLearningRateDecayOptimizerConstructor,
-              FastLayerDecayOptimizerConstructor, FastTSMOptimWrapperConstructor):
-    OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=_ctor, force=True)
+(FastOptimWrapperConstructor, FastLearningRateDecayOptimizerConstructor, FastLayerDecayOptimizerConstructor,
+ FastTSMOptimWrapperConstructor) = register_plugin(
+    __name__, OPTIMIZERS, OPTIM_WRAPPER_CONSTRUCTORS, DefaultOptimWrapperConstructor,
+    LearningRateDecayOptimizerConstructor, LayerDecayOptimizerConstructor, TSMOptimWrapperConstructor)
