@@ -32,12 +32,7 @@ void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict 
   const O w = s.lerp_weight, one_minus_w = O(1) - s.lerp_weight;
   const O l2 = round_to<S>(s.l2);  // add's alpha, in storage precision
   for (int64_t i = begin; i < end; ++i) {
-    O gi = load<O>(g[i]);
-    if constexpr (kScale) {
-      gi = gi / s.grad_scale;
-      g[i] = store<S>(gi);
-    }
-    gi = gi * s.sign;
+    O gi = step_grad<kScale>(g[i], s.grad_scale, s.sign);
     O pi = load<O>(p[i]);
     if constexpr (kDecoupled) pi = round_to<S>(pi * s.decay);
     if constexpr (kL2) gi = round_to<S>(fma_op(l2, pi, gi));

@@ -115,6 +115,18 @@ template <typename O> inline O max_op(O a, O b) {
 }
 template <typename O> inline O abs_op(O a) { return a < O(0) ? -a : a; }
 
+// The gradient a step reads: unscaled under a GradScaler (and stored back unscaled, as
+// torch's unscale does), then negated for maximize.
+template <bool kScale, typename O, typename S>
+inline O step_grad(S& g, O grad_scale, O sign) {
+  O gi = load<O>(g);
+  if constexpr (kScale) {
+    gi = gi / grad_scale;
+    g = store<S>(gi);
+  }
+  return gi * sign;
+}
+
 }  // namespace
 
 }  // namespace fastopt

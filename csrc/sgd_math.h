@@ -31,12 +31,7 @@ void sgd_kernel(S* __restrict p, S* __restrict g, S* __restrict buf, int64_t beg
   const O wd = round_to<S>(s.wd), damp = round_to<S>(s.one_minus_dampening);
   const O mom_alpha = round_to<S>(s.momentum), neg_lr = round_to<S>(s.neg_lr);
   for (int64_t i = begin; i < end; ++i) {
-    O gi = load<O>(g[i]);
-    if constexpr (kScale) {
-      gi = gi / s.grad_scale;
-      g[i] = store<S>(gi);
-    }
-    gi = gi * s.sign;
+    O gi = step_grad<kScale>(g[i], s.grad_scale, s.sign);
     O pi = load<O>(p[i]);
     if constexpr (kWd) gi = round_to<S>(fma_op(wd, pi, gi));
     if constexpr (kMomentum) {
