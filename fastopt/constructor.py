@@ -352,15 +352,15 @@ class _ConstructorBase:
         plan = self.plan(model)
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)
-        groups = self._groups_from_plan(plan, defaults)
+        groups, group_of_param = self._groups_from_plan(plan, defaults)
         # the reference's layout: one group per kept parameter, in walk order
-        kept = np.flatnonzero(plan.kinds() != SKIPPED).tolist()
-        self.param_order = [plan.table.params[i] for i in kept]
-        group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
-        self.reference_layout = [(1, group_of[id(p)]) for p in self.param_order]
+        kept = np.flatnonzero(plan.kinds() != SKIPPED)
+        self.param_order = [plan.table.params[i] for i in kept.tolist()]
+        self.reference_layout = [(1, g) for g in group_of_param[kept].tolist()]
         return groups
 
-    def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> list[dict]:
+    def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> tuple[list[dict], np.ndarray]:
+        """The merged groups, and each parameter's group index (-1 when skipped)."""
         table = plan.table
         # Reject tensors the reference would put in two groups (torch raises then).
         for i in np.flatnonzero(plan.kinds() == DUPLICATE_ERROR)[:1].tolist():
@@ -397,7 +397,7 @@ class _ConstructorBase:
             raise ValueError(f"no parameter to optimize: all {len(table.params)} parameters are frozen "
                              "(requires_grad=False) or skipped as shared")
         logger.debug("fastopt: %d parameters in %d param groups", len(table.params), len(groups))
-        return groups
+        return groups, group_of_param
 
     def _warn_unused_keys(self, plan: GroupPlan) -> None:
         used = {sig[0] for sig in plan.signatures if sig[0] >= 0}
