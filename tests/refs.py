@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -107,9 +108,42 @@ def exec_original(path: str | Path, module_name: str, stand_ins: dict[str, types
     return module
 
 
+@functools.cache
+def exec_mmengine_original(package: str, path: str | Path) -> Any:
+    """Execute (once) an mmengine-era original module file that registers itself in
+    ``<package>.registry``: that module is a stand-in holding a scratch child registry."""
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
+
+    registry = Registry(f"scratch {package} constructors", parent=OPTIM_WRAPPER_CONSTRUCTORS,
+                        scope=f"test {path}")
+    return exec_original(path, f"{package}_original_{Path(path).stem}", {
+        package: stand_in(package),
+        f"{package}.registry": stand_in("registry", OPTIM_WRAPPER_CONSTRUCTORS=registry)})
+
+
 def stand_in(name: str, **attrs: Any) -> types.ModuleType:
     """An empty module named ``name`` with ``attrs`` (a package when it has ``__path__``)."""
     module = types.ModuleType(name)
     for key, value in attrs.items():
         setattr(module, key, value)
     return module
+
+
+def outcome(fn: Any) -> tuple[Any, BaseException | None]:
+    """``(fn(), None)``, or ``(None, exception)`` when ``fn`` raises; warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fn(), None
+        except Exception as exc:
+            return None, exc
+
+
+def same_outcome(ref: tuple[Any, BaseException | None], fast: tuple[Any, BaseException | None]) -> bool:
+    """Fails unless both ``outcome``s raised or neither did; True when both returned."""
+    (_, ref_exc), (_, fast_exc) = ref, fast
+    if ref_exc is not None:
+        assert fast_exc is not None, f"the reference raised {ref_exc!r}, fastopt did not"
+        return False
+    assert fast_exc is None, f"fastopt raised {fast_exc!r}, the reference did not"
+    return True

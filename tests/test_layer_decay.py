@@ -23,7 +23,17 @@ from torch import nn
 
 import fastopt
 
-from .refs import exec_original, mismatches, mmcv_runner, quiet_mmengine_logger, reference_file, stand_in
+from .refs import (
+    exec_mmengine_original,
+    exec_original,
+    mismatches,
+    mmcv_runner,
+    outcome,
+    quiet_mmengine_logger,
+    reference_file,
+    same_outcome,
+    stand_in,
+)
 
 
 def _original_path(package: str) -> str:
@@ -31,29 +41,12 @@ def _original_path(package: str) -> str:
     return f"{spec.submodule_search_locations[0]}/engine/optimizers/layer_decay_optimizer_constructor.py"
 
 
-def _load_file(package: str, path: str, cls: str) -> Any:
-    """Class ``cls`` of the original module file at ``path`` (executed once)."""
-    return getattr(_load_module(package, path), cls)
-
-
-@functools.cache
-def _load_module(package: str, path: str) -> Any:
-    """Execute one mmengine-era original with ``<package>.registry`` pointed at a scratch registry."""
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, Registry
-
-    registry = Registry(f"scratch {package} constructors", parent=OPTIM_WRAPPER_CONSTRUCTORS,
-                        scope=f"test {path}")
-    return exec_original(path, f"{package}_layer_decay_original", {
-        package: stand_in(package), f"{package}.registry": stand_in("registry",
-                                                                     OPTIM_WRAPPER_CONSTRUCTORS=registry)})
-
-
 def _original(package: str, cls: str = "LearningRateDecayOptimizerConstructor") -> Any:
     pytest.importorskip("mmengine")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(f"{package} (the reference) is not installed")
-    return _load_file(package, _original_path(package), cls)
+    return getattr(exec_mmengine_original(package, _original_path(package)), cls)
 
 
 class ConvNeXt(nn.Module):
@@ -127,26 +120,18 @@ CASES = [("mmdet", "ConvNeXt", "layer_wise"), ("mmdet", "ConvNeXt", "stage_wise"
 @pytest.mark.parametrize(("package", "backbone", "decay_type"), CASES)
 @pytest.mark.parametrize("opt_type", ["AdamW", "SGD"])
 def test_matches_openmmlab(package: str, backbone: str, decay_type: str, opt_type: str) -> None:
-    original = _original(package)
-    quiet_mmengine_logger()
     model = Detector(backbone)
     cfg = dict(optimizer=dict(type=opt_type, lr=1e-3, weight_decay=0.05),
                paramwise_cfg=dict(num_layers=6, decay_rate=0.7, decay_type=decay_type))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wrapper_cfg = {k: v for k, v in copy.deepcopy(cfg).items() if k != "paramwise_cfg"}
-        paramwise = copy.deepcopy(cfg["paramwise_cfg"])
-        ref = original(optim_wrapper_cfg=wrapper_cfg, paramwise_cfg=paramwise)(model)
-        fast = fastopt.build_optim_wrapper(model, dict(copy.deepcopy(cfg),
-                                                       constructor="LearningRateDecayOptimizerConstructor"))
+    ref, fast = _build_pair(_original(package), model, cfg, "LearningRateDecayOptimizerConstructor")
     names = {id(p): n for n, p in model.named_parameters()}
-    assert mismatches(ref.optimizer, fast.optimizer, names) == []
-    assert type(fast.optimizer).__module__ == "fastopt.optim"
-    lrs = {g["lr"] for g in fast.optimizer.param_groups}
+    assert mismatches(ref, fast, names) == []
+    assert type(fast).__module__ == "fastopt.optim"
+    lrs = {g["lr"] for g in fast.param_groups}
     assert len(lrs) > 3  # the decay really spreads the lrs
-    ref_names = sorted(n for g in ref.optimizer.param_groups for n in g["param_names"])
-    assert ref_names == sorted(n for g in fast.optimizer.param_groups for n in g["param_names"])
-    assert _per_param(ref.optimizer).keys() == _per_param(fast.optimizer).keys()
+    ref_names = sorted(n for g in ref.param_groups for n in g["param_names"])
+    assert ref_names == sorted(n for g in fast.param_groups for n in g["param_names"])
+    assert _per_param(ref).keys() == _per_param(fast).keys()
 
 
 def test_needs_a_convnext_backbone() -> None:
@@ -158,16 +143,24 @@ def test_needs_a_convnext_backbone() -> None:
                                                 paramwise_cfg=dict(num_layers=6, decay_rate=0.7)))
 
 
-def _build_pair(original: Any, model: nn.Module, cfg: dict, constructor: str) -> tuple[Any, Any]:
-    """The original's optimizer and fastopt's for the same config (neither mutates ``cfg``)."""
+def _ref_optimizer(original: Any, model: nn.Module, cfg: dict) -> Any:
+    """The original constructor's optimizer for ``cfg`` (left as it is)."""
     quiet_mmengine_logger()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wrapper_cfg = {k: v for k, v in copy.deepcopy(cfg).items() if k != "paramwise_cfg"}
         paramwise = copy.deepcopy(cfg["paramwise_cfg"])
-        ref = original(optim_wrapper_cfg=wrapper_cfg, paramwise_cfg=paramwise)(model)
-    fast = fastopt.build_optim_wrapper(model, dict(copy.deepcopy(cfg), constructor=constructor))
-    return ref.optimizer, fast.optimizer
+        return original(optim_wrapper_cfg=wrapper_cfg, paramwise_cfg=paramwise)(model).optimizer
+
+
+def _fast_optimizer(model: nn.Module, cfg: dict, constructor: str) -> Any:
+    """fastopt's optimizer for ``cfg`` with ``constructor``."""
+    return fastopt.build_optim_wrapper(model, dict(copy.deepcopy(cfg), constructor=constructor)).optimizer
+
+
+def _build_pair(original: Any, model: nn.Module, cfg: dict, constructor: str) -> tuple[Any, Any]:
+    """The original's optimizer and fastopt's for the same config (neither mutates ``cfg``)."""
+    return _ref_optimizer(original, model, cfg), _fast_optimizer(model, cfg, constructor)
 
 
 @pytest.mark.parametrize("backbone", ["BEiT", "ConvNeXt"])
@@ -197,7 +190,7 @@ def _vitdet_original() -> Any:
     if not root or not os.path.isfile(os.path.join(root, VITDET_FILE)):
         pytest.skip(f"set FASTOPT_MMDET_SOURCE to an mmdetection checkout (with {VITDET_FILE}) "
                     "to compare with the ViTDet original")
-    return _load_file("mmdet", os.path.join(root, VITDET_FILE), "LayerDecayOptimizerConstructor")
+    return exec_mmengine_original("mmdet", os.path.join(root, VITDET_FILE)).LayerDecayOptimizerConstructor
 
 
 class ViT(nn.Module):
@@ -466,31 +459,11 @@ def decay_models(draw: st.DrawFn) -> nn.Module:
 def _same_outcome(original: Any, constructor: str, model: nn.Module, optimizer: dict,
                   paramwise: dict) -> None:
     """The original and fastopt's constructor give every parameter the same group, or both raise."""
-    quiet_mmengine_logger()
-
-    def ref_fn() -> Any:
-        return original(optim_wrapper_cfg=dict(optimizer=dict(optimizer)),
-                        paramwise_cfg=dict(paramwise))(model)
-
-    def fast_fn() -> Any:
-        cfg = dict(optimizer=dict(optimizer), paramwise_cfg=dict(paramwise), constructor=constructor)
-        return fastopt.build_optim_wrapper(model, cfg)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ref, ref_exc = ref_fn(), None
-        except Exception as exc:  # both must raise, or neither
-            ref, ref_exc = None, exc
-        try:
-            fast, fast_exc = fast_fn(), None
-        except Exception as exc:
-            fast, fast_exc = None, exc
-    if ref_exc is not None:
-        assert fast_exc is not None, f"the original raised {ref_exc!r}, fastopt did not"
-        return
-    assert fast_exc is None, f"fastopt raised {fast_exc!r}, the original did not"
-    assert mismatches(ref.optimizer, fast.optimizer, {id(p): n for n, p in model.named_parameters()}) == []
+    cfg = dict(optimizer=optimizer, paramwise_cfg=paramwise)
+    ref = outcome(lambda: _ref_optimizer(original, model, cfg))
+    fast = outcome(lambda: _fast_optimizer(model, cfg, constructor))
+    if same_outcome(ref, fast):
+        assert mismatches(ref[0], fast[0], {id(p): n for n, p in model.named_parameters()}) == []
 
 
 RANDOM = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
