@@ -21,31 +21,15 @@ $PIP install -q --no-deps "mmdet==3.3.0" "mmsegmentation==1.2.2"
 # (MMDetection 2.28.2, MMSegmentation 0.30.0 sdists) and MMAction2's TSM constructors
 # (1.2.0 for mmengine, 0.24.1 for mmcv 1.x; wheels).
 REFS="${FASTOPT_REFERENCES:-$(cd "$(dirname "$0")/.." && pwd)/.references}"
-MMDET2=mmdet-2.28.2/mmdet/core/optimizers/layer_decay_optimizer_constructor.py
-MMSEG0=mmsegmentation-0.30.0/mmseg/core/optimizers/layer_decay_optimizer_constructor.py
+FETCH="python $(dirname "$0")/fetch_release_file.py"
+MMDET2=mmdet/core/optimizers/layer_decay_optimizer_constructor.py
+MMSEG0=mmseg/core/optimizers/layer_decay_optimizer_constructor.py
 MMACTION1=mmaction/engine/optimizers/tsm_optim_wrapper_constructor.py
 MMACTION0=mmaction/core/optimizer/tsm_optimizer_constructor.py
-if [ ! -f "$REFS/$MMDET2" ] || [ ! -f "$REFS/$MMSEG0" ]; then
-  sdists="$(mktemp -d)"
-  $PIP download -q --no-deps --no-binary :all: -d "$sdists" "mmdet==2.28.2" "mmsegmentation==0.30.0"
-  mkdir -p "$REFS"
-  tar xzf "$sdists/mmdet-2.28.2.tar.gz" -C "$REFS" "$MMDET2"
-  tar xzf "$sdists/mmsegmentation-0.30.0.tar.gz" -C "$REFS" "$MMSEG0"
-  rm -rf "$sdists"
-fi
-if [ ! -f "$REFS/mmaction2-1.2.0/$MMACTION1" ] || [ ! -f "$REFS/mmaction2-0.24.1/$MMACTION0" ]; then
-  wheels="$(mktemp -d)"
-  $PIP download -q --no-deps --only-binary :all: -d "$wheels" "mmaction2==1.2.0"
-  $PIP download -q --no-deps --only-binary :all: -d "$wheels" "mmaction2==0.24.1"
-  python - "$wheels" "$REFS" "$MMACTION1" "$MMACTION0" <<'PY'
-import glob, os, sys, zipfile
-wheels, refs, new, old = sys.argv[1:]
-for version, member in (("1.2.0", new), ("0.24.1", old)):
-    [wheel] = glob.glob(os.path.join(wheels, f"mmaction2-{version}-*.whl"))
-    zipfile.ZipFile(wheel).extract(member, os.path.join(refs, f"mmaction2-{version}"))
-PY
-  rm -rf "$wheels"
-fi
+[ -f "$REFS/mmdet-2.28.2/$MMDET2" ] || $FETCH mmdet 2.28.2 sdist "$REFS" "$MMDET2"
+[ -f "$REFS/mmsegmentation-0.30.0/$MMSEG0" ] || $FETCH mmsegmentation 0.30.0 sdist "$REFS" "$MMSEG0"
+[ -f "$REFS/mmaction2-1.2.0/$MMACTION1" ] || $FETCH mmaction2 1.2.0 wheel "$REFS" "$MMACTION1"
+[ -f "$REFS/mmaction2-0.24.1/$MMACTION0" ] || $FETCH mmaction2 0.24.1 wheel "$REFS" "$MMACTION0"
 echo "single-file references in $REFS"
 python - <<'PY'
 import importlib.metadata as m
