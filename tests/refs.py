@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import importlib.util
 import os
+import re
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,6 @@ import pytest
 import torch
 
 from fastopt._compat import ensure_torchvision
-from fastopt.grouping import freeze
 
 
 def mmengine_build() -> Any:
@@ -57,9 +60,45 @@ def per_param(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
     return out
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal values of the same type, all the way down: ``1`` and ``1.0`` differ, ``(0.9, 0.999)``
+    and ``[0.9, 0.999]`` differ, ``True`` and ``1`` differ; NaN equals NaN. Written here, apart
+    from fastopt's own merge key, so that the parity checker does not reuse the code it checks."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, float) and a != a:
+        return b != b
+    return bool(a == b)
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "<absent>" if value is _ABSENT else f"{value!r} ({type(value).__name__})"
+
+
+def hyper_difference(a: dict, b: dict) -> dict[str, str]:
+    """``key -> 'reference value (type) != fastopt value (type)'`` for every key where two
+    hyperparameter dicts differ (a key missing on one side included)."""
+    out = {}
+    for key in sorted(a.keys() | b.keys(), key=str):
+        x, y = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if x is _ABSENT or y is _ABSENT or not same_value(x, y):
+            out[key] = f"{_shown(x)} != {_shown(y)}"
+    return out
+
+
 def mismatches(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer,
                names: dict[int, str]) -> list[str]:
-    """Human-readable differences between the per-parameter hyperparameters of two optimizers."""
+    """Human-readable differences between the per-parameter hyperparameters of two optimizers:
+    every key of every parameter's group, value and value type."""
     a, b = per_param(ref), per_param(fast)
     out = []
     for pid in a.keys() - b.keys():
@@ -67,12 +106,17 @@ def mismatches(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer,
     for pid in b.keys() - a.keys():
         out.append(f"{names.get(pid, '?')}: only in fastopt")
     for pid in a.keys() & b.keys():
-        if freeze(a[pid]) != freeze(b[pid]):
-            diff = {k: (a[pid].get(k, "<absent>"), b[pid].get(k, "<absent>"))
-                    for k in a[pid].keys() | b[pid].keys() if a[pid].get(k) != b[pid].get(k)
-                    or type(a[pid].get(k)) is not type(b[pid].get(k))}
+        diff = hyper_difference(a[pid], b[pid])
+        if diff:
             out.append(f"{names.get(pid, '?')}: {diff}")
     return sorted(out)
+
+
+def duplicate_groups(optimizer: torch.optim.Optimizer) -> list[tuple[int, int]]:
+    """Pairs of param groups with the same hyperparameters (a merge that was not minimal)."""
+    hypers = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return [(i, j) for i in range(len(hypers)) for j in range(i + 1, len(hypers))
+            if same_value(hypers[i], hypers[j])]
 
 
 #: Single files of OpenMMLab projects that cannot be installed beside mmcv 1.7.2, placed here
@@ -129,6 +173,15 @@ def stand_in(name: str, **attrs: Any) -> types.ModuleType:
     return module
 
 
+def one_in(n: int) -> Any:
+    """A hypothesis strategy that is True about once in ``n`` draws. (hypothesis favours the ends
+    of an integer range and the first entries of a list, so ``integers(0, n - 1) == 0`` comes out
+    True far more often than that; the middle value does not.)"""
+    from hypothesis import strategies as st
+
+    return st.integers(0, n - 1).map(lambda i: i == n // 2)
+
+
 def outcome(fn: Any) -> tuple[Any, BaseException | None]:
     """``(fn(), None)``, or ``(None, exception)`` when ``fn`` raises; warnings silenced."""
     with warnings.catch_warnings():
@@ -139,11 +192,104 @@ def outcome(fn: Any) -> tuple[Any, BaseException | None]:
             return None, exc
 
 
+#: Where a reference fails by accident rather than by a check of its own, fastopt raises a
+#: clear error of another class first, as docs/errors.md lists: (reference class, pattern of
+#: the reference's message, fastopt's class, pattern of fastopt's message).
+STRICTER: list[tuple[type, str, type, str]] = [
+    # TSM: no Linear/conv with a bias, the original pops from an empty list
+    (IndexError, "pop from empty list", ValueError, "need a last Linear/conv layer with a bias"),
+    # ConvNeXt layer decay past stage 3, the original reads a variable it never set
+    (UnboundLocalError, "layer_id|stage_id", ValueError,
+     "layer-wise lr decay knows (downsample_layers|stages)"),
+]
+
+#: Config keys that, when the reference's message names one, fastopt's message names too.
+CONFIG_KEYS = ("lr", "weight_decay", "lr_mult", "decay_mult", "bias_lr_mult", "bias_decay_mult",
+               "norm_decay_mult", "dwconv_decay_mult", "flat_decay_mult", "dcn_offset_lr_mult",
+               "custom_keys", "bypass_duplicate", "num_layers", "decay_rate", "layer_decay_rate",
+               "decay_type", "fc_lr5", "base_wd", "paramwise_cfg")
+
+
+def named_keys(message: str) -> set[str]:
+    """The ``CONFIG_KEYS`` that ``message`` names as whole words."""
+    return {k for k in CONFIG_KEYS if re.search(rf"(?<![\w.]){k}(?!\w)", message)}
+
+
+def assert_same_error(ref_exc: BaseException, fast_exc: BaseException) -> None:
+    """fastopt raised the reference's exception class (or a documented stricter one), and its
+    message names every config key the reference's message names."""
+    stricter = any(isinstance(ref_exc, ref_cls) and re.search(ref_pattern, str(ref_exc))
+                   and isinstance(fast_exc, fast_cls) and re.search(fast_pattern, str(fast_exc))
+                   for ref_cls, ref_pattern, fast_cls, fast_pattern in STRICTER)
+    assert stricter or isinstance(fast_exc, type(ref_exc)), (
+        f"the reference raised {ref_exc!r}; fastopt raised {fast_exc!r}, neither the same class "
+        "nor a stricter error listed in refs.STRICTER")
+    missing = named_keys(str(ref_exc)) - named_keys(str(fast_exc))
+    assert not missing, f"the reference's error names {sorted(missing)}, fastopt's does not: " \
+                        f"{ref_exc!r} vs {fast_exc!r}"
+
+
 def same_outcome(ref: tuple[Any, BaseException | None], fast: tuple[Any, BaseException | None]) -> bool:
-    """Fails unless both ``outcome``s raised or neither did; True when both returned."""
-    (_, ref_exc), (_, fast_exc) = ref, fast
+    """Fails unless both ``outcome``s raised the same error (``assert_same_error``) or neither
+    raised; True when both returned. Counts the outcome in the innermost open ``tally``."""
+    (built, ref_exc), (_, fast_exc) = ref, fast
+    if _OPEN:
+        _OPEN[-1].record(built, ref_exc)
     if ref_exc is not None:
         assert fast_exc is not None, f"the reference raised {ref_exc!r}, fastopt did not"
+        assert_same_error(ref_exc, fast_exc)
         return False
     assert fast_exc is None, f"fastopt raised {fast_exc!r}, the reference did not"
     return True
+
+
+class Tally:
+    """How the reference's outcomes of one randomized test fell: ``raised``, ``one setting`` (every
+    parameter gets the same hyperparameters) or ``split`` (at least two settings)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def record(self, built: Any, exc: BaseException | None) -> None:
+        """Count one example by the reference's result."""
+        if exc is not None:
+            self.counts["raised"] += 1
+            return
+        hypers: list[dict] = []
+        for hyper in per_param(getattr(built, "optimizer", built)).values():
+            if not any(same_value(hyper, h) for h in hypers):
+                hypers.append(hyper)
+        self.counts["split" if len(hypers) > 1 else "one setting"] += 1
+
+    def share(self, kind: str) -> float:
+        """The fraction of recorded examples of ``kind``."""
+        return self.counts[kind] / max(1, sum(self.counts.values()))
+
+    def summary(self) -> str:
+        """One line: the count and the share of each kind."""
+        total = sum(self.counts.values())
+        kinds = ", ".join(f"{k} {self.share(k):.0%}" for k in ("split", "one setting", "raised"))
+        return f"{self.name}: {total} examples: {kinds}"
+
+    def require(self, min_split: float) -> None:
+        """Fail when the generator drifted: fewer than ``min_split`` of the examples give the
+        parameters different hyperparameters (where the rules can go wrong)."""
+        assert self.share("split") >= min_split, f"examples no longer exercise the rules: {self.summary()}"
+
+
+_OPEN: list[Tally] = []
+#: Every finished tally of this session, for the summary at the end of the test run.
+TALLIES: list[Tally] = []
+
+
+@contextlib.contextmanager
+def tally(name: str) -> Iterator[Tally]:
+    """Count the outcomes ``same_outcome`` sees inside the block (a hypothesis run, say)."""
+    t = Tally(name)
+    _OPEN.append(t)
+    try:
+        yield t
+    finally:
+        _OPEN.pop()
+        TALLIES.append(t)

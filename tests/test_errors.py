@@ -47,8 +47,12 @@ def backbone_model(kind: str, nested_blocks: bool = False) -> nn.Module:
     return m
 
 
-def convnext_model() -> nn.Module:
-    return backbone_model("ConvNeXt")
+def convnext_model(stages: int = 0) -> nn.Module:
+    """A ConvNeXt-named backbone, with ``stages`` numbered stages of one block each."""
+    m = backbone_model("ConvNeXt")
+    if stages:
+        m.backbone.stages = nn.ModuleList([nn.Sequential(nn.Linear(2, 2)) for _ in range(stages)])
+    return m
 
 
 def frozen_model() -> nn.Module:
@@ -127,6 +131,10 @@ ERRORS: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
      engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
                  paramwise_cfg=dict(num_layers=6, decay_rate=0.9, decay_type="block_wise")), convnext_model()),
      ValueError, "decay_type must be 'layer_wise' or 'stage_wise', got 'block_wise'"),
+    ("layer decay: ConvNeXt stage past 3",
+     engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
+                 paramwise_cfg=dict(num_layers=6, decay_rate=0.9)), convnext_model(stages=5)),
+     ValueError, r"layer-wise lr decay knows stages 0-3, got 'backbone\.stages\.4\.0\.weight'"),
     ("layer decay: unsupported backbone",
      engine(dict(optimizer=SGD, constructor="LearningRateDecayOptimizerConstructor",
                  paramwise_cfg=dict(num_layers=6, decay_rate=0.9, decay_type="stage_wise")), backbone_model("BEiT")),

@@ -28,11 +28,13 @@ from .refs import (
     exec_original,
     mismatches,
     mmcv_runner,
+    one_in,
     outcome,
     quiet_mmengine_logger,
     reference_file,
     same_outcome,
     stand_in,
+    tally,
 )
 
 
@@ -425,21 +427,22 @@ def _indexed(draw: st.DrawFn, depth: int) -> nn.Module:
             else:
                 block.register_parameter(name, _param(draw(st.integers(1, 2))))
         out.add_module(str(i), block)
-    if draw(st.integers(0, 7)) == 0:
+    if draw(one_in(8)):
         out.register_parameter("scale", _param(1))
     return out
 
 
-BACKBONES = ("ConvNeXt", "BEiT", "ViT", "MAE", "ConvNeXtMAE")
+BACKBONES = ("ConvNeXt", "BEiT", "MAE", "ConvNeXtMAE")
 # MMDetection's original takes ConvNeXt only; for BEiT / MAE fastopt follows MMSegmentation's
-MMDET_BACKBONES = ("ConvNeXt", "ViT", "ConvNeXtMAE")
+MMDET_BACKBONES = ("ConvNeXt", "ConvNeXtMAE")
 
 
 @st.composite
 def decay_models(draw: st.DrawFn, kinds: tuple[str, ...] = BACKBONES) -> nn.Module:
-    """Detectors whose backbone (named ConvNeXt, BEiT, MAE, ViT or both) has the layouts the depth rules
-    read (downsample_layers, stages, layers, blocks, patch_embed, tokens) in random shapes."""
-    kind = draw(st.sampled_from(kinds))
+    """Detectors whose backbone (named ConvNeXt, BEiT, MAE, both, or in one case in six ViT, which
+    the recipes reject) has the layouts the depth rules read (downsample_layers, stages, layers,
+    blocks, patch_embed, tokens) in random shapes; now and then a frozen parameter."""
+    kind = "ViT" if draw(one_in(6)) else draw(st.sampled_from(kinds))
     backbone = type(kind, (nn.Module,), {})()
     parts = ["downsample_layers", "stages", "layers", "blocks", "patch_embed", "cls_token", "pos_embed",
              "mask_token", "norm", "extra"]
@@ -456,7 +459,7 @@ def decay_models(draw: st.DrawFn, kinds: tuple[str, ...] = BACKBONES) -> nn.Modu
     if draw(st.booleans()):
         model.register_parameter(draw(st.sampled_from(["pos_embed", "cls_token", "scale"])), _param(1))
     for p in model.parameters():
-        if draw(st.integers(0, 9)) == 0:
+        if draw(one_in(10)):
             p.requires_grad_(False)
     return model
 
@@ -472,26 +475,43 @@ def _same_outcome(original: Any, constructor: str, model: nn.Module, optimizer: 
 
 
 RANDOM = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Most examples give the parameters different groups; some raise (error parity), not most.
+MIN_SPLIT = 0.5
 
 
-@pytest.mark.parametrize("package", ["mmdet", "mmseg"])
 @RANDOM
-@given(data=st.data(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.65, 0.9, 1.0]),
-       decay_type=st.sampled_from(["layer_wise", "stage_wise", "layer_wise_vit", ("layer_wise",)]))
-def test_random_models_match_learning_rate_decay(package: str, data: st.DataObject, num_layers: int,
-                                                 rate: float, decay_type: Any) -> None:
-    """LearningRateDecayOptimizerConstructor on random layouts: the originals' groups, or both
-    raise. (MMDetection's original takes ConvNeXt only; fastopt also takes MMSegmentation's
-    BEiT recipe, compared with MMSegmentation's.)"""
+@given(data=st.data(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.65, 0.9, 1.0]))
+def _learning_rate_decay_examples(package: str, data: st.DataObject, num_layers: int, rate: float) -> None:
     model = data.draw(decay_models(BACKBONES if package == "mmseg" else MMDET_BACKBONES))
+    # stage-wise decay is ConvNeXt's; on other backbones it is the rare case that must raise
+    layer_wise = st.sampled_from(["layer_wise", "layer_wise_vit", ("layer_wise",)])
+    convnext = "ConvNeXt" in type(model.backbone).__name__
+    decay_type = data.draw(st.just("stage_wise") if data.draw(one_in(2 if convnext else 8)) else layer_wise)
     _same_outcome(_original(package), "LearningRateDecayOptimizerConstructor", model,
                   dict(type="AdamW", lr=1e-3, weight_decay=0.05),
                   dict(num_layers=num_layers, decay_rate=rate, decay_type=decay_type))
 
 
+@pytest.mark.parametrize("package", ["mmdet", "mmseg"])
+def test_random_models_match_learning_rate_decay(package: str) -> None:
+    """LearningRateDecayOptimizerConstructor on random layouts: the originals' groups, or both
+    raise the same error. (MMDetection's original takes ConvNeXt only; fastopt also takes
+    MMSegmentation's BEiT recipe, compared with MMSegmentation's.)"""
+    with tally(f"random layer-decay layouts vs {package}") as t:
+        _learning_rate_decay_examples(package=package)
+    t.require(MIN_SPLIT)
+
+
 @RANDOM
 @given(model=decay_models(), num_layers=st.integers(1, 12), rate=st.sampled_from([0.7, 0.9]))
-def test_random_models_match_vitdet(model: nn.Module, num_layers: int, rate: float) -> None:
-    """ViTDet's constructor on random layouts (needs FASTOPT_MMDET_SOURCE, see above)."""
+def _vitdet_examples(model: nn.Module, num_layers: int, rate: float) -> None:
     _same_outcome(_vitdet_original(), "LayerDecayOptimizerConstructor", model,
                   dict(type="AdamW", lr=1e-4, weight_decay=0.1), dict(num_layers=num_layers, decay_rate=rate))
+
+
+def test_random_models_match_vitdet() -> None:
+    """ViTDet's constructor on random layouts (needs FASTOPT_MMDET_SOURCE, see above)."""
+    _vitdet_original()
+    with tally("random layer-decay layouts vs ViTDet") as t:
+        _vitdet_examples()
+    t.require(MIN_SPLIT)
