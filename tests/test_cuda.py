@@ -8,6 +8,8 @@ import torch
 
 from fastopt import optim as fo
 
+from .numerics import assert_few_differ
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 PAIRS = {"SGD": (fo.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-4)),
@@ -33,10 +35,14 @@ def test_cuda_matches_torch_fused_and_cpu(name: str, dtype: torch.dtype) -> None
         b.step()
         c.step()
     assert all(g["fused"] is None for g in a.param_groups)  # groups left as the user built them
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    for x, y, z in zip(gpu, ref, cpu):
-        torch.testing.assert_close(x, y, **tol)
-        torch.testing.assert_close(x.cpu(), z, **tol)
+    if dtype == torch.float32:
+        for x, y, z in zip(gpu, ref, cpu):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(x.cpu(), z, rtol=1e-5, atol=1e-6)
+    else:  # bf16: torch's fused kernel on merged groups = on the user's groups; the CPU kernel
+        # rounds once per stored value like it, so only a few elements may differ, by an ulp
+        assert_few_differ([(x, y) for x, y in zip(gpu, ref)], 1e-3, max_ulps=1, what="vs torch fused")
+        assert_few_differ([(x.cpu(), z) for x, z in zip(gpu, cpu)], 1e-2, max_ulps=2, what="vs CPU kernel")
 
 
 def test_cuda_grad_scaler_skips_inf() -> None:

@@ -18,12 +18,17 @@ from hypothesis import strategies as st
 import fastopt
 from fastopt import optim as fo
 
+from .numerics import assert_few_differ
+
 _C = pytest.importorskip("fastopt._C")
 
 PAIRS = {"SGD": (fo.SGD, torch.optim.SGD), "Adam": (fo.Adam, torch.optim.Adam),
          "AdamW": (fo.AdamW, torch.optim.AdamW)}
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-14),
-       torch.bfloat16: dict(rtol=2e-2, atol=2e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-14)}
+#: bf16/fp16: fastopt computes in float and rounds once per stored value, like the vectorised body
+#: of torch's kernels; only the elements torch handles in its scalar tail (it rounds every
+#: intermediate there) may differ. After a few steps that is well under 0.1% of the elements.
+LOW_PRECISION_SHARE = 1e-3
 SHAPES = [(0,), (1,), (22,), (7, 3), (33_000,), (2, 3, 5), ()]
 
 
@@ -86,9 +91,8 @@ def run_pair(name: str, opts: dict, dtype: torch.dtype, shapes: list[tuple], ste
 
 
 def assert_same(ours: Any, ref: Any, ps: list, qs: list, dtype: torch.dtype) -> None:
-    tol = TOL[dtype]
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p, q, equal_nan=True, **tol)
+    """Parameters and every state entry equal torch's: within ``TOL`` for fp32/fp64; for bf16/fp16
+    at most ``LOW_PRECISION_SHARE`` of all elements differ at all (per state key, over all tensors)."""
     for p, q in zip(ps, qs):
         a, b = ours.state.get(p, {}), ref.state.get(q, {})
         assert a.keys() == b.keys()
@@ -97,7 +101,17 @@ def assert_same(ours: Any, ref: Any, ps: list, qs: list, dtype: torch.dtype) -> 
                 assert b[k] is None
             else:
                 assert a[k].dtype == b[k].dtype, k
-                torch.testing.assert_close(a[k], b[k], equal_nan=True, **tol)
+    keys = sorted({k for p in ps for k, v in ours.state.get(p, {}).items() if torch.is_tensor(v)})
+    pairs = {"params": list(zip(ps, qs)),
+             **{k: [(ours.state[p][k], ref.state[q][k]) for p, q in zip(ps, qs) if k in ours.state.get(p, {})]
+                for k in keys}}
+    for what, tensors in pairs.items():
+        if dtype in TOL:
+            for a, b in tensors:
+                torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype],
+                                           msg=lambda m, w=what: f"{w}: {m}")
+        else:
+            assert_few_differ(tensors, LOW_PRECISION_SHARE, what=what)
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
@@ -113,15 +127,32 @@ def test_matches_torch_fp32(name: str, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", list(PAIRS))
-def test_matches_torch_other_dtypes(name: str, dtype: torch.dtype) -> None:
-    opts = dict(lr=0.01, weight_decay=0.01)
+@pytest.mark.parametrize(("lr", "weight_decay"), [(0.01, 0.01), (0.05, 0.3)])
+def test_matches_torch_other_dtypes(name: str, dtype: torch.dtype, lr: float, weight_decay: float) -> None:
+    opts = dict(lr=lr, weight_decay=weight_decay)
     if name == "SGD":
         opts.update(momentum=0.9, nesterov=True)
     else:
         opts.update(amsgrad=True)
-    ours, ref, ps, qs = run_pair(name, opts, dtype, SHAPES)
+    ours, ref, ps, qs = run_pair(name, opts, dtype, [*SHAPES, (70_001,)])
     assert ours._fastopt_plan.native
     assert_same(ours, ref, ps, qs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_low_precision_step_is_within_ulps_of_torch(name: str, dtype: torch.dtype) -> None:
+    """One step from the same state: nearly every element bit-identical to torch's, the rest a
+    few ulps away (torch's scalar tail rounds each intermediate; with cancellation that can reach
+    ten ulps of a small result)."""
+    opts: dict = dict(lr=0.05, weight_decay=0.3)
+    opts.update(momentum=0.9, nesterov=True) if name == "SGD" else opts.update(betas=(0.8, 0.99))
+    ours, ref, ps, qs = run_pair(name, opts, dtype, [(70_001,), (33, 7), (5,)], steps=1)
+    assert_few_differ(list(zip(ps, qs)), LOW_PRECISION_SHARE, max_ulps=16, what="params")
+    for key in ours.state[ps[0]]:
+        if key != "step":
+            assert_few_differ([(ours.state[p][key], ref.state[q][key]) for p, q in zip(ps, qs)],
+                              LOW_PRECISION_SHARE, max_ulps=16, what=key)
 
 
 SGD_OPTIONS = [dict(lr=0.1), dict(lr=0.1, momentum=0.9),
@@ -152,7 +183,7 @@ def test_adam_moments_are_bit_identical_to_torch(name: str, betas: tuple[float, 
     for p, q in zip(ps, qs):
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             assert torch.equal(ours.state[p][key], ref.state[q][key]), key
-        assert (p != q).float().mean().item() < 0.02
+        assert (p != q).float().mean().item() < 3e-3  # 0.006% (AVX-512) to 0.13% (AVX2) seen
         eps = torch.finfo(torch.float32).eps
         torch.testing.assert_close(p, q, rtol=4 * eps, atol=4 * eps * 1e-3)
 
