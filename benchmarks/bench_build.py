@@ -24,7 +24,7 @@ import torch
 
 import fastopt
 from fastopt import zoo
-from fastopt.bench import log, mmcv_builder, mmengine_builder, time_once
+from fastopt.bench import log, machine, machine_line, mmcv_builder, mmengine_builder, time_once
 
 TARGETS = {"big_5k": 100.0, "cascade_mask_rcnn_swin_l": 10.0}
 SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes.append(1_000_000)
 
     refs = references()
-    report: dict[str, Any] = {"torch": torch.__version__, "native": fastopt.HAVE_NATIVE,
+    report: dict[str, Any] = {"machine": machine(), "native": fastopt.HAVE_NATIVE,
                               "comparisons": [], "scaling": []}
+    print(f"machine: {machine_line(report['machine'])}")
     ok = True
     for name in models:
         log(f"comparing on {name} ...")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     log("scaling sweep (fastopt) ...")
     report["scaling"] = scaling(sizes, repeats)
 
-    print(f"\nConstruction time, median of {repeats} interleaved repeats (torch {torch.__version__})")
+    print(f"\nConstruction time, median of {repeats} interleaved repeats")
     for comp in report["comparisons"]:
         print(f"\n{comp['model']}: {comp['tensors']:,} tensors")
         print(f"  {'implementation':<24}{'time':>12}{'groups':>9}{'vs its reference':>18}")

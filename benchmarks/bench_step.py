@@ -30,7 +30,15 @@ import torch
 
 import fastopt
 from fastopt import zoo
-from fastopt.bench import BYTES_PER_ELEMENT, OPTIMIZER_CFGS, interleaved_step_times, log, mmengine_builder
+from fastopt.bench import (
+    BYTES_PER_ELEMENT,
+    OPTIMIZER_CFGS,
+    interleaved_step_times,
+    log,
+    machine,
+    machine_line,
+    mmengine_builder,
+)
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 # fastopt must be this many times faster than each baseline (<= 1: at most 1/x slower)
@@ -165,16 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
     optimizers = ["adamw", "sgd"] if args.optimizer == "both" else [args.optimizer]
-    from fastopt import _C
-
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fastopt kernels: {_C.cpu_isa()}")
+    info = machine()
+    print(f"machine: {machine_line(info)}")
     figures = [run(args.model, opt, width, args.repeats) for opt in optimizers]
     if args.tiny:
         figures += [run("synthetic_5k", opt, 1.0, max(args.repeats, 31)) for opt in optimizers]
     ok = all([report(f) for f in figures])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"torch": torch.__version__, "isa": _C.cpu_isa(), "figures": figures}, fh, indent=2)
+            json.dump({"machine": info, "figures": figures}, fh, indent=2)
     return 0 if ok or not args.check else 1
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import fastopt
 from fastopt import zoo
-from fastopt.bench import log, mmengine_builder, time_once
+from fastopt.bench import log, machine_line, mmengine_builder, time_once
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if ref is None:
         log("mmengine is not installed: the guard cannot run")
         return 1
+    print(f"machine: {machine_line()}")
     model = zoo.synthetic(args.tensors)
     cfg = dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05),
                paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,

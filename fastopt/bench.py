@@ -11,6 +11,8 @@ import copy
 import gc
 import logging
 import math
+import os
+import platform
 import statistics
 import sys
 import time
@@ -34,6 +36,39 @@ OPTIMIZER_CFGS = {
 def log(msg: str) -> None:
     """Progress on stderr, so tables and JSON on stdout stay clean."""
     print(msg, file=sys.stderr, flush=True)
+
+
+#: x86 vector extensions that decide which of fastopt's kernels (and torch's) run
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: CPU model, vector extensions, cores, torch's threads, the
+    torch version and the kernel build fastopt picked."""
+    from ._core import _C
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "isa": [f for f in _ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "fastopt_kernels": _C.cpu_isa() if _C is not None else "none (pure Python)"}
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """``machine()`` in one line, for the head of a benchmark's output."""
+    m = info or machine()
+    return (f"{m['cpu']} ({' '.join(m['isa']) or 'no AVX'}), {m['cores']} cores; torch {m['torch']} "
+            f"with {m['torch_threads']} threads; fastopt kernels: {m['fastopt_kernels']}")
 
 
 def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -181,7 +216,7 @@ def compare(name: str, optimizer: str = "adamw", width: float | None = None, num
                         "step_s": step_s, "groups": len(opt.param_groups),
                         "gb_per_s": n_elem * BYTES_PER_ELEMENT[optimizer] / step_s / 1e9})
     return {"model": name, "optimizer": optimizer, "width": width, "tensors": len(trainable),
-            "numel": n_elem, "results": results}
+            "numel": n_elem, "machine": machine(), "results": results}
 
 
 def scaling(sizes: list[int], reference_up_to: int = 5000, repeats: int = 3,

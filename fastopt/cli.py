@@ -139,7 +139,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench.compare(args.model, args.optimizer, width=width, repeats=args.repeats)
     by = {r["impl"]: r for r in report["results"]}
     ours = by["fastopt"]
-    print(f"\n{report['model']} (width {report['width']}): {report['tensors']:,} tensors, "
+    print(f"\nmachine: {bench.machine_line(report['machine'])}")
+    print(f"{report['model']} (width {report['width']}): {report['tensors']:,} tensors, "
           f"{report['numel'] / 1e6:.1f}M parameters; {report['optimizer']}; medians of {args.repeats} "
           "interleaved repeats")
     print(f"  {'implementation':<18}{'construct':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
