@@ -16,11 +16,18 @@ import re
 import runpy
 import sys
 import warnings
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
-from . import zoo
+if TYPE_CHECKING:
+    from .zoo import ZooModel
+
+
+def _zoo() -> ModuleType:
+    """``fastopt.zoo``, imported only by the commands that name a bundled model."""
+    return importlib.import_module(".zoo", __package__)
 
 #: widths giving ~30M parameters (what `fastopt bench` measures steps on by default)
 BENCH_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
@@ -88,7 +95,7 @@ def model_and_cfg(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], 
         cfg = load_config(args.config)
         opt_cfg = optimizer_cfg_of(cfg)
         if args.model:
-            model = zoo.build(args.model)
+            model = _zoo().build(args.model)
         elif "model" in cfg:
             model = build_model(cfg["model"])
         else:
@@ -98,13 +105,14 @@ def model_and_cfg(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], 
         raise SystemExit("give --model NAME or a CONFIG.py")
     spec = _zoo_spec(args.model)
     cfg = dict(optimizer=dict(spec.optimizer), paramwise_cfg=spec.paramwise_cfg)
-    return zoo.build(args.model), cfg, args.model
+    return _zoo().build(args.model), cfg, args.model
 
 
-def _zoo_spec(name: str) -> zoo.ZooModel:
-    if name not in zoo.MODELS:
+def _zoo_spec(name: str) -> ZooModel:
+    models = _zoo().MODELS
+    if name not in models:
         raise SystemExit(f"unknown model {name!r}; `fastopt models` lists them")
-    return zoo.MODELS[name]
+    return models[name]
 
 
 # ------------------------------------------------------------------ commands
@@ -112,6 +120,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List the bundled models."""
     from .bench import count_full
 
+    zoo = _zoo()
     rows = []
     for name, spec in zoo.MODELS.items():
         model = zoo.build(name)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -140,3 +143,20 @@ def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="unknown model 'nope'"):
         cli.main(["explain", "--model", "nope"])
+
+
+def test_explain_a_config_does_not_import_the_zoo(tmp_path: Path) -> None:
+    """The bundled models are a library of their own: a config that names its own model
+    never loads them."""
+    config = tmp_path / "cfg.py"
+    config.write_text(textwrap.dedent("""
+        model = 'mini:net'
+        optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1))
+    """))
+    (tmp_path / "mini.py").write_text("import torch\ndef net():\n    return torch.nn.Linear(2, 2)\n")
+    code = ("import sys; from fastopt.cli import main; main(['explain', sys.argv[1]]); "
+            "assert 'fastopt.zoo' not in sys.modules, 'fastopt.zoo was imported'")
+    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "weight" in out.stdout

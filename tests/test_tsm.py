@@ -68,7 +68,7 @@ class TSMR50(nn.Module):
 
     def __init__(self, frozen_stages: int = -1) -> None:
         super().__init__()
-        self.backbone = zoo.ResNet(depth=50, base_channels=8, frozen_stages=frozen_stages)
+        self.backbone = zoo.backbones.ResNet(depth=50, base_channels=8, frozen_stages=frozen_stages)
         self.cls_head = TSMHead(8 * 8 * 4)
 
 
