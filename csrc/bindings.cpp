@@ -3,11 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "dtype.h"
 #include "matcher.h"
 #include "rules.h"
 #include "step_cpu.h"
 
 namespace py = pybind11;
+using namespace pybind11::literals;
 using fastopt::Assignment;
 using fastopt::KeyMatcher;
 
@@ -80,10 +82,20 @@ void sgd_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const A
   fastopt::sgd_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale);
 }
 
+// Column names of a pointer or hyperparameter table, in column order.
+py::tuple columns(std::initializer_list<std::pair<int, const char*>> named, int count) {
+  py::tuple out(static_cast<std::size_t>(count));
+  for (const auto& [col, name] : named) out[static_cast<std::size_t>(col)] = py::str(name);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastopt native core: custom-key matching and paramwise rule assignment.";
+  m.doc() =
+      "fastopt native core: custom-key matching and paramwise rule assignment (match, assign), "
+      "the multi-tensor CPU steps (adam_step, sgd_step; cpu_isa, set_cpu_isa), and the numbers "
+      "Python passes to them (DTYPE_CODES, STEP_FLAGS, *_COLUMNS, *_HYPERS, PARAM_FLAGS, CONFIG_FLAGS).";
   m.def("match", &match, py::arg("names"), py::arg("keys"),
         "Index of the custom key the reference picks for each name (longest, then "
         "alphabetical substring match), -1 where none matches.");
@@ -101,6 +113,32 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");
+  // The interface numbers, exported once: Python reads them by name (fastopt/_kernels.py,
+  // fastopt/_rules.py) and fastopt/_C.pyi lists them.
+  using namespace fastopt;
+  m.attr("DTYPE_CODES") = py::dict("float32"_a = int{kFloat32}, "float64"_a = int{kFloat64},
+                                   "bfloat16"_a = int{kBFloat16}, "float16"_a = int{kFloat16});
+  m.attr("STEP_FLAGS") = py::dict("maximize"_a = int{kMaximize}, "amsgrad"_a = int{kAmsgrad},
+                                  "decoupled_weight_decay"_a = int{kDecoupledWd}, "nesterov"_a = int{kNesterov},
+                                  "first_step"_a = int{kFirstStep});
+  m.attr("ADAM_COLUMNS") = columns({{kAdamParam, "param"}, {kAdamGrad, "grad"}, {kAdamExpAvg, "exp_avg"},
+                                    {kAdamExpAvgSq, "exp_avg_sq"}, {kAdamMaxExpAvgSq, "max_exp_avg_sq"},
+                                    {kAdamStep, "step"}}, kAdamPtrs);
+  m.attr("ADAM_HYPERS") = columns({{kAdamLr, "lr"}, {kAdamBeta1, "beta1"}, {kAdamBeta2, "beta2"},
+                                   {kAdamEps, "eps"}, {kAdamWd, "weight_decay"}}, kAdamHypers);
+  m.attr("SGD_COLUMNS") = columns({{kSgdParam, "param"}, {kSgdGrad, "grad"}, {kSgdBuf, "momentum_buffer"}}, kSgdPtrs);
+  m.attr("SGD_HYPERS") = columns({{kSgdLr, "lr"}, {kSgdMomentum, "momentum"}, {kSgdDampening, "dampening"},
+                                  {kSgdWd, "weight_decay"}}, kSgdHypers);
+  m.attr("PARAM_FLAGS") = py::dict("is_bias"_a = int{kIsBias}, "is_norm"_a = int{kIsNorm},
+                                   "is_dwconv"_a = int{kIsDwconv}, "is_conv2d"_a = int{kIsConv2d},
+                                   "in_dcn"_a = int{kInDcn}, "conv_offset"_a = int{kConvOffset},
+                                   "is_flat"_a = int{kIsFlat}, "frozen"_a = int{kFrozen},
+                                   "duplicate"_a = int{kDuplicate});
+  m.attr("CONFIG_FLAGS") = py::dict("mmengine"_a = int{kMmengine}, "has_wd"_a = int{kHasWd},
+                                    "bypass_dup"_a = int{kBypassDup}, "bias_lr"_a = int{kBiasLr},
+                                    "bias_decay"_a = int{kBiasDecay}, "norm_decay"_a = int{kNormDecay},
+                                    "dwconv_decay"_a = int{kDwconvDecay}, "flat_decay"_a = int{kFlatDecay},
+                                    "dcn_lr"_a = int{kDcnLr});
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

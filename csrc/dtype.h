@@ -1,4 +1,4 @@
-// Storage types the step kernels take, shared with fastopt/_kernels.py (DTYPE_CODES).
+// Storage types the step kernels take; bindings.cpp exports the codes as _C.DTYPE_CODES.
 // Math runs in opmath_t: float for fp32/bf16/fp16 storage, double for fp64.
 #pragma once
 

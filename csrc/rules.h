@@ -14,7 +14,7 @@
 
 namespace fastopt {
 
-// Facts about one parameter (bit set, shared with fastopt/_rules.py).
+// Facts about one parameter (bit set; exported as _C.PARAM_FLAGS, mirrored in fastopt/_rules.py).
 enum ParamFlag : uint32_t {
   kIsBias = 1u << 0,        // local name == "bias"
   kIsNorm = 1u << 1,        // owner is a norm layer
@@ -27,7 +27,7 @@ enum ParamFlag : uint32_t {
   kDuplicate = 1u << 8,     // the same tensor was already visited
 };
 
-// What the paramwise_cfg sets (bit set, shared with fastopt/_rules.py).
+// What the paramwise_cfg sets (bit set; exported as _C.CONFIG_FLAGS, mirrored in fastopt/_rules.py).
 enum ConfigFlag : uint32_t {
   kMmengine = 1u << 0,      // mmengine semantics (else mmcv 1.x)
   kHasWd = 1u << 1,         // optimizer cfg has weight_decay

@@ -150,8 +150,8 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     t.ptrs = row;
     t.dtype = dtypes[i];
     const bool wd = h[kAdamWd] != 0.0;
-    t.mode = ((wd && !(fl & kDecoupledWd)) ? 1 : 0) | ((wd && (fl & kDecoupledWd)) ? 2 : 0) |
-             ((fl & kAmsgrad) ? 4 : 0) | (grad_scale > 0 ? 8 : 0);
+    t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
+             ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0);
     t.f = adam_scalars<float>(h, fl, step, grad_scale);
     t.d = adam_scalars<double>(h, fl, step, grad_scale);
   }
@@ -173,8 +173,8 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
     SgdTensor& t = tensors[static_cast<std::size_t>(i)];
     t.ptrs = row;
     t.dtype = dtypes[i];
-    t.mode = (h[kSgdWd] != 0.0 ? 1 : 0) | (momentum ? 2 : 0) | ((momentum && (flags[i] & kNesterov)) ? 4 : 0) |
-             (grad_scale > 0 ? 8 : 0);
+    t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
+             ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0);
     t.f = sgd_scalars<float>(h, flags[i], grad_scale);
     t.d = sgd_scalars<double>(h, flags[i], grad_scale);
   }

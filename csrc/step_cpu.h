@@ -6,7 +6,7 @@
 
 namespace fastopt {
 
-// Per-tensor flags (shared with fastopt/_kernels.py).
+// Per-tensor flags (exported as _C.STEP_FLAGS; fastopt/_kernels.py reads them by name).
 enum StepFlag : int32_t {
   kMaximize = 1 << 0,
   kAmsgrad = 1 << 1,     // Adam
@@ -15,7 +15,7 @@ enum StepFlag : int32_t {
   kFirstStep = 1 << 4,   // SGD: momentum buffer created this step
 };
 
-// Columns of the per-tensor pointer table.
+// Columns of the per-tensor pointer and hyperparameter tables (exported as _C.*_COLUMNS, _C.*_HYPERS).
 enum AdamPtr : int { kAdamParam = 0, kAdamGrad, kAdamExpAvg, kAdamExpAvgSq, kAdamMaxExpAvgSq, kAdamStep, kAdamPtrs };
 enum AdamHyper : int { kAdamLr = 0, kAdamBeta1, kAdamBeta2, kAdamEps, kAdamWd, kAdamHypers };
 enum SgdPtr : int { kSgdParam = 0, kSgdGrad, kSgdBuf, kSgdPtrs };

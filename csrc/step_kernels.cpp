@@ -24,20 +24,24 @@ using SgdFn = void (*)(S*, S*, S*, int64_t, int64_t, const SgdScalars<typename O
 // mode bits -> the kernel instantiation with those compile-time switches
 template <typename S, int M = 0>
 AdamFn<S> adam_pick(int32_t mode) {
-  if constexpr (M == 16) {
+  if constexpr (M == kModes) {
     return nullptr;
   } else {
-    if (mode == M) return &adam_kernel<S, (M & 1) != 0, (M & 2) != 0, (M & 4) != 0, (M & 8) != 0>;
+    if (mode == M)
+      return &adam_kernel<S, (M & kAdamModeL2) != 0, (M & kAdamModeDecoupled) != 0, (M & kAdamModeAmsgrad) != 0,
+                          (M & kAdamModeScale) != 0>;
     return adam_pick<S, M + 1>(mode);
   }
 }
 
 template <typename S, int M = 0>
 SgdFn<S> sgd_pick(int32_t mode) {
-  if constexpr (M == 16) {
+  if constexpr (M == kModes) {
     return nullptr;
   } else {
-    if (mode == M) return &sgd_kernel<S, (M & 1) != 0, (M & 2) != 0, (M & 4) != 0, (M & 8) != 0>;
+    if (mode == M)
+      return &sgd_kernel<S, (M & kSgdModeWd) != 0, (M & kSgdModeMomentum) != 0, (M & kSgdModeNesterov) != 0,
+                         (M & kSgdModeScale) != 0>;
     return sgd_pick<S, M + 1>(mode);
   }
 }

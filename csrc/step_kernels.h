@@ -43,10 +43,16 @@ struct SgdScalars {
   bool first;  // momentum buffer created this step: it becomes a copy of g
 };
 
+// Kernel variants: each bit is a compile-time switch of the loop (step_kernels.cpp picks the
+// instantiation, step_cpu.cpp sets the bits per tensor).
+enum AdamMode : int32_t { kAdamModeL2 = 1, kAdamModeDecoupled = 2, kAdamModeAmsgrad = 4, kAdamModeScale = 8 };
+enum SgdMode : int32_t { kSgdModeWd = 1, kSgdModeMomentum = 2, kSgdModeNesterov = 4, kSgdModeScale = 8 };
+constexpr int32_t kModes = 16;  // every combination of the four bits
+
 struct AdamTensor {
   const uint64_t* ptrs;  // row of the pointer table (step_cpu.h AdamPtr)
   int32_t dtype;
-  int32_t mode;          // kernel variant: bit0 L2, bit1 decoupled, bit2 amsgrad, bit3 grad scale
+  int32_t mode;          // AdamMode bits
   AdamScalars<float> f;
   AdamScalars<double> d;
 };
@@ -54,7 +60,7 @@ struct AdamTensor {
 struct SgdTensor {
   const uint64_t* ptrs;  // row of the pointer table (step_cpu.h SgdPtr)
   int32_t dtype;
-  int32_t mode;          // bit0 weight decay, bit1 momentum, bit2 nesterov, bit3 grad scale
+  int32_t mode;          // SgdMode bits
   SgdScalars<float> f;
   SgdScalars<double> d;
 };

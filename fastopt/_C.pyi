@@ -1,0 +1,45 @@
+"""Typed stub of ``fastopt._C``, the native core (csrc/bindings.cpp)."""
+
+import numpy as np
+import numpy.typing as npt
+
+def match(names: list[str], keys: list[str]) -> npt.NDArray[np.int32]:
+    """Index of the custom key the reference picks for each name (longest, then alphabetical
+    substring match), -1 where none matches."""
+
+def assign(names: list[str], flags: npt.ArrayLike, keys: list[str],
+           config: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """Rule outcome per parameter: (ids, table), ids[i] indexing rows (key, lr_rule, wd_rule,
+    kind) of table, rows in first-seen order."""
+
+def adam_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
+              hyper: npt.ArrayLike, grad_scale: float) -> None:
+    """One Adam/AdamW step over n tensors: ptrs (n, len(ADAM_COLUMNS)), hyper
+    (n, len(ADAM_HYPERS)); grad_scale <= 0 means none."""
+
+def sgd_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
+             hyper: npt.ArrayLike, grad_scale: float) -> None:
+    """One SGD step over n tensors: ptrs (n, len(SGD_COLUMNS)), hyper (n, len(SGD_HYPERS));
+    grad_scale <= 0 means none."""
+
+def cpu_isa() -> str:
+    """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
+
+def set_cpu_isa(name: str) -> None:
+    """Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it."""
+
+#: storage dtype name ("float32", "float64", "bfloat16", "float16") -> the kernels' code
+DTYPE_CODES: dict[str, int]
+#: per-tensor flag name (maximize, amsgrad, decoupled_weight_decay, nesterov, first_step) -> bit
+STEP_FLAGS: dict[str, int]
+#: pointer-table column names, in column order
+ADAM_COLUMNS: tuple[str, ...]
+SGD_COLUMNS: tuple[str, ...]
+#: hyperparameter column names, in column order
+ADAM_HYPERS: tuple[str, ...]
+SGD_HYPERS: tuple[str, ...]
+#: parameter facts and config facts of the rules (csrc/rules.h), name -> bit
+PARAM_FLAGS: dict[str, int]
+CONFIG_FLAGS: dict[str, int]
+#: whether the kernels were built with OpenMP
+openmp: bool
