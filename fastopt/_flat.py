@@ -6,7 +6,7 @@ tensor, and each parameter, its ``.grad`` and its ``state`` entries become views
 into them. A step is then one native call over a handful of segments, with no
 per-tensor Python work at all.
 
-The contract (see docs/flat_buffers.md): gradients must accumulate into the
+The contract (see docs/optimizers.md): gradients must accumulate into the
 views. ``optimizer.zero_grad()`` zeroes the buffers instead of freeing them
 (like ``set_to_none=False``). If the buffers saw no gradient since the last
 step or zero_grad (for example after ``model.zero_grad()`` replaced every
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._kernels import DTYPE_CODES, STEP_FLAGS, Algorithm
 
 
 @dataclass
@@ -44,35 +46,35 @@ def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor
 
 
 class FlatBuffers:
-    """The segments of one optimizer and the pointer table the kernel reads."""
+    """The segments of one optimizer's groups and the pointer table the kernel reads."""
 
-    def __init__(self, opt: Any) -> None:
-        self.key = opt._fastopt_key()
+    def __init__(self, groups: list[dict], state: dict, algorithm: Algorithm, key: Any) -> None:
+        self.key = key
+        self.algorithm = algorithm
         self.segments: list[Segment] = []
-        for gi, group in enumerate(opt.param_groups):
+        for gi, group in enumerate(groups):
             by_dtype: dict[torch.dtype, list[Tensor]] = {}
             for p in group["params"]:
                 by_dtype.setdefault(p.dtype, []).append(p)
             for params in by_dtype.values():
-                self.segments.append(self._segment(opt, gi, group, params))
-        n_ptrs = opt._n_ptrs
-        self.ptrs = np.zeros((len(self.segments), n_ptrs), dtype=np.uint64)
+                self.segments.append(self._segment(state, algorithm, gi, group, params))
+        self.ptrs = np.zeros((len(self.segments), len(algorithm.columns)), dtype=np.uint64)
+        step_column = algorithm.step_column
         for r, seg in enumerate(self.segments):
-            self.ptrs[r, 0] = seg.param_buf.data_ptr()
-            self.ptrs[r, 1] = seg.grad_buf.data_ptr()
-            for key, col in opt._state_columns(opt.param_groups[seg.group]):
-                self.ptrs[r, col] = seg.state_bufs[key].data_ptr()
-            if seg.step is not None:
-                self.ptrs[r, opt._step_column] = seg.step.data_ptr()
+            self.ptrs[r, algorithm.column("param")] = seg.param_buf.data_ptr()
+            self.ptrs[r, algorithm.column("grad")] = seg.grad_buf.data_ptr()
+            for key, buf in seg.state_bufs.items():
+                self.ptrs[r, algorithm.column(key)] = buf.data_ptr()
+            if seg.step is not None and step_column is not None:
+                self.ptrs[r, step_column] = seg.step.data_ptr()
         self.numels = np.array([s.param_buf.numel() for s in self.segments], dtype=np.int64)
-        from .optim import DTYPE_CODES
-
         self.dtypes = np.array([DTYPE_CODES[s.param_buf.dtype] for s in self.segments], dtype=np.int32)
         self.group_of = np.array([s.group for s in self.segments], dtype=np.int64)
         self.mark()
 
     @staticmethod
-    def _segment(opt: Any, gi: int, group: dict, params: list[Tensor]) -> Segment:
+    def _segment(opt_state: dict, algorithm: Algorithm, gi: int, group: dict,
+                 params: list[Tensor]) -> Segment:
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
@@ -90,30 +92,44 @@ class FlatBuffers:
                 p.data = v
                 p.grad = gv
         seg = Segment(gi, params, offsets, param_buf, grad_buf, grad_views)
-        states = [opt.state.get(p, {}) for p in params]
+        states = [opt_state.get(p, {}) for p in params]
         have = [bool(s) for s in states]
         if any(have) and not all(have):
             raise ValueError(
                 f"param group {gi}: some parameters have optimizer state and others not (they never "
                 "had a gradient); step once more in the normal mode, or reset the state, first")
-        for key, _ in opt._state_columns(group):
+        for key in algorithm.buffers(group):
             buf = torch.zeros(total, dtype=dtype)
             bviews = _views(buf, params, offsets)
-            for p, state, bv in zip(params, states, bviews):
-                if state.get(key) is not None:
-                    bv.copy_(state[key])
-                opt.state[p][key] = bv
+            for p, st, bv in zip(params, states, bviews):
+                if st.get(key) is not None:
+                    bv.copy_(st[key])
+                opt_state[p][key] = bv
             seg.state_bufs[key] = buf
-        if opt._step_column is not None:
+        if algorithm.step_column is not None:
             steps = {float(s["step"]) for s in states if "step" in s}
             if len(steps) > 1:
                 raise ValueError(f"param group {gi}: step counts differ ({sorted(steps)}); "
                                  "flat buffers need one count per group and dtype")
             seg.step = torch.tensor(steps.pop() if steps else 0.0, dtype=torch.float32)
             for p in params:
-                opt.state[p]["step"] = seg.step  # one shared counter
-        seg.first = opt._flat_first(group, all(have))
+                opt_state[p]["step"] = seg.step  # one shared counter
+        seg.first = algorithm.flat_first(group, all(have))
         return seg
+
+    def step(self, groups: list[dict], grad_scale: float) -> None:
+        """One kernel call over every segment, with the groups' current hyperparameters."""
+        self.sync_grads()
+        rows = [self.algorithm.hyper_row(g) for g in groups]
+        group_of = self.group_of.tolist()
+        hyper = np.array([rows[g][0] for g in group_of], dtype=np.float64)
+        hyper = hyper.reshape(-1, len(self.algorithm.hypers))
+        flags = np.array([rows[g][1] | (STEP_FLAGS["first_step"] if seg.first else 0)
+                          for g, seg in zip(group_of, self.segments)], dtype=np.int32)
+        self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale)
+        for seg in self.segments:
+            seg.first = False
+        self.mark()
 
     def mark(self) -> None:
         """Remember the gradient buffers' versions (after a step or zero_grad)."""

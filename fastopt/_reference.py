@@ -1,8 +1,8 @@
 """Plain-Python reference of the native core (``fastopt._C``).
 
 It is the oracle the native matcher and rule assignment are tested against,
-and the fallback when the extension is unavailable. The bit layouts and rule
-codes mirror ``csrc/rules.h``.
+and the fallback when the extension is unavailable; the bits and rule codes it reads
+live in ``_rules.py``.
 """
 
 from __future__ import annotations
@@ -11,40 +11,41 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Parameter facts (csrc/rules.h ParamFlag).
-IS_BIAS = 1 << 0
-IS_NORM = 1 << 1
-IS_DWCONV = 1 << 2
-IS_CONV2D = 1 << 3
-IN_DCN = 1 << 4
-CONV_OFFSET = 1 << 5
-IS_FLAT = 1 << 6
-FROZEN = 1 << 7
-DUPLICATE = 1 << 8
-
-# Config facts (csrc/rules.h ConfigFlag).
-MMENGINE = 1 << 0
-HAS_WD = 1 << 1
-BYPASS_DUP = 1 << 2
-BIAS_LR = 1 << 3
-BIAS_DECAY = 1 << 4
-NORM_DECAY = 1 << 5
-DWCONV_DECAY = 1 << 6
-FLAT_DECAY = 1 << 7
-DCN_LR = 1 << 8
-
-# Rule codes (csrc/rules.h LrRule, WdRule, Kind).
-LR_NONE, LR_CUSTOM, LR_BIAS, LR_DCN_OFFSET = range(4)
-WD_NONE, WD_CUSTOM, WD_NORM, WD_BIAS, WD_DWCONV, WD_FLAT = range(6)
-TRAINABLE, FROZEN_KEPT, SKIPPED, DUPLICATE_ERROR = range(4)
-
-LR_RULE_NAMES = ("default", "custom", "bias", "dcn")
-WD_RULE_NAMES = ("default", "custom", "norm", "bias", "dwconv", "flat")
-
-
-def key_priority(keys: Sequence[str]) -> list[str]:
-    """Custom keys in the order the references try them: longest first, then alphabetical."""
-    return sorted(sorted(keys), key=len, reverse=True)
+from ._rules import (
+    BIAS_DECAY,
+    BIAS_LR,
+    BYPASS_DUP,
+    CONV_OFFSET,
+    DCN_LR,
+    DUPLICATE,
+    DUPLICATE_ERROR,
+    DWCONV_DECAY,
+    FLAT_DECAY,
+    FROZEN,
+    FROZEN_KEPT,
+    HAS_WD,
+    IN_DCN,
+    IS_BIAS,
+    IS_CONV2D,
+    IS_DWCONV,
+    IS_FLAT,
+    IS_NORM,
+    LR_BIAS,
+    LR_CUSTOM,
+    LR_DCN_OFFSET,
+    LR_NONE,
+    MMENGINE,
+    NORM_DECAY,
+    SKIPPED,
+    TRAINABLE,
+    WD_BIAS,
+    WD_CUSTOM,
+    WD_DWCONV,
+    WD_FLAT,
+    WD_NONE,
+    WD_NORM,
+    key_priority,
+)
 
 
 def match(names: Sequence[str], keys: Sequence[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ._reference import (
+from ._rules import (
     CONV_OFFSET,
     DUPLICATE,
     FROZEN,

@@ -5,35 +5,58 @@ optimizer state dicts have one group (and one state entry) per parameter, in the
 model is walked; custom constructors (layer decay, TSM) have groups of their own. A fastopt
 optimizer built from the same model and config merges equal groups; these functions
 translate between the two layouts by the reference's parameter order and group sizes,
-which the fastopt constructor records on the optimizer.
+which the fastopt constructor records with the optimizer as a ``ReferenceLayout``; only this
+module reads it.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .grouping import freeze
 
-__all__ = ["load_per_param_state_dict", "per_param_state_dict", "reference_group_sizes"]
+__all__ = ["ReferenceLayout", "attach_layout", "layout_of", "load_per_param_state_dict",
+           "per_param_state_dict", "reference_group_sizes"]
+
+
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """How the reference constructor would have grouped the parameters a fastopt optimizer holds:
+    the parameters in the reference's order, and its groups in that order as
+    ``(size, index of the merged group they went into)``."""
+
+    params: list[torch.Tensor]
+    groups: list[tuple[int, int]]
+
+
+def attach_layout(optimizer: torch.optim.Optimizer, layout: ReferenceLayout) -> None:
+    """Record ``layout`` with ``optimizer`` (the constructor does, right after building it)."""
+    optimizer._fastopt_reference_layout = layout
+
+
+def layout_of(optimizer: torch.optim.Optimizer) -> ReferenceLayout | None:
+    """The reference layout recorded with ``optimizer``; None when a fastopt constructor did not
+    build it."""
+    return getattr(optimizer, "_fastopt_reference_layout", None)
 
 
 def _layout(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """The reference's parameter order and its groups as (size, merged group index)."""
-    order = getattr(optimizer, "_fastopt_param_order", None)
-    layout = getattr(optimizer, "_fastopt_reference_layout", None)
-    if order is None or layout is None:
+    layout = layout_of(optimizer)
+    if layout is None:
         raise ValueError("this optimizer was not built by a fastopt constructor: the layout of the "
                          "reference optimizer is unknown")
-    return order, layout
+    return layout.params, layout.groups
 
 
 def reference_group_sizes(optimizer: torch.optim.Optimizer) -> list[int] | None:
     """Sizes of the reference optimizer's param groups (None if not built by fastopt)."""
-    layout = getattr(optimizer, "_fastopt_reference_layout", None)
-    return None if layout is None else [size for size, _ in layout]
+    layout = layout_of(optimizer)
+    return None if layout is None else [size for size, _ in layout.groups]
 
 
 def _hyper(group: dict) -> dict:

@@ -29,71 +29,42 @@ import torch
 from torch import nn
 
 from . import _core
-from ._reference import (
-    BIAS_DECAY,
-    BIAS_LR,
+from ._rules import (
     BYPASS_DUP,
-    DCN_LR,
     DUPLICATE_ERROR,
-    DWCONV_DECAY,
-    FLAT_DECAY,
-    FROZEN_KEPT,
     HAS_WD,
-    LR_BIAS,
     LR_CUSTOM,
-    LR_DCN_OFFSET,
-    LR_RULE_NAMES,
+    LR_RULES,
     MMENGINE,
-    NORM_DECAY,
+    RULES,
     SKIPPED,
     TRAINABLE,
-    WD_BIAS,
     WD_CUSTOM,
-    WD_DWCONV,
-    WD_FLAT,
-    WD_NORM,
-    WD_RULE_NAMES,
+    WD_RULES,
 )
 from ._walk import ParamTable, dcn_types, own_children, walk
-from .grouping import freeze, group_params, merge_param_groups_indexed
-from .registry import Registry, build_from_cfg, resolve_type
+from .checkpoint import ReferenceLayout, attach_layout
+from .grouping import group_params, merge_hypers, merge_param_groups_indexed
+from .registry import (
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    OPTIMIZER_BUILDERS,
+    OPTIMIZERS,
+    Registry,
+    build_from_cfg,
+    resolve_type,
+)
+from .wrapper import build_wrapper
 
 logger = logging.getLogger("fastopt")
 
-__all__ = ["DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan", "RecipeConstructor"]
-
-# paramwise_cfg multiplier -> (config bit, rule it drives)
-_MULTIPLIERS = {
-    "bias_lr_mult": BIAS_LR,
-    "bias_decay_mult": BIAS_DECAY,
-    "norm_decay_mult": NORM_DECAY,
-    "dwconv_decay_mult": DWCONV_DECAY,
-    "flat_decay_mult": FLAT_DECAY,
-    "dcn_offset_lr_mult": DCN_LR,
-}
-_WD_MULT = {WD_NORM: "norm_decay_mult", WD_BIAS: "bias_decay_mult",
-            WD_DWCONV: "dwconv_decay_mult", WD_FLAT: "flat_decay_mult"}
-_LR_MULT = {LR_BIAS: "bias_lr_mult", LR_DCN_OFFSET: "dcn_offset_lr_mult"}
-
+__all__ = ["Construction", "DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan",
+           "RecipeConstructor"]
 
 def _check_multiplier(where: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where} must be a number, got {value!r}")
     if math.isnan(value) or math.isinf(value) or value < 0:
         raise ValueError(f"{where} must be a finite non-negative number, got {value!r}")
-
-
-def rule_name(sig: tuple[int, int, int, int]) -> str:
-    """Short name of the rule that decided a signature (custom, bias, norm, ...)."""
-    key, lr, wd, kind = sig
-    if kind in (FROZEN_KEPT, SKIPPED):
-        return "frozen" if kind == FROZEN_KEPT else "skipped"
-    if key >= 0:
-        return "custom"
-    parts = [LR_RULE_NAMES[lr]] if lr else []
-    if wd and WD_RULE_NAMES[wd] not in parts:
-        parts.append(WD_RULE_NAMES[wd])
-    return "+".join(parts) or "default"
 
 
 @dataclass
@@ -120,6 +91,18 @@ class GroupPlan:
             if o is not None:
                 out.append({"params": [p], **o})
         return out
+
+
+@dataclass
+class Construction:
+    """What one construction decided: the groups handed to the optimizer, the defaults every
+    group inherits, the rules' per-parameter plan (None where no paramwise_cfg or a subclass's
+    own ``add_params`` decided) and the reference's layout, for checkpoints."""
+
+    groups: list
+    defaults: dict[str, Any]
+    plan: GroupPlan | None
+    layout: ReferenceLayout
 
 
 class _ConstructorBase:
@@ -162,11 +145,11 @@ class _ConstructorBase:
                         f"base_wd should not be None: custom_keys[{key!r}] sets decay_mult "
                         "but the optimizer config has no weight_decay"
                     )
-        for mult in _MULTIPLIERS:
-            if mult in cfg and (cfg[mult] is not None or not self.mmengine):
-                _check_multiplier(f"paramwise_cfg[{mult!r}]", cfg[mult])
-        wd_mults = [m for m in ("bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult")
-                    if m in cfg]
+        for rule in RULES:
+            if rule.key in cfg and (cfg[rule.key] is not None or not self.mmengine):
+                _check_multiplier(f"paramwise_cfg[{rule.key!r}]", cfg[rule.key])
+        # the references check these three (not flat_decay_mult)
+        wd_mults = [r.key for r in RULES if r.scales == "weight_decay" and r.mmcv and r.key in cfg]
         if wd_mults and self.base_wd is None:
             raise ValueError(
                 f"base_wd should not be None: paramwise_cfg sets {', '.join(wd_mults)} "
@@ -175,9 +158,7 @@ class _ConstructorBase:
 
     def _warn_unknown_keys(self) -> None:
         """A paramwise_cfg key the default constructor ignores is most likely a typo."""
-        known = {"custom_keys", "bypass_duplicate", *_MULTIPLIERS}
-        if not self.mmengine:
-            known.discard("flat_decay_mult")  # mmcv 1.x has no flat rule
+        known = {"custom_keys", "bypass_duplicate", *(r.key for r in RULES if self.mmengine or r.mmcv)}
         for key in self.paramwise_cfg:
             if key not in known:
                 hint = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -187,16 +168,17 @@ class _ConstructorBase:
                               UserWarning, stacklevel=5)
 
     # -- rules ---------------------------------------------------------------------------
-    def _config_bits(self) -> int:
+    def config_bits(self) -> int:
+        """The ConfigFlag bits (``_rules.py``) this constructor's config sets."""
         cfg = self.paramwise_cfg
         bits = MMENGINE if self.mmengine else 0
         if self.base_wd is not None:
             bits |= HAS_WD
         if cfg.get("bypass_duplicate", False):
             bits |= BYPASS_DUP
-        for mult, bit in _MULTIPLIERS.items():
-            if cfg.get(mult) is not None:
-                bits |= bit
+        for rule in RULES:
+            if cfg.get(rule.key) is not None:
+                bits |= rule.config_bit
         return bits
 
     def _multiplier(self, name: str) -> Any:
@@ -231,10 +213,10 @@ class _ConstructorBase:
                 out.update(entry)
             return out
         if lr_rule:
-            mult = _LR_MULT[lr_rule]
+            mult = LR_RULES[lr_rule].key
             out["lr"] = self._need_lr(mult, example) * self._multiplier(mult)
         if wd_rule:
-            out["weight_decay"] = self.base_wd * self._multiplier(_WD_MULT[wd_rule])
+            out["weight_decay"] = self.base_wd * self._multiplier(WD_RULES[wd_rule].key)
         return out
 
     def plan(self, module: nn.Module, prefix: str = "", is_dcn_module: Any = None,
@@ -243,7 +225,7 @@ class _ConstructorBase:
         table = walk(module, prefix, bool(is_dcn_module), seen, recurse=recurse)
         custom = self.paramwise_cfg.get("custom_keys", {}) or {}
         keys = list(custom)
-        ids, rows = _core.assign(table.names, table.flag_array(), keys, self._config_bits())
+        ids, rows = _core.assign(table.names, table.flag_array(), keys, self.config_bits())
         signatures = [tuple(r) for r in rows.tolist()]
         first_of = np.full(len(signatures), -1, dtype=np.int64)
         if len(ids):
@@ -275,7 +257,7 @@ class _ConstructorBase:
         As in the references, children are visited through ``self.add_params``, so a
         subclass override sees every submodule; ``__call__`` merges the result.
         """
-        overridden = type(self).add_params is not _ConstructorBase.add_params
+        overridden = self.overrides_add_params
         plan = self.plan(module, prefix, is_dcn_module, dict(self._seen(params)),
                          recurse=not overridden)
         self._warn_skipped(plan)
@@ -307,17 +289,20 @@ class _ConstructorBase:
                 return found
         return resolve_type(name, registry)
 
-    def _build_optimizer(self, optimizer_cls: Any, params: Any, first_arg: str = "params") -> Any:
+    @property
+    def overrides_add_params(self) -> bool:
+        """True for a subclass with its own ``add_params`` (its groups are merged afterwards)."""
+        return type(self).add_params is not _ConstructorBase.add_params
+
+    def _build_optimizer(self, optimizer_cls: Any, built: Construction, first_arg: str = "params") -> Any:
         cfg = {k: v for k, v in self.optimizer_cfg.items() if k != "type"}
-        cfg[first_arg] = params
+        cfg[first_arg] = built.groups
         optimizer = build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
-        # Remembered so checkpoints in the reference's layout (one group per parameter for the
-        # default constructors) map back.
-        optimizer._fastopt_param_order = getattr(self, "param_order", None)
-        optimizer._fastopt_reference_layout = getattr(self, "reference_layout", None)
+        # so that checkpoints in the reference's layout map both ways
+        attach_layout(optimizer, built.layout)
         return optimizer
 
-    def _defaults(self, optimizer_cls: Any) -> dict[str, Any]:
+    def defaults(self, optimizer_cls: Any) -> dict[str, Any]:
         """Values every group gets unless it overrides them: signature defaults, then cfg."""
         defaults: dict[str, Any] = {}
         try:
@@ -333,31 +318,33 @@ class _ConstructorBase:
 
     def param_groups(self, model: nn.Module, optimizer_cls: Any) -> Iterable | list[dict]:
         """The merged param groups for ``model`` (or ``model.parameters()`` without paramwise)."""
+        return self.construct(model, optimizer_cls).groups
+
+    def construct(self, model: nn.Module, optimizer_cls: Any) -> Construction:
+        """Decide the groups for ``model`` in one walk: what the optimizer gets, and the plan
+        and layout that ``explain`` and the checkpoint code read."""
         if next(model.parameters(), None) is None:
             raise ValueError(f"{type(model).__name__} has no parameters to optimize")
-        # The reference's layout (its groups' sizes, and which merged group each went into)
-        # is kept with the parameters in its order, so its checkpoints map both ways.
+        defaults = self.defaults(optimizer_cls)
         if not self.paramwise_cfg:
-            self.param_order = list(model.parameters())
-            self.reference_layout = [(len(self.param_order), 0)]
-            return self.param_order
-        defaults = self._defaults(optimizer_cls)
-        if type(self).add_params is not _ConstructorBase.add_params:
+            params = list(model.parameters())
+            return Construction(params, defaults, None, ReferenceLayout(params, [(len(params), 0)]))
+        if self.overrides_add_params:
             per_param: list[dict] = []
             self.add_params(per_param, model)
-            self.param_order = [p for g in per_param for p in group_params(g)]
             merged, into = merge_param_groups_indexed(per_param, defaults)
-            self.reference_layout = [(len(group_params(g)), i) for g, i in zip(per_param, into)]
-            return merged
+            layout = ReferenceLayout([p for g in per_param for p in group_params(g)],
+                                     [(len(group_params(g)), i) for g, i in zip(per_param, into)])
+            return Construction(merged, defaults, None, layout)
         plan = self.plan(model)
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)
         groups, group_of_param = self._groups_from_plan(plan, defaults)
         # the reference's layout: one group per kept parameter, in walk order
-        kept = np.flatnonzero(plan.kinds() != SKIPPED)
-        self.param_order = [plan.table.params[i] for i in kept.tolist()]
-        self.reference_layout = [(1, g) for g in group_of_param[kept].tolist()]
-        return groups
+        kept = np.flatnonzero(plan.kinds() != SKIPPED).tolist()
+        layout = ReferenceLayout([plan.table.params[i] for i in kept],
+                                 [(1, g) for g in group_of_param[kept].tolist()])
+        return Construction(groups, defaults, plan, layout)
 
     def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> tuple[list[dict], np.ndarray]:
         """The merged groups, and each parameter's group index (-1 when skipped)."""
@@ -372,17 +359,9 @@ class _ConstructorBase:
                 "paramwise_cfg=dict(bypass_duplicate=True) to skip shared parameters)"
             )
         # Merge signatures with equal effective hyperparameters, first-seen order.
-        group_of_sig = np.full(len(plan.signatures), -1, dtype=np.int64)
-        groups: list[dict] = []
-        index: dict[Any, int] = {}
-        for s, o in enumerate(plan.overrides):
-            if o is None:
-                continue
-            key = freeze({**defaults, **o})
-            g = index.setdefault(key, len(groups))
-            if g == len(groups):
-                groups.append({"params": [], **o})
-            group_of_sig[s] = g
+        hypers, into = merge_hypers(plan.overrides, defaults)
+        groups: list[dict] = [{"params": [], **h} for h in hypers]
+        group_of_sig = np.asarray(into, dtype=np.int64).reshape(-1)
         # Distribute parameters: a stable sort by group keeps model order inside groups.
         group_of_param = group_of_sig[plan.sig_ids]
         order = np.argsort(group_of_param, kind="stable")
@@ -409,6 +388,7 @@ class _ConstructorBase:
                 UserWarning, stacklevel=4)
 
 
+@OPTIMIZER_BUILDERS.register_module()
 class DefaultOptimizerConstructor(_ConstructorBase):
     """mmcv 1.x ``DefaultOptimizerConstructor``: ``ctor(model)`` returns a torch optimizer."""
 
@@ -427,14 +407,13 @@ class DefaultOptimizerConstructor(_ConstructorBase):
 
     def __call__(self, model: nn.Module) -> torch.optim.Optimizer:
         """Build the optimizer for ``model`` (unwrapping ``model.module`` first)."""
-        from .builder import OPTIMIZERS
-
         if hasattr(model, "module"):
             model = model.module
         optimizer_cls = self._optimizer_class(OPTIMIZERS)
-        return self._build_optimizer(optimizer_cls, self.param_groups(model, optimizer_cls))
+        return self._build_optimizer(optimizer_cls, self.construct(model, optimizer_cls))
 
 
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class DefaultOptimWrapperConstructor(_ConstructorBase):
     """mmengine ``DefaultOptimWrapperConstructor``: ``ctor(model)`` returns an OptimWrapper."""
 
@@ -458,13 +437,11 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
 
     def __call__(self, model: nn.Module) -> Any:
         """Build the optim wrapper (and its optimizer) for ``model``."""
-        from .builder import OPTIMIZERS, build_wrapper
-
         if hasattr(model, "module"):
             model = model.module
         optimizer_cls = self._optimizer_class(OPTIMIZERS)
         first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
-        optimizer = self._build_optimizer(optimizer_cls, self.param_groups(model, optimizer_cls), first_arg)
+        optimizer = self._build_optimizer(optimizer_cls, self.construct(model, optimizer_cls), first_arg)
         wrapper_cfg = self.optim_wrapper_cfg.copy()
         wrapper_cfg.setdefault("type", "OptimWrapper")
         return build_wrapper(wrapper_cfg, optimizer)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,10 +22,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from . import _reference as R
-from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS, OPTIMIZERS
-from .constructor import GroupPlan, _ConstructorBase, rule_name
-from .registry import build_from_cfg, resolve_type
+from . import _core
+from . import _rules as R
+from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
+from .registry import OPTIMIZERS, constructor_from_cfg, resolve_type
 
 __all__ = ["Explanation", "ParamReport", "explain"]
 
@@ -79,36 +78,21 @@ class Explanation:
                 "unused_keys": self.unused_keys, "groups": clean(self.groups), "params": params}
 
 
-def _constructor(cfg: dict) -> tuple[_ConstructorBase, str]:
-    """The constructor the config names, and which API (mmengine if it has 'optimizer')."""
-    cfg = copy.deepcopy(cfg)
-    if "optimizer" in cfg:
-        ctor_type = cfg.pop("constructor", "DefaultOptimWrapperConstructor")
-        paramwise = cfg.pop("paramwise_cfg", None)
-        ctor = build_from_cfg(dict(type=ctor_type, optim_wrapper_cfg=cfg, paramwise_cfg=paramwise),
-                              OPTIM_WRAPPER_CONSTRUCTORS)
-        return ctor, "mmengine"
-    ctor_type = cfg.pop("constructor", "DefaultOptimizerConstructor")
-    paramwise = cfg.pop("paramwise_cfg", None)
-    ctor = build_from_cfg(dict(type=ctor_type, optimizer_cfg=cfg, paramwise_cfg=paramwise),
-                          OPTIMIZER_BUILDERS)
-    return ctor, "mmcv"
-
-
 def explain(model: nn.Module, cfg: dict) -> Explanation:
     """Explain how ``cfg`` (an ``optim_wrapper=`` or mmcv ``optimizer=`` config) treats ``model``."""
-    ctor, api = _constructor(cfg)
-    if not isinstance(ctor, _ConstructorBase):
+    api = "mmengine" if "optimizer" in cfg else "mmcv"
+    ctor = constructor_from_cfg(cfg, api)
+    if not isinstance(ctor, (DefaultOptimizerConstructor, DefaultOptimWrapperConstructor)):
         raise TypeError(f"explain needs a fastopt constructor, got {type(ctor).__name__}")
     if hasattr(model, "module"):
         model = model.module
     optimizer_cls = resolve_type(ctor.optimizer_cfg["type"], OPTIMIZERS)
-    defaults = ctor._defaults(optimizer_cls)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        groups = ctor.param_groups(model, optimizer_cls)
+        built = ctor.construct(model, optimizer_cls)
     build_s = time.perf_counter() - start
+    groups, defaults, plan = built.groups, built.defaults, built.plan
     if not ctor.paramwise_cfg:
         params = list(groups)
         hyper = {k: v for k, v in defaults.items() if k != "params"}
@@ -117,7 +101,7 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows([{"params": params}], defaults),
                            reports, [], build_s)
 
-    if type(ctor).add_params is not _ConstructorBase.add_params:
+    if plan is None:
         # A custom constructor decided the groups: report them, rules are its own.
         group_of_id = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
         reports = []
@@ -134,13 +118,14 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows(groups, defaults), reports,
                            [], build_s)
 
-    plan: GroupPlan = ctor.plan(model)
     group_of = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
     keys = plan.keys
     priority = R.key_priority(keys)
     table = plan.table
-    config = ctor._config_bits()
+    config = ctor.config_bits()
     flags = table.flags
+    # the built-in rule a winning custom key switched off: the rules again, without custom keys
+    builtin_ids, builtin_sigs = _core.assign(table.names, table.flag_array(), [], config)
     reports = []
     used: set[int] = set()
     for i, (p, s) in enumerate(zip(table.params, plan.sig_ids.tolist())):
@@ -148,15 +133,14 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         key, _, _, kind = sig
         name = table.display_name(i)
         gi = group_of.get(id(p)) if plan.overrides[s] is not None else None
-        rule = _KIND_RULES.get(kind) or rule_name(sig)
+        rule = _KIND_RULES.get(kind) or R.rule_name(sig)
         if kind in (R.FROZEN_KEPT, R.SKIPPED):  # frozen (either API) or a bypassed shared tensor
             rule = "frozen" if flags[i] & R.FROZEN else "shared (bypassed)"
         matched = [k for k in priority if k in table.names[i]] if kind == R.TRAINABLE else []
         switched = None
         if key >= 0:
             used.add(key)
-            builtin = R.decide(-1, flags[i], config)
-            switched = rule_name(builtin)
+            switched = R.rule_name(tuple(builtin_sigs[builtin_ids[i]].tolist()))
         hyper = dict(defaults)
         if gi is not None:
             hyper.update({k: v for k, v in groups[gi].items() if k != "params"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["freeze", "group_params", "merge_param_groups", "merge_param_groups_indexed"]
+__all__ = ["freeze", "group_params", "merge_hypers", "merge_param_groups", "merge_param_groups_indexed"]
 
 
 def freeze(value: Any) -> Any:
@@ -45,21 +45,32 @@ def group_params(group: dict) -> list:
     return [params] if hasattr(params, "data_ptr") else list(params)
 
 
+def merge_hypers(hypers: list[dict[str, Any] | None], defaults: dict[str, Any] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The distinct hyperparameter dicts (equal over ``defaults`` means the same), in
+    first-seen order, and for each input the index of its dict (-1 for None: in no group)."""
+    defaults = defaults or {}
+    out: list[dict[str, Any]] = []
+    index: dict[Any, int] = {}
+    into: list[int] = []
+    for hyper in hypers:
+        if hyper is None:
+            into.append(-1)
+            continue
+        g = index.setdefault(freeze({**defaults, **hyper}), len(out))
+        if g == len(out):
+            out.append(hyper)
+        into.append(g)
+    return out, into
+
+
 def merge_param_groups_indexed(groups: list[dict], defaults: dict[str, Any] | None = None
                                ) -> tuple[list[dict], list[int]]:
     """``merge_param_groups``, plus the index of the merged group each input group went into."""
-    defaults = defaults or {}
-    out: list[dict] = []
-    index: dict[Any, int] = {}
+    hypers, into = merge_hypers([{k: v for k, v in g.items() if k != "params"} for g in groups], defaults)
+    out: list[dict] = [{"params": [], **h} for h in hypers]
     owner: dict[int, int] = {}
-    into: list[int] = []
-    for i, group in enumerate(groups):
-        hyper = {k: v for k, v in group.items() if k != "params"}
-        key = freeze({**defaults, **hyper})
-        g = index.setdefault(key, len(out))
-        if g == len(out):
-            out.append({"params": [], **hyper})
-        into.append(g)
+    for i, (group, g) in enumerate(zip(groups, into)):
         params = group_params(group)
         for p in params:
             first = owner.setdefault(id(p), i)

@@ -31,8 +31,8 @@ from typing import Any
 
 from torch import nn
 
-from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, RecipeConstructor
+from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
 
 __all__ = ["LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor",
            "MmcvLayerDecayOptimizerConstructor", "MmcvLearningRateDecayOptimizerConstructor",

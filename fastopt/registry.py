@@ -1,4 +1,5 @@
-"""A small registry mapping type names to classes, with mmcv/mmengine's build API.
+"""A small registry mapping type names to classes, with mmcv/mmengine's build API, and
+fastopt's four registries (filled by the modules that define what they hold).
 
 >>> MODELS = Registry('model')
 >>> @MODELS.register_module()
@@ -11,11 +12,15 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from typing import Any, Callable
 
-__all__ = ["Registry", "build_from_cfg"]
+import torch
+
+__all__ = ["OPTIMIZERS", "OPTIMIZER_BUILDERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "Registry",
+           "build_from_cfg", "constructor_from_cfg"]
 
 
 def _where(obj: Any) -> str:
@@ -132,3 +137,42 @@ def build_from_cfg(cfg: dict, registry: Registry, default_args: dict | None = No
         return obj_cls(**args)
     except TypeError as exc:
         raise type(exc)(f"{getattr(obj_cls, '__name__', obj_cls)}: {exc}") from exc
+
+
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZER_BUILDERS = Registry("optimizer builder")
+OPTIM_WRAPPER_CONSTRUCTORS = Registry("optimizer wrapper constructor")
+OPTIM_WRAPPERS = Registry("optim wrapper")
+
+
+def _register_torch_optimizers() -> list[str]:
+    names = []
+    for name in dir(torch.optim):
+        obj = getattr(torch.optim, name)
+        is_optimizer = inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
+        if is_optimizer and obj is not torch.optim.Optimizer:
+            OPTIMIZERS.register_module(module=obj)
+            names.append(name)
+    return names
+
+
+#: Every ``torch.optim`` optimizer, under its own name (fastopt.optim then takes the names
+#: SGD, Adam and AdamW for its accelerated subclasses).
+TORCH_OPTIMIZERS = _register_torch_optimizers()
+
+
+def constructor_from_cfg(cfg: dict, api: str) -> Any:
+    """The constructor a config names, built from a copy of it: ``api='mmcv'`` reads an mmcv 1.x
+    ``optimizer=`` entry, ``api='mmengine'`` an ``optim_wrapper=`` entry (``constructor`` and
+    ``paramwise_cfg`` taken out, the rest handed to the constructor)."""
+    if api not in ("mmcv", "mmengine"):
+        raise ValueError(f"api must be 'mmcv' or 'mmengine', got {api!r}")
+    rest = copy.deepcopy(cfg)
+    paramwise_cfg = rest.pop("paramwise_cfg", None)
+    if api == "mmengine":
+        ctor_type = rest.pop("constructor", "DefaultOptimWrapperConstructor")
+        return build_from_cfg(dict(type=ctor_type, optim_wrapper_cfg=rest, paramwise_cfg=paramwise_cfg),
+                              OPTIM_WRAPPER_CONSTRUCTORS)
+    ctor_type = rest.pop("constructor", "DefaultOptimizerConstructor")
+    return build_from_cfg(dict(type=ctor_type, optimizer_cfg=rest, paramwise_cfg=paramwise_cfg),
+                          OPTIMIZER_BUILDERS)

@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .builder import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, RecipeConstructor
+from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
 
 __all__ = ["TSMOptimWrapperConstructor", "TSMOptimizerConstructor", "tsm_groups"]
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["AmpOptimWrapper", "OptimWrapper"]
+from .registry import OPTIM_WRAPPERS, resolve_type
+
+__all__ = ["AmpOptimWrapper", "OptimWrapper", "build_wrapper", "wrapper_class"]
 
 
+@OPTIM_WRAPPERS.register_module()
 class OptimWrapper:
     """Wraps a torch optimizer with mmengine's ``OptimWrapper`` interface.
 
@@ -109,6 +113,7 @@ class OptimWrapper:
         return f"OptimWrapper(optimizer={self.optimizer!r})"
 
 
+@OPTIM_WRAPPERS.register_module()
 class AmpOptimWrapper(OptimWrapper):
     """Mixed precision (mmengine's ``AmpOptimWrapper`` behaviour) on ``torch.amp.GradScaler``.
 
@@ -166,3 +171,32 @@ class AmpOptimWrapper(OptimWrapper):
         if "loss_scaler" in state_dict:
             self.loss_scaler.load_state_dict(state_dict.pop("loss_scaler"))
         self.optimizer.load_state_dict(state_dict)
+
+
+def _mmengine_wrapper(name: str) -> Any:
+    if importlib.util.find_spec("mmengine") is None:
+        return None
+    import mmengine.optim  # noqa: F401  (registers mmengine's wrappers)
+    from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_WRAPPERS
+
+    return MMENGINE_WRAPPERS.get(name)
+
+
+def wrapper_class(wrapper_type: Any) -> Any:
+    """The class a wrapper ``type`` names: user registrations, then mmengine's, then fastopt's."""
+    if isinstance(wrapper_type, str):
+        own = OPTIM_WRAPPERS.get(wrapper_type)
+        if own is not None and own not in (OptimWrapper, AmpOptimWrapper):
+            return own  # registered by the user: theirs wins
+        theirs = _mmengine_wrapper(wrapper_type)
+        if theirs is not None:
+            return theirs
+    return resolve_type(wrapper_type, OPTIM_WRAPPERS)
+
+
+def build_wrapper(cfg: dict, optimizer: torch.optim.Optimizer) -> Any:
+    """Build the wrapper ``cfg`` names around ``optimizer``."""
+    args = dict(cfg)
+    cls = wrapper_class(args.pop("type"))
+    args.setdefault("optimizer", optimizer)
+    return cls(**args)

@@ -62,8 +62,7 @@ def _build(mode: str, impl: str) -> tuple[nn.Module, nn.Module, torch.optim.Opti
 
 def _stepped_natively(opt: torch.optim.Optimizer) -> bool:
     local = getattr(opt, "optim", opt)  # ZeRO steps its rank's shard with an optimizer of its own
-    plan = getattr(local, "_fastopt_plan", None)
-    return bool(plan is not None and plan.native)
+    return getattr(local, "fastopt_tier", None) == "native"
 
 
 def _worker(rank: int, port: int, out_dir: str, mode: str) -> None:

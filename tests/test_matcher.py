@@ -89,3 +89,14 @@ def test_match_large_key_set_is_linear_in_names() -> None:
     keys = [f"backbone.layers.{i}." for i in range(200)] + ["norm", "bias", ""]
     names = [f"backbone.layers.{i}.attn.norm{i % 3}.bias" for i in range(500)]
     assert _C.match(names, keys).tolist() == [python_winner(n, keys) for n in names]
+
+
+def test_rule_bits_are_the_extensions() -> None:
+    """The rule bits the walk and the oracle use (``_rules.py``) are the ones ``_C`` exports."""
+    from fastopt import _rules
+
+    for name, bit in _C.PARAM_FLAGS.items():
+        assert getattr(_rules, name.upper()) == bit, name
+    for name, bit in _C.CONFIG_FLAGS.items():
+        assert getattr(_rules, name.upper()) == bit, name
+    assert len(_C.PARAM_FLAGS) == 9 and len(_C.CONFIG_FLAGS) == 9

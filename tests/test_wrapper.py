@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import fastopt
-from fastopt import builder
+from fastopt import wrapper as wrapper_module
 
 
 @pytest.fixture
 def no_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builder, "_mmengine_wrapper", lambda name: None)
+    monkeypatch.setattr(wrapper_module, "_mmengine_wrapper", lambda name: None)
 
 
 def _model() -> nn.Module:

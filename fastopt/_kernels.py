@@ -1,0 +1,318 @@
+"""The step tiers below fastopt's optimizers, with each algorithm described by data.
+
+An ``Algorithm`` says what one optimizer keeps in ``state`` and hands the native kernel: the
+pointer-table columns and hyperparameter columns (both named by the extension, ``_C.*_COLUMNS``
+and ``_C.*_HYPERS``), a group's hyperparameter row and flags, how the first step creates
+state, and the kernel entry point. The tiers:
+
+- native (``native_step``): every parameter of every group in one call into ``_C``, through
+  a ``Plan`` of the pointers that stay fixed between steps; only gradients are gathered anew;
+- torch's fused kernels on the merged groups (``torch_fused_step``), for CUDA tensors;
+- torch's own step, for whatever neither takes (the optimizer class calls it).
+
+``fastopt.optim`` picks the tier per step; ``_flat.py`` (flat-buffer mode) reads the same
+``Algorithm``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_scalar_dtype
+
+from ._core import _C
+
+
+def _exported(name: str, fallback: Any) -> Any:
+    """An interface constant of the extension (``fallback`` without it: no native tier then)."""
+    return getattr(_C, name) if _C is not None else fallback
+
+
+#: torch dtype -> the kernels' storage-type code (csrc/dtype.h)
+DTYPE_CODES: dict[torch.dtype, int] = {getattr(torch, k): v for k, v in _exported("DTYPE_CODES", {}).items()}
+#: per-tensor flag name -> bit (csrc/step_cpu.h StepFlag)
+STEP_FLAGS: dict[str, int] = _exported("STEP_FLAGS", {})
+
+_GRAD = operator.attrgetter("grad")
+_PLAIN_TYPES = (torch.nn.Parameter, torch.Tensor)
+
+
+def local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2 parameters, their grads and state); else ``t``."""
+    if type(t) in _PLAIN_TYPES:
+        return t
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return t
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+class Fallback(Exception):
+    """Raised while preparing state that only torch's own path can step."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One optimizer algorithm as the native tier sees it."""
+
+    name: str
+    kernel: str  # the ``_C`` entry point
+    columns: tuple[str, ...]  # pointer-table columns: param, grad, state tensors, maybe step
+    hypers: tuple[str, ...]  # hyperparameter columns
+    row: Callable[[dict], tuple[dict[str, float], int]]  # a group's hyperparameters and flags
+    buffers: Callable[[dict], tuple[str, ...]]  # per-element state tensors a group's params carry
+    prepare: Callable[[dict, Tensor, dict], tuple[dict[str, Tensor], bool]]
+    # ^ (state of p, p, group) -> state tensors to point to, and whether this is their first
+    #   step (created here; the kernel initialises them); raises Fallback for unusual state
+    structure: Callable[[dict], Any]  # group settings that decide which state exists
+    flat_first: Callable[[dict, bool], bool]  # flat mode: first step initialises state?
+    sparse_error: str | None = None  # None: sparse gradients go through torch's path
+
+    def column(self, key: str) -> int:
+        """The pointer-table column of ``key``."""
+        return self.columns.index(key)
+
+    @property
+    def step_column(self) -> int | None:
+        """The column of the step counter, if the algorithm keeps one."""
+        return self.columns.index("step") if "step" in self.columns else None
+
+    def hyper_row(self, group: dict) -> tuple[list[float], int]:
+        """A group's hyperparameters in column order, and its flags."""
+        values, flags = self.row(group)
+        return [values[h] for h in self.hypers], flags
+
+    def run(self, *args: Any) -> None:
+        """Call the kernel: (ptrs, numels, dtypes, flags, hyper, grad_scale)."""
+        getattr(_C, self.kernel)(*args)
+
+
+def _flag(name: str, on: Any) -> int:
+    return STEP_FLAGS[name] if on else 0
+
+
+def _sgd_row(group: dict) -> tuple[dict[str, float], int]:
+    values = {k: group[k] for k in ("lr", "momentum", "dampening", "weight_decay")}
+    return values, _flag("maximize", group["maximize"]) | _flag("nesterov", group["nesterov"])
+
+
+def _sgd_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+    if group["momentum"] == 0:
+        return {}, False
+    buf = state.get("momentum_buffer")
+    if buf is not None:
+        if buf.shape != p.shape or buf.dtype != p.dtype or not local(buf).is_contiguous():
+            raise Fallback  # an unusual buffer: torch's path handles this parameter
+        return {"momentum_buffer": buf}, False
+    buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+    return {"momentum_buffer": buf}, True  # the kernel copies the gradient in
+
+
+def _adam_row(group: dict) -> tuple[dict[str, float], int]:
+    beta1, beta2 = group["betas"]
+    values = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                  weight_decay=group["weight_decay"])
+    flags = (_flag("maximize", group["maximize"]) | _flag("amsgrad", group["amsgrad"])
+             | _flag("decoupled_weight_decay", group.get("decoupled_weight_decay")))
+    return values, flags
+
+
+def _adam_buffers(group: dict) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+
+def _adam_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+    keys = _adam_buffers(group)
+    if len(state) == 0:  # as torch's first step: a float32 step counter, zero moments
+        state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        for key in keys:
+            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    tensors = {key: state[key] for key in keys}
+    step = state["step"]
+    if (not isinstance(step, Tensor) or step.device.type != "cpu" or step.numel() != 1
+            or step.dtype != torch.float32
+            or any(t.shape != p.shape or t.dtype != p.dtype or not local(t).is_contiguous()
+                   for t in tensors.values())):
+        raise Fallback
+    return {**tensors, "step": step}, False
+
+
+SGD = Algorithm(
+    name="SGD", kernel="sgd_step", columns=_exported("SGD_COLUMNS", ()), hypers=_exported("SGD_HYPERS", ()),
+    row=_sgd_row, buffers=lambda g: ("momentum_buffer",) if g["momentum"] != 0 else (),
+    prepare=_sgd_prepare, structure=lambda g: g["momentum"] != 0,
+    flat_first=lambda g, had_state: g["momentum"] != 0 and not had_state)
+
+ADAM = Algorithm(
+    name="Adam", kernel="adam_step", columns=_exported("ADAM_COLUMNS", ()),
+    hypers=_exported("ADAM_HYPERS", ()),
+    row=_adam_row, buffers=_adam_buffers, prepare=_adam_prepare, structure=lambda g: bool(g["amsgrad"]),
+    flat_first=lambda g, had_state: False,
+    sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead")
+
+
+def group_native(group: dict) -> bool:
+    """Whether the native kernel can step a group: CPU, contiguous, a dtype it knows, plain
+    (non-tensor) hyperparameters, neither differentiable nor capturable."""
+    if _C is None or group.get("differentiable") or group.get("capturable"):
+        return False
+    if any(isinstance(v, Tensor) for k, v in group.items() if k != "params") or any(
+            isinstance(b, Tensor) for b in group.get("betas", ())):
+        return False
+    for p in map(local, group["params"]):
+        if p.device.type != "cpu" or p.dtype not in DTYPE_CODES or not p.is_contiguous():
+            return False
+    return True
+
+
+def _as_uint64(values: list[int]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.uint64, count=len(values))
+
+
+class Plan:
+    """What stays fixed between steps of one optimizer: tensor order, groups, state pointers."""
+
+    def __init__(self, groups: list[dict], algorithm: Algorithm, key: Any) -> None:
+        self.key = key
+        self.stale = False  # set when parameters moved where the kernel cannot follow
+        self.params: list[Tensor] = [p for g in groups for p in g["params"]]
+        ids = [id(p) for p in self.params]
+        self.native = len(set(ids)) == len(ids) and all(group_native(g) for g in groups)
+        # FSDP2: sharded parameters step on their local shards
+        self.sharded = any(type(p) not in _PLAIN_TYPES for p in self.params)
+        if not self.native:
+            return
+        locals_ = [local(p) for p in self.params] if self.sharded else self.params
+        sizes = [len(g["params"]) for g in groups]
+        self.group_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        self.numels = np.fromiter((p.numel() for p in locals_), dtype=np.int64, count=len(self.params))
+        self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in locals_), dtype=np.int32,
+                                  count=len(self.params))
+        self.ptrs = np.zeros((len(self.params), len(algorithm.columns)), dtype=np.uint64)
+        self.param_ptrs = [p.data_ptr() for p in locals_]
+        self.param_column = algorithm.column("param")
+        self.ptrs[:, self.param_column] = _as_uint64(self.param_ptrs)
+        self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
+        self.keep: list[Any] = [None] * len(self.params)      # state tensors kept alive
+
+    def accept_moved(self, rows: list[int], ptrs: list[int]) -> bool:
+        """Take parameters whose storage moved (``p.data = ...``) if the kernel can still step
+        them; False when the plan must be made again."""
+        for i, ptr in zip(rows, ptrs):
+            if ptr != self.param_ptrs[i]:
+                p = local(self.params[i])
+                if (p.numel() != self.numels[i] or DTYPE_CODES.get(p.dtype) != self.dtypes[i]
+                        or not p.is_contiguous() or p.device.type != "cpu"):
+                    return False
+                self.param_ptrs[i] = ptr
+                self.ptrs[i, self.param_column] = ptr
+        return True
+
+
+def hyper_table(groups: list[dict], algorithm: Algorithm) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group hyperparameter rows (column order) and flags as arrays."""
+    rows = [algorithm.hyper_row(g) for g in groups]
+    hyper = np.array([r for r, _ in rows], dtype=np.float64).reshape(-1, len(algorithm.hypers))
+    return hyper, np.array([f for _, f in rows], dtype=np.int32)
+
+
+def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
+                table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None) -> bool | None:
+    """Step every group in one kernel call. True: done; False: nothing done, torch's path must
+    run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again)."""
+    params = plan.params
+    grads = list(map(_GRAD, params))
+    # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
+    if any(g is None for g in grads):  # parameters without a gradient are skipped, as torch does
+        rows_list = [i for i, g in enumerate(grads) if g is not None]
+        if not rows_list:
+            return True
+        sel = [grads[i] for i in rows_list]
+        sel_params = [params[i] for i in rows_list]
+    else:
+        rows_list, sel, sel_params = None, grads, params
+    if plan.sharded:
+        sel, sel_params = [local(g) for g in sel], [local(p) for p in sel_params]
+    try:
+        contiguous = all(map(Tensor.is_contiguous, sel))
+    except RuntimeError:  # sparse layouts have no strides
+        contiguous = False
+    if not contiguous:
+        if algorithm.sparse_error is not None and any(g.layout is not torch.strided for g in sel):
+            raise RuntimeError(algorithm.sparse_error)
+        return False
+    rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
+    # Parameters whose storage moved (p.data = ...) are re-checked before use.
+    param_ptrs = list(map(Tensor.data_ptr, sel_params))
+    cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
+    if param_ptrs != cached and not plan.accept_moved(rows.tolist(), param_ptrs):
+        plan.stale = True
+        return False
+    todo = rows[~plan.ready[rows]]
+    first = None
+    if len(todo):
+        first = np.zeros(len(params), dtype=bool)
+        try:
+            for i in todo.tolist():
+                p = params[i]
+                tensors, first[i] = algorithm.prepare(state[p], p, groups[int(plan.group_of[i])])
+                for key, t in tensors.items():
+                    plan.ptrs[i, algorithm.column(key)] = local(t).data_ptr()
+                plan.keep[i] = tensors
+        except Fallback:
+            plan.native = False  # until the groups change: torch's path
+            return False
+    ptrs = plan.ptrs[rows] if rows_list is not None else plan.ptrs.copy()
+    grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
+    ptrs[:, algorithm.column("grad")] = grad_ptrs
+    group_hyper, group_flags = table
+    gi = plan.group_of[rows]
+    flags = group_flags[gi]
+    if first is not None:
+        flags = flags | np.where(first[rows], STEP_FLAGS["first_step"], 0).astype(np.int32)
+    scale = 0.0 if grad_scale is None else float(grad_scale)
+    algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale)
+    plan.ready[rows] = True  # state exists from now on (SGD's first momentum step done)
+    return True
+
+
+#: Device types whose tensors step through torch's fused kernels on the merged groups (when
+#: the groups leave ``fused``/``foreach`` unset).
+TORCH_FUSED_DEVICES: tuple[str, ...] = ("cuda", "xpu")
+
+
+def torch_fused_ok(groups: list[dict]) -> bool:
+    """True when every group can run torch's fused kernel instead of its default path."""
+    for g in groups:
+        if g.get("fused") is not None or g.get("foreach") is not None:
+            return False  # the user chose a path: respect it
+        if g.get("differentiable") or g.get("capturable"):
+            return False
+        for p in g["params"]:
+            if p.device.type not in TORCH_FUSED_DEVICES or p.dtype not in DTYPE_CODES:
+                return False
+    return True
+
+
+def torch_fused_step(groups: list[dict], state: dict, torch_step: Callable[[], Any]) -> None:
+    """torch's fused kernel per merged group; it consumes grad_scale/found_inf itself."""
+    for g in groups:
+        for p in g["params"]:
+            st = state.get(p)
+            step = st.get("step") if st else None
+            # the fused kernels keep the step counter on the parameter's device, in fp32
+            if isinstance(step, Tensor) and (step.device != p.device or step.dtype != torch.float32):
+                st["step"] = step.to(device=p.device, dtype=torch.float32)
+        g["fused"] = True
+    try:
+        torch_step()
+    finally:
+        for g in groups:
+            g["fused"] = None
