@@ -27,20 +27,7 @@ class FastAdamW(optim.AdamW):
 FAST_OPTIMIZERS = (FastSGD, FastAdam, FastAdamW)
 
 
-def register_plugin(module: str, host_optimizers: Any, host_constructors: Any, *bases: type) -> list[type]:
-    """Register ``FastSGD`` / ``FastAdam`` / ``FastAdamW`` in the host framework's optimizer
-    registry and, for each base constructor, a subclass ``Fast<Name>`` (its name without a
-    ``Default`` / ``Mmcv`` prefix) in its constructor registry; the subclasses look up the
-    optimizer types fastopt lacks in ``host_optimizers``. Returns them in the order given."""
+def register_optimizers(host_optimizers: Any) -> None:
+    """Register ``FastSGD`` / ``FastAdam`` / ``FastAdamW`` in a host framework's optimizer registry."""
     for cls in FAST_OPTIMIZERS:
         host_optimizers.register_module(module=cls, force=True)
-    made = []
-    for base in bases:
-        name = "Fast" + base.__name__.removeprefix("Default").removeprefix("Mmcv")
-        doc = (f"``{base.__module__}.{base.__name__}`` under its plug-in name; optimizer types "
-               "fastopt does not know come from the host framework's registry.")
-        cls = type(name, (base,), {"__module__": module, "__qualname__": name, "__doc__": doc,
-                                   "fallback_optimizers": host_optimizers})
-        host_constructors.register_module(module=cls, force=True)
-        made.append(cls)
-    return made

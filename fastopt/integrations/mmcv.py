@@ -29,14 +29,39 @@ from ..layer_decay import (  # noqa: E402
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
-from . import FastAdam, FastAdamW, FastSGD, register_plugin  # noqa: E402
+from . import FastAdam, FastAdamW, FastSGD, register_optimizers  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD",
            "FastTSMOptimizerConstructor"]
 
+register_optimizers(OPTIMIZERS)
 
-(FastOptimizerConstructor, FastLearningRateDecayOptimizerConstructor, FastLayerDecayOptimizerConstructor,
- FastTSMOptimizerConstructor) = register_plugin(
-    __name__, OPTIMIZERS, OPTIMIZER_BUILDERS, DefaultOptimizerConstructor,
-    MmcvLearningRateDecayOptimizerConstructor, MmcvLayerDecayOptimizerConstructor, TSMOptimizerConstructor)
+
+@OPTIMIZER_BUILDERS.register_module(force=True)
+class FastOptimizerConstructor(DefaultOptimizerConstructor):
+    """fastopt's mmcv 1.x ``DefaultOptimizerConstructor`` in mmcv; optimizer types fastopt does
+    not know come from mmcv's ``OPTIMIZERS``."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIMIZER_BUILDERS.register_module(force=True)
+class FastLearningRateDecayOptimizerConstructor(MmcvLearningRateDecayOptimizerConstructor):
+    """fastopt's MMDetection 2.x / MMSegmentation 0.x layer-wise lr decay in mmcv."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIMIZER_BUILDERS.register_module(force=True)
+class FastLayerDecayOptimizerConstructor(MmcvLayerDecayOptimizerConstructor):
+    """fastopt's mmcv 1.x-style layer decay (MMSegmentation 0.x BEiT, or ViTDet's rules) in mmcv."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIMIZER_BUILDERS.register_module(force=True)
+class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
+    """fastopt's MMAction2 0.x TSM constructor in mmcv."""
+
+    fallback_optimizers = OPTIMIZERS

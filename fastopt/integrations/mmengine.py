@@ -25,14 +25,39 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from ..constructor import DefaultOptimWrapperConstructor
 from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from ..tsm import TSMOptimWrapperConstructor
-from . import FastAdam, FastAdamW, FastSGD, register_plugin
+from . import FastAdam, FastAdamW, FastSGD, register_optimizers
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD",
            "FastTSMOptimWrapperConstructor"]
 
+register_optimizers(OPTIMIZERS)
 
-(FastOptimWrapperConstructor, FastLearningRateDecayOptimizerConstructor, FastLayerDecayOptimizerConstructor,
- FastTSMOptimWrapperConstructor) = register_plugin(
-    __name__, OPTIMIZERS, OPTIM_WRAPPER_CONSTRUCTORS, DefaultOptimWrapperConstructor,
-    LearningRateDecayOptimizerConstructor, LayerDecayOptimizerConstructor, TSMOptimWrapperConstructor)
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """fastopt's ``DefaultOptimWrapperConstructor`` in mmengine; optimizer types fastopt does not
+    know come from mmengine's ``OPTIMIZERS``."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class FastLearningRateDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
+    """fastopt's ConvNeXt / BEiT layer-wise lr decay (``fastopt.layer_decay``) in mmengine."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class FastLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
+    """fastopt's ViTDet / BEiT layer decay (``fastopt.layer_decay``) in mmengine."""
+
+    fallback_optimizers = OPTIMIZERS
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class FastTSMOptimWrapperConstructor(TSMOptimWrapperConstructor):
+    """fastopt's MMAction2 1.x TSM constructor (``fastopt.tsm``) in mmengine."""
+
+    fallback_optimizers = OPTIMIZERS
