@@ -21,9 +21,6 @@ class KeyMatcher {
   // Index (into the constructor's `keys`) of the winning key, or -1.
   int32_t best_match(const std::string& name) const;
 
-  // Priority rank of every key: 0 is tried first by the reference.
-  const std::vector<int32_t>& ranks() const { return rank_; }
-
  private:
   static constexpr int32_t kNone = INT32_MAX;
   static constexpr int kAlphabet = 256;

@@ -1,4 +1,5 @@
-"""Native core loader: ``fastopt._C`` when built, else the plain-Python reference."""
+"""Native core loader: ``fastopt._C`` when built, else the plain-Python reference for rule
+assignment (the step kernels have no fallback: torch's own step runs instead)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,6 @@ except ImportError:  # pragma: no cover - exercised only without a compiled exte
     _C = None
 
 HAVE_NATIVE = _C is not None
-
-
-def match(names: Sequence[str], keys: Sequence[str]) -> np.ndarray:
-    """Winning custom key index per name (-1: none), natively when possible."""
-    if _C is not None:
-        try:
-            return _C.match(list(names), list(keys))
-        except UnicodeEncodeError:  # lone surrogates cannot cross as UTF-8
-            pass
-    return _reference.match(names, keys)
 
 
 def assign(
