@@ -4,8 +4,11 @@ Every input is decoded into parameter names, custom keys, flag words and a confi
 ``fastopt._C.match`` / ``_C.assign`` must agree with the plain-Python reference exactly,
 and the step kernels must take random sizes, dtypes and hyperparameters without crashing.
 
-    python fuzz/fuzz_core.py -max_total_time=600          # ten minutes
-    python fuzz/fuzz_core.py -runs=20000                  # a bounded CI pass
+    python fuzz/fuzz_core.py -max_total_time=600 -artifact_prefix=fuzz/artifacts/   # ten minutes
+    python fuzz/fuzz_core.py -runs=20000 -artifact_prefix=fuzz/artifacts/            # a bounded pass
+
+Findings land in ``fuzz/artifacts/`` (ignored by git; create it first). An input that
+reproduces a bug is kept as a named regression input beside this file and replayed by a test.
 """
 
 from __future__ import annotations
