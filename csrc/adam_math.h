@@ -2,6 +2,7 @@
 // (torch 2.13, capturable=False, differentiable=False), math in opmath_t O:
 //
 //   g  = grad / grad_scale                 (only with a GradScaler; the unscaled grad is stored back)
+//   g  = g * grad_mult                     (only when clipping: the clip coefficient; not stored)
 //   g  = maximize ? -g : g
 //   p  = p * (1 - lr * wd)                 (decoupled, AdamW)   |   g = fma(wd, p, g)   (L2, Adam)
 //   m  = lerp(m, g, 1 - beta1)             fma(w, g - m, m), or fma(-(g - m), 1 - w, g) for w >= 0.5
@@ -25,14 +26,14 @@
 namespace fastopt {
 namespace {  // internal linkage: one copy per instruction-set build
 
-template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale, bool kSmallWeight>
+template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale, bool kMult, bool kSmallWeight>
 void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict v, S* __restrict vmax,
                int64_t begin, int64_t end, const AdamScalars<typename OpMath<S>::type>& s) {
   using O = typename OpMath<S>::type;
   const O w = s.lerp_weight, one_minus_w = O(1) - s.lerp_weight;
   const O l2 = round_to<S>(s.l2);  // add's alpha, in storage precision
   for (int64_t i = begin; i < end; ++i) {
-    O gi = step_grad<kScale>(g[i], s.grad_scale, s.sign);
+    O gi = step_grad<kScale, kMult>(g[i], s.grad_scale, s.grad_mult, s.sign);
     O pi = load<O>(p[i]);
     if constexpr (kDecoupled) pi = round_to<S>(pi * s.decay);
     if constexpr (kL2) gi = round_to<S>(fma_op(l2, pi, gi));
@@ -55,14 +56,14 @@ void adam_loop(S* __restrict p, S* __restrict g, S* __restrict m, S* __restrict 
   }
 }
 
-template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale>
+template <typename S, bool kL2, bool kDecoupled, bool kAmsgrad, bool kScale, bool kMult>
 void adam_kernel(S* p, S* g, S* m, S* v, S* vmax, int64_t begin, int64_t end,
                  const AdamScalars<typename OpMath<S>::type>& s) {
   using O = typename OpMath<S>::type;
   if (abs_op(s.lerp_weight) < O(0.5))
-    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, true>(p, g, m, v, vmax, begin, end, s);
+    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, kMult, true>(p, g, m, v, vmax, begin, end, s);
   else
-    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, false>(p, g, m, v, vmax, begin, end, s);
+    adam_loop<S, kL2, kDecoupled, kAmsgrad, kScale, kMult, false>(p, g, m, v, vmax, begin, end, s);
 }
 
 }  // namespace

@@ -1,4 +1,6 @@
 // fastopt._C: the native core. Bindings only; the logic lives in the other files.
+#include <cmath>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -69,17 +71,35 @@ int64_t check_step_args(const Array<uint64_t>& ptrs, int64_t n_ptrs, const Array
 }
 
 void adam_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
-               const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale) {
+               const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult) {
   const int64_t n = check_step_args(ptrs, fastopt::kAdamPtrs, numels, dtypes, flags, hyper, fastopt::kAdamHypers);
   py::gil_scoped_release release;
-  fastopt::adam_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale);
+  fastopt::adam_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale,
+                         grad_mult);
 }
 
 void sgd_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
-              const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale) {
+              const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult) {
   const int64_t n = check_step_args(ptrs, fastopt::kSgdPtrs, numels, dtypes, flags, hyper, fastopt::kSgdHypers);
   py::gil_scoped_release release;
-  fastopt::sgd_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale);
+  fastopt::sgd_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale,
+                        grad_mult);
+}
+
+py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
+                    double norm_type) {
+  const int64_t n = numels.ndim() == 1 ? static_cast<int64_t>(numels.shape(0)) : -1;
+  if (n < 0 || ptrs.ndim() != 1 || ptrs.shape(0) != n || dtypes.ndim() != 1 || dtypes.shape(0) != n)
+    throw std::invalid_argument("grad_norm: expected ptrs (n,), numels (n,), dtypes (n,)");
+  const bool inf = std::isinf(norm_type) && norm_type > 0;
+  if (!inf && norm_type != 2.0)
+    throw std::invalid_argument("grad_norm: norm_type must be 2 or inf, got " + std::to_string(norm_type));
+  fastopt::GradNorm out{};
+  {
+    py::gil_scoped_release release;
+    out = fastopt::grad_norm_cpu(n, ptrs.data(), numels.data(), dtypes.data(), inf);
+  }
+  return py::make_tuple(out.norm, out.nonfinite);
 }
 
 // Column names of a pointer or hyperparameter table, in column order.
@@ -94,7 +114,8 @@ py::tuple columns(std::initializer_list<std::pair<int, const char*>> named, int 
 PYBIND11_MODULE(_C, m) {
   m.doc() =
       "fastopt native core: custom-key matching and paramwise rule assignment (match, assign), "
-      "the multi-tensor CPU steps (adam_step, sgd_step; cpu_isa, set_cpu_isa), and the numbers "
+      "the multi-tensor CPU steps (adam_step, sgd_step; cpu_isa, set_cpu_isa), the global gradient "
+      "norm (grad_norm), and the numbers "
       "Python passes to them (DTYPE_CODES, STEP_FLAGS, *_COLUMNS, *_HYPERS, PARAM_FLAGS, CONFIG_FLAGS).";
   m.def("match", &match, py::arg("names"), py::arg("keys"),
         "Index of the custom key the reference picks for each name (longest, then "
@@ -103,13 +124,18 @@ PYBIND11_MODULE(_C, m) {
         "Rule outcome per parameter: (ids, table), ids[i] indexing rows (key, lr_rule, "
         "wd_rule, kind) of table, rows in first-seen order.");
   m.def("adam_step", &adam_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
-        py::arg("hyper"), py::arg("grad_scale"),
+        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0,
         "One Adam/AdamW step over n tensors: ptrs (n, 6) param/grad/exp_avg/exp_avg_sq/max_exp_avg_sq/step, "
-        "hyper (n, 5) lr/beta1/beta2/eps/weight_decay; grad_scale <= 0 means none.");
+        "hyper (n, 5) lr/beta1/beta2/eps/weight_decay; grad_scale <= 0 means none; grad_mult "
+        "multiplies every (unscaled) gradient as it is read.");
   m.def("sgd_step", &sgd_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
-        py::arg("hyper"), py::arg("grad_scale"),
+        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0,
         "One SGD step over n tensors: ptrs (n, 3) param/grad/momentum_buffer, hyper (n, 4) "
-        "lr/momentum/dampening/weight_decay; grad_scale <= 0 means none.");
+        "lr/momentum/dampening/weight_decay; grad_scale <= 0 means none; grad_mult multiplies "
+        "every (unscaled) gradient as it is read.");
+  m.def("grad_norm", &grad_norm, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("norm_type"),
+        "(norm, nonfinite): the 2-norm or inf-norm of n gradients taken together, accumulated in "
+        "double in a fixed order (the same for any thread count), and whether any is inf/NaN.");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");

@@ -116,14 +116,17 @@ template <typename O> inline O max_op(O a, O b) {
 template <typename O> inline O abs_op(O a) { return a < O(0) ? -a : a; }
 
 // The gradient a step reads: unscaled under a GradScaler (and stored back unscaled, as
-// torch's unscale does), then negated for maximize.
-template <bool kScale, typename O, typename S>
-inline O step_grad(S& g, O grad_scale, O sign) {
+// torch's unscale does), multiplied by the clip coefficient (rounded to storage as torch's
+// in-place mul_ rounds it, but not stored: no pass rewrites the gradients), then negated
+// for maximize.
+template <bool kScale, bool kMult, typename O, typename S>
+inline O step_grad(S& g, O grad_scale, O grad_mult, O sign) {
   O gi = load<O>(g);
   if constexpr (kScale) {
     gi = gi / grad_scale;
     g = store<S>(gi);
   }
+  if constexpr (kMult) gi = round_to<S>(gi * grad_mult);
   return gi * sign;
 }
 

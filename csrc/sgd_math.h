@@ -2,6 +2,7 @@
 // math in opmath_t O:
 //
 //   g   = grad / grad_scale               (only with a GradScaler; stored back)
+//   g   = g * grad_mult                   (only when clipping: the clip coefficient; not stored)
 //   g   = maximize ? -g : g
 //   g   = fma(wd, p, g)                   (wd != 0)
 //   buf = first ? g : fma(1 - dampening, g, buf * momentum)     (momentum != 0)
@@ -22,7 +23,7 @@
 namespace fastopt {
 namespace {  // internal linkage: one copy per instruction-set build
 
-template <typename S, bool kWd, bool kMomentum, bool kNesterov, bool kScale>
+template <typename S, bool kWd, bool kMomentum, bool kNesterov, bool kScale, bool kMult>
 void sgd_kernel(S* __restrict p, S* __restrict g, S* __restrict buf, int64_t begin, int64_t end,
                 const SgdScalars<typename OpMath<S>::type>& s) {
   using O = typename OpMath<S>::type;
@@ -31,7 +32,7 @@ void sgd_kernel(S* __restrict p, S* __restrict g, S* __restrict buf, int64_t beg
   const O wd = round_to<S>(s.wd), damp = round_to<S>(s.one_minus_dampening);
   const O mom_alpha = round_to<S>(s.momentum), neg_lr = round_to<S>(s.neg_lr);
   for (int64_t i = begin; i < end; ++i) {
-    O gi = step_grad<kScale>(g[i], s.grad_scale, s.sign);
+    O gi = step_grad<kScale, kMult>(g[i], s.grad_scale, s.grad_mult, s.sign);
     O pi = load<O>(p[i]);
     if constexpr (kWd) gi = round_to<S>(fma_op(wd, pi, gi));
     if constexpr (kMomentum) {

@@ -18,17 +18,20 @@ namespace {
 
 using AdamChunks = void (*)(const AdamTensor*, const Chunk*, int64_t);
 using SgdChunks = void (*)(const SgdTensor*, const Chunk*, int64_t);
+using NormChunks = void (*)(const NormTensor*, const Chunk*, int64_t, bool, NormPartial*);
 
 struct Kernels {
   const char* name;
   AdamChunks adam;
   SgdChunks sgd;
+  NormChunks norm;
 };
 
-constexpr Kernels kBaseline{"baseline", &isa_baseline::adam_chunks, &isa_baseline::sgd_chunks};
+constexpr Kernels kBaseline{"baseline", &isa_baseline::adam_chunks, &isa_baseline::sgd_chunks,
+                            &isa_baseline::norm_chunks};
 #ifdef FASTOPT_X86_ISAS
-constexpr Kernels kAvx2{"avx2", &isa_avx2::adam_chunks, &isa_avx2::sgd_chunks};
-constexpr Kernels kAvx512{"avx512", &isa_avx512::adam_chunks, &isa_avx512::sgd_chunks};
+constexpr Kernels kAvx2{"avx2", &isa_avx2::adam_chunks, &isa_avx2::sgd_chunks, &isa_avx2::norm_chunks};
+constexpr Kernels kAvx512{"avx512", &isa_avx512::adam_chunks, &isa_avx512::sgd_chunks, &isa_avx512::norm_chunks};
 #endif
 
 bool supported(const std::string& name) {
@@ -81,7 +84,7 @@ void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
 }
 
 template <typename O>
-AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double grad_scale) {
+AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double grad_scale, double grad_mult) {
   const double lr = h[kAdamLr], beta1 = h[kAdamBeta1], beta2 = h[kAdamBeta2], wd = h[kAdamWd];
   const double bc1 = 1.0 - std::pow(beta1, step);
   const double bc2 = 1.0 - std::pow(beta2, step);
@@ -95,18 +98,20 @@ AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double 
   s.decay = static_cast<O>(1.0 - lr * wd);
   s.l2 = static_cast<O>(wd);
   s.grad_scale = static_cast<O>(grad_scale);
+  s.grad_mult = static_cast<O>(grad_mult);
   s.sign = (flags & kMaximize) ? O(-1) : O(1);
   return s;
 }
 
 template <typename O>
-SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale) {
+SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale, double grad_mult) {
   SgdScalars<O> s{};
   s.neg_lr = static_cast<O>(-h[kSgdLr]);
   s.wd = static_cast<O>(h[kSgdWd]);
   s.momentum = static_cast<O>(h[kSgdMomentum]);
   s.one_minus_dampening = static_cast<O>(1.0 - h[kSgdDampening]);
   s.grad_scale = static_cast<O>(grad_scale);
+  s.grad_mult = static_cast<O>(grad_mult);
   s.sign = (flags & kMaximize) ? O(-1) : O(1);
   s.first = (flags & kFirstStep) != 0;
   return s;
@@ -124,7 +129,7 @@ void set_cpu_isa(const std::string& name) {
 }
 
 void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                   const int32_t* flags, const double* hyper, double grad_scale) {
+                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult) {
   std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
@@ -151,16 +156,17 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     t.dtype = dtypes[i];
     const bool wd = h[kAdamWd] != 0.0;
     t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
-             ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0);
-    t.f = adam_scalars<float>(h, fl, step, grad_scale);
-    t.d = adam_scalars<double>(h, fl, step, grad_scale);
+             ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0) |
+             (grad_mult != 1.0 ? kAdamModeMult : 0);
+    t.f = adam_scalars<float>(h, fl, step, grad_scale, grad_mult);
+    t.d = adam_scalars<double>(h, fl, step, grad_scale, grad_mult);
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   active()->adam(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
 }
 
 void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                  const int32_t* flags, const double* hyper, double grad_scale) {
+                  const int32_t* flags, const double* hyper, double grad_scale, double grad_mult) {
   std::vector<SgdTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kSgdPtrs;
@@ -174,12 +180,35 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
     t.ptrs = row;
     t.dtype = dtypes[i];
     t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
-             ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0);
-    t.f = sgd_scalars<float>(h, flags[i], grad_scale);
-    t.d = sgd_scalars<double>(h, flags[i], grad_scale);
+             ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0) |
+             (grad_mult != 1.0 ? kSgdModeMult : 0);
+    t.f = sgd_scalars<float>(h, flags[i], grad_scale, grad_mult);
+    t.d = sgd_scalars<double>(h, flags[i], grad_scale, grad_mult);
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   active()->sgd(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
+}
+
+GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes, bool inf) {
+  std::vector<NormTensor> tensors(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    check_dtype(dtypes[i], i);
+    check_ptr(ptrs[i], numels[i], i, "grad");
+    tensors[static_cast<std::size_t>(i)] = {ptrs[i], dtypes[i]};
+  }
+  const std::vector<Chunk> chunks = make_chunks(numels, n);
+  std::vector<NormPartial> partials(chunks.size());
+  active()->norm(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()), inf, partials.data());
+  // The chunks depend on the sizes only, and their partials are combined in chunk order:
+  // the same result for any number of threads.
+  GradNorm out{0.0, false};
+  for (const NormPartial& part : partials) {
+    out.norm = inf ? (part.value != part.value || out.norm < part.value ? part.value : out.norm)
+                   : out.norm + part.value;
+    out.nonfinite = out.nonfinite || part.nonfinite != 0;
+  }
+  if (!inf) out.norm = std::sqrt(out.norm);
+  return out;
 }
 
 }  // namespace fastopt

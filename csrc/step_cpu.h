@@ -22,14 +22,23 @@ enum SgdPtr : int { kSgdParam = 0, kSgdGrad, kSgdBuf, kSgdPtrs };
 enum SgdHyper : int { kSgdLr = 0, kSgdMomentum, kSgdDampening, kSgdWd, kSgdHypers };
 
 // n tensors; ptrs is n x kAdamPtrs (row-major), hyper n x kAdamHypers; step
-// counters (float32 scalars) are incremented here. grad_scale <= 0: none.
+// counters (float32 scalars) are incremented here. grad_scale <= 0: none; grad_mult: the
+// clip coefficient every gradient is multiplied by as it is read (1: none).
 void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                   const int32_t* flags, const double* hyper, double grad_scale);
+                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult);
 
 // n tensors; ptrs is n x kSgdPtrs, hyper n x kSgdHypers; the buffer pointer may be
 // 0 when momentum is 0.
 void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                  const int32_t* flags, const double* hyper, double grad_scale);
+                  const int32_t* flags, const double* hyper, double grad_scale, double grad_mult);
+
+// The norm of n gradients taken together (2-norm, or the largest magnitude when inf), in
+// double, and whether any element is inf or NaN.
+struct GradNorm {
+  double norm;
+  bool nonfinite;
+};
+GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes, bool inf);
 
 // Name of the kernel build in use ("avx512", "avx2" or "baseline").
 const char* cpu_isa();

@@ -29,7 +29,7 @@ AdamFn<S> adam_pick(int32_t mode) {
   } else {
     if (mode == M)
       return &adam_kernel<S, (M & kAdamModeL2) != 0, (M & kAdamModeDecoupled) != 0, (M & kAdamModeAmsgrad) != 0,
-                          (M & kAdamModeScale) != 0>;
+                          (M & kAdamModeScale) != 0, (M & kAdamModeMult) != 0>;
     return adam_pick<S, M + 1>(mode);
   }
 }
@@ -41,7 +41,7 @@ SgdFn<S> sgd_pick(int32_t mode) {
   } else {
     if (mode == M)
       return &sgd_kernel<S, (M & kSgdModeWd) != 0, (M & kSgdModeMomentum) != 0, (M & kSgdModeNesterov) != 0,
-                         (M & kSgdModeScale) != 0>;
+                         (M & kSgdModeScale) != 0, (M & kSgdModeMult) != 0>;
     return sgd_pick<S, M + 1>(mode);
   }
 }
@@ -64,9 +64,55 @@ void run_sgd(const SgdTensor& t, const Chunk& c) {
   sgd_pick<S>(t.mode)(ptr<S>(r[0]), ptr<S>(r[1]), ptr<S>(r[2]), c.begin, c.end, *s);
 }
 
+// One chunk of a global gradient norm: eight interleaved double accumulators (so the loop
+// vectorises without reassociating anything), combined in a fixed order.
+template <typename S, bool kInf>
+NormPartial norm_range(const S* g, int64_t begin, int64_t end) {
+  using O = typename OpMath<S>::type;
+  constexpr int kLanes = 8;
+  double acc[kLanes] = {};
+  int32_t bad = 0;
+  const auto add = [&](double& a, double x) {
+    if constexpr (kInf) a = max_op(a, abs_op(x));
+    else a += x * x;
+    bad |= (x - x) != 0.0;  // inf or NaN
+  };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) add(acc[l], static_cast<double>(load<O>(g[i + l])));
+  for (int l = 0; i < end; ++i, ++l) add(acc[l], static_cast<double>(load<O>(g[i])));
+  double total = acc[0];
+  for (int l = 1; l < kLanes; ++l) {
+    if constexpr (kInf) total = max_op(total, acc[l]);
+    else total += acc[l];
+  }
+  return {total, bad};
+}
+
+template <typename S>
+NormPartial run_norm(const NormTensor& t, const Chunk& c, bool inf) {
+  const S* g = ptr<S>(t.ptr);
+  return inf ? norm_range<S, true>(g, c.begin, c.end) : norm_range<S, false>(g, c.begin, c.end);
+}
+
 }  // namespace
 
 namespace FASTOPT_ISA {
+
+void norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,
+                 NormPartial* partials) {
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const Chunk& ch = chunks[c];
+    const NormTensor& t = tensors[ch.tensor];
+    switch (t.dtype) {
+      case kFloat32: partials[c] = run_norm<float>(t, ch, inf); break;
+      case kFloat64: partials[c] = run_norm<double>(t, ch, inf); break;
+      case kBFloat16: partials[c] = run_norm<BFloat16>(t, ch, inf); break;
+      default: partials[c] = run_norm<Float16>(t, ch, inf); break;
+    }
+  }
+}
 
 void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks) {
   // One parallel loop over the chunks of all tensors (static: chunks are equal-sized).

@@ -29,6 +29,7 @@ struct AdamScalars {
   O decay;           // 1 - lr * wd (decoupled)
   O l2;              // wd (L2)
   O grad_scale;
+  O grad_mult;       // clip coefficient, applied to the unscaled gradient
   O sign;            // -1 when maximize
 };
 
@@ -39,15 +40,20 @@ struct SgdScalars {
   O momentum;
   O one_minus_dampening;
   O grad_scale;
+  O grad_mult;
   O sign;
   bool first;  // momentum buffer created this step: it becomes a copy of g
 };
 
 // Kernel variants: each bit is a compile-time switch of the loop (step_kernels.cpp picks the
 // instantiation, step_cpu.cpp sets the bits per tensor).
-enum AdamMode : int32_t { kAdamModeL2 = 1, kAdamModeDecoupled = 2, kAdamModeAmsgrad = 4, kAdamModeScale = 8 };
-enum SgdMode : int32_t { kSgdModeWd = 1, kSgdModeMomentum = 2, kSgdModeNesterov = 4, kSgdModeScale = 8 };
-constexpr int32_t kModes = 16;  // every combination of the four bits
+enum AdamMode : int32_t {
+  kAdamModeL2 = 1, kAdamModeDecoupled = 2, kAdamModeAmsgrad = 4, kAdamModeScale = 8, kAdamModeMult = 16
+};
+enum SgdMode : int32_t {
+  kSgdModeWd = 1, kSgdModeMomentum = 2, kSgdModeNesterov = 4, kSgdModeScale = 8, kSgdModeMult = 16
+};
+constexpr int32_t kModes = 32;  // every combination of the five bits
 
 struct AdamTensor {
   const uint64_t* ptrs;  // row of the pointer table (step_cpu.h AdamPtr)
@@ -65,10 +71,23 @@ struct SgdTensor {
   SgdScalars<double> d;
 };
 
-#define FASTOPT_DECLARE_KERNELS(isa)                                                  \
-  namespace isa {                                                                     \
-  void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks); \
-  void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks);   \
+// One gradient of a global norm, and what one chunk of it contributes: the sum of squares
+// (2-norm) or the largest magnitude (inf-norm) in double, and whether it holds inf/NaN.
+struct NormTensor {
+  uint64_t ptr;
+  int32_t dtype;
+};
+struct NormPartial {
+  double value;
+  int32_t nonfinite;
+};
+
+#define FASTOPT_DECLARE_KERNELS(isa)                                                                      \
+  namespace isa {                                                                                         \
+  void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks);                     \
+  void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks);                       \
+  void norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,            \
+                   NormPartial* partials);                                                                \
   }
 
 FASTOPT_DECLARE_KERNELS(isa_baseline)

@@ -154,7 +154,7 @@ void test_adam_dtype(int32_t code) {
     h[4] = 0.05;
   }
   for (int step = 1; step <= 3; ++step) {
-    fastopt::adam_step_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), flags.data(), hyper.data(), 0.0);
+    fastopt::adam_step_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), flags.data(), hyper.data(), 0.0, 1.0);
     for (std::size_t t = 0; t < sizes.size(); ++t) {
       const double* h = &hyper[t * fastopt::kAdamHypers];
       ref_adam(rp[t], rg[t], rm[t], rv[t], h[0], h[1], h[2], h[3], h[4], step);
@@ -182,7 +182,42 @@ void test_sgd_all_dtypes() {
     for (std::size_t t = 0; t < sizes.size(); ++t) hyper.insert(hyper.end(), {0.1, 0.9, 0.0, 1e-4});
     std::vector<int32_t> dtypes(sizes.size(), code), flags(sizes.size(), fastopt::kNesterov | fastopt::kFirstStep);
     fastopt::sgd_step_cpu(static_cast<int64_t>(sizes.size()), ptrs.data(), sizes.data(), dtypes.data(),
-                          flags.data(), hyper.data(), 4.0);
+                          flags.data(), hyper.data(), 4.0, 0.5);
+  }
+}
+
+void test_grad_norm_all_dtypes() {
+  // Every dtype, chunk boundaries, empty tensors; the 2-norm of ones is sqrt(count), the
+  // inf-norm 1, and an inf element is reported.
+  for (int32_t code = 0; code < 4; ++code) {
+    const std::size_t elem = code == 1 ? 8 : code == 0 ? 4 : 2;
+    const std::vector<int64_t> sizes = {3, 32769, 0, 100};
+    std::vector<std::vector<unsigned char>> bufs;
+    std::vector<uint64_t> ptrs;
+    int64_t count = 0;
+    for (int64_t s : sizes) {
+      bufs.emplace_back(static_cast<std::size_t>(s) * elem, 0);
+      unsigned char* d = bufs.back().data();
+      for (int64_t i = 0; i < s; ++i) {  // the value 1 in each storage type
+        if (code == 0) reinterpret_cast<float*>(d)[i] = 1.0f;
+        if (code == 1) reinterpret_cast<double*>(d)[i] = 1.0;
+        if (code == 2) reinterpret_cast<uint16_t*>(d)[i] = 0x3f80;
+        if (code == 3) reinterpret_cast<uint16_t*>(d)[i] = 0x3c00;
+      }
+      ptrs.push_back(s ? reinterpret_cast<uintptr_t>(d) : 0);
+      count += s;
+    }
+    const std::vector<int32_t> dtypes(sizes.size(), code);
+    const auto n = static_cast<int64_t>(sizes.size());
+    const fastopt::GradNorm l2 = fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), false);
+    const fastopt::GradNorm inf = fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), true);
+    CHECK(l2.norm == std::sqrt(static_cast<double>(count)) && !l2.nonfinite, "2-norm, dtype %d", code);
+    CHECK(inf.norm == 1.0 && !inf.nonfinite, "inf-norm, dtype %d", code);
+    if (code == 0) {
+      reinterpret_cast<float*>(bufs[1].data())[32768] = INFINITY;
+      CHECK(fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), false).nonfinite,
+            "an inf gradient is reported");
+    }
   }
 }
 
@@ -193,7 +228,7 @@ void test_rejects_bad_input() {
   const double hyper[fastopt::kSgdHypers] = {0.1, 0, 0, 0};
   bool threw = false;
   try {
-    fastopt::sgd_step_cpu(1, ptrs.data(), &numel, &dtype, &flag, hyper, 0.0);
+    fastopt::sgd_step_cpu(1, ptrs.data(), &numel, &dtype, &flag, hyper, 0.0, 1.0);
   } catch (const std::invalid_argument&) {
     threw = true;
   }
@@ -215,6 +250,7 @@ int main() {
     test_adam_dtype<float>(0);
     test_adam_dtype<double>(1);
     test_sgd_all_dtypes();
+    test_grad_norm_all_dtypes();
   }
   test_rejects_bad_input();
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "ok", failures);
