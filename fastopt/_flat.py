@@ -117,7 +117,7 @@ class FlatBuffers:
         seg.first = algorithm.flat_first(group, all(have))
         return seg
 
-    def step(self, groups: list[dict], grad_scale: float) -> None:
+    def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0) -> None:
         """One kernel call over every segment, with the groups' current hyperparameters."""
         self.sync_grads()
         rows = [self.algorithm.hyper_row(g) for g in groups]
@@ -126,7 +126,7 @@ class FlatBuffers:
         hyper = hyper.reshape(-1, len(self.algorithm.hypers))
         flags = np.array([rows[g][1] | (STEP_FLAGS["first_step"] if seg.first else 0)
                           for g, seg in zip(group_of, self.segments)], dtype=np.int32)
-        self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale)
+        self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale, grad_mult)
         for seg in self.segments:
             seg.first = False
         self.mark()

@@ -90,7 +90,7 @@ class Algorithm:
         return [values[h] for h in self.hypers], flags
 
     def run(self, *args: Any) -> None:
-        """Call the kernel: (ptrs, numels, dtypes, flags, hyper, grad_scale)."""
+        """Call the kernel: (ptrs, numels, dtypes, flags, hyper, grad_scale, grad_mult)."""
         getattr(_C, self.kernel)(*args)
 
 
@@ -224,7 +224,8 @@ def hyper_table(groups: list[dict], algorithm: Algorithm) -> tuple[np.ndarray, n
 
 
 def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
-                table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None) -> bool | None:
+                table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None,
+                grad_mult: float = 1.0) -> bool:
     """Step every group in one kernel call. True: done; False: nothing done, torch's path must
     run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again)."""
     params = plan.params
@@ -278,9 +279,19 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     if first is not None:
         flags = flags | np.where(first[rows], STEP_FLAGS["first_step"], 0).astype(np.int32)
     scale = 0.0 if grad_scale is None else float(grad_scale)
-    algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale)
+    algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale, grad_mult)
     plan.ready[rows] = True  # state exists from now on (SGD's first momentum step done)
     return True
+
+
+def multiply_grads(groups: list[dict], grad_mult: float | Tensor) -> None:
+    """Multiply every gradient in place by ``grad_mult``, as ``clip_grad_norm_`` does (for the
+    tiers whose kernels do not take the coefficient)."""
+    mult = grad_mult if isinstance(grad_mult, Tensor) else torch.tensor(grad_mult, dtype=torch.float32)
+    for g in groups:
+        for p in g["params"]:
+            if p.grad is not None:
+                p.grad.mul_(mult.to(p.grad.device))
 
 
 #: Device types whose tensors step through torch's fused kernels on the merged groups (when

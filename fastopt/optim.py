@@ -73,7 +73,11 @@ class _FastStep:
         return cache[1]
 
     # -- the step: one tier per call -------------------------------------------------------
-    def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None) -> Any:
+    def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None,
+                      grad_mult: float | Tensor | None = None) -> Any:
+        """One step through the first tier that takes it. ``grad_mult`` (a clip coefficient,
+        ``fastopt.clip_grad``) multiplies every gradient: inside the kernel on the native
+        tiers, in place (as ``clip_grad_norm_`` does) before torch's own steps."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -82,15 +86,18 @@ class _FastStep:
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
             return loss  # inf/NaN gradients: the step is skipped, state included
+        mult = 1.0 if grad_mult is None else float(grad_mult)
         with torch.no_grad():
-            if self._flat_step(grad_scale):
+            if self._flat_step(grad_scale, mult):
                 self._fastopt_tier = "flat"
                 return loss
             plan = self._plan()
             if plan is not None and K.native_step(plan, self.param_groups, self.state, self.algorithm,
-                                                  self._hyper_table(), grad_scale):
+                                                  self._hyper_table(), grad_scale, mult):
                 self._fastopt_tier = "native"
                 return loss
+            if grad_mult is not None:
+                K.multiply_grads(self.param_groups, grad_mult)
         if K.torch_fused_ok(self.param_groups):
             K.torch_fused_step(self.param_groups, self.state, torch_step)
             self._fastopt_tier = "torch-fused"
@@ -136,14 +143,14 @@ class _FastStep:
         """The flat buffers in use, or None."""
         return getattr(self, "_fastopt_flat", None)
 
-    def _flat_step(self, grad_scale: Tensor | None) -> bool:
+    def _flat_step(self, grad_scale: Tensor | None, grad_mult: float) -> bool:
         flat = self.flat_buffers
         if flat is None:
             return False
         if flat.key != self._fastopt_key():  # groups changed: lay the buffers out again
             self.use_flat_buffers()
             flat = self._fastopt_flat
-        flat.step(self.param_groups, 0.0 if grad_scale is None else float(grad_scale))
+        flat.step(self.param_groups, 0.0 if grad_scale is None else float(grad_scale), grad_mult)
         return True
 
     # -- torch.optim methods -------------------------------------------------------------
@@ -203,9 +210,11 @@ class SGD(_FastStep, torch.optim.SGD):
     algorithm = K.SGD
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimization step (native on CPU, torch's otherwise)."""
-        return self._fastopt_step(lambda: torch.optim.SGD.step(self), closure)
+    def step(self, closure: Callable[[], Any] | None = None, *,
+             grad_mult: float | Tensor | None = None) -> Any:
+        """One optimization step (native on CPU, torch's otherwise); ``grad_mult``: a clip
+        coefficient every gradient is multiplied by."""
+        return self._fastopt_step(lambda: torch.optim.SGD.step(self), closure, grad_mult)
 
 
 @OPTIMIZERS.register_module(force=True)
@@ -216,9 +225,11 @@ class Adam(_FastStep, torch.optim.Adam):
     algorithm = K.ADAM
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimization step (native on CPU, torch's otherwise)."""
-        return self._fastopt_step(lambda: torch.optim.Adam.step(self), closure)
+    def step(self, closure: Callable[[], Any] | None = None, *,
+             grad_mult: float | Tensor | None = None) -> Any:
+        """One optimization step (native on CPU, torch's otherwise); ``grad_mult``: a clip
+        coefficient every gradient is multiplied by."""
+        return self._fastopt_step(lambda: torch.optim.Adam.step(self), closure, grad_mult)
 
 
 @OPTIMIZERS.register_module(force=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .clip_grad import check_clip_grad, clip_coefficient, total_norm
 from .registry import OPTIM_WRAPPERS, resolve_type
 
 __all__ = ["AmpOptimWrapper", "OptimWrapper", "build_wrapper", "wrapper_class"]
@@ -37,9 +39,12 @@ class OptimWrapper:
                 raise ValueError(f"clip_grad must be a non-empty dict, got {clip_grad!r}")
             kwargs = dict(clip_grad)
             self._clip_type = kwargs.pop("type", "norm")
-            if self._clip_type not in ("norm", "value"):
-                raise ValueError(f"clip_grad type must be 'norm' or 'value', got {self._clip_type!r}")
+            check_clip_grad(self._clip_type, kwargs)
             self.clip_grad_kwargs = kwargs
+        # fastopt's optimizers take the clip coefficient into their step (one pass fewer)
+        self._fused_clip = "grad_mult" in inspect.signature(optimizer.step).parameters
+        #: the gradient norm of the last clipped step (None before one, or when clipping by value)
+        self.grad_norm: Tensor | None = None
 
     @property
     def param_groups(self) -> list[dict]:
@@ -60,18 +65,34 @@ class OptimWrapper:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
     def _clip_grad(self) -> Tensor | None:
+        """Clip as configured. With fastopt's optimizers the 2-/inf-norm is one native pass and
+        the coefficient is returned for the step to apply; else torch clips in place (None)."""
         params = self._params()
         if not params:
             return None
+        kwargs = self.clip_grad_kwargs
         if self._clip_type == "value":
-            torch.nn.utils.clip_grad_value_(params, **self.clip_grad_kwargs)
+            torch.nn.utils.clip_grad_value_(params, **kwargs)
             return None
-        return torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_kwargs)
+        if not self._fused_clip:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, **kwargs)
+            return None
+        norm_type = kwargs.get("norm_type", 2.0)
+        norm, _ = total_norm([p.grad for p in params], norm_type)
+        if kwargs.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
+            raise RuntimeError(
+                f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+                "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
+                "by the non-finite norm anyway, set `error_if_nonfinite=False`")
+        self.grad_norm = norm
+        return clip_coefficient(norm, kwargs["max_norm"])
 
     def step(self, **kwargs: Any) -> None:
         """Clip gradients if configured, then step the optimizer."""
         if self.clip_grad_kwargs:
-            self._clip_grad()
+            coefficient = self._clip_grad()
+            if coefficient is not None:
+                kwargs["grad_mult"] = coefficient
         self.optimizer.step(**kwargs)
 
     def zero_grad(self, **kwargs: Any) -> None:
@@ -129,10 +150,13 @@ class AmpOptimWrapper(OptimWrapper):
         super().__init__(optimizer, **kwargs)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         self.device_type = params[0].device.type if params else "cpu"
+        #: what ``update`` gets each step: None (dynamic), or the fixed scale (kept, as mmengine does)
+        self._scale_update: float | None = None
         if loss_scale == "dynamic":
             scaler_args: dict[str, Any] = {}
         elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
-            scaler_args = dict(init_scale=float(loss_scale), growth_factor=1.0, backoff_factor=1.0)
+            scaler_args = dict(init_scale=float(loss_scale))
+            self._scale_update = float(loss_scale)
         elif isinstance(loss_scale, dict):
             scaler_args = dict(loss_scale)
         else:
@@ -150,12 +174,15 @@ class AmpOptimWrapper(OptimWrapper):
         self._inner_count += 1
 
     def step(self, **kwargs: Any) -> None:
-        """Unscale (only to clip), step through the scaler (skipped on inf/NaN), update the scale."""
+        """Unscale (only to clip), step through the scaler (skipped on inf/NaN), update the scale
+        (or set it back to a fixed ``loss_scale``)."""
         if self.clip_grad_kwargs:
             self.loss_scaler.unscale_(self.optimizer)
-            self._clip_grad()
+            coefficient = self._clip_grad()
+            if coefficient is not None:
+                kwargs["grad_mult"] = coefficient
         self.loss_scaler.step(self.optimizer, **kwargs)
-        self.loss_scaler.update()
+        self.loss_scaler.update(self._scale_update)
 
     def optim_context(self, model: torch.nn.Module | None = None) -> Any:
         """Autocast to ``dtype`` for the forward pass."""

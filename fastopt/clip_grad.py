@@ -1,0 +1,100 @@
+"""Gradient clipping fused into the step: one native pass for the global norm, and the clip
+coefficient applied by the step kernel as it reads each gradient.
+
+torch's ``clip_grad_norm_`` computes one norm per tensor, the norm of those, and then
+multiplies every gradient in place; fastopt reads the gradients once for the norm
+(``total_norm``: accumulated in double, in an order that does not depend on the thread
+count) and hands the coefficient to the optimizer's step (``step(grad_mult=...)``), whose
+kernel multiplies each gradient as torch's in-place ``mul_`` would, without writing it back.
+Given the same coefficient the update is bit-identical to clipping then stepping; the norm
+itself can differ from torch's in the last bits, because the two sum in different orders.
+
+>>> import torch
+>>> grads = [torch.full((3,), 2.0), torch.full((1,), 2.0)]
+>>> norm, nonfinite = total_norm(grads)
+>>> float(norm), nonfinite
+(4.0, False)
+>>> round(float(clip_coefficient(norm, max_norm=1.0)), 6)   # 1 / (4 + 1e-6)
+0.25
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._core import _C
+from ._kernels import DTYPE_CODES, local
+
+__all__ = ["check_clip_grad", "clip_coefficient", "total_norm"]
+
+#: The arguments torch's clip functions take, by clip type.
+CLIP_KEYS = {"norm": {"max_norm", "norm_type", "error_if_nonfinite", "foreach"},
+             "value": {"clip_value", "foreach"}}
+
+
+def _norm_type(norm_type: Any) -> float:
+    try:
+        value = float(norm_type)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_grad norm_type must be a number or 'inf', got {norm_type!r}") from None
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"clip_grad norm_type must be a non-negative number or inf, got {norm_type!r}")
+    return value
+
+
+def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
+    """Reject a ``clip_grad`` config torch would not take, or that makes no sense, with a
+    message naming the key: unknown keys, a missing or non-positive (or NaN) ``max_norm`` /
+    ``clip_value``, a norm type that is not a non-negative number."""
+    if clip_type not in CLIP_KEYS:
+        raise ValueError(f"clip_grad type must be 'norm' or 'value', got {clip_type!r}")
+    unknown = sorted(set(kwargs) - CLIP_KEYS[clip_type])
+    if unknown:
+        raise TypeError(f"clip_grad (type {clip_type!r}) got unexpected keys {unknown}; "
+                        f"torch takes {sorted(CLIP_KEYS[clip_type])}")
+    limit = "max_norm" if clip_type == "norm" else "clip_value"
+    if limit not in kwargs:
+        raise KeyError(f"clip_grad (type {clip_type!r}) needs {limit!r}")
+    value = kwargs[limit]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"clip_grad {limit} must be a positive number, got {value!r}")
+    if "norm_type" in kwargs:
+        _norm_type(kwargs["norm_type"])
+
+
+def _native(grads: list[Tensor], norm_type: float) -> bool:
+    if _C is None or norm_type not in (2.0, math.inf) or not grads:
+        return False
+    if norm_type == math.inf and any(g.numel() == 0 for g in grads):
+        return False  # torch refuses the inf-norm of an empty tensor: let it say so
+    return all(g.device.type == "cpu" and g.dtype in DTYPE_CODES and g.layout is torch.strided
+               and g.is_contiguous() for g in grads)
+
+
+def total_norm(grads: list[Tensor], norm_type: float | str = 2.0) -> tuple[Tensor, bool | None]:
+    """The norm of all ``grads`` taken together, as ``torch.nn.utils.get_total_norm`` gives it
+    (a tensor of the first gradient's dtype), and whether any gradient holds inf/NaN. Native
+    (one pass, double accumulation) for contiguous CPU gradients and the 2- or inf-norm;
+    torch's otherwise (then the flag is None: not looked at)."""
+    p = _norm_type(norm_type)
+    grads = [local(g) for g in grads]
+    if not grads:
+        return torch.tensor(0.0), False
+    if not _native(grads, p):
+        return torch.nn.utils.get_total_norm(grads, p), None
+    ptrs = np.fromiter((g.data_ptr() for g in grads), dtype=np.uint64, count=len(grads))
+    numels = np.fromiter((g.numel() for g in grads), dtype=np.int64, count=len(grads))
+    dtypes = np.fromiter((DTYPE_CODES[g.dtype] for g in grads), dtype=np.int32, count=len(grads))
+    norm, nonfinite = _C.grad_norm(ptrs, numels, dtypes, p)
+    return torch.tensor(norm, dtype=grads[0].dtype), bool(nonfinite)
+
+
+def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
+    """torch's clip coefficient, computed as ``clip_grad_norm_`` computes it:
+    ``max_norm / (norm + 1e-6)`` in the norm's dtype, at most 1."""
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)

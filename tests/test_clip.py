@@ -1,0 +1,228 @@
+"""Gradient clipping fused into the step: the native global norm against torch's, the clip
+coefficient applied inside the kernel against torch's clip-then-step, the wrapper's phase
+against the reference sequence, clear errors, and a fixed loss scale."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastopt
+from fastopt import optim as fo
+from fastopt.clip_grad import total_norm
+
+from .numerics import assert_few_differ, ulp_distance
+from .test_optim import LOW_PRECISION_SHARE
+
+SHAPES = [(0,), (1,), (7, 3), (33_000,), (70_001,), (5,), ()]
+
+
+def _grads(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g, dtype=torch.float64) * scale).to(dtype) for s in SHAPES]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, math.inf, "inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_total_norm_matches_torch(dtype: torch.dtype, norm_type: float | str) -> None:
+    grads = [g for g in _grads(dtype, scale=1e-3) if g.numel() or float(norm_type) == 2.0]
+    ours, nonfinite = total_norm(grads, norm_type)
+    theirs = torch.nn.utils.get_total_norm(grads, float(norm_type))
+    assert nonfinite is False and ours.dtype == theirs.dtype == dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_total_norm_low_precision_within_an_ulp_of_torch(dtype: torch.dtype) -> None:
+    """torch rounds each tensor's norm to the gradients' dtype before the norm of norms; the
+    native pass accumulates in double and rounds once, so they can differ by one ulp."""
+    grads = _grads(dtype)
+    ours, _ = total_norm(grads)
+    theirs = torch.nn.utils.get_total_norm(grads, 2.0)
+    assert int(ulp_distance(ours, theirs)) <= 1, (ours, theirs)
+
+
+def test_inf_norm_of_an_empty_gradient_is_torchs_error() -> None:
+    with pytest.raises(RuntimeError, match="infinity norm on an empty tensor"):
+        total_norm(_grads(torch.float32), math.inf)
+
+
+def test_total_norm_is_the_same_for_any_thread_count() -> None:
+    grads = _grads(torch.float32, seed=3)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(float(total_norm(grads)[0]))
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_non_finite_gradients_are_reported(bad: float, norm_type: float) -> None:
+    grads = [g for g in _grads(torch.float32) if g.numel()]
+    grads[3][12_345] = bad
+    norm, nonfinite = total_norm(grads, norm_type)
+    theirs = torch.nn.utils.get_total_norm(grads, norm_type)
+    assert nonfinite is True
+    assert math.isnan(float(norm)) == math.isnan(float(theirs))
+    assert math.isinf(float(norm)) == math.isinf(float(theirs))
+
+
+def test_norms_torch_computes_for_fastopt() -> None:
+    """Other norm types (and tensors the native pass does not take) go through torch."""
+    grads = _grads(torch.float32)
+    norm, nonfinite = total_norm(grads, 1.0)
+    assert nonfinite is None
+    torch.testing.assert_close(norm, torch.nn.utils.get_total_norm(grads, 1.0))
+
+
+def _pair(name: str, dtype: torch.dtype, opts: dict) -> tuple[list, list, torch.optim.Optimizer,
+                                                            torch.optim.Optimizer]:
+    ps = [p.requires_grad_() for p in _grads(dtype, seed=7)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours = getattr(fo, name)(ps, **opts)
+    ref = getattr(torch.optim, name)(qs, foreach=False, **opts)
+    return ps, qs, ours, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_given_the_same_coefficient_sgd_is_bit_identical_to_clip_then_step(dtype: torch.dtype) -> None:
+    ps, qs, ours, ref = _pair("SGD", dtype, dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True))
+    for step in range(3):
+        grads = _grads(dtype, seed=10 + step)
+        coefficient = torch.tensor(0.3 + 0.1 * step)  # float32, as clip_grad_norm_'s
+        for p, q, g in zip(ps, qs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+            q.grad.mul_(coefficient)  # what clip_grad_norm_ does
+        ours.step(grad_mult=coefficient)
+        ref.step()
+        assert ours.fastopt_tier == "native"
+        for p, g in zip(ps, grads):
+            assert torch.equal(p.grad, g), "the gradients are read, not rewritten"
+        if dtype == torch.bfloat16:  # torch's scalar tail rounds more often (tests/test_optim.py)
+            assert_few_differ(list(zip(ps, qs)), LOW_PRECISION_SHARE, what="bf16 parameters")
+        else:
+            assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_given_the_same_coefficient_adam_moments_are_bit_identical(name: str) -> None:
+    ps, qs, ours, ref = _pair(name, torch.float32, dict(lr=1e-3, weight_decay=0.01))
+    for step in range(3):
+        coefficient = torch.tensor(0.25)
+        for p, q, g in zip(ps, qs, _grads(torch.float32, seed=20 + step)):
+            p.grad, q.grad = g.clone(), g * coefficient
+        ours.step(grad_mult=coefficient)
+        ref.step()
+    for p, q in zip(ps, qs):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(ours.state[p][key], ref.state[q][key]), key
+        torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-9)
+
+
+def test_coefficient_on_torch_tiers_multiplies_in_place() -> None:
+    """A parameter the kernel cannot take (non-contiguous): torch's step, after the same in-place
+    multiplication clip_grad_norm_ does."""
+    p = torch.nn.Parameter(torch.randn(4, 6).t())
+    q = torch.nn.Parameter(p.detach().clone())
+    ours, ref = fo.SGD([p], lr=0.1, momentum=0.9), torch.optim.SGD([q], lr=0.1, momentum=0.9, foreach=False)
+    for _ in range(2):
+        g = torch.randn(p.shape)
+        p.grad, q.grad = g.clone(), g * torch.tensor(0.5)
+        ours.step(grad_mult=torch.tensor(0.5))
+        ref.step()
+    assert ours.fastopt_tier == "torch"
+    assert torch.equal(p, q)
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+@pytest.mark.parametrize("opt", ["AdamW", "SGD"])
+def test_wrapper_phase_matches_clip_grad_norm_then_step(opt: str, max_norm: float,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastopt's OptimWrapper with clip_grad (its own class, as without mmengine) against the
+    reference sequence: clip_grad_norm_ then torch's step on the same groups."""
+    from fastopt import wrapper as wrapper_module
+
+    monkeypatch.setattr(wrapper_module, "_mmengine_wrapper", lambda name: None)
+    opt_cfg = (dict(type=opt, lr=0.05, weight_decay=0.01) if opt == "AdamW"
+               else dict(type=opt, lr=0.1, momentum=0.9))
+    a, b = _model(), _model()
+    wrapper = fastopt.build_optim_wrapper(a, dict(optimizer=opt_cfg,
+                                                  clip_grad=dict(max_norm=max_norm)))
+    ref = getattr(torch.optim, opt)(b.parameters(), foreach=False,
+                                    **{k: v for k, v in opt_cfg.items() if k != "type"})
+    for step in range(4):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        wrapper.update_params(a(x).pow(2).sum())
+        ref.zero_grad()
+        b(x).pow(2).sum().backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(b.parameters()), max_norm)
+        ref.step()
+        torch.testing.assert_close(wrapper.grad_norm, norm, rtol=1e-6, atol=0)
+    assert wrapper.optimizer.fastopt_tier == "native"
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_max_norm_above_the_norm_changes_nothing() -> None:
+    a, b = _model(), _model()
+    clipped = fastopt.build_optim_wrapper(a, dict(optimizer=dict(type="SGD", lr=0.1),
+                                                  clip_grad=dict(max_norm=1e9)))
+    plain = fastopt.build_optim_wrapper(b, dict(optimizer=dict(type="SGD", lr=0.1)))
+    x = torch.randn(8, 16)
+    clipped.update_params(a(x).sum())
+    plain.update_params(b(x).sum())
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(("clip_grad", "exc", "pattern"), [
+    (dict(max_norm=0.0), ValueError, "max_norm must be a positive number"),
+    (dict(max_norm=-1), ValueError, "max_norm must be a positive number"),
+    (dict(max_norm=math.nan), ValueError, "max_norm must be a positive number"),
+    (dict(norm_type=2), KeyError, "needs 'max_norm'"),
+    (dict(max_norm=1.0, norm_type="two"), ValueError, "norm_type must be a number or 'inf'"),
+    (dict(max_norm=1.0, norm_type=-1), ValueError, "norm_type must be a non-negative number"),
+    (dict(max_norm=1.0, max_nrom=2), TypeError, r"unexpected keys \['max_nrom'\]"),
+    (dict(type="value", clip_value=0), ValueError, "clip_value must be a positive number"),
+    (dict(type="value", max_norm=1.0), TypeError, r"unexpected keys \['max_norm'\]"),
+    (dict(type="l2", max_norm=1.0), ValueError, "type must be 'norm' or 'value'"),
+])
+def test_bad_clip_grad_is_a_clear_error(clip_grad: dict, exc: type, pattern: str) -> None:
+    with pytest.raises(exc, match=pattern):
+        fastopt.OptimWrapper(fo.SGD(_model().parameters(), lr=0.1), clip_grad=clip_grad)
+
+
+def test_error_if_nonfinite_raises_like_torch() -> None:
+    model = _model()
+    wrapper = fastopt.OptimWrapper(fo.SGD(model.parameters(), lr=0.1),
+                                   clip_grad=dict(max_norm=1.0, error_if_nonfinite=True))
+    model(torch.randn(2, 16)).sum().backward()
+    next(model.parameters()).grad[0, 0] = math.inf
+    with pytest.raises(RuntimeError, match="non-finite, so it cannot be clipped"):
+        wrapper.step()
+
+
+def test_fixed_loss_scale_stays_fixed() -> None:
+    """``loss_scale=512.`` (an mmengine config's static scale): builds on torch 2.13, keeps the
+    scale at 512 through an overflowing step, and skips that step."""
+    model = _model()
+    wrapper = fastopt.AmpOptimWrapper(fo.SGD(model.parameters(), lr=0.1), loss_scale=512.0)
+    for step in range(3):
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = model(torch.randn(4, 16)).sum() * (math.inf if step == 1 else 1.0)
+        wrapper.update_params(loss)
+        moved = any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+        assert moved == (step != 1)
+        assert wrapper.loss_scaler.get_scale() == 512.0
