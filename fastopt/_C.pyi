@@ -13,14 +13,20 @@ def assign(names: list[str], flags: npt.ArrayLike, keys: list[str],
     kind) of table, rows in first-seen order."""
 
 def adam_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
-              hyper: npt.ArrayLike, grad_scale: float) -> None:
+              hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0) -> None:
     """One Adam/AdamW step over n tensors: ptrs (n, len(ADAM_COLUMNS)), hyper
-    (n, len(ADAM_HYPERS)); grad_scale <= 0 means none."""
+    (n, len(ADAM_HYPERS)); grad_scale <= 0 means none; grad_mult multiplies every (unscaled)
+    gradient as it is read."""
 
 def sgd_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
-             hyper: npt.ArrayLike, grad_scale: float) -> None:
+             hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0) -> None:
     """One SGD step over n tensors: ptrs (n, len(SGD_COLUMNS)), hyper (n, len(SGD_HYPERS));
-    grad_scale <= 0 means none."""
+    grad_scale <= 0 means none; grad_mult multiplies every (unscaled) gradient as it is read."""
+
+def grad_norm(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike,
+              norm_type: float) -> tuple[float, bool]:
+    """(norm, nonfinite): the 2-norm (norm_type 2) or inf-norm of n gradients taken together,
+    accumulated in double in a fixed order, and whether any is inf/NaN."""
 
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""

@@ -67,15 +67,19 @@ def check_kernels(fdp: atheris.FuzzedDataProvider) -> None:
                      dtype=np.float64).reshape(n, 5 if adam else 4)
     flags = np.array([fdp.ConsumeIntInRange(0, 31) for _ in range(n)], dtype=np.int32)
     scale = fdp.ConsumeFloatInRange(0.0, 4.0)
+    mult = fdp.ConsumeFloatInRange(0.0, 2.0)
     numels = np.array(sizes, dtype=np.int64)
     dtypes = np.full(n, code, dtype=np.int32)
     try:
         if adam:
-            _C.adam_step(ptrs, numels, dtypes, flags, hyper, scale)
+            _C.adam_step(ptrs, numels, dtypes, flags, hyper, scale, mult)
         else:
-            _C.sgd_step(ptrs, numels, dtypes, flags, hyper, scale)
+            _C.sgd_step(ptrs, numels, dtypes, flags, hyper, scale, mult)
     except ValueError:
         pass  # rejected input (e.g. a null pointer where momentum needs a buffer): fine, no crash
+    norm, _ = _C.grad_norm(np.ascontiguousarray(ptrs[:, 1]), numels, dtypes, 2.0 if adam else float("inf"))
+    if not norm >= 0:  # zero-filled gradients (the step only rewrites them when unscaling)
+        raise AssertionError(f"grad_norm gave {norm} for sizes {sizes}")
 
 
 def test_one_input(data: bytes) -> None:
