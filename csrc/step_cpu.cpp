@@ -201,14 +201,11 @@ GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, c
   active()->norm(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()), inf, partials.data());
   // The chunks depend on the sizes only, and their partials are combined in chunk order:
   // the same result for any number of threads.
-  GradNorm out{0.0, false};
-  for (const NormPartial& part : partials) {
-    out.norm = inf ? (part.value != part.value || out.norm < part.value ? part.value : out.norm)
-                   : out.norm + part.value;
-    out.nonfinite = out.nonfinite || part.nonfinite != 0;
-  }
-  if (!inf) out.norm = std::sqrt(out.norm);
-  return out;
+  double total = 0.0;
+  for (const NormPartial& part : partials)
+    total = inf ? (part.value != part.value || total < part.value ? part.value : total) : total + part.value;
+  // an inf or NaN gradient makes the sum of squares (or the maximum) inf or NaN
+  return {inf ? total : std::sqrt(total), !std::isfinite(total)};
 }
 
 }  // namespace fastopt

@@ -64,29 +64,38 @@ void run_sgd(const SgdTensor& t, const Chunk& c) {
   sgd_pick<S>(t.mode)(ptr<S>(r[0]), ptr<S>(r[1]), ptr<S>(r[2]), c.begin, c.end, *s);
 }
 
-// One chunk of a global gradient norm: eight interleaved double accumulators (so the loop
-// vectorises without reassociating anything), combined in a fixed order.
+// One chunk of a global gradient norm, in a fixed order (so the loop vectorises without
+// reassociating anything): kLanes interleaved accumulators in opmath over blocks of kBlock
+// elements per lane, each block then added to a double accumulator, the lanes combined last.
+// A block sums only kBlock squares in float, so the partials keep about float precision
+// relative to their size and the total double precision over blocks. inf and NaN need no
+// separate test: they make the sum of squares, or the NaN-propagating maximum, non-finite.
 template <typename S, bool kInf>
 NormPartial norm_range(const S* g, int64_t begin, int64_t end) {
   using O = typename OpMath<S>::type;
-  constexpr int kLanes = 8;
-  double acc[kLanes] = {};
-  int32_t bad = 0;
-  const auto add = [&](double& a, double x) {
-    if constexpr (kInf) a = max_op(a, abs_op(x));
-    else a += x * x;
-    bad |= (x - x) != 0.0;  // inf or NaN
+  constexpr int kLanes = 16;
+  constexpr int64_t kBlock = 16;
+  const auto add = [](auto a, decltype(a) x) {
+    if constexpr (kInf) {
+      const auto ax = x < 0 ? -x : x;
+      return (ax > a || ax != ax) ? ax : a;  // NaN propagates, as torch's inf-norm
+    } else {
+      return a + x * x;
+    }
   };
+  double acc[kLanes] = {};
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) add(acc[l], static_cast<double>(load<O>(g[i + l])));
-  for (int l = 0; i < end; ++i, ++l) add(acc[l], static_cast<double>(load<O>(g[i])));
-  double total = acc[0];
-  for (int l = 1; l < kLanes; ++l) {
-    if constexpr (kInf) total = max_op(total, acc[l]);
-    else total += acc[l];
+  for (; i + kLanes * kBlock <= end; i += kLanes * kBlock) {
+    O block[kLanes] = {};
+    for (int64_t b = 0; b < kBlock; ++b)
+      for (int l = 0; l < kLanes; ++l) block[l] = add(block[l], load<O>(g[i + b * kLanes + l]));
+    for (int l = 0; l < kLanes; ++l)
+      acc[l] = kInf ? add(acc[l], static_cast<double>(block[l])) : acc[l] + static_cast<double>(block[l]);
   }
-  return {total, bad};
+  for (int l = 0; i < end; ++i, l = (l + 1) % kLanes) acc[l] = add(acc[l], static_cast<double>(load<O>(g[i])));
+  double total = acc[0];
+  for (int l = 1; l < kLanes; ++l) total = kInf ? add(total, acc[l]) : total + acc[l];
+  return {total};
 }
 
 template <typename S>

@@ -72,14 +72,13 @@ struct SgdTensor {
 };
 
 // One gradient of a global norm, and what one chunk of it contributes: the sum of squares
-// (2-norm) or the largest magnitude (inf-norm) in double, and whether it holds inf/NaN.
+// (2-norm) or the largest magnitude (inf-norm), in double.
 struct NormTensor {
   uint64_t ptr;
   int32_t dtype;
 };
 struct NormPartial {
   double value;
-  int32_t nonfinite;
 };
 
 #define FASTOPT_DECLARE_KERNELS(isa)                                                                      \

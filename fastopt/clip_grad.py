@@ -3,8 +3,8 @@ coefficient applied by the step kernel as it reads each gradient.
 
 torch's ``clip_grad_norm_`` computes one norm per tensor, the norm of those, and then
 multiplies every gradient in place; fastopt reads the gradients once for the norm
-(``total_norm``: accumulated in double, in an order that does not depend on the thread
-count) and hands the coefficient to the optimizer's step (``step(grad_mult=...)``), whose
+(``total_norm``: short float block sums added in double, in an order that does not depend on
+the thread count) and hands the coefficient to the optimizer's step (``step(grad_mult=...)``), whose
 kernel multiplies each gradient as torch's in-place ``mul_`` would, without writing it back.
 Given the same coefficient the update is bit-identical to clipping then stepping; the norm
 itself can differ from torch's in the last bits, because the two sum in different orders.
