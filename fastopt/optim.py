@@ -44,6 +44,11 @@ class _FastStep:
     param_groups: list[dict]
     state: dict
 
+    def clip_next_step(self, coefficient: float | Tensor) -> None:
+        """Have the next ``step()`` multiply every gradient by ``coefficient`` (the clip
+        coefficient; what ``step(grad_mult=...)`` does, for callers that cannot pass it)."""
+        self._fastopt_next_mult = coefficient
+
     @property
     def fastopt_tier(self) -> str | None:
         """Which tier ran the last step: 'flat', 'native', 'torch-fused' or 'torch' (None
@@ -79,6 +84,8 @@ class _FastStep:
         ``fastopt.clip_grad``) multiplies every gradient: inside the kernel on the native
         tiers, in place (as ``clip_grad_norm_`` does) before torch's own steps."""
         loss = None
+        pending, self._fastopt_next_mult = getattr(self, "_fastopt_next_mult", None), None
+        grad_mult = pending if grad_mult is None else grad_mult
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()

@@ -12,7 +12,8 @@ from torch import Tensor
 from .clip_grad import check_clip_grad, clip_coefficient, total_norm
 from .registry import OPTIM_WRAPPERS, resolve_type
 
-__all__ = ["AmpOptimWrapper", "OptimWrapper", "build_wrapper", "wrapper_class"]
+__all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "fused_clip", "with_fused_clip",
+           "wrapper_class"]
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -77,15 +78,8 @@ class OptimWrapper:
         if not self._fused_clip:
             self.grad_norm = torch.nn.utils.clip_grad_norm_(params, **kwargs)
             return None
-        norm_type = kwargs.get("norm_type", 2.0)
-        norm, _ = total_norm([p.grad for p in params], norm_type)
-        if kwargs.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
-            raise RuntimeError(
-                f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
-                "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
-                "by the non-finite norm anyway, set `error_if_nonfinite=False`")
-        self.grad_norm = norm
-        return clip_coefficient(norm, kwargs["max_norm"])
+        self.grad_norm, coefficient = fused_clip(params, kwargs)
+        return coefficient
 
     def step(self, **kwargs: Any) -> None:
         """Clip gradients if configured, then step the optimizer."""
@@ -200,6 +194,62 @@ class AmpOptimWrapper(OptimWrapper):
         self.optimizer.load_state_dict(state_dict)
 
 
+def fused_clip(params: list[Tensor], clip_grad: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """``(norm, coefficient)`` of clipping ``params``' gradients by norm with torch's arguments
+    (``max_norm``, ``norm_type``, ``error_if_nonfinite``; ``foreach`` has nothing to choose):
+    one native norm pass, the coefficient for the optimizer's step to apply."""
+    norm_type = clip_grad.get("norm_type", 2.0)
+    norm, _ = total_norm([p.grad for p in params], norm_type)
+    if clip_grad.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
+            "by the non-finite norm anyway, set `error_if_nonfinite=False`")
+    return norm, clip_coefficient(norm, clip_grad["max_norm"])
+
+
+class FusedClip:
+    """Mixin for a host framework's optim wrapper (mmengine's ``OptimWrapper``,
+    ``AmpOptimWrapper``, a project's own): clipping by norm with a fastopt optimizer takes one
+    native norm pass and hands the coefficient to the optimizer's next step instead of
+    multiplying the gradients; the norm is logged as the host logs it
+    (``train/grad_norm`` in mmengine's message hub). Anything else is the host's own clipping."""
+
+    optimizer: torch.optim.Optimizer
+    clip_grad_kwargs: dict
+    grad_name: str
+    message_hub: Any
+
+    def _clip_grad(self) -> None:
+        clip_next_step = getattr(self.optimizer, "clip_next_step", None)
+        if getattr(self, "grad_name", None) != "grad_norm" or clip_next_step is None:
+            super()._clip_grad()  # type: ignore[misc]
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"]
+                  if p.requires_grad and p.grad is not None]
+        if not params:
+            return
+        norm, coefficient = fused_clip(params, self.clip_grad_kwargs)
+        clip_next_step(coefficient)
+        self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+
+
+_WITH_FUSED_CLIP: dict[type, type] = {}
+
+
+def with_fused_clip(cls: type) -> type:
+    """``cls`` with ``FusedClip`` mixed in when it clips through a ``_clip_grad`` method as
+    mmengine's wrappers do (the subclass keeps the name: isinstance checks, logs and
+    checkpoints see the host's class); fastopt's own wrappers already fuse."""
+    if issubclass(cls, (OptimWrapper, FusedClip)) or not callable(getattr(cls, "_clip_grad", None)):
+        return cls
+    if cls not in _WITH_FUSED_CLIP:
+        _WITH_FUSED_CLIP[cls] = type(cls.__name__, (FusedClip, cls),
+                                     {"__module__": cls.__module__, "__doc__": cls.__doc__,
+                                      "__qualname__": cls.__qualname__})
+    return _WITH_FUSED_CLIP[cls]
+
+
 def _mmengine_wrapper(name: str) -> Any:
     if importlib.util.find_spec("mmengine") is None:
         return None
@@ -224,6 +274,6 @@ def wrapper_class(wrapper_type: Any) -> Any:
 def build_wrapper(cfg: dict, optimizer: torch.optim.Optimizer) -> Any:
     """Build the wrapper ``cfg`` names around ``optimizer``."""
     args = dict(cfg)
-    cls = wrapper_class(args.pop("type"))
+    cls = with_fused_clip(wrapper_class(args.pop("type")))
     args.setdefault("optimizer", optimizer)
     return cls(**args)

@@ -4,6 +4,7 @@ against the reference sequence, clear errors, and a fixed loss scale."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import fastopt
 from fastopt import optim as fo
 from fastopt.clip_grad import total_norm
+from fastopt.wrapper import FusedClip
 
 from .numerics import assert_few_differ, ulp_distance
 from .test_optim import LOW_PRECISION_SHARE
@@ -235,3 +237,40 @@ def test_fixed_loss_scale_stays_fixed() -> None:
         moved = any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
         assert moved == (step != 1)
         assert wrapper.loss_scaler.get_scale() == 512.0
+
+
+@pytest.mark.parametrize("route", ["fastopt", "plugin"])
+def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str) -> None:
+    """With mmengine installed the wrapper is mmengine's own class (a subclass that fuses the
+    clipping): same class name and isinstance, the norm logged to mmengine's message hub as
+    mmengine logs it, parameters as mmengine's own wrapper leaves them."""
+    from mmengine.logging import MessageHub
+    from mmengine.optim import OptimWrapper as MmengineOptimWrapper
+
+    from .refs import mmengine_build, quiet_mmengine_logger
+
+    build_ref = mmengine_build()
+    quiet_mmengine_logger()
+    cfg = dict(optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01),
+               clip_grad=dict(max_norm=0.05), paramwise_cfg=dict(norm_decay_mult=0.0))
+    a, b = _model(), _model()
+    if route == "fastopt":
+        ours = fastopt.build_optim_wrapper(a, cfg)
+    else:
+        importlib.import_module("fastopt.integrations.mmengine")
+        ours = build_ref(a, dict(cfg, constructor="FastOptimWrapperConstructor"))
+    ref = build_ref(b, cfg)
+    assert isinstance(ours, MmengineOptimWrapper) and type(ours).__name__ == "OptimWrapper"
+    assert isinstance(ours, FusedClip)
+    hub = MessageHub.get_current_instance()
+    for step in range(4):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        ref.update_params(b(x).pow(2).sum())
+        theirs = hub.get_scalar("train/grad_norm").current()
+        ours.update_params(a(x).pow(2).sum())
+        mine = hub.get_scalar("train/grad_norm").current()
+        assert mine == pytest.approx(theirs, rel=1e-6)
+    assert ours.optimizer.fastopt_tier == "native"
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
