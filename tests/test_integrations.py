@@ -158,7 +158,8 @@ def test_custom_imports_in_a_config_file(tmp_path: Path) -> None:
     assert out.stdout.split()[-2:] == ["fastopt.optim", "2"]
 
 
-def _mmcv_train(tmp: Path, constructor: str | None) -> tuple[nn.Module, Any, list[torch.Tensor]]:
+def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
+                max_norm: float = 1.0) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
     runner_mod = mmcv_runner()
     import logging
 
@@ -188,15 +189,15 @@ def _mmcv_train(tmp: Path, constructor: str | None) -> tuple[nn.Module, Any, lis
                                              logger=logging.getLogger("fastopt-test"), max_epochs=2)
         runner.register_training_hooks(
             lr_config=dict(policy="step", step=[1], warmup="linear", warmup_iters=3, warmup_ratio=0.1),
-            optimizer_config=dict(grad_clip=dict(max_norm=1.0)))
+            optimizer_config=dict(type=hook, grad_clip=dict(max_norm=max_norm)))
         loader = torch.utils.data.DataLoader(_Data(), batch_size=4, shuffle=False)
         runner.run([loader], [("train", 1)])
-    return model, optimizer, initial
+    return model, optimizer, initial, list(runner.log_buffer.val_history["grad_norm"])
 
 
 def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: Path) -> None:
-    ref_model, ref_opt, initial = _mmcv_train(tmp_path / "ref", None)
-    fast_model, fast_opt, _ = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor")
+    ref_model, ref_opt, initial, _ = _mmcv_train(tmp_path / "ref", None)
+    fast_model, fast_opt, _, _ = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor")
     assert all(not torch.equal(p, q) for p, q in zip(ref_model.parameters(), initial))  # it trained
     assert type(fast_opt).__module__ == "fastopt.optim"
     assert len(fast_opt.param_groups) < len(ref_opt.param_groups)
@@ -207,3 +208,18 @@ def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: P
               if any(p is q for q in g["params"])}
     for n, p in fast_model.named_parameters():
         assert lr[id(p)] == pytest.approx(ref_lr[n])
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 0.05])
+def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: float) -> None:
+    """A real mmcv EpochBasedRunner with FastOptimizerHook trains as with mmcv's OptimizerHook
+    (default constructor, torch's clip_grad_norm_) and logs the same grad norms."""
+    ref_model, _, _, ref_norms = _mmcv_train(tmp_path / "ref", None, "OptimizerHook", max_norm)
+    fast_model, fast_opt, _, norms = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor",
+                                                 "FastOptimizerHook", max_norm)
+    assert fast_opt.fastopt_tier == "native"
+    assert len(norms) == len(ref_norms) > 0
+    assert (min(ref_norms) > max_norm) == (max_norm < 1)  # 0.05 clips every step, 1.0 none
+    assert norms == pytest.approx(ref_norms, rel=1e-6)
+    for (n, p), q in zip(fast_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

@@ -5,7 +5,8 @@
                      constructor='FastOptimizerConstructor',
                      paramwise_cfg=dict(norm_decay_mult=0.))
 
-Registered into ``mmcv.runner``'s registries: ``FastOptimizerConstructor``,
+Registered into ``mmcv.runner``'s registries: ``FastOptimizerHook`` (in ``HOOKS``: gradient
+clipping fused into the step), ``FastOptimizerConstructor``,
 ``FastLearningRateDecayOptimizerConstructor``, ``FastLayerDecayOptimizerConstructor`` and
 ``FastTSMOptimizerConstructor`` (in ``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of
 MMDetection 2.x / MMSegmentation 0.x, see ``fastopt.layer_decay``, and MMAction2 0.x's TSM
@@ -17,11 +18,13 @@ optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._compat import ensure_torchvision
 
 ensure_torchvision()  # mmcv.runner imports torchvision, which may not load beside this torch
 
-from mmcv.runner import OPTIMIZER_BUILDERS, OPTIMIZERS  # noqa: E402
+from mmcv.runner import HOOKS, OPTIMIZER_BUILDERS, OPTIMIZERS, OptimizerHook  # noqa: E402
 
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 from ..layer_decay import (  # noqa: E402
@@ -29,11 +32,12 @@ from ..layer_decay import (  # noqa: E402
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
+from ..wrapper import fused_clip  # noqa: E402
 from . import FastAdam, FastAdamW, FastSGD, register_optimizers  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
-           "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastSGD",
-           "FastTSMOptimizerConstructor"]
+           "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastOptimizerHook",
+           "FastSGD", "FastTSMOptimizerConstructor"]
 
 register_optimizers(OPTIMIZERS)
 
@@ -65,3 +69,31 @@ class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
     """fastopt's MMAction2 0.x TSM constructor in mmcv."""
 
     fallback_optimizers = OPTIMIZERS
+
+
+@HOOKS.register_module(force=True)
+class FastOptimizerHook(OptimizerHook):
+    """mmcv's ``OptimizerHook`` with gradient clipping fused into fastopt's step:
+    ``optimizer_config=dict(type='FastOptimizerHook', grad_clip=dict(max_norm=35, norm_type=2))``.
+
+    The norm of every parameter that requires grad and has one is one native pass; the
+    coefficient goes to the optimizer's next step instead of multiplying the gradients;
+    ``grad_norm`` is logged to the runner as mmcv logs it. With an optimizer that is not
+    fastopt's (or a dict of them) it is mmcv's hook unchanged."""
+
+    def after_train_iter(self, runner: Any) -> None:
+        """zero_grad, backward, clip (fused), step: mmcv's order."""
+        clip_next_step = getattr(runner.optimizer, "clip_next_step", None)
+        if self.grad_clip is None or clip_next_step is None:
+            super().after_train_iter(runner)
+            return
+        runner.optimizer.zero_grad()
+        if self.detect_anomalous_params:
+            self.detect_anomalous_parameters(runner.outputs["loss"], runner)
+        runner.outputs["loss"].backward()
+        params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
+        if params:
+            norm, coefficient = fused_clip(params, self.grad_clip)
+            clip_next_step(coefficient)
+            runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
+        runner.optimizer.step()
