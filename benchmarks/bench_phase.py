@@ -20,17 +20,12 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
-import warnings
 from typing import Any
 
-import torch
-
-import fastopt
 from fastopt import zoo
-from fastopt.bench import OPTIMIZER_CFGS, interleaved_step_times, log, machine, machine_line, mmengine_builder
+from fastopt.bench import machine, machine_line, phase_compare, phase_table
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 #: issue targets: the phase at most 1.35x the plain step; at least 1.4x faster than the step
@@ -38,90 +33,11 @@ DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 TARGETS = {"fastopt step": 1 / 1.35, "fastopt + torch clip": 1.4, "mmengine+fused": 2.0}
 
 
-class _Phase:
-    """Something with ``step()`` for the interleaved timer, and the parameters it steps."""
-
-    def __init__(self, step: Any, params: list[torch.Tensor]) -> None:
-        self.step = step
-        self.params = params
-
-
-def build(model: torch.nn.Module, opt_cfg: dict, paramwise: dict | None,
-          max_norm: float) -> dict[str, _Phase]:
-    """Every variant over the same parameters (the flat limit over a flat tensor)."""
-    clip = dict(max_norm=max_norm, norm_type=2)
-    cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=paramwise)
-    out: dict[str, _Phase] = {}
-    plain = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
-    params = [p for g in plain.param_groups for p in g["params"]]
-    out["fastopt step"] = _Phase(plain.step, params)
-    phase = fastopt.OptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
-                                 clip_grad=clip)
-    out["fastopt phase"] = _Phase(phase.step, params)
-    torch_clip_opt = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
-
-    def torch_clip_then_step() -> None:
-        torch.nn.utils.clip_grad_norm_(params, **clip)
-        torch_clip_opt.step()
-
-    out["fastopt + torch clip"] = _Phase(torch_clip_then_step, params)
-    ref = mmengine_builder()
-    if ref is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wrapper = ref(model, dict(copy.deepcopy(cfg), clip_grad=clip))
-            fused_cfg = dict(copy.deepcopy(cfg), clip_grad=clip)
-            fused_cfg["optimizer"]["fused"] = True
-            fused = ref(model, fused_cfg)
-        out["mmengine"] = _Phase(wrapper.step, params)
-        out["mmengine+fused"] = _Phase(fused.step, params)
-    else:
-        log("mmengine not installed: its variants are skipped")
-    numel = sum(p.numel() for p in params)
-    flat = torch.zeros(numel, requires_grad=True)
-    flat_opt = getattr(torch.optim, opt_cfg["type"])([flat], fused=True,
-                                                      **{k: v for k, v in opt_cfg.items() if k != "type"})
-
-    def flat_limit() -> None:
-        torch.linalg.vector_norm(flat.grad)
-        flat_opt.step()
-
-    out["flat limit"] = _Phase(flat_limit, [flat])
-    return out
-
-
-def run(model_name: str, optimizer: str, max_norm: float, width: float, repeats: int) -> dict[str, Any]:
-    """Time every variant; return the figures."""
-    spec = zoo.MODELS[model_name]
-    model = zoo.build(model_name, width=width)
-    tensors = sum(1 for p in model.parameters() if p.requires_grad)
-    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{model_name} (width {width}): {tensors} trainable tensors, {numel / 1e6:.1f}M elements; "
-        f"{optimizer}, clip_grad max_norm {max_norm}")
-    variants = build(model, OPTIMIZER_CFGS[optimizer], spec.paramwise_cfg, max_norm)
-    gen = torch.Generator().manual_seed(0)
-    grads = {name: [[torch.randn(p.shape, generator=gen) * 1e-2 for p in v.params] for _ in range(2)]
-             for name, v in variants.items()}
-
-    def set_grads(name: str, k: int) -> None:
-        for p, g in zip(variants[name].params, grads[name][k % 2]):
-            p.grad = g.clone() if "torch" in name or "mmengine" in name else g  # torch clips in place
-
-    times = interleaved_step_times(variants, set_grads, repeats, warmup=2)  # type: ignore[arg-type]
-    return {"model": model_name, "optimizer": optimizer, "max_norm": max_norm, "width": width,
-            "tensors": tensors, "numel": numel,
-            "results": [{"impl": k, "phase_s": t} for k, t in times.items()]}
-
-
 def report(fig: dict[str, Any]) -> bool:
-    """Print one table; True when every target is met."""
+    """Print the table and the targets; True when every target is met."""
     by = {r["impl"]: r["phase_s"] for r in fig["results"]}
     ours = by["fastopt phase"]
-    print(f"\n{fig['model']} ({fig['tensors']} tensors, {fig['numel'] / 1e6:.1f}M elements), "
-          f"{fig['optimizer']}, clip_grad max_norm {fig['max_norm']}: median time after backward")
-    print(f"  {'variant':<24}{'time':>10}{'vs fastopt phase':>18}")
-    for name, t in by.items():
-        print(f"  {name:<24}{t * 1e3:8.2f}ms{t / ours:>17.2f}x")
+    print("\n" + phase_table(fig))
     ok = True
     for base, need in TARGETS.items():
         if base not in by:
@@ -148,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {machine_line(info)}")
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
-    fig = run(args.model, args.optimizer, args.max_norm, width, args.repeats)
+    fig = phase_compare(args.model, args.optimizer, args.max_norm, width, repeats=args.repeats)
     ok = report(fig)
     if args.json:
         with open(args.json, "w") as fh:

@@ -304,3 +304,98 @@ def profile(model: nn.Module, cfg: dict, repeats: int = 5) -> dict[str, Any]:
     opt = getattr(built, "optimizer", built)
     return {"build_ms": statistics.median(samples) * 1e3, "groups": len(opt.param_groups),
             "tensors": sum(len(g["params"]) for g in opt.param_groups)}
+
+
+class _Phase:
+    """Something with ``step()`` for the interleaved timer, and the parameters it steps."""
+
+    def __init__(self, step: Callable[[], Any], params: list[torch.Tensor]) -> None:
+        self.step = step
+        self.params = params
+
+
+def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
+                    max_norm: float) -> dict[str, _Phase]:
+    """Every variant of the clipped optimizer phase over the same parameters (the flat limit
+    over one flat tensor of the same size)."""
+    import fastopt
+
+    clip = dict(max_norm=max_norm, norm_type=2)
+    cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=paramwise)
+    out: dict[str, _Phase] = {}
+    plain = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+    params = [p for g in plain.param_groups for p in g["params"]]
+    out["fastopt step"] = _Phase(plain.step, params)
+    phase = fastopt.OptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
+                                 clip_grad=clip)
+    out["fastopt phase"] = _Phase(phase.step, params)
+    clip_then_step = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+
+    def torch_clip_then_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, **clip)
+        clip_then_step.step()
+
+    out["fastopt + torch clip"] = _Phase(torch_clip_then_step, params)
+    ref = mmengine_builder()
+    if ref is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapper = ref(model, dict(copy.deepcopy(cfg), clip_grad=clip))
+            fused_cfg = dict(copy.deepcopy(cfg), clip_grad=clip)
+            fused_cfg["optimizer"]["fused"] = True
+            fused = ref(model, fused_cfg)
+        out["mmengine"] = _Phase(wrapper.step, params)
+        out["mmengine+fused"] = _Phase(fused.step, params)
+    else:
+        log("mmengine not installed: its variants are skipped")
+    flat = torch.zeros(sum(p.numel() for p in params), requires_grad=True)
+    flat_opt = getattr(torch.optim, opt_cfg["type"])([flat], fused=True,
+                                                      **{k: v for k, v in opt_cfg.items() if k != "type"})
+
+    def flat_limit() -> None:
+        torch.linalg.vector_norm(flat.grad)
+        flat_opt.step()
+
+    out["flat limit"] = _Phase(flat_limit, [flat])
+    return out
+
+
+def phase_compare(name: str, optimizer: str = "adamw", max_norm: float = 0.1, width: float | None = None,
+                  numel: float = 30e6, repeats: int = 15,
+                  progress: Callable[[str], None] = log) -> dict[str, Any]:
+    """The time after backward with gradient clipping, every variant on one zoo model: fastopt's
+    plain step (the yardstick), its clipped phase, fastopt's step after torch's
+    ``clip_grad_norm_``, mmengine's wrapper with ``clip_grad`` (as is and ``fused=True``) and
+    the flat-tensor limit. Returns {"model", "optimizer", "max_norm", "width", "tensors",
+    "numel", "machine", "results": [{"impl", "phase_s"}, ...]}."""
+    width = width_for(name, numel) if width is None else width
+    progress(f"building {name} at width {width} ...")
+    model = zoo.build(name, width=width)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    variants = _phase_variants(model, OPTIMIZER_CFGS[optimizer], _paramwise(name), max_norm)
+    gen = torch.Generator().manual_seed(0)
+    grads = {k: [[torch.randn(p.shape, generator=gen) * 1e-2 for p in v.params] for _ in range(2)]
+             for k, v in variants.items()}
+
+    def set_grads(k: str, r: int) -> None:
+        fresh = "torch" in k or "mmengine" in k  # torch clips in place: give it its own copy
+        for p, g in zip(variants[k].params, grads[k][r % 2]):
+            p.grad = g.clone() if fresh else g
+
+    times = interleaved_step_times(variants, set_grads, repeats, warmup=2, progress=progress)  # type: ignore[arg-type]
+    return {"model": name, "optimizer": optimizer, "max_norm": max_norm, "width": width,
+            "tensors": len(trainable), "numel": sum(p.numel() for p in trainable), "machine": machine(),
+            "results": [{"impl": k, "phase_s": t} for k, t in times.items()]}
+
+
+def phase_table(fig: dict[str, Any]) -> str:
+    """``phase_compare``'s figures as a table: each variant's median and how many times the
+    fastopt phase's time it takes."""
+    by = {r["impl"]: r["phase_s"] for r in fig["results"]}
+    ours = by["fastopt phase"]
+    lines = [f"{fig['model']} (width {fig['width']}): {fig['tensors']:,} tensors, {fig['numel'] / 1e6:.1f}M "
+             f"parameters; {fig['optimizer']}, clip_grad max_norm {fig['max_norm']}: "
+             "median time after backward",
+             f"  {'variant':<24}{'time':>10}{'vs fastopt phase':>18}"]
+    lines += [f"  {name:<24}{t * 1e3:8.2f}ms{t / ours:>17.2f}x" for name, t in by.items()]
+    return "\n".join(lines)

@@ -145,6 +145,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _zoo_spec(args.model)
     width = args.width or BENCH_WIDTH.get(args.model)
+    if args.clip is not None:
+        if args.clip <= 0:
+            raise SystemExit(f"--clip must be a positive max_norm, got {args.clip}")
+        phase = bench.phase_compare(args.model, args.optimizer, args.clip, width=width, repeats=args.repeats)
+        print(f"\nmachine: {bench.machine_line(phase['machine'])}")
+        print(bench.phase_table(phase))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(phase, fh, indent=2)
+            bench.log(f"wrote {args.json}")
+        return 0
     report = bench.compare(args.model, args.optimizer, width=width, repeats=args.repeats)
     by = {r["impl"]: r for r in report["results"]}
     ours = by["fastopt"]
@@ -289,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars")
     p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")
+    p.add_argument("--clip", type=float, metavar="MAX_NORM",
+                   help="time the whole optimizer phase with gradient clipping instead (docs/cli.md)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lr-curve", help="plot a config's lr schedule (param_scheduler or lr_config)")
