@@ -73,7 +73,7 @@ void run_sgd(const SgdTensor& t, const Chunk& c) {
 template <typename S, bool kInf>
 NormPartial norm_range(const S* g, int64_t begin, int64_t end) {
   using O = typename OpMath<S>::type;
-  constexpr int kLanes = 16;
+  constexpr int kLanes = 64;  // four vectors of independent sums: no single dependency chain
   constexpr int64_t kBlock = 16;
   const auto add = [](auto a, decltype(a) x) {
     if constexpr (kInf) {
