@@ -166,18 +166,34 @@ void test_adam_dtype(int32_t code) {
   }
 }
 
+// Sizes that cross a chunk boundary and include an empty tensor.
+const std::vector<int64_t> kOddSizes = {3, 32769, 0, 100};
+
+// `per_tensor` zeroed buffers of dtype `code` for every size, and their pointers (0 when empty),
+// tensor by tensor.
+struct Buffers {
+  std::vector<std::vector<unsigned char>> bufs;
+  std::vector<uint64_t> ptrs;
+};
+
+Buffers zeroed(int32_t code, const std::vector<int64_t>& sizes, int per_tensor) {
+  const std::size_t elem = code == 1 ? 8 : code == 0 ? 4 : 2;
+  Buffers out;
+  out.bufs.reserve(sizes.size() * static_cast<std::size_t>(per_tensor));
+  for (int64_t s : sizes)
+    for (int k = 0; k < per_tensor; ++k) {
+      out.bufs.emplace_back(static_cast<std::size_t>(s) * elem, 0);
+      out.ptrs.push_back(s ? reinterpret_cast<uintptr_t>(out.bufs.back().data()) : 0);
+    }
+  return out;
+}
+
 void test_sgd_all_dtypes() {
   // Memory safety across dtypes and modes: 16-bit storage, momentum + nesterov + grad scale.
   for (int32_t code = 0; code < 4; ++code) {
-    const std::size_t elem = code == 1 ? 8 : code == 0 ? 4 : 2;
-    const std::vector<int64_t> sizes = {3, 32769, 0, 100};
-    std::vector<std::vector<unsigned char>> bufs;
-    std::vector<uint64_t> ptrs;
-    for (int64_t s : sizes)
-      for (int k = 0; k < 3; ++k) {
-        bufs.emplace_back(static_cast<std::size_t>(s) * elem, 0);
-        ptrs.push_back(s ? reinterpret_cast<uintptr_t>(bufs.back().data()) : 0);
-      }
+    const std::vector<int64_t>& sizes = kOddSizes;
+    Buffers b = zeroed(code, sizes, 3);
+    std::vector<uint64_t>& ptrs = b.ptrs;
     std::vector<double> hyper;
     for (std::size_t t = 0; t < sizes.size(); ++t) hyper.insert(hyper.end(), {0.1, 0.9, 0.0, 1e-4});
     std::vector<int32_t> dtypes(sizes.size(), code), flags(sizes.size(), fastopt::kNesterov | fastopt::kFirstStep);
@@ -190,32 +206,28 @@ void test_grad_norm_all_dtypes() {
   // Every dtype, chunk boundaries, empty tensors; the 2-norm of ones is sqrt(count), the
   // inf-norm 1, and an inf element is reported.
   for (int32_t code = 0; code < 4; ++code) {
-    const std::size_t elem = code == 1 ? 8 : code == 0 ? 4 : 2;
-    const std::vector<int64_t> sizes = {3, 32769, 0, 100};
-    std::vector<std::vector<unsigned char>> bufs;
-    std::vector<uint64_t> ptrs;
+    const std::vector<int64_t>& sizes = kOddSizes;
+    Buffers b = zeroed(code, sizes, 1);
     int64_t count = 0;
-    for (int64_t s : sizes) {
-      bufs.emplace_back(static_cast<std::size_t>(s) * elem, 0);
-      unsigned char* d = bufs.back().data();
-      for (int64_t i = 0; i < s; ++i) {  // the value 1 in each storage type
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      unsigned char* d = b.bufs[t].data();
+      for (int64_t i = 0; i < sizes[t]; ++i) {  // the value 1 in each storage type
         if (code == 0) reinterpret_cast<float*>(d)[i] = 1.0f;
         if (code == 1) reinterpret_cast<double*>(d)[i] = 1.0;
         if (code == 2) reinterpret_cast<uint16_t*>(d)[i] = 0x3f80;
         if (code == 3) reinterpret_cast<uint16_t*>(d)[i] = 0x3c00;
       }
-      ptrs.push_back(s ? reinterpret_cast<uintptr_t>(d) : 0);
-      count += s;
+      count += sizes[t];
     }
     const std::vector<int32_t> dtypes(sizes.size(), code);
     const auto n = static_cast<int64_t>(sizes.size());
-    const fastopt::GradNorm l2 = fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), false);
-    const fastopt::GradNorm inf = fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), true);
+    const fastopt::GradNorm l2 = fastopt::grad_norm_cpu(n, b.ptrs.data(), sizes.data(), dtypes.data(), false);
+    const fastopt::GradNorm inf = fastopt::grad_norm_cpu(n, b.ptrs.data(), sizes.data(), dtypes.data(), true);
     CHECK(l2.norm == std::sqrt(static_cast<double>(count)) && !l2.nonfinite, "2-norm, dtype %d", code);
     CHECK(inf.norm == 1.0 && !inf.nonfinite, "inf-norm, dtype %d", code);
     if (code == 0) {
-      reinterpret_cast<float*>(bufs[1].data())[32768] = INFINITY;
-      CHECK(fastopt::grad_norm_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), false).nonfinite,
+      reinterpret_cast<float*>(b.bufs[1].data())[32768] = INFINITY;
+      CHECK(fastopt::grad_norm_cpu(n, b.ptrs.data(), sizes.data(), dtypes.data(), false).nonfinite,
             "an inf gradient is reported");
     }
   }
