@@ -30,7 +30,7 @@ from torch import Tensor
 from ._core import _C
 from ._kernels import DTYPE_CODES, local
 
-__all__ = ["check_clip_grad", "clip_coefficient", "total_norm"]
+__all__ = ["check_clip_grad", "clip_coefficient", "native_norm_ok", "total_norm"]
 
 #: The arguments torch's clip functions take, by clip type.
 CLIP_KEYS = {"norm": {"max_norm", "norm_type", "error_if_nonfinite", "foreach"},
@@ -67,7 +67,9 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
         _norm_type(kwargs["norm_type"])
 
 
-def _native(grads: list[Tensor], norm_type: float) -> bool:
+def native_norm_ok(grads: list[Tensor], norm_type: float) -> bool:
+    """Whether ``total_norm`` takes these gradients natively (contiguous CPU tensors of a
+    kernel dtype; the 2- or inf-norm; no empty tensor for the inf-norm, which torch refuses)."""
     if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return False
     if norm_type == math.inf and any(g.numel() == 0 for g in grads):
@@ -85,7 +87,7 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0) -> tuple[Tenso
     grads = [local(g) for g in grads]
     if not grads:
         return torch.tensor(0.0), False
-    if not _native(grads, p):
+    if not native_norm_ok(grads, p):
         return torch.nn.utils.get_total_norm(grads, p), None
     ptrs = np.fromiter((g.data_ptr() for g in grads), dtype=np.uint64, count=len(grads))
     numels = np.fromiter((g.numel() for g in grads), dtype=np.int64, count=len(grads))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .clip_grad import check_clip_grad, clip_coefficient, total_norm
+from ._kernels import local
+from .clip_grad import check_clip_grad, clip_coefficient, native_norm_ok, total_norm
 from .registry import OPTIM_WRAPPERS, resolve_type
 
 __all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "fused_clip", "with_fused_clip",
@@ -169,7 +171,10 @@ class AmpOptimWrapper(OptimWrapper):
 
     def step(self, **kwargs: Any) -> None:
         """Unscale (only to clip), step through the scaler (skipped on inf/NaN), update the scale
-        (or set it back to a fixed ``loss_scale``)."""
+        (or set it back to a fixed ``loss_scale``). With fastopt's optimizer and clipping by
+        norm the whole phase is two reads of the gradients (``_fused_step``)."""
+        if self._fused_phase() and self._fused_step(kwargs):
+            return
         if self.clip_grad_kwargs:
             self.loss_scaler.unscale_(self.optimizer)
             coefficient = self._clip_grad()
@@ -177,6 +182,57 @@ class AmpOptimWrapper(OptimWrapper):
                 kwargs["grad_mult"] = coefficient
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update)
+
+    def _fused_phase(self) -> bool:
+        return (bool(self.clip_grad_kwargs) and self._clip_type == "norm" and self._fused_clip
+                and self.loss_scaler.is_enabled())
+
+    def _fused_step(self, kwargs: dict[str, Any]) -> bool:
+        """Norm and inf check of the still scaled gradients in one native pass; the step
+        unscales and clips inside the kernel; the scale updated by GradScaler's rule. False when
+        the native pass cannot take the gradients (then GradScaler's own path runs)."""
+        params = self._params()
+        if not params:
+            return False
+        norm_type = float(self.clip_grad_kwargs.get("norm_type", 2.0))
+        if not native_norm_ok([local(p.grad) for p in params], norm_type):
+            return False  # GradScaler's own path
+        scale = self.loss_scaler.get_scale()
+        norm, coefficient = fused_clip(params, self.clip_grad_kwargs, loss_scale=scale)
+        self.grad_norm = norm
+        found_inf = not bool(torch.isfinite(norm))
+        if not found_inf:
+            # GradScaler's protocol with optimizers that unscale in their step
+            opt = self.optimizer
+            opt.grad_scale = torch.tensor(scale, dtype=torch.float32)  # type: ignore[attr-defined]
+            opt.found_inf = torch.tensor(0.0)  # type: ignore[attr-defined]
+            try:
+                opt.step(grad_mult=coefficient, **kwargs)
+            finally:
+                opt.grad_scale = opt.found_inf = None  # type: ignore[attr-defined]
+        self._update_scale(found_inf)
+        return True
+
+    def _update_scale(self, found_inf: bool) -> None:
+        """What ``GradScaler.update`` does after a step with (or without) inf/NaN gradients:
+        a fixed scale stays; a dynamic one backs off on inf/NaN and grows after
+        ``growth_interval`` clean steps (through the scaler's state dict)."""
+        if self._scale_update is not None:
+            self.loss_scaler.update(self._scale_update)
+            return
+        state = self.loss_scaler.state_dict()
+        if found_inf:
+            state["scale"] = float(torch.tensor(state["scale"] * state["backoff_factor"],
+                                                dtype=torch.float32))
+            state["_growth_tracker"] = 0
+        elif state["_growth_tracker"] + 1 == state["growth_interval"]:
+            grown = float(torch.tensor(state["scale"] * state["growth_factor"], dtype=torch.float32))
+            if math.isfinite(grown):
+                state["scale"] = grown
+            state["_growth_tracker"] = 0
+        else:
+            state["_growth_tracker"] += 1
+        self.loss_scaler.load_state_dict(state)
 
     def optim_context(self, model: torch.nn.Module | None = None) -> Any:
         """Autocast to ``dtype`` for the forward pass."""
@@ -194,12 +250,16 @@ class AmpOptimWrapper(OptimWrapper):
         self.optimizer.load_state_dict(state_dict)
 
 
-def fused_clip(params: list[Tensor], clip_grad: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: float | None = None
+               ) -> tuple[Tensor, Tensor]:
     """``(norm, coefficient)`` of clipping ``params``' gradients by norm with torch's arguments
     (``max_norm``, ``norm_type``, ``error_if_nonfinite``; ``foreach`` has nothing to choose):
-    one native norm pass, the coefficient for the optimizer's step to apply."""
+    one native norm pass, the coefficient for the optimizer's step to apply. With a
+    ``loss_scale`` the gradients are still scaled: the norm is divided by it."""
     norm_type = clip_grad.get("norm_type", 2.0)
     norm, _ = total_norm([p.grad for p in params], norm_type)
+    if loss_scale is not None:
+        norm = norm / loss_scale
     if clip_grad.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
         raise RuntimeError(
             f"The total norm of order {float(norm_type)} for gradients from `parameters` is "

@@ -274,3 +274,43 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str) -> None:
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert ours.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("loss_scale", ["dynamic", 256.0, dict(init_scale=1024.0, growth_interval=2)])
+def test_amp_phase_matches_unscale_clip_step(loss_scale: str | float | dict) -> None:
+    """fastopt's AmpOptimWrapper with clip_grad (one native pass for the norm and the inf check of
+    the scaled gradients, unscale and clip inside the kernel) against GradScaler.unscale_ +
+    clip_grad_norm_ + scaler.step + scaler.update on torch's AdamW: the same parameters, norms
+    and scale after every step, an overflowing step skipped by both, growth on schedule."""
+    a, b = _model(), _model()
+    wrapper = fastopt.AmpOptimWrapper(fo.AdamW(a.parameters(), lr=0.05, weight_decay=0.01),
+                                      loss_scale=loss_scale, clip_grad=dict(max_norm=0.5))
+    ref = torch.optim.AdamW(b.parameters(), lr=0.05, weight_decay=0.01, foreach=False)
+
+    def no_unscale_pass(optimizer: torch.optim.Optimizer) -> None:
+        raise AssertionError("the fused phase must not unscale the gradients in place")
+
+    wrapper.loss_scaler.unscale_ = no_unscale_pass  # type: ignore[method-assign]
+    if loss_scale == "dynamic":
+        scaler = torch.amp.GradScaler("cpu")
+    elif isinstance(loss_scale, dict):
+        scaler = torch.amp.GradScaler("cpu", **loss_scale)
+    else:
+        scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+    for step in range(6):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        blow_up = math.inf if step == 2 else 1.0
+        wrapper.update_params(a(x).pow(2).sum() * blow_up)
+        ref.zero_grad()
+        scaler.scale(b(x).pow(2).sum() * blow_up).backward()
+        scaler.unscale_(ref)
+        norm = torch.nn.utils.clip_grad_norm_(list(b.parameters()), 0.5)
+        scaler.step(ref)
+        scaler.update(loss_scale if isinstance(loss_scale, float) else None)
+        assert wrapper.loss_scaler.get_scale() == scaler.get_scale(), step
+        if step != 2:
+            torch.testing.assert_close(wrapper.grad_norm, norm, rtol=1e-6, atol=0)
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert wrapper.optimizer.fastopt_tier == "native"
+    assert wrapper.loss_scaler.state_dict() == scaler.state_dict()
