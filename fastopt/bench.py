@@ -314,10 +314,31 @@ class _Phase:
         self.params = params
 
 
+def _amp_variants(model: nn.Module, cfg: dict, clip: dict, params: list[torch.Tensor]) -> dict[str, _Phase]:
+    """With a loss scale (gradients as a scaled fp16 backward leaves them): fastopt's fused
+    phase, and GradScaler's unscale_ + clip_grad_norm_ + fastopt's step."""
+    import fastopt
+
+    fused = fastopt.AmpOptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
+                                    loss_scale=1024.0, clip_grad=clip)
+    opt = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.zeros(()))  # creates the scale tensor, as the first backward would
+
+    def unscale_clip_step() -> None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, **clip)
+        scaler.step(opt)
+        scaler.update(1024.0)
+
+    return {"fastopt amp phase": _Phase(fused.step, params),
+            "fastopt + torch unscale/clip": _Phase(unscale_clip_step, params)}
+
+
 def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
-                    max_norm: float) -> dict[str, _Phase]:
+                    max_norm: float, amp: bool = False) -> dict[str, _Phase]:
     """Every variant of the clipped optimizer phase over the same parameters (the flat limit
-    over one flat tensor of the same size)."""
+    over one flat tensor of the same size); with ``amp`` also the loss-scaled ones."""
     import fastopt
 
     clip = dict(max_norm=max_norm, norm_type=2)
@@ -326,6 +347,8 @@ def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
     plain = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
     params = [p for g in plain.param_groups for p in g["params"]]
     out["fastopt step"] = _Phase(plain.step, params)
+    if amp:
+        out.update(_amp_variants(model, cfg, clip, params))
     phase = fastopt.OptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
                                  clip_grad=clip)
     out["fastopt phase"] = _Phase(phase.step, params)
@@ -361,29 +384,32 @@ def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
 
 
 def phase_compare(name: str, optimizer: str = "adamw", max_norm: float = 0.1, width: float | None = None,
-                  numel: float = 30e6, repeats: int = 15,
+                  numel: float = 30e6, repeats: int = 15, amp: bool = False,
                   progress: Callable[[str], None] = log) -> dict[str, Any]:
     """The time after backward with gradient clipping, every variant on one zoo model: fastopt's
     plain step (the yardstick), its clipped phase, fastopt's step after torch's
     ``clip_grad_norm_``, mmengine's wrapper with ``clip_grad`` (as is and ``fused=True``) and
-    the flat-tensor limit. Returns {"model", "optimizer", "max_norm", "width", "tensors",
-    "numel", "machine", "results": [{"impl", "phase_s"}, ...]}."""
+    the flat-tensor limit; with ``amp`` (a fixed loss scale of 1024) also fastopt's fused
+    unscale + clip + step and GradScaler's ``unscale_`` + ``clip_grad_norm_`` + fastopt's step.
+    Returns {"model", "optimizer", "max_norm", "amp", "width", "tensors", "numel", "machine",
+    "results": [{"impl", "phase_s"}, ...]}."""
     width = width_for(name, numel) if width is None else width
     progress(f"building {name} at width {width} ...")
     model = zoo.build(name, width=width)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    variants = _phase_variants(model, OPTIMIZER_CFGS[optimizer], _paramwise(name), max_norm)
+    variants = _phase_variants(model, OPTIMIZER_CFGS[optimizer], _paramwise(name), max_norm, amp)
     gen = torch.Generator().manual_seed(0)
     grads = {k: [[torch.randn(p.shape, generator=gen) * 1e-2 for p in v.params] for _ in range(2)]
              for k, v in variants.items()}
 
     def set_grads(k: str, r: int) -> None:
-        fresh = "torch" in k or "mmengine" in k  # torch clips in place: give it its own copy
+        # torch clips (and unscales) in place, the fused AMP phase stores unscaled gradients
+        fresh = "torch" in k or "mmengine" in k or "amp" in k
         for p, g in zip(variants[k].params, grads[k][r % 2]):
             p.grad = g.clone() if fresh else g
 
     times = interleaved_step_times(variants, set_grads, repeats, warmup=2, progress=progress)  # type: ignore[arg-type]
-    return {"model": name, "optimizer": optimizer, "max_norm": max_norm, "width": width,
+    return {"model": name, "optimizer": optimizer, "max_norm": max_norm, "amp": amp, "width": width,
             "tensors": len(trainable), "numel": sum(p.numel() for p in trainable), "machine": machine(),
             "results": [{"impl": k, "phase_s": t} for k, t in times.items()]}
 
@@ -396,6 +422,6 @@ def phase_table(fig: dict[str, Any]) -> str:
     lines = [f"{fig['model']} (width {fig['width']}): {fig['tensors']:,} tensors, {fig['numel'] / 1e6:.1f}M "
              f"parameters; {fig['optimizer']}, clip_grad max_norm {fig['max_norm']}: "
              "median time after backward",
-             f"  {'variant':<24}{'time':>10}{'vs fastopt phase':>18}"]
-    lines += [f"  {name:<24}{t * 1e3:8.2f}ms{t / ours:>17.2f}x" for name, t in by.items()]
+             f"  {'variant':<30}{'time':>10}{'vs fastopt phase':>18}"]
+    lines += [f"  {name:<30}{t * 1e3:8.2f}ms{t / ours:>17.2f}x" for name, t in by.items()]
     return "\n".join(lines)

@@ -148,7 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.clip is not None:
         if args.clip <= 0:
             raise SystemExit(f"--clip must be a positive max_norm, got {args.clip}")
-        phase = bench.phase_compare(args.model, args.optimizer, args.clip, width=width, repeats=args.repeats)
+        phase = bench.phase_compare(args.model, args.optimizer, args.clip, width=width, repeats=args.repeats,
+                                    amp=args.amp)
         print(f"\nmachine: {bench.machine_line(phase['machine'])}")
         print(bench.phase_table(phase))
         if args.json:
@@ -302,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")
     p.add_argument("--clip", type=float, metavar="MAX_NORM",
                    help="time the whole optimizer phase with gradient clipping instead (docs/cli.md)")
+    p.add_argument("--amp", action="store_true", help="with --clip: also the loss-scaled (AMP) phase")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lr-curve", help="plot a config's lr schedule (param_scheduler or lr_config)")

@@ -217,11 +217,10 @@ class AmpOptimWrapper(OptimWrapper):
         """What ``GradScaler.update`` does after a step with (or without) inf/NaN gradients:
         a fixed scale stays; a dynamic one backs off on inf/NaN and grows after
         ``growth_interval`` clean steps (through the scaler's state dict)."""
-        if self._scale_update is not None:
-            self.loss_scaler.update(self._scale_update)
-            return
         state = self.loss_scaler.state_dict()
-        if found_inf:
+        if self._scale_update is not None:
+            state["scale"] = self._scale_update
+        elif found_inf:
             state["scale"] = float(torch.tensor(state["scale"] * state["backoff_factor"],
                                                 dtype=torch.float32))
             state["_growth_tracker"] = 0

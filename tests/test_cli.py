@@ -143,13 +143,14 @@ def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_bench_clip_times_the_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "phase.json"
     code, out, _ = run(capsys, "bench", "--model", "retinanet_r50_fpn", "--width", "0.05", "--repeats", "1",
-                       "--clip", "0.1", "--json", str(path))
+                       "--clip", "0.1", "--amp", "--json", str(path))
     data = json.loads(path.read_text())
     assert code == 0 and "clip_grad max_norm 0.1" in out and "machine:" in out
     assert {"model", "max_norm", "tensors", "numel", "machine", "results"} <= data.keys()
     impls = {r["impl"] for r in data["results"]}
     assert {"fastopt step", "fastopt phase", "fastopt + torch clip", "mmengine", "mmengine+fused",
-            "flat limit"} <= impls
+            "flat limit", "fastopt amp phase", "fastopt + torch unscale/clip"} <= impls
+    assert data["amp"] is True
     assert all(r["phase_s"] > 0 for r in data["results"])
     with pytest.raises(SystemExit, match="--clip must be a positive max_norm"):
         cli.main(["bench", "--model", "retinanet_r50_fpn", "--clip", "0"])
