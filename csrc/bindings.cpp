@@ -134,7 +134,7 @@ PYBIND11_MODULE(_C, m) {
         "lr/momentum/dampening/weight_decay; grad_scale <= 0 means none; grad_mult multiplies "
         "every (unscaled) gradient as it is read.");
   m.def("grad_norm", &grad_norm, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("norm_type"),
-        "(norm, nonfinite): the 2-norm or inf-norm of n gradients taken together, accumulated in "
+        "(norm, nonfinite): the 2-norm or inf-norm of n gradients taken together, float block sums added in "
         "double in a fixed order (the same for any thread count), and whether any is inf/NaN.");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),

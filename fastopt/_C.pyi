@@ -26,7 +26,7 @@ def sgd_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, 
 def grad_norm(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike,
               norm_type: float) -> tuple[float, bool]:
     """(norm, nonfinite): the 2-norm (norm_type 2) or inf-norm of n gradients taken together,
-    accumulated in double in a fixed order, and whether any is inf/NaN."""
+    float block sums added in double in a fixed order, and whether any is inf/NaN."""
 
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
