@@ -14,8 +14,8 @@ from ._kernels import local
 from .clip_grad import check_clip_grad, clip_coefficient, native_norm_ok, total_norm
 from .registry import OPTIM_WRAPPERS, resolve_type
 
-__all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "fused_clip", "with_fused_clip",
-           "wrapper_class"]
+__all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "clip_in_next_step", "fused_clip",
+           "with_fused_clip", "wrapper_class"]
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -267,6 +267,20 @@ def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: floa
     return norm, clip_coefficient(norm, clip_grad["max_norm"])
 
 
+def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: dict[str, Any]
+                      ) -> Tensor | None:
+    """Clip by norm into a fastopt optimizer's next step: the norm of every parameter in
+    ``params`` that requires grad and has one (None when there is none), its coefficient
+    handed to ``optimizer.clip_next_step``. What the host plug-ins do in place of torch's
+    ``clip_grad_norm_``."""
+    grads_of = [p for p in params if p.requires_grad and p.grad is not None]
+    if not grads_of:
+        return None
+    norm, coefficient = fused_clip(grads_of, clip_grad)
+    optimizer.clip_next_step(coefficient)  # type: ignore[attr-defined]
+    return norm
+
+
 class FusedClip:
     """Mixin for a host framework's optim wrapper (mmengine's ``OptimWrapper``,
     ``AmpOptimWrapper``, a project's own): clipping by norm with a fastopt optimizer takes one
@@ -280,17 +294,13 @@ class FusedClip:
     message_hub: Any
 
     def _clip_grad(self) -> None:
-        clip_next_step = getattr(self.optimizer, "clip_next_step", None)
-        if getattr(self, "grad_name", None) != "grad_norm" or clip_next_step is None:
+        if getattr(self, "grad_name", None) != "grad_norm" or not hasattr(self.optimizer, "clip_next_step"):
             super()._clip_grad()  # type: ignore[misc]
             return
-        params = [p for g in self.optimizer.param_groups for p in g["params"]
-                  if p.requires_grad and p.grad is not None]
-        if not params:
-            return
-        norm, coefficient = fused_clip(params, self.clip_grad_kwargs)
-        clip_next_step(coefficient)
-        self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = clip_in_next_step(self.optimizer, params, self.clip_grad_kwargs)
+        if norm is not None:
+            self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
 
 
 _WITH_FUSED_CLIP: dict[type, type] = {}

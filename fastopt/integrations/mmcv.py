@@ -32,7 +32,7 @@ from ..layer_decay import (  # noqa: E402
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
-from ..wrapper import fused_clip  # noqa: E402
+from ..wrapper import clip_in_next_step  # noqa: E402
 from . import FastAdam, FastAdamW, FastSGD, register_optimizers  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
@@ -83,17 +83,14 @@ class FastOptimizerHook(OptimizerHook):
 
     def after_train_iter(self, runner: Any) -> None:
         """zero_grad, backward, clip (fused), step: mmcv's order."""
-        clip_next_step = getattr(runner.optimizer, "clip_next_step", None)
-        if self.grad_clip is None or clip_next_step is None:
+        if self.grad_clip is None or not hasattr(runner.optimizer, "clip_next_step"):
             super().after_train_iter(runner)
             return
         runner.optimizer.zero_grad()
         if self.detect_anomalous_params:
             self.detect_anomalous_parameters(runner.outputs["loss"], runner)
         runner.outputs["loss"].backward()
-        params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
-        if params:
-            norm, coefficient = fused_clip(params, self.grad_clip)
-            clip_next_step(coefficient)
+        norm = clip_in_next_step(runner.optimizer, runner.model.parameters(), self.grad_clip)
+        if norm is not None:
             runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
         runner.optimizer.step()
