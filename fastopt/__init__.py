@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loaded before the extension: one OpenMP runtime)
 
-from . import optim
+from . import host, optim
 from ._core import HAVE_NATIVE
 from .builder import (
     OPTIM_WRAPPER_CONSTRUCTORS,
@@ -25,6 +25,7 @@ from .explain import Explanation, explain
 from .grouping import merge_param_groups
 from .layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from .registry import Registry, build_from_cfg
+from .sources import load_config, load_model
 from .tsm import TSMOptimizerConstructor, TSMOptimWrapperConstructor
 from .wrapper import AmpOptimWrapper, OptimWrapper
 
@@ -52,6 +53,9 @@ __all__ = [
     "build_optim_wrapper",
     "build_optimizer",
     "explain",
+    "host",
+    "load_config",
+    "load_model",
     "load_per_param_state_dict",
     "merge_param_groups",
     "optim",

@@ -13,13 +13,14 @@ import argparse
 import importlib
 import json
 import re
-import runpy
 import sys
 import warnings
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+from . import sources
 
 if TYPE_CHECKING:
     from .zoo import ZooModel
@@ -39,73 +40,35 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-# ------------------------------------------------------------------ configs
-def load_config(path: str) -> dict[str, Any]:
-    """Top-level names of an mmcv/mmengine-style Python config (``_base_`` needs mmengine)."""
-    try:
-        from mmengine.config import Config
-    except ImportError:
-        Config = None
-    if Config is not None:
-        return Config.fromfile(path).to_dict()
-    ns = runpy.run_path(path)
-    if "_base_" in ns:
-        raise SystemExit(f"{path}: `_base_` inheritance needs mmengine installed")
-    return {k: v for k, v in ns.items() if not k.startswith("__") and not callable(v)
-            and type(v).__name__ != "module"}
+# ------------------------------------------------------------------ sources
+def add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The model-source arguments every command shares (see fastopt.sources)."""
+    p.add_argument("source", nargs=None if required else "?", metavar="SOURCE",
+                   help="a config file (OpenMMLab 2.x/3.x or fastopt-style), timm:NAME, torchvision:NAME, "
+                        "pkg.module:callable, or a bundled model name (`fastopt models`)")
+    p.add_argument("--model", metavar="SOURCE",
+                   help="build the model from this source instead of the config's `model=`")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="override config entries, e.g. optim_wrapper.optimizer.lr=0.01")
 
 
-def resolve_callable(ref: str) -> Callable[..., Any]:
-    """'package.module:function' or 'package.module.function' -> the callable."""
-    if ":" in ref:
-        mod, _, attr = ref.partition(":")
-    else:
-        mod, _, attr = ref.rpartition(".")
-    if not mod:
-        raise SystemExit(f"model builder {ref!r} must be 'package.module:callable'")
-    obj: Any = importlib.import_module(mod)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+def resolve_args(args: argparse.Namespace) -> tuple[sources.Source, sources.Source]:
+    """(where the optimizer config comes from, where the model comes from)."""
+    options = sources.parse_cfg_options(args.cfg_options)
+    if args.source is None and args.model is None:
+        raise sources.SourceError("name a config or model source (`fastopt models` lists the bundled ones)")
+    cfg_source = sources.resolve(args.source if args.source is not None else args.model, options)
+    model_source = cfg_source if args.model is None else sources.resolve(args.model)
+    return cfg_source, model_source
 
 
-def build_model(spec: Any) -> nn.Module:
-    """A model from a config's ``model`` entry: 'module:callable' or dict(type=..., **kwargs)."""
-    if isinstance(spec, str):
-        return resolve_callable(spec)()
-    if isinstance(spec, dict) and isinstance(spec.get("type"), str):
-        kwargs = {k: v for k, v in spec.items() if k != "type"}
-        return resolve_callable(spec["type"])(**kwargs)
-    raise SystemExit("the config's `model` must be 'package.module:callable' or "
-                     "dict(type='package.module:callable', **kwargs)")
-
-
-def optimizer_cfg_of(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The ``optim_wrapper=`` (mmengine) or ``optimizer=`` (mmcv 1.x) entry of a config."""
-    if "optim_wrapper" in cfg:
-        return cfg["optim_wrapper"]
-    if "optimizer" in cfg and isinstance(cfg["optimizer"], dict):
-        return cfg["optimizer"]
-    raise SystemExit("the config has neither `optim_wrapper=` nor `optimizer=`")
-
-
-def model_and_cfg(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str]:
-    """(model, optimizer config, label) from --model NAME and/or CONFIG.py."""
-    if args.config:
-        cfg = load_config(args.config)
-        opt_cfg = optimizer_cfg_of(cfg)
-        if args.model:
-            model = _zoo().build(args.model)
-        elif "model" in cfg:
-            model = build_model(cfg["model"])
-        else:
-            raise SystemExit("name a model: --model NAME, or `model = 'pkg.module:builder'` in the config")
-        return model, opt_cfg, args.config
-    if not args.model:
-        raise SystemExit("give --model NAME or a CONFIG.py")
-    spec = _zoo_spec(args.model)
-    cfg = dict(optimizer=dict(spec.optimizer), paramwise_cfg=spec.paramwise_cfg)
-    return _zoo().build(args.model), cfg, args.model
+def model_and_cfg(args: argparse.Namespace,
+                  device: str = "auto") -> tuple[nn.Module, str, dict[str, Any], str]:
+    """(model, api, optimizer config, label) of the command's sources."""
+    cfg_source, model_source = resolve_args(args)
+    api, cfg, _ = cfg_source.optim
+    label = cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
+    return model_source.build(device), api, cfg, label
 
 
 def _zoo_spec(name: str) -> ZooModel:
@@ -189,7 +152,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Per-parameter rules and the group table."""
     from .explain import explain
 
-    model, cfg, label = model_and_cfg(args)
+    model, _, cfg, label = model_and_cfg(args)
     report = explain(model, cfg)
     pattern = re.compile(args.filter) if args.filter else None
     params = [p for p in report.params if pattern is None or pattern.search(p.name)]
@@ -239,10 +202,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Grouping cost and group count, with limits for CI."""
     from .bench import profile
 
-    model, cfg, label = model_and_cfg(args)
+    model, _, cfg, label = model_and_cfg(args)
     result = profile(model, cfg, repeats=args.repeats)
-    print(f"{label}: {result['tensors']:,} tensors in {result['groups']} groups, "
-          f"built in {result['build_ms']:.2f} ms (median of {args.repeats})")
+    if args.json:
+        print(json.dumps(dict(result, source=label, max_groups=args.max_groups,
+                              max_build_ms=args.max_build_ms), indent=2))
+    else:
+        print(f"{label}: {result['tensors']:,} tensors in {result['groups']} groups, "
+              f"built in {result['build_ms']:.2f} ms (median of {args.repeats})")
     failed = []
     if args.max_groups is not None and result["groups"] > args.max_groups:
         failed.append(f"{result['groups']} groups > --max-groups {args.max_groups}")
@@ -253,11 +220,57 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Reference vs fastopt on every parameter: exit 0 on exact parity, 1 on a mismatch."""
+    from .check import check, reference_builder
+
+    cfg_source, model_source = resolve_args(args)
+    api, cfg, _ = cfg_source.optim
+    try:
+        reference_builder(api)
+    except ImportError as exc:
+        raise sources.SourceError(str(exc)) from None
+    label = cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
+    try:
+        model = model_source.build("auto")
+    except sources.SourceError:
+        raise
+    except Exception as exc:
+        raise sources.SourceError(f"{label}: the model does not build here "
+                                  f"({type(exc).__name__}: {exc})") from exc
+    report = check(model, api, cfg, source=label, semantics=args.semantics, limit=args.limit)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0 if report.parity else 1
+    verdict = "EXACT PARITY" if report.parity else f"MISMATCH ({report.num_differences} differences)"
+    print(f"{label}\n  {verdict}: fastopt vs {report.reference} ({report.api} semantics "
+          f"{report.semantics}), {report.optimizer}, {report.params:,} parameters")
+    if report.raised is not None:
+        print(f"  both raise {report.raised}")
+    else:
+        if report.groups_reference is not None:
+            print(f"  param groups: {report.groups_reference:,} -> {report.groups_fastopt:,}")
+        if report.build_s_reference is not None and report.build_s_fastopt is not None:
+            ratio = report.build_s_reference / max(report.build_s_fastopt, 1e-9)
+            print(f"  construction: reference {report.build_s_reference * 1e3:.1f} ms, fastopt "
+                  f"{report.build_s_fastopt * 1e3:.1f} ms ({ratio:.1f}x)")
+    for note in report.notes:
+        print(f"  {note}")
+    if report.differences:
+        name_w = max(len(d.param) for d in report.differences) + 2
+        print(f"\n  {'parameter':<{name_w}}{'key':<16}{'reference':<28}fastopt")
+        for d in report.differences:
+            print(f"  {d.param:<{name_w}}{d.key:<16}{d.reference:<28}{d.fastopt}")
+        if report.num_differences > len(report.differences):
+            print(f"  ... {report.num_differences - len(report.differences)} more (--limit N)")
+    return 0 if report.parity else 1
+
+
 def cmd_lr_curve(args: argparse.Namespace) -> int:
     """The lr at every iteration of a config's schedule, as a plot (and JSON)."""
     from .schedule import lr_curve
 
-    cfg = load_config(args.config)
+    cfg = sources.load_config(args.config, sources.parse_cfg_options(args.cfg_options))
     lrs = lr_curve(cfg, args.iters_per_epoch, args.epochs)
     if args.json:
         with open(args.json, "w") as fh:
@@ -312,13 +325,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: the config's max_epochs")
     p.add_argument("--out", metavar="PNG")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None)
     p.set_defaults(func=cmd_lr_curve)
+
+    p = sub.add_parser("check", help="does fastopt give every parameter what mmengine / mmcv gives it?")
+    add_source_args(p)
+    p.add_argument("--semantics", metavar="HOST==VERSION",
+                   help="the host release whose rules fastopt follows (default: the installed one)")
+    p.add_argument("--limit", type=int, default=20, help="differences shown (default 20)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check)
 
     for name, func, text in (("explain", cmd_explain, "why each parameter got its hyperparameters"),
                              ("profile", cmd_profile, "grouping cost and group count, with CI limits")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", nargs="?", help="mmcv/mmengine-style Python config")
-        p.add_argument("--model", help="a bundled model (`fastopt models`)")
+        add_source_args(p, required=False)
         if name == "explain":
             p.add_argument("--json", action="store_true")
             p.add_argument("--filter", metavar="REGEX", help="only parameters whose name matches")
@@ -326,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--max-groups", type=int)
             p.add_argument("--max-build-ms", type=float)
             p.add_argument("--repeats", type=int, default=5)
+            p.add_argument("--json", action="store_true", help="print the figures as JSON")
         p.set_defaults(func=func)
     return ap
 
@@ -335,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except sources.SourceError as exc:
+            print(f"fastopt {args.command}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -42,6 +42,23 @@ class Registry:
         self.name = name
         self._module_dict: dict[str, Any] = {}
         self._build_func = build_func
+        self._fallbacks: list[Callable[[str], Any]] = []
+
+    def add_fallback(self, lookup: Callable[[str], Any]) -> None:
+        """Search ``lookup(name)`` (None: not found) for names this registry does not hold, e.g.
+        the registries of an installed host library (``fastopt.host``)."""
+        self._fallbacks.append(lookup)
+
+    def lookup(self, key: str) -> Any | None:
+        """The object registered under ``key`` here, else the first fallback's answer, else None."""
+        obj = self._module_dict.get(key)
+        if obj is not None:
+            return obj
+        for fallback in self._fallbacks:
+            obj = fallback(key)
+            if obj is not None:
+                return obj
+        return None
 
     def __len__(self) -> int:
         return len(self._module_dict)
@@ -109,7 +126,7 @@ class Registry:
 def resolve_type(obj_type: Any, registry: Registry) -> Any:
     """Turn a ``type`` entry (name or class) into the registered object, with a clear error."""
     if isinstance(obj_type, str):
-        obj = registry.get(obj_type)
+        obj = registry.lookup(obj_type)
         if obj is None:
             hint = registry.closest(obj_type)
             tail = f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""

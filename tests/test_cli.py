@@ -157,8 +157,11 @@ def test_bench_clip_times_the_phase(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit, match="unknown model 'nope'"):
-        cli.main(["explain", "--model", "nope"])
+    assert cli.main(["explain", "--model", "retinanet_r50_fpx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastopt explain: error: 'retinanet_r50_fpx' is neither a config file, 'timm:NAME', "
+                   "'torchvision:NAME', 'pkg.module:callable' nor a bundled model (`fastopt models`); "
+                   "did you mean 'retinanet_r50_fpn'?"]
 
 
 def test_explain_a_config_does_not_import_the_zoo(tmp_path: Path) -> None:
