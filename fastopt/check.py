@@ -187,6 +187,12 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
     if api not in ("mmengine", "mmcv"):
         raise ValueError(f"api must be 'mmengine' or 'mmcv', got {api!r}")
     reference, ref_name = reference_builder(api)
+    notes = []
+    if api == "mmengine" and cfg.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
+        # mmengine's AmpOptimWrapper needs an accelerator; the groups do not depend on the wrapper
+        cfg = {k: v for k, v in cfg.items() if k not in ("loss_scale", "dtype", "use_fsdp")}
+        cfg["type"] = "OptimWrapper"
+        notes.append("AmpOptimWrapper needs a CUDA device: both sides built with OptimWrapper instead")
     fast = builder.build_optim_wrapper if api == "mmengine" else builder.build_optimizer
     extra = _semantics_arg(fast, semantics)
     opt_cfg = cfg.get("optimizer", {}) if api == "mmengine" else cfg
@@ -195,7 +201,7 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
     ref_built, ref_s, ref_exc = _build(lambda: reference(model, _copy(cfg)))
     fast_built, fast_s, fast_exc = _build(lambda: fast(model, _copy(cfg), **extra))
     report = CheckReport(source, api, ref_name, _semantics_name(api, ref_name, semantics), optimizer_name,
-                         False, len(names), None, None, ref_s, fast_s)
+                         False, len(names), None, None, ref_s, fast_s, notes=notes)
     if ref_exc is not None or fast_exc is not None:
         if ref_exc is not None and fast_exc is not None and isinstance(fast_exc, type(ref_exc)):
             report.parity = True

@@ -113,13 +113,17 @@ def host_constructor(host_cls: Any, api: str) -> type:
     if key in _ADAPTERS:
         return _ADAPTERS[key]
     base: Any = DefaultOptimWrapperConstructor if api == "mmengine" else DefaultOptimizerConstructor
+    cfg_name = "optim_wrapper_cfg" if api == "mmengine" else "optimizer_cfg"
     by_add_params = host_cls.__call__ in _default_calls() and hasattr(host_cls, "add_params")
 
     class HostConstructor(base):  # type: ignore[misc, valid-type]
         __doc__ = f"{host_cls.__module__}.{host_cls.__qualname__}, its groups merged by fastopt."
         host_class = host_cls
 
-        def __init__(self, cfg: dict, paramwise_cfg: dict | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # (optim_wrapper_cfg | optimizer_cfg, paramwise_cfg=None), as the host's signature
+            cfg = args[0] if args else kwargs.pop(cfg_name)
+            paramwise_cfg = args[1] if len(args) > 1 else kwargs.pop("paramwise_cfg", None)
             self.host = host_cls(copy.deepcopy(cfg), copy.deepcopy(paramwise_cfg))
             super().__init__(cfg, paramwise_cfg, **kwargs)
 
