@@ -126,7 +126,7 @@ def reference_builder(api: str) -> tuple[Callable[[nn.Module, dict], Any], str]:
         from mmengine.optim import build_optim_wrapper
 
         return build_optim_wrapper, f"mmengine=={version}"
-    version = _dist_version("mmcv") or _dist_version("mmcv-full")
+    version = _dist_version("mmcv") or _dist_version("mmcv-full") or _dist_version("mmcv-lite")
     if version is None or not version.startswith("1."):
         raise ImportError("the reference for mmcv 1.x optimizer= configs is mmcv 1.x, which is not installed"
                           + (f" (mmcv {version} is)" if version else ""))
