@@ -25,7 +25,7 @@ from torch import nn
 from .checkpoint import ReferenceLayout, attach_layout
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 from .grouping import group_params, merge_param_groups_indexed
-from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS, OPTIMIZERS
+from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS, OPTIMIZERS, scope_override
 
 __all__ = ["current_scope", "host_constructor", "mmcv_registry_get", "mmengine_registry_get"]
 
@@ -42,7 +42,8 @@ def current_scope() -> str | None:
 
 def mmengine_registry_get(registry: str, name: str) -> Any | None:
     """``name`` in mmengine's registry ``registry`` ('OPTIMIZERS', ...) as mmengine resolves it:
-    under the current default scope, ``'scope.Name'`` also accepted; None when absent."""
+    under a config's ``_scope_`` or else the current default scope, ``'scope.Name'`` also
+    accepted; None when absent."""
     if importlib.util.find_spec("mmengine") is None:
         return None
     import mmengine.optim  # mmengine's own registrations
@@ -50,7 +51,7 @@ def mmengine_registry_get(registry: str, name: str) -> Any | None:
 
     reg = getattr(mmengine.registry, registry)
     try:
-        with reg.switch_scope_and_registry(None) as scoped:
+        with reg.switch_scope_and_registry(scope_override()) as scoped:
             return scoped.get(name)
     except KeyError:  # a 'scope.Name' whose scope is not installed
         return None

@@ -12,15 +12,27 @@ fastopt's four registries (filled by the modules that define what they hold).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import inspect
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["OPTIMIZERS", "OPTIMIZER_BUILDERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "Registry",
-           "build_from_cfg", "constructor_from_cfg"]
+__all__ = [
+    "OPTIMIZERS",
+    "OPTIMIZER_BUILDERS",
+    "OPTIM_WRAPPERS",
+    "OPTIM_WRAPPER_CONSTRUCTORS",
+    "SCOPE_KEY",
+    "Registry",
+    "build_from_cfg",
+    "constructor_from_cfg",
+    "scope_override",
+    "within_scope",
+]
 
 
 def _where(obj: Any) -> str:
@@ -123,6 +135,31 @@ class Registry:
         return build_from_cfg(cfg, self, default_args)
 
 
+#: The key mmengine adds to dicts a config inherits from another package
+#: (``_base_ = 'mmdet::...'``): the scope their types are looked up in.
+SCOPE_KEY = "_scope_"
+_SCOPES: list[str] = []
+
+
+@contextlib.contextmanager
+def within_scope(scope: str | None) -> Iterator[None]:
+    """Resolve host types (``Registry.add_fallback`` lookups) under ``scope`` inside the block;
+    None leaves the current scope as it is."""
+    if scope is None:
+        yield
+        return
+    _SCOPES.append(scope)
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+
+
+def scope_override() -> str | None:
+    """The innermost scope :func:`within_scope` set, or None."""
+    return _SCOPES[-1] if _SCOPES else None
+
+
 def resolve_type(obj_type: Any, registry: Registry) -> Any:
     """Turn a ``type`` entry (name or class) into the registered object, with a clear error."""
     if isinstance(obj_type, str):
@@ -149,7 +186,8 @@ def build_from_cfg(cfg: dict, registry: Registry, default_args: dict | None = No
     if default_args is not None:
         for key, value in default_args.items():
             args.setdefault(key, value)
-    obj_cls = resolve_type(args.pop("type"), registry)
+    with within_scope(args.pop(SCOPE_KEY, None)):
+        obj_cls = resolve_type(args.pop("type"), registry)
     try:
         return obj_cls(**args)
     except TypeError as exc:
@@ -186,10 +224,13 @@ def constructor_from_cfg(cfg: dict, api: str) -> Any:
         raise ValueError(f"api must be 'mmcv' or 'mmengine', got {api!r}")
     rest = copy.deepcopy(cfg)
     paramwise_cfg = rest.pop("paramwise_cfg", None)
+    scope = rest.get(SCOPE_KEY)  # stays in the cfg: the wrapper is built under it too
     if api == "mmengine":
         ctor_type = rest.pop("constructor", "DefaultOptimWrapperConstructor")
-        return build_from_cfg(dict(type=ctor_type, optim_wrapper_cfg=rest, paramwise_cfg=paramwise_cfg),
-                              OPTIM_WRAPPER_CONSTRUCTORS)
+        with within_scope(scope):
+            return build_from_cfg(dict(type=ctor_type, optim_wrapper_cfg=rest, paramwise_cfg=paramwise_cfg),
+                                  OPTIM_WRAPPER_CONSTRUCTORS)
     ctor_type = rest.pop("constructor", "DefaultOptimizerConstructor")
-    return build_from_cfg(dict(type=ctor_type, optimizer_cfg=rest, paramwise_cfg=paramwise_cfg),
-                          OPTIMIZER_BUILDERS)
+    with within_scope(scope):
+        return build_from_cfg(dict(type=ctor_type, optimizer_cfg=rest, paramwise_cfg=paramwise_cfg),
+                              OPTIMIZER_BUILDERS)

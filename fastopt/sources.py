@@ -2,7 +2,8 @@
 
 A *source* is one of
 
-- a config file (``.py``/``.json``/``.yaml``): an OpenMMLab 2.x/3.x config read with mmengine's
+- a config file (``.py``/``.json``/``.yaml``, or ``mmdet::swin/x.py`` for one an installed
+  package ships): an OpenMMLab 2.x/3.x config read with mmengine's
   ``Config`` (``_base_`` inheritance, ``custom_imports``, ``--cfg-options key=value``), whose
   ``model`` is built by the installed host library's registry under the config's scope
   (``default_scope``, or the ``scope.Type`` prefix of ``model.type``); a fastopt-style config
@@ -326,10 +327,11 @@ def _zoo_source(name: str, width: float | None, cfg_options: dict[str, Any] | No
                                                               "cpu" if device == "auto" else device))
 
 
-def _config_source(path: str, cfg_options: dict[str, Any] | None) -> Source:
+def _config_source(path: str, cfg_options: dict[str, Any] | None, label: str | None = None) -> Source:
     cfg = load_config(path, cfg_options)
+    label = path if label is None else label
     if "model" not in cfg or cfg["model"] is None:
-        raise SourceError(f"{path}: the config has no `model=` entry")
+        raise SourceError(f"{label}: the config has no `model=` entry")
     spec = cfg["model"]
     if isinstance(spec, str) or (isinstance(spec, dict) and ":" in str(spec.get("type", ""))):
         if isinstance(spec, str):
@@ -337,17 +339,34 @@ def _config_source(path: str, cfg_options: dict[str, Any] | None) -> Source:
         else:
             fn = resolve_callable(spec["type"])
             kwargs = {k: v for k, v in spec.items() if k != "type"}
-        return Source(path, "config", cfg, lambda device: _on_device(lambda: fn(**kwargs), device))
+        return Source(label, "config", cfg, lambda device: _on_device(lambda: fn(**kwargs), device))
     if not isinstance(spec, dict) or "type" not in spec:
-        raise SourceError(f"{path}: `model` must be a dict with a `type` (or 'pkg.module:callable')")
-    return Source(path, "config", cfg, lambda device: _build_openmmlab(cfg, path, device))
+        raise SourceError(f"{label}: `model` must be a dict with a `type` (or 'pkg.module:callable')")
+    return Source(label, "config", cfg, lambda device: _build_openmmlab(cfg, label, device))
+
+
+def shipped_config(ref: str) -> str:
+    """``'mmdet::swin/x.py'`` -> the path of that config inside the installed package
+    (``<package>/.mim/configs/swin/x.py``, where OpenMMLab wheels ship their configs)."""
+    package, _, relative = ref.partition("::")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"{ref}: package {package!r} is not installed")
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, ".mim", "configs", relative)
+        if os.path.isfile(path):
+            return path
+    raise SourceError(f"{ref}: {package} ships no config {relative!r} (under {package}/.mim/configs)")
 
 
 def resolve(source: str, cfg_options: dict[str, Any] | None = None, width: float | None = None) -> Source:
-    """Turn a source string (config path, ``timm:``/``torchvision:`` name, ``pkg.mod:callable``,
-    zoo name) into a :class:`Source`; errors are :class:`SourceError`."""
+    """Turn a source string (config path, ``pkg::path`` of a config a package ships,
+    ``timm:``/``torchvision:`` name, ``pkg.mod:callable``, zoo name) into a :class:`Source`;
+    errors are :class:`SourceError`."""
     if not isinstance(source, str) or not source:
         raise SourceError(f"a model source must be a non-empty string, got {source!r}")
+    if "::" in source:
+        return _config_source(shipped_config(source), cfg_options, label=source)
     if source.endswith(_CONFIG_SUFFIXES) or os.path.isfile(source):
         return _config_source(source, cfg_options)
     prefix, sep, name = source.partition(":")

@@ -54,3 +54,13 @@ def install() -> None:
         pass  # the host tests report what then fails to import
     finally:
         torch.library.register_fake = real
+
+
+if __name__ == "__main__":
+    # python scripts/host_stack.py fastopt ARGS...: the fastopt command with the stand-ins in place
+    if len(sys.argv) < 2 or sys.argv[1] != "fastopt":
+        raise SystemExit("usage: python scripts/host_stack.py fastopt COMMAND [ARGS...]")
+    install()
+    from fastopt.cli import main
+
+    sys.exit(main(sys.argv[2:]))

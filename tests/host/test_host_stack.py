@@ -52,7 +52,7 @@ def test_check_reports_exact_parity(package: str, relative: str, capsys: pytest.
 
 
 def test_check_prints_a_readable_verdict(capsys: pytest.CaptureFixture[str]) -> None:
-    path = shipped(*SWIN_MASK_RCNN)
+    path = "mmdet::" + SWIN_MASK_RCNN[1]  # a config the package ships, by its name there
     assert cli.main(["check", path]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == path
@@ -128,6 +128,19 @@ def test_model_source_errors(tmp_path: Path, text: str, message: str,
     assert cli.main(["check", _config(tmp_path, text)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_project_config_inheriting_from_a_package(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A downstream project's config: ``_base_`` from mmdet's shipped configs (mmengine marks the
+    inherited dicts with ``_scope_='mmdet'``), its own overrides."""
+    path = _config(tmp_path, "_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'\n"
+                             "optim_wrapper = dict(paramwise_cfg=dict(\n"
+                             "    custom_keys=dict(backbone=dict(lr_mult=0.1))))\n")
+    assert sources.resolve(path).optim[1]["_scope_"] == "mmdet"
+    assert cli.main(["check", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parity"] is True and report["groups_fastopt"] == 3
 
 
 def test_a_2x_config_needs_mmcv_1x(capsys: pytest.CaptureFixture[str]) -> None:
