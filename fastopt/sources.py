@@ -237,7 +237,8 @@ def _build_openmmlab(cfg: dict[str, Any], path: str, device: str) -> nn.Module:
         if isinstance(model_cfg.get("type"), str) and registry.get(model_cfg["type"]) is None:
             raise SourceError(f"{path}: model type {model_cfg['type']!r} is not registered under scope "
                               f"{scope!r}")
-        return _on_device(lambda: registry.build(model_cfg), device)
+        # a fresh copy per attempt: some host models edit their sub-configs while building
+        return _on_device(lambda: registry.build(copy.deepcopy(model_cfg)), device)
 
 
 def _on_device(build: Callable[[], nn.Module], device: str) -> nn.Module:

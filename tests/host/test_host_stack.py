@@ -19,6 +19,7 @@ SWIN_MASK_RCNN = ("mmdet", "swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py")
 CONFIGS = [
     SWIN_MASK_RCNN,  # custom_keys decay_mult
     ("mmdet", "dino/dino-4scale_r50_8xb2-12e_coco.py"),  # custom_keys lr_mult, clip_grad
+    ("mmdet", "dino/dino-5scale_swin-l_8xb2-12e_coco.py"),  # edits its sub-configs while it builds
     ("mmdet", "convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py"),  # mmdet's layer decay, AMP
     ("mmdet", "fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py"),  # bias_lr_mult, frozen BN
     ("mmdet", "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"),  # no paramwise_cfg: one group
