@@ -164,7 +164,7 @@ PYBIND11_MODULE(_C, m) {
                                     "bypass_dup"_a = int{kBypassDup}, "bias_lr"_a = int{kBiasLr},
                                     "bias_decay"_a = int{kBiasDecay}, "norm_decay"_a = int{kNormDecay},
                                     "dwconv_decay"_a = int{kDwconvDecay}, "flat_decay"_a = int{kFlatDecay},
-                                    "dcn_lr"_a = int{kDcnLr});
+                                    "dcn_lr"_a = int{kDcnLr}, "keep_frozen"_a = int{kKeepFrozen});
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

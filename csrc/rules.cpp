@@ -54,11 +54,17 @@ Signature decide(int32_t key, uint32_t f, uint32_t c) {
   const bool dup = has(f, kDuplicate);
   const bool frozen = has(f, kFrozen);
   // mmcv tests requires_grad before duplicates (a frozen tied tensor is added
-  // twice); mmengine tests duplicates first and drops frozen tensors.
+  // twice). mmengine tests duplicates first (bypass_duplicate skips a repeat),
+  // then requires_grad: up to 0.10.3 a frozen tensor is kept as a bare group (so
+  // a frozen repeat without bypass is added twice), from 0.10.4 on it is dropped.
   if (!mmengine && frozen)
     return {-1, kLrNone, kWdNone, dup ? kDuplicateError : kFrozenKept};
-  if (dup) return {-1, kLrNone, kWdNone, has(c, kBypassDup) ? kSkipped : (frozen ? kSkipped : kDuplicateError)};
-  if (frozen) return {-1, kLrNone, kWdNone, kSkipped};
+  const bool keep_frozen = has(c, kKeepFrozen);
+  if (dup) {
+    if (has(c, kBypassDup) || (frozen && !keep_frozen)) return {-1, kLrNone, kWdNone, kSkipped};
+    return {-1, kLrNone, kWdNone, kDuplicateError};
+  }
+  if (frozen) return {-1, kLrNone, kWdNone, keep_frozen ? kFrozenKept : kSkipped};
   if (key >= 0)  // a custom key switches every other rule off
     return {key, kLrCustom, has(c, kHasWd) ? kWdCustom : kWdNone, kTrainable};
   return {-1, lr_rule(f, c), wd_rule(f, c), kTrainable};

@@ -3,7 +3,7 @@
 // One Python walk of the model produces, per parameter, its full name
 // (f"{prefix}.{name}") and a bit set of facts about it and its module. Here
 // every parameter gets the rule that decides its lr and weight decay, exactly
-// as mmcv 1.7.2 / mmengine 0.10.7 DefaultOptimizerConstructor order them, and
+// as mmcv 1.3-1.7.2 / mmengine 0.7.0-0.10.7 DefaultOptimizerConstructor order them, and
 // equal rule outcomes are deduplicated into signatures in first-seen order.
 // Python turns each (few) signature into hyperparameters and merges equal ones.
 #pragma once
@@ -38,14 +38,16 @@ enum ConfigFlag : uint32_t {
   kDwconvDecay = 1u << 6,
   kFlatDecay = 1u << 7,     // mmengine only
   kDcnLr = 1u << 8,         // dcn_offset_lr_mult given
+  kKeepFrozen = 1u << 9,    // mmengine <= 0.10.3: a frozen parameter is kept as a bare group
+                            // (after the bypass_duplicate test); mmcv keeps them regardless
 };
 
 enum LrRule : int32_t { kLrNone = 0, kLrCustom, kLrBias, kLrDcnOffset };
 enum WdRule : int32_t { kWdNone = 0, kWdCustom, kWdNorm, kWdBias, kWdDwconv, kWdFlat };
 enum Kind : int32_t {
   kTrainable = 0,   // gets a group with the rule's overrides
-  kFrozenKept,      // mmcv: frozen, in a group with no overrides
-  kSkipped,         // not in any group (mmengine frozen, bypassed duplicate)
+  kFrozenKept,      // frozen, in a group with no overrides (mmcv; mmengine <= 0.10.3)
+  kSkipped,         // not in any group (mmengine >= 0.10.4 frozen, bypassed duplicate)
   kDuplicateError,  // would be added twice: the reference lets torch raise
 };
 

@@ -30,6 +30,7 @@ from ._rules import (
     IS_DWCONV,
     IS_FLAT,
     IS_NORM,
+    KEEP_FROZEN,
     LR_BIAS,
     LR_CUSTOM,
     LR_DCN_OFFSET,
@@ -67,12 +68,14 @@ def decide(key: int, f: int, c: int) -> tuple[int, int, int, int]:
     dup, frozen = bool(f & DUPLICATE), bool(f & FROZEN)
     if not mmengine and frozen:  # mmcv: requires_grad is tested first
         return (-1, LR_NONE, WD_NONE, DUPLICATE_ERROR if dup else FROZEN_KEPT)
+    # mmengine: the duplicate test first, then requires_grad (kept as a bare group up to 0.10.3)
+    keep_frozen = bool(c & KEEP_FROZEN)
     if dup:
-        if c & BYPASS_DUP or frozen:
+        if c & BYPASS_DUP or (frozen and not keep_frozen):
             return (-1, LR_NONE, WD_NONE, SKIPPED)
         return (-1, LR_NONE, WD_NONE, DUPLICATE_ERROR)
     if frozen:
-        return (-1, LR_NONE, WD_NONE, SKIPPED)
+        return (-1, LR_NONE, WD_NONE, FROZEN_KEPT if keep_frozen else SKIPPED)
     if key >= 0:
         return (key, LR_CUSTOM, WD_CUSTOM if c & HAS_WD else WD_NONE, TRAINABLE)
 

@@ -33,6 +33,7 @@ NORM_DECAY = 1 << 5
 DWCONV_DECAY = 1 << 6
 FLAT_DECAY = 1 << 7   # mmengine only
 DCN_LR = 1 << 8
+KEEP_FROZEN = 1 << 9  # mmengine <= 0.10.3 keeps a frozen parameter as a bare group (mmcv always does)
 
 # Rule codes (csrc/rules.h LrRule, WdRule, Kind).
 LR_NONE, LR_CUSTOM, LR_BIAS, LR_DCN_OFFSET = range(4)

@@ -38,7 +38,7 @@ def check_rules(fdp: atheris.FuzzedDataProvider) -> None:
     n = fdp.ConsumeIntInRange(0, 24)
     names = [_text(fdp, 24) for _ in range(n)]
     flags = np.array([fdp.ConsumeIntInRange(0, 511) for _ in range(n)], dtype=np.uint32)
-    config = fdp.ConsumeIntInRange(0, 511)
+    config = fdp.ConsumeIntInRange(0, 1023)
     got = _C.match(names, keys)
     want = _reference.match(names, keys)
     if got.tolist() != want.tolist():

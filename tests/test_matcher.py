@@ -61,7 +61,7 @@ def test_match_examples(name: str, keys: list[str], winner: str | None) -> None:
 
 
 FLAGS = st.integers(0, (1 << 9) - 1)
-CONFIG = st.integers(0, (1 << 9) - 1)
+CONFIG = st.integers(0, (1 << 10) - 1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -99,4 +99,4 @@ def test_rule_bits_are_the_extensions() -> None:
         assert getattr(_rules, name.upper()) == bit, name
     for name, bit in _C.CONFIG_FLAGS.items():
         assert getattr(_rules, name.upper()) == bit, name
-    assert len(_C.PARAM_FLAGS) == 9 and len(_C.CONFIG_FLAGS) == 9
+    assert len(_C.PARAM_FLAGS) == 9 and len(_C.CONFIG_FLAGS) == 10

@@ -81,7 +81,7 @@ void test_assign() {
       names.push_back(random_text(8));
       flags.push_back(static_cast<uint32_t>(rng() % 512));
     }
-    const auto config = static_cast<uint32_t>(rng() % 512);
+    const auto config = static_cast<uint32_t>(rng() % 1024);
     const fastopt::Assignment a = fastopt::assign(names, flags.data(), keys, config);
     CHECK(a.ids.size() == n, "ids size");
     std::vector<fastopt::Signature> seen;
