@@ -7,6 +7,11 @@ optimizer built from the same model and config merges equal groups; these functi
 translate between the two layouts by the reference's parameter order and group sizes,
 which the fastopt constructor records with the optimizer as a ``ReferenceLayout``; only this
 module reads it.
+
+mmengine up to 0.10.3 keeps each frozen parameter as a bare group, 0.10.4 on leaves it out;
+checkpoints saved under either layout load whatever semantics the optimizer was built with
+(the layout carries the other one). A ``base_param_settings`` entry (mmengine 0.8 on's
+OptimWrapper) is not part of the optimizer's state and is ignored here.
 """
 
 from __future__ import annotations
@@ -19,18 +24,25 @@ import torch
 
 from .grouping import freeze
 
-__all__ = ["ReferenceLayout", "attach_layout", "layout_of", "load_per_param_state_dict",
-           "per_param_state_dict", "reference_group_sizes"]
+__all__ = ["ReferenceLayout", "attach_layout", "is_reference_layout", "layout_of",
+           "load_per_param_state_dict", "per_param_state_dict", "reference_group_sizes"]
 
 
 @dataclass(frozen=True)
 class ReferenceLayout:
     """How the reference constructor would have grouped the parameters a fastopt optimizer holds:
     the parameters in the reference's order, and its groups in that order as
-    ``(size, index of the merged group they went into)``."""
+    ``(size, index of the merged group they went into)``; -1 for a frozen parameter this
+    optimizer does not hold. ``other``: the same model under the other frozen-parameter
+    layout of mmengine (bare groups up to 0.10.3, absent from 0.10.4), when it differs."""
 
     params: list[torch.Tensor]
     groups: list[tuple[int, int]]
+    other: ReferenceLayout | None = None
+
+    def layouts(self) -> list[ReferenceLayout]:
+        """This layout, then the other one when there is one."""
+        return [self] if self.other is None else [self, self.other]
 
 
 def attach_layout(optimizer: torch.optim.Optimizer, layout: ReferenceLayout) -> None:
@@ -44,19 +56,26 @@ def layout_of(optimizer: torch.optim.Optimizer) -> ReferenceLayout | None:
     return getattr(optimizer, "_fastopt_reference_layout", None)
 
 
-def _layout(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """The reference's parameter order and its groups as (size, merged group index)."""
+def _layout(optimizer: torch.optim.Optimizer) -> ReferenceLayout:
+    """The reference layout recorded with ``optimizer``; ValueError when there is none."""
     layout = layout_of(optimizer)
     if layout is None:
         raise ValueError("this optimizer was not built by a fastopt constructor: the layout of the "
                          "reference optimizer is unknown")
-    return layout.params, layout.groups
+    return layout
 
 
 def reference_group_sizes(optimizer: torch.optim.Optimizer) -> list[int] | None:
     """Sizes of the reference optimizer's param groups (None if not built by fastopt)."""
     layout = layout_of(optimizer)
     return None if layout is None else [size for size, _ in layout.groups]
+
+
+def is_reference_layout(optimizer: torch.optim.Optimizer, sizes: list[int]) -> bool:
+    """True when param groups of ``sizes`` are a reference layout of ``optimizer`` (either
+    frozen-parameter layout), so ``load_per_param_state_dict`` can load them."""
+    layout = layout_of(optimizer)
+    return layout is not None and any(sizes == [size for size, _ in lay.groups] for lay in layout.layouts())
 
 
 def _hyper(group: dict) -> dict:
@@ -67,11 +86,12 @@ def per_param_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state dict in the reference layout (one group per parameter, walk order,
     for the default constructors), loadable by the mmengine/mmcv-built optimizer of the same
     model and config."""
-    order, layout = _layout(optimizer)
+    layout = _layout(optimizer)
+    order = layout.params
     sd = optimizer.state_dict()
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     groups, state, k = [], {}, 0
-    for size, merged in layout:
+    for size, merged in layout.groups:
         hyper = copy.deepcopy(_hyper(sd["param_groups"][merged]))
         groups.append({**hyper, "params": list(range(k, k + size))})
         for p in order[k:k + size]:
@@ -83,30 +103,39 @@ def per_param_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def load_per_param_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
     """Load a state dict saved in the reference layout into a fastopt (merged-group) optimizer."""
-    order, layout = _layout(optimizer)
+    main = _layout(optimizer)
     saved_groups = state_dict["param_groups"]
     sizes = [len(g["params"]) for g in saved_groups]
-    expected = [size for size, _ in layout]
-    if sizes != expected:
-        shape = "one group per parameter" if set(expected) == {1} else f"groups of sizes {expected}"
-        raise ValueError(f"expected {shape} for {len(order)} parameters, got {len(saved_groups)} groups "
-                         f"of sizes {sizes}; was this saved from the same model and config?")
+    chosen = next((lay for lay in main.layouts() if sizes == [size for size, _ in lay.groups]), None)
+    if chosen is None:
+        shapes = []
+        for lay in main.layouts():
+            expected = [size for size, _ in lay.groups]
+            shape = "one group per parameter" if set(expected) == {1} else f"groups of sizes {expected}"
+            shapes.append(f"{shape} for {len(lay.params)} parameters")
+        raise ValueError(f"expected {' or '.join(shapes)}, got {len(saved_groups)} groups of sizes {sizes}; "
+                         "was this saved from the same model and config?")
     hyper_of: dict[int, dict] = {}
-    for (_, merged), saved in zip(layout, saved_groups):
+    for (_, merged), saved in zip(chosen.groups, saved_groups):
+        if merged < 0:  # a frozen parameter's bare group: this optimizer does not hold it
+            continue
         hyper = hyper_of.setdefault(merged, _hyper(saved))
         if freeze(hyper) != freeze(_hyper(saved)):
             raise ValueError(f"the saved hyperparameters of groups merged into group {merged} differ "
                              f"({_hyper(saved)} vs {hyper}); they cannot share one group")
     saved_ids = [pid for g in saved_groups for pid in g["params"]]
-    position = {id(p): k for k, p in enumerate(order)}
+    position = {id(p): k for k, p in enumerate(chosen.params)}
+    held = {id(p) for p in main.params}  # a frozen parameter the saved layout leaves out has no state
     new_groups, new_state, flat = [], {}, 0
     for gi, group in enumerate(optimizer.param_groups):
         for p in group["params"]:
             k = position.get(id(p))
-            if k is None:
+            if k is None and id(p) not in held:
                 raise ValueError(f"parameter {flat} of group {gi} is not in the saved layout")
-            if saved_ids[k] in state_dict["state"]:
+            if k is not None and saved_ids[k] in state_dict["state"]:
                 new_state[flat] = state_dict["state"][saved_ids[k]]
             flat += 1
-        new_groups.append({**hyper_of.get(gi, {}), "params": list(range(flat - len(group["params"]), flat))})
+        # a group only of parameters the saved layout leaves out keeps its hyperparameters
+        hyper = hyper_of[gi] if gi in hyper_of else _hyper(group)
+        new_groups.append({**hyper, "params": list(range(flat - len(group["params"]), flat))})
     optimizer.load_state_dict({"state": new_state, "param_groups": new_groups})

@@ -173,7 +173,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     outside = sorted({p.rule for p in report.params if p.group is None})
     n_out = sum(p.group is None for p in report.params)
     note = f" ({n_out} in none: {', '.join(outside)})" if n_out else ""
-    print(f"{label}: {report.api} semantics, {report.optimizer}, {len(report.params)} parameters in "
+    print(f"{label}: {report.semantics} semantics, {report.optimizer}, {len(report.params)} parameters in "
           f"{len(report.groups)} groups{note}, decided in {report.build_s * 1e3:.1f} ms\n")
     columns = shown + extra
     cells = [[_fmt(g.get(k)) for k in columns] for g in report.groups]

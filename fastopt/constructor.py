@@ -31,8 +31,11 @@ from torch import nn
 from . import _core
 from ._rules import (
     BYPASS_DUP,
+    DUPLICATE,
     DUPLICATE_ERROR,
+    FROZEN,
     HAS_WD,
+    KEEP_FROZEN,
     LR_CUSTOM,
     LR_RULES,
     MMENGINE,
@@ -53,6 +56,7 @@ from .registry import (
     build_from_cfg,
     resolve_type,
 )
+from .semantics import Semantics, resolve
 from .wrapper import build_wrapper
 
 logger = logging.getLogger("fastopt")
@@ -106,9 +110,11 @@ class Construction:
 
 
 class _ConstructorBase:
-    """Shared machinery; subclasses pick mmcv (False) or mmengine (True) semantics."""
+    """Shared machinery; subclasses pick mmcv (False) or mmengine (True) semantics, and
+    ``semantics`` the host release within that API."""
 
     mmengine: bool = False
+    _semantics: Semantics | None = None
 
     base_lr: Any
     base_wd: Any
@@ -167,11 +173,24 @@ class _ConstructorBase:
                 warnings.warn(f"paramwise_cfg key {key!r} is not used by {api} default constructor{tail}",
                               UserWarning, stacklevel=5)
 
+    @property
+    def semantics(self) -> Semantics:
+        """The host release whose behaviour this constructor follows (by default the installed one)."""
+        if self._semantics is None:
+            self._semantics = resolve(None, "mmengine" if self.mmengine else "mmcv")
+        return self._semantics
+
+    @semantics.setter
+    def semantics(self, value: str | Semantics | None) -> None:
+        self._semantics = resolve(value, "mmengine" if self.mmengine else "mmcv")
+
     # -- rules ---------------------------------------------------------------------------
     def config_bits(self) -> int:
-        """The ConfigFlag bits (``_rules.py``) this constructor's config sets."""
+        """The ConfigFlag bits (``_rules.py``) this constructor's config and semantics set."""
         cfg = self.paramwise_cfg
         bits = MMENGINE if self.mmengine else 0
+        if self.mmengine and self.semantics.keep_frozen:
+            bits |= KEEP_FROZEN
         if self.base_wd is not None:
             bits |= HAS_WD
         if cfg.get("bypass_duplicate", False):
@@ -269,6 +288,8 @@ class _ConstructorBase:
                 self.add_params(params, child, f"{prefix}.{name}" if prefix else name, child_in_dcn)
 
     def _warn_skipped(self, plan: GroupPlan) -> None:
+        if not self.paramwise_cfg.get("bypass_duplicate", False):
+            return  # a frozen repeat skipped because it is frozen (mmengine 0.10.4 on)
         skipped = [plan.table.display_name(i) for i in np.flatnonzero(plan.kinds() == SKIPPED).tolist()
                    if i in plan.table.first_seen]
         if skipped:
@@ -340,11 +361,25 @@ class _ConstructorBase:
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)
         groups, group_of_param = self._groups_from_plan(plan, defaults)
-        # the reference's layout: one group per kept parameter, in walk order
-        kept = np.flatnonzero(plan.kinds() != SKIPPED).tolist()
-        layout = ReferenceLayout([plan.table.params[i] for i in kept],
-                                 [(1, g) for g in group_of_param[kept].tolist()])
-        return Construction(groups, defaults, plan, layout)
+        return Construction(groups, defaults, plan, self._layout(plan, group_of_param))
+
+    def _layout(self, plan: GroupPlan, group_of_param: np.ndarray) -> ReferenceLayout:
+        """The reference's layout: one group per kept parameter, in walk order. For mmengine,
+        also the layout of the releases on the other side of 0.10.4 (frozen parameters as bare
+        groups, or absent), so that checkpoints of either load."""
+        params = plan.table.params
+        kept = plan.kinds() != SKIPPED
+
+        def layout(mask: np.ndarray, other: ReferenceLayout | None = None) -> ReferenceLayout:
+            idx = np.flatnonzero(mask).tolist()
+            return ReferenceLayout([params[i] for i in idx], [(1, g) for g in group_of_param[idx].tolist()],
+                                   other)
+
+        flags = plan.table.flag_array()
+        toggled = (flags & FROZEN != 0) & (flags & DUPLICATE == 0)
+        if not self.mmengine or not toggled.any():
+            return layout(kept)
+        return layout(kept, layout(kept ^ toggled))
 
     def _groups_from_plan(self, plan: GroupPlan, defaults: dict[str, Any]) -> tuple[list[dict], np.ndarray]:
         """The merged groups, and each parameter's group index (-1 when skipped)."""
@@ -394,7 +429,9 @@ class DefaultOptimizerConstructor(_ConstructorBase):
 
     mmengine = False
 
-    def __init__(self, optimizer_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+    def __init__(self, optimizer_cfg: dict, paramwise_cfg: dict | None = None, *,
+                 semantics: str | Semantics | None = None) -> None:
+        self.semantics = semantics  # e.g. 'mmcv==1.7.2'; None: the installed mmcv 1.x
         if not isinstance(optimizer_cfg, dict):
             raise TypeError(f"optimizer_cfg should be a dict, but got {type(optimizer_cfg)}")
         if "type" not in optimizer_cfg:
@@ -419,7 +456,9 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
 
     mmengine = True
 
-    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None, *,
+                 semantics: str | Semantics | None = None) -> None:
+        self.semantics = semantics  # e.g. 'mmengine==0.10.3'; None: the installed mmengine
         if not isinstance(optim_wrapper_cfg, dict):
             raise TypeError(f"optim_wrapper_cfg should be a dict, but got {type(optim_wrapper_cfg)}")
         if "optimizer" not in optim_wrapper_cfg:
@@ -440,11 +479,14 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
         if hasattr(model, "module"):
             model = model.module
         optimizer_cls = self._optimizer_class(OPTIMIZERS)
-        first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
+        semantics = self.semantics
+        # mmengine 0.9 on hands the parameters to the first argument, whatever its name
+        first_arg = next(iter(inspect.signature(optimizer_cls).parameters)) if semantics.first_arg_lookup \
+            else "params"
         optimizer = self._build_optimizer(optimizer_cls, self.construct(model, optimizer_cls), first_arg)
         wrapper_cfg = self.optim_wrapper_cfg.copy()
         wrapper_cfg.setdefault("type", "OptimWrapper")
-        return build_wrapper(wrapper_cfg, optimizer)
+        return build_wrapper(wrapper_cfg, optimizer, base_param_settings=semantics.base_param_settings)
 
 
 class RecipeConstructor:

@@ -24,8 +24,10 @@ from torch import nn
 
 from . import _core
 from . import _rules as R
+from .builder import with_semantics
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 from .registry import OPTIMIZERS, constructor_from_cfg, resolve_type
+from .semantics import Semantics
 
 __all__ = ["Explanation", "ParamReport", "explain"]
 
@@ -56,6 +58,7 @@ class Explanation:
     params: list[ParamReport]
     unused_keys: list[str] = field(default_factory=list)
     build_s: float = 0.0
+    semantics: str = ""  # the host release followed, e.g. "mmengine==0.10.7"
 
     def to_json(self) -> dict[str, Any]:
         """The documented JSON layout (docs/cli.md): {"groups": [...], "params": [...], ...}."""
@@ -74,16 +77,20 @@ class Explanation:
             hyper = row.pop("hyper")
             row.update(clean(hyper))
             params.append(clean(row))
-        return {"api": self.api, "optimizer": self.optimizer, "build_s": self.build_s,
-                "unused_keys": self.unused_keys, "groups": clean(self.groups), "params": params}
+        return {"api": self.api, "semantics": self.semantics, "optimizer": self.optimizer,
+                "build_s": self.build_s, "unused_keys": self.unused_keys, "groups": clean(self.groups),
+                "params": params}
 
 
-def explain(model: nn.Module, cfg: dict) -> Explanation:
-    """Explain how ``cfg`` (an ``optim_wrapper=`` or mmcv ``optimizer=`` config) treats ``model``."""
+def explain(model: nn.Module, cfg: dict, semantics: str | Semantics | None = None) -> Explanation:
+    """Explain how ``cfg`` (an ``optim_wrapper=`` or mmcv ``optimizer=`` config) treats ``model``
+    under ``semantics`` (e.g. ``'mmengine==0.10.3'``; default: the installed host release)."""
     api = "mmengine" if "optimizer" in cfg else "mmcv"
     ctor = constructor_from_cfg(cfg, api)
     if not isinstance(ctor, (DefaultOptimizerConstructor, DefaultOptimWrapperConstructor)):
         raise TypeError(f"explain needs a fastopt constructor, got {type(ctor).__name__}")
+    with_semantics(ctor, semantics)
+    followed = str(ctor.semantics)
     if hasattr(model, "module"):
         model = model.module
     optimizer_cls = resolve_type(ctor.optimizer_cfg["type"], OPTIMIZERS)
@@ -99,7 +106,7 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         reports = [ParamReport(name, 0, "default", None, [], None, hyper, list(p.shape))
                    for name, p in model.named_parameters()]
         return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows([{"params": params}], defaults),
-                           reports, [], build_s)
+                           reports, [], build_s, followed)
 
     if plan is None:
         # A custom constructor decided the groups: report them, rules are its own.
@@ -116,7 +123,7 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
             hyper.update({k: v for k, v in groups[gi].items() if k != "params"})
             reports.append(ParamReport(name, gi, rule, None, [], None, hyper, list(p.shape)))
         return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows(groups, defaults), reports,
-                           [], build_s)
+                           [], build_s, followed)
 
     group_of = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
     keys = plan.keys
@@ -134,8 +141,9 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
         name = table.display_name(i)
         gi = group_of.get(id(p)) if plan.overrides[s] is not None else None
         rule = _KIND_RULES.get(kind) or R.rule_name(sig)
-        if kind in (R.FROZEN_KEPT, R.SKIPPED):  # frozen (either API) or a bypassed shared tensor
-            rule = "frozen" if flags[i] & R.FROZEN else "shared (bypassed)"
+        if kind in (R.FROZEN_KEPT, R.SKIPPED):  # frozen, or a shared tensor bypass_duplicate skipped
+            bypassed = kind == R.SKIPPED and flags[i] & R.DUPLICATE and config & R.BYPASS_DUP
+            rule = "frozen" if flags[i] & R.FROZEN and not bypassed else "shared (bypassed)"
         matched = [k for k in priority if k in table.names[i]] if kind == R.TRAINABLE else []
         switched = None
         if key >= 0:
@@ -150,7 +158,7 @@ def explain(model: nn.Module, cfg: dict) -> Explanation:
             hyper=hyper, shape=list(p.shape)))
     unused = [k for i, k in enumerate(keys) if i not in used]
     return Explanation(api, str(ctor.optimizer_cfg["type"]), _group_rows(groups, defaults), reports,
-                       unused, build_s)
+                       unused, build_s, followed)
 
 
 def _group_rows(groups: list[dict], defaults: dict[str, Any]) -> list[dict[str, Any]]:

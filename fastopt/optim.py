@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import _kernels as K
 from ._flat import FlatBuffers
-from .checkpoint import load_per_param_state_dict, reference_group_sizes
+from .checkpoint import is_reference_layout, load_per_param_state_dict
 from .registry import OPTIMIZERS
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -186,7 +186,7 @@ class _FastStep:
         its group sizes and mapped by parameter order.
         """
         sizes = [len(g["params"]) for g in state_dict.get("param_groups", [])]
-        if sizes != [len(g["params"]) for g in self.param_groups] and sizes == reference_group_sizes(self):
+        if sizes != [len(g["params"]) for g in self.param_groups] and is_reference_layout(self, sizes):
             load_per_param_state_dict(self, state_dict)  # comes back here in merged layout
             return
         flat = self.flat_buffers is not None

@@ -23,7 +23,10 @@ class OptimWrapper:
     """Wraps a torch optimizer with mmengine's ``OptimWrapper`` interface.
 
     Supports ``update_params`` (backward, optional gradient clipping, step,
-    zero_grad) and gradient accumulation over ``accumulative_counts`` calls.
+    zero_grad) and gradient accumulation over ``accumulative_counts`` calls. As mmengine 0.8.0
+    on, an optimizer with more than one group gets ``base_param_settings`` (a placeholder tensor
+    and the optimizer's defaults): appended to ``param_groups`` (schedulers update it too) and
+    saved in ``state_dict``; ``build_wrapper`` leaves it out under older semantics.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, accumulative_counts: int = 1,
@@ -48,10 +51,16 @@ class OptimWrapper:
         self._fused_clip = "grad_mult" in inspect.signature(optimizer.step).parameters
         #: the gradient norm of the last clipped step (None before one, or when clipping by value)
         self.grad_norm: Tensor | None = None
+        self.base_param_settings: dict | None = None
+        if len(optimizer.param_groups) > 1:
+            self.base_param_settings = {"params": torch.tensor([0.0], dtype=torch.float),
+                                        **optimizer.defaults}
 
     @property
     def param_groups(self) -> list[dict]:
-        """The wrapped optimizer's param groups."""
+        """The wrapped optimizer's param groups, then ``base_param_settings`` when there is one."""
+        if self.base_param_settings is not None:
+            return [*self.optimizer.param_groups, self.base_param_settings]
         return self.optimizer.param_groups
 
     @property
@@ -108,8 +117,12 @@ class OptimWrapper:
             self.zero_grad(**(zero_kwargs or {}))
 
     def get_lr(self) -> dict[str, list[float]]:
-        """Learning rate of every param group, as ``{'lr': [...]}``."""
-        return {"lr": [g["lr"] for g in self.optimizer.param_groups]}
+        """Learning rate of every param group, as ``{'lr': [...]}`` (and ``'base_lr'``, that of
+        ``base_param_settings``, when there is one)."""
+        out = {"lr": [g["lr"] for g in self.optimizer.param_groups]}
+        if self.base_param_settings is not None:
+            out = {"base_lr": [self.base_param_settings["lr"]], **out}
+        return out
 
     def get_momentum(self) -> dict[str, list[float]]:
         """Momentum (or beta1) of every param group, as ``{'momentum': [...]}``."""
@@ -119,11 +132,19 @@ class OptimWrapper:
         return {"momentum": out}
 
     def state_dict(self) -> dict:
-        """The optimizer's state dict."""
-        return self.optimizer.state_dict()
+        """The optimizer's state dict, with ``base_param_settings`` when there is one."""
+        state_dict = self.optimizer.state_dict()
+        if self.base_param_settings is not None:
+            state_dict["base_param_settings"] = self.base_param_settings
+        return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load an optimizer state dict."""
+        """Load an optimizer state dict, with or without ``base_param_settings`` (taken when
+        present, as mmengine does)."""
+        state_dict = dict(state_dict)
+        base = state_dict.pop("base_param_settings", None)
+        if base is not None:
+            self.base_param_settings = base
         self.optimizer.load_state_dict(state_dict)
 
     def __repr__(self) -> str:
@@ -238,15 +259,15 @@ class AmpOptimWrapper(OptimWrapper):
         return torch.autocast(self.device_type, dtype=self.cast_dtype)
 
     def state_dict(self) -> dict:
-        """The optimizer's state dict plus the loss scaler's."""
-        return dict(self.optimizer.state_dict(), loss_scaler=self.loss_scaler.state_dict())
+        """The optimizer's state dict (with ``base_param_settings``) plus the loss scaler's."""
+        return dict(super().state_dict(), loss_scaler=self.loss_scaler.state_dict())
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load both the loss scaler's and the optimizer's state."""
         state_dict = dict(state_dict)
         if "loss_scaler" in state_dict:
             self.loss_scaler.load_state_dict(state_dict.pop("loss_scaler"))
-        self.optimizer.load_state_dict(state_dict)
+        super().load_state_dict(state_dict)
 
 
 def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: float | None = None
@@ -340,9 +361,13 @@ def wrapper_class(wrapper_type: Any) -> Any:
     return resolve_type(wrapper_type, OPTIM_WRAPPERS)
 
 
-def build_wrapper(cfg: dict, optimizer: torch.optim.Optimizer) -> Any:
-    """Build the wrapper ``cfg`` names around ``optimizer``."""
+def build_wrapper(cfg: dict, optimizer: torch.optim.Optimizer, *, base_param_settings: bool = True) -> Any:
+    """Build the wrapper ``cfg`` names around ``optimizer``. ``base_param_settings=False``
+    (mmengine before 0.8.0) leaves it out of fastopt's own wrappers; a host's class keeps its own."""
     args = dict(cfg)
     cls = with_fused_clip(wrapper_class(args.pop("type")))
     args.setdefault("optimizer", optimizer)
-    return cls(**args)
+    wrapper = cls(**args)
+    if not base_param_settings and isinstance(wrapper, OptimWrapper):
+        wrapper.base_param_settings = None
+    return wrapper

@@ -30,6 +30,15 @@ MMACTION0=mmaction/core/optimizer/tsm_optimizer_constructor.py
 [ -f "$REFS/mmsegmentation-0.30.0/$MMSEG0" ] || $FETCH mmsegmentation 0.30.0 sdist "$REFS" "$MMSEG0"
 [ -f "$REFS/mmaction2-1.2.0/$MMACTION1" ] || $FETCH mmaction2 1.2.0 wheel "$REFS" "$MMACTION1"
 [ -f "$REFS/mmaction2-0.24.1/$MMACTION0" ] || $FETCH mmaction2 0.24.1 wheel "$REFS" "$MMACTION0"
+# Earlier releases' default constructors, for tests/test_versions.py (mmengine wheels, mmcv sdists).
+MMENGINE_CTOR=mmengine/optim/optimizer/default_constructor.py
+MMCV_CTOR=mmcv/runner/optimizer/default_constructor.py
+for v in 0.7.0 0.7.4 0.8.0 0.8.5 0.9.1 0.10.3 0.10.4; do
+  [ -f "$REFS/mmengine-$v/$MMENGINE_CTOR" ] || $FETCH mmengine "$v" wheel "$REFS" "$MMENGINE_CTOR"
+done
+for v in 1.3.0 1.5.0; do
+  [ -f "$REFS/mmcv-$v/$MMCV_CTOR" ] || $FETCH mmcv "$v" sdist "$REFS" "$MMCV_CTOR"
+done
 echo "single-file references in $REFS"
 python - <<'PY'
 import importlib.metadata as m
