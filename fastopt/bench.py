@@ -2,7 +2,10 @@
 
 Every implementation that is installed is measured in one process on the same model and
 config, with repeats interleaved (A B C A B C ...) and medians reported, so noise on a
-shared machine hits all of them alike. The JSON layout is documented in docs/cli.md.
+shared machine hits all of them alike. The model and its optimizer config come from any
+source ``fastopt.sources`` resolves (a config file, ``timm:NAME``, a bundled model ...); steps
+run on the CPU or on a CUDA device (timed with CUDA events, peak memory recorded). The JSON
+layout is documented in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -17,20 +20,27 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import zoo
 from ._compat import ensure_torchvision
+from .sources import Source, SourceError, resolve
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
-BYTES_PER_ELEMENT = {"adamw": 7 * 4, "sgd": 5 * 4}
+BYTES_PER_ELEMENT = {"adamw": 7 * 4, "adam": 7 * 4, "sgd": 5 * 4}
+#: the torch class of each optimizer the benchmark times (the flat-tensor limit's)
+TORCH_CLASSES = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 OPTIMIZER_CFGS = {
     "adamw": dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     "sgd": dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4),
 }
+#: mmengine and mmcv build one group per parameter, in quadratic time (about 20 s at 10k
+#: tensors, half an hour at 100k): above this many tensors they are left out by default
+REFERENCE_UP_TO = 10_000
 
 
 def log(msg: str) -> None:
@@ -44,7 +54,8 @@ _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")
 
 def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model, vector extensions, cores, torch's threads, the
-    torch version and the kernel build fastopt picked."""
+    torch version and the kernel build fastopt picked; where torch sees a GPU also its name,
+    memory and compute capability and the CUDA and cuDNN versions."""
     from ._core import _C
 
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -59,16 +70,42 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "isa": [f for f in _ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+    info = {"cpu": cpu, "isa": [f for f in _ISA_FLAGS if f in flags], "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "fastopt_kernels": _C.cpu_isa() if _C is not None else "none (pure Python)"}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def machine_line(info: dict[str, Any] | None = None) -> str:
     """``machine()`` in one line, for the head of a benchmark's output."""
     m = info or machine()
-    return (f"{m['cpu']} ({' '.join(m['isa']) or 'no AVX'}), {m['cores']} cores; torch {m['torch']} "
+    line = (f"{m['cpu']} ({' '.join(m['isa']) or 'no AVX'}), {m['cores']} cores; torch {m['torch']} "
             f"with {m['torch_threads']} threads; fastopt kernels: {m['fastopt_kernels']}")
+    if "gpu" in m:
+        line += f"; GPU: {m['gpu']} ({m['gpu_memory_gb']} GiB, sm {m['gpu_capability']}), CUDA {m['cuda']}"
+    return line
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """The device a benchmark steps on: 'auto' is CUDA where torch sees a GPU, else the CPU;
+    'cuda' (or 'cuda:N') without one raises a one-line :class:`SourceError`."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else f"torch (CUDA {torch.version.cuda}) sees no GPU")
+            raise SourceError(f"--device {requested}: no CUDA device here ({why}); use --device cpu")
+        return torch.device(requested)
+    raise SourceError(f"--device must be auto, cpu or cuda, got {requested!r}")
 
 
 def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -79,11 +116,34 @@ def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def _timed_step(step: Callable[[], Any], device: torch.device | None) -> tuple[float, int]:
+    """Seconds one ``step()`` takes and, on CUDA, the most bytes it had allocated above what
+    was allocated before it (0 on the CPU)."""
+    if device is None or device.type != "cuda":
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start, 0
+    torch.cuda.synchronize(device)  # nothing of earlier work left in the stream
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_ev.record()
+    step()
+    end_ev.record()
+    end_ev.synchronize()
+    return start_ev.elapsed_time(end_ev) / 1e3, torch.cuda.max_memory_allocated(device) - before
+
+
 def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
                            set_grads: Callable[[str, int], None], repeats: int, warmup: int = 1,
-                           progress: Callable[[str], None] = log) -> dict[str, float]:
+                           progress: Callable[[str], None] = log, device: torch.device | None = None,
+                           peaks: dict[str, int] | None = None) -> dict[str, float]:
     """Median step time of each optimizer; repeats interleaved, ``set_grads(name, r)`` before
-    every step (outside the timing), ``warmup`` untimed steps first (state creation)."""
+    every step (outside the timing), ``warmup`` untimed steps first (state creation).
+
+    On a CUDA ``device`` every step is timed with CUDA events after ``torch.cuda.synchronize``
+    and ``peaks`` (when given) gets each optimizer's largest step peak: the bytes a step had
+    allocated at most above what was allocated before it (peak statistics reset per step)."""
     for k, opt in optimizers.items():
         for r in range(warmup):
             set_grads(k, r)
@@ -92,9 +152,10 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
     for r in range(repeats):
         for k, opt in optimizers.items():
             set_grads(k, r)
-            start = time.perf_counter()
-            opt.step()
-            steps[k].append(time.perf_counter() - start)
+            dt, peak = _timed_step(opt.step, device)
+            steps[k].append(dt)
+            if peaks is not None:
+                peaks[k] = max(peaks.get(k, 0), peak)
         progress(f"  step: repeat {r + 1}/{repeats}")
     return {k: statistics.median(v) for k, v in steps.items()}
 
@@ -126,10 +187,10 @@ def mmcv_builder() -> Callable | None:
 
 
 def width_for(name: str, numel: float) -> float:
-    """The zoo width at which ``name`` holds about ``numel`` parameters (found on the meta device)."""
+    """The zoo width at which ``name`` holds about ``numel`` parameters (found on the meta device,
+    or from the entry's known counts)."""
     def count(width: float) -> int:
-        with torch.device("meta"):
-            return zoo.count_numel(zoo.build(name, width=width))
+        return zoo.counts(name, width)[1]
 
     lo, hi = 1e-3, 1.0
     if count(hi) <= numel:
@@ -140,66 +201,174 @@ def width_for(name: str, numel: float) -> float:
     return round(hi, 4)
 
 
-def _paramwise(name: str) -> dict | None:
-    return zoo.MODELS[name].paramwise_cfg if name in zoo.MODELS else dict(norm_decay_mult=0.0)
+@dataclass
+class BenchConfig:
+    """A source's optimizer config as each implementation takes it.
 
-
-def compare(name: str, optimizer: str = "adamw", width: float | None = None, numel: float = 30e6,
-            repeats: int = 5, progress: Callable[[str], None] = log) -> dict[str, Any]:
-    """Construction and step time of every available implementation on one zoo model.
-
-    Returns {"model", "optimizer", "width", "tensors", "numel", "results": [{"impl",
-    "construct_s", "step_s", "groups", "gb_per_s"}, ...]} (construct_s is null for the
-    flat-tensor limit, which needs no construction from a config).
+    ``api``: whose semantics fastopt builds with ('mmengine' or 'mmcv', the source's);
+    ``engine``: an mmengine ``optim_wrapper`` dict (optimizer, paramwise_cfg, constructor);
+    ``mmcv``: the same as an mmcv 1.x ``optimizer=`` dict; ``optimizer``: 'adamw', 'adam' or 'sgd'.
     """
-    import fastopt
 
-    width = width_for(name, numel) if width is None else width
-    progress(f"building {name} at width {width} ...")
-    model = zoo.build(name, width=width)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_elem = sum(p.numel() for p in trainable)
-    opt_cfg = OPTIMIZER_CFGS[optimizer]
-    engine_cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=_paramwise(name))
-    mmcv_cfg = dict(opt_cfg, paramwise_cfg=_paramwise(name))
+    api: str
+    engine: dict[str, Any]
+    mmcv: dict[str, Any]
+    optimizer: str
 
-    builders: dict[str, Callable[[], torch.optim.Optimizer]] = {
-        "fastopt": lambda: fastopt.build_optim_wrapper(model, copy.deepcopy(engine_cfg)).optimizer}
+    def fastopt(self, model: nn.Module) -> torch.optim.Optimizer:
+        """fastopt's optimizer for ``model``, built with the source's API."""
+        import fastopt
+
+        if self.api == "mmcv":
+            return fastopt.build_optimizer(model, copy.deepcopy(self.mmcv))
+        return fastopt.build_optim_wrapper(model, copy.deepcopy(self.engine)).optimizer
+
+    def flat_limit(self, flat: Tensor) -> torch.optim.Optimizer:
+        """torch's fused optimizer with the config's hyperparameters on one flat tensor."""
+        kwargs = {k: v for k, v in self.engine["optimizer"].items() if k not in ("type", "fused", "foreach")}
+        return TORCH_CLASSES[self.optimizer]([flat], fused=True, **kwargs)
+
+    def fused(self, clip: dict | None = None) -> dict[str, Any]:
+        """``engine`` with ``fused=True`` in its optimizer (and ``clip_grad`` when given)."""
+        cfg = copy.deepcopy(self.engine)
+        cfg["optimizer"].pop("foreach", None)
+        cfg["optimizer"]["fused"] = True
+        return cfg if clip is None else dict(cfg, clip_grad=clip)
+
+
+def bench_config(source: Source, optimizer: str | None = None) -> BenchConfig:
+    """The optimizer config of ``source`` for a benchmark; ``optimizer`` ('adamw' or 'sgd')
+    replaces its optimizer by ``OPTIMIZER_CFGS[optimizer]`` (the paramwise_cfg stays)."""
+    api, cfg, _ = source.optim
+    cfg = copy.deepcopy(cfg)
+    if api == "mmengine":
+        opt = dict(cfg.get("optimizer") or {})
+    else:
+        opt = {k: v for k, v in cfg.items() if k not in ("paramwise_cfg", "constructor")}
+    if optimizer is not None:
+        opt = dict(OPTIMIZER_CFGS[optimizer])
+    kind = getattr(opt.get("type"), "__name__", opt.get("type"))
+    name = str(kind).rpartition(".")[2].lower()
+    if name not in TORCH_CLASSES:
+        raise SourceError(f"{source.label}: the benchmark times AdamW, Adam and SGD, this config's optimizer "
+                          f"is {kind!r} (--optimizer adamw or sgd replaces it)")
+    opt["type"] = TORCH_CLASSES[name].__name__
+    extras = {"constructor": cfg["constructor"]} if cfg.get("constructor") else {}
+    paramwise = cfg.get("paramwise_cfg")
+    return BenchConfig(api, dict(optimizer=opt, paramwise_cfg=paramwise, **extras),
+                       dict(opt, paramwise_cfg=paramwise, **extras), name)
+
+
+def bench_source(source: Source | str, width: float | None = None, numel: float = 30e6,
+                 device: torch.device | str = "cpu",
+                 cfg_options: dict[str, Any] | None = None) -> tuple[Source, float | None]:
+    """(resolved source, zoo width) for a benchmark: a bundled model at ``width``, by default
+    the width of about ``numel`` parameters on the CPU and full width on CUDA; other sources
+    have no width (None)."""
+    if isinstance(source, Source):
+        return source, width
+    if source in zoo.MODELS:
+        if width is None:
+            width = 1.0 if torch.device(device).type == "cuda" else width_for(source, numel)
+        return resolve(source, cfg_options, width=width), width
+    if width is not None:
+        raise SourceError(f"--width scales bundled models only, and {source!r} is not one")
+    return resolve(source, cfg_options), None
+
+
+def _build_on(source: Source, device: torch.device, width: float | None,
+              progress: Callable[[str], None]) -> nn.Module:
+    """The source's model on a real device (a config model is never left on meta)."""
+    at = f" at width {width}" if width is not None else ""
+    progress(f"building {source.label}{at} ..." if device.type == "cpu"
+             else f"building {source.label}{at} on {device} ...")
+    return source.build(str(device))
+
+
+def _references(model: nn.Module, cfg: BenchConfig, tensors: int, up_to: int,
+                progress: Callable[[str], None]) -> dict[str, Callable[[], torch.optim.Optimizer]]:
+    """Builders of mmengine's (as is and ``fused=True``) and mmcv's optimizers, where installed
+    and the model has at most ``up_to`` tensors."""
+    if tensors > up_to:
+        progress(f"{tensors:,} tensors: mmengine and mmcv left out (their construction grows "
+                 f"quadratically; --reference-up-to {tensors} keeps them)")
+        return {}
+    out: dict[str, Callable[[], torch.optim.Optimizer]] = {}
     ref = mmengine_builder()
     if ref is not None:
-        builders["mmengine"] = lambda: ref(model, copy.deepcopy(engine_cfg)).optimizer
-        fused_cfg = copy.deepcopy(engine_cfg)
-        fused_cfg["optimizer"]["fused"] = True
-        builders["mmengine+fused"] = lambda: ref(model, copy.deepcopy(fused_cfg)).optimizer
+        out["mmengine"] = lambda: ref(model, copy.deepcopy(cfg.engine)).optimizer
+        out["mmengine+fused"] = lambda: ref(model, cfg.fused()).optimizer
     else:
         progress("mmengine not installed: skipping it")
     ref_mmcv = mmcv_builder()
     if ref_mmcv is not None:
-        builders["mmcv"] = lambda: ref_mmcv(model, copy.deepcopy(mmcv_cfg))
+        out["mmcv"] = lambda: ref_mmcv(model, copy.deepcopy(cfg.mmcv))
     else:
         progress("mmcv 1.x not installed: skipping it")
-    flat = torch.zeros(n_elem, requires_grad=True)
-    torch_cls = getattr(torch.optim, opt_cfg["type"])
-    limit_kwargs = {k: v for k, v in opt_cfg.items() if k != "type"}
+    return out
+
+
+def _random_grads(params: list[Tensor], gen: torch.Generator, scale: float,
+                  device: torch.device) -> list[Tensor]:
+    """A random gradient per tensor, drawn on the CPU or on the CUDA device from ``gen``."""
+    if device.type == "cpu":
+        return [torch.randn(p.shape, generator=gen) * scale for p in params]
+    return [torch.randn(p.shape, generator=gen, device=device) * scale for p in params]
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with 0, for the random gradients."""
+    return (torch.Generator() if device.type == "cpu" else torch.Generator(device=device)).manual_seed(0)
+
+
+def compare(source: Source | str, optimizer: str | None = None, width: float | None = None,
+            numel: float = 30e6, repeats: int = 5, progress: Callable[[str], None] = log,
+            device: torch.device | str = "cpu", reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
+    """Construction and step time of every available implementation on one model.
+
+    ``source``: a resolved :class:`Source`, or a source string (a bundled model is built at
+    ``width``, see :func:`bench_source`; with a Source, ``width`` is only reported).
+    ``optimizer``: 'adamw' or 'sgd' replaces the source's optimizer (None keeps it).
+    Returns {"model", "kind", "api", "device", "optimizer", "width", "tensors", "numel",
+    "repeats", "machine", "results": [{"impl", "construct_s", "step_s", "groups", "gb_per_s"},
+    ...]} (construct_s is null for the flat-tensor limit, which needs no construction from a
+    config); on CUDA each result also has "state_bytes" and "step_peak_bytes".
+    """
+    dev = torch.device(device)
+    source, width = bench_source(source, width, numel, dev)
+    cfg = bench_config(source, optimizer)
+    model = _build_on(source, dev, width, progress)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_elem = sum(p.numel() for p in trainable)
+
+    builders: dict[str, Callable[[], torch.optim.Optimizer]] = {"fastopt": lambda: cfg.fastopt(model)}
+    builders.update(_references(model, cfg, len(trainable), reference_up_to, progress))
+    flat = torch.zeros(n_elem, requires_grad=True, device=dev)
 
     construct: dict[str, list[float]] = {k: [] for k in builders}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for k, build in builders.items():  # warm-up (imports, registries)
-            optimizers[k] = build()
+        for k, build in list(builders.items()):  # warm-up (imports, registries)
+            try:
+                optimizers[k] = build()
+            except Exception as exc:  # a reference without the config's constructor or keys
+                if k == "fastopt":
+                    raise
+                progress(f"{k} cannot build this config ({type(exc).__name__}: {exc}): left out")
+                del builders[k], construct[k]
         for r in range(repeats):
             for k, build in builders.items():
                 dt, built = time_once(build)
                 construct[k].append(dt)
                 optimizers[k] = built
             progress(f"  construction: repeat {r + 1}/{repeats}")
-    optimizers["torch flat limit"] = torch_cls([flat], fused=True, **limit_kwargs)
+    optimizers["torch flat limit"] = cfg.flat_limit(flat)
 
     # Default mode: fresh gradient tensors every step (two sets, alternated).
-    gen = torch.Generator().manual_seed(0)
-    grads = [[torch.randn(p.shape, generator=gen) * 1e-3 for p in trainable] for _ in range(2)]
-    flat_grads = [torch.randn(n_elem, generator=gen) * 1e-3 for _ in range(2)]
+    gen = _generator(dev)
+    grads = [_random_grads(trainable, gen, 1e-3, dev) for _ in range(2)]
+    flat_grads = [_random_grads([flat], gen, 1e-3, dev)[0] for _ in range(2)]
 
     def set_grads(k: str, r: int) -> None:
         if k == "torch flat limit":
@@ -208,15 +377,52 @@ def compare(name: str, optimizer: str = "adamw", width: float | None = None, num
         for p, g in zip(trainable, grads[r % 2]):
             p.grad = g
 
-    steps = interleaved_step_times(optimizers, set_grads, repeats, warmup=1, progress=progress)
+    peaks: dict[str, int] = {}
+    steps = interleaved_step_times(optimizers, set_grads, repeats, warmup=2 if dev.type == "cuda" else 1,
+                                   progress=progress, device=dev, peaks=peaks)
     results = []
     for k, opt in optimizers.items():
         step_s = steps[k]
-        results.append({"impl": k, "construct_s": statistics.median(construct[k]) if k in construct else None,
-                        "step_s": step_s, "groups": len(opt.param_groups),
-                        "gb_per_s": n_elem * BYTES_PER_ELEMENT[optimizer] / step_s / 1e9})
-    return {"model": name, "optimizer": optimizer, "width": width, "tensors": len(trainable),
-            "numel": n_elem, "machine": machine(), "results": results}
+        row = {"impl": k, "construct_s": statistics.median(construct[k]) if k in construct else None,
+               "step_s": step_s, "groups": len(opt.param_groups),
+               "gb_per_s": n_elem * BYTES_PER_ELEMENT[cfg.optimizer] / step_s / 1e9}
+        if dev.type == "cuda":
+            row.update(state_bytes=state_bytes(opt), step_peak_bytes=peaks[k])
+        results.append(row)
+    return {"model": source.label, "kind": source.kind, "api": cfg.api, "device": dev.type,
+            "optimizer": cfg.optimizer, "width": width, "tensors": len(trainable), "numel": n_elem,
+            "repeats": repeats, "machine": machine(), "results": results}
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in an optimizer's state (each storage counted once)."""
+    seen: dict[Any, int] = {}
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, Tensor):
+                storage = v.untyped_storage()
+                seen[(storage.data_ptr(), v.device)] = storage.nbytes()
+    return sum(seen.values())
+
+
+def compare_table(report: dict[str, Any]) -> str:
+    """``compare``'s figures as a table: medians, groups, GB/s and how many times faster fastopt
+    is (on CUDA also the optimizer state and the step's peak memory above it, in MB)."""
+    ours = next(r for r in report["results"] if r["impl"] == "fastopt")
+    cuda = report.get("device") == "cuda"
+    at = f" (width {report['width']})" if report.get("width") is not None else ""
+    where = " on CUDA" if cuda else ""
+    lines = [f"{report['model']}{at}: {report['tensors']:,} tensors, {report['numel'] / 1e6:.1f}M "
+             f"parameters; {report['optimizer']}{where}; medians of {report['repeats']} interleaved repeats",
+             f"  {'implementation':<18}{'construct':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
+             f"{'fastopt faster: build':>23}{'step':>7}" + (f"{'state MB':>10}{'peak MB':>9}" * cuda)]
+    for r in report["results"]:
+        c = f"{r['construct_s'] * 1e3:9.1f}ms" if r["construct_s"] is not None else f"{'-':>11}"
+        cr = f"{r['construct_s'] / ours['construct_s']:22.1f}x" if r["construct_s"] else f"{'-':>23}"
+        mem = f"{r['state_bytes'] / 1e6:10.1f}{r['step_peak_bytes'] / 1e6:9.1f}" if cuda else ""
+        lines.append(f"  {r['impl']:<18}{c}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
+                     f"{cr}{r['step_s'] / ours['step_s']:6.2f}x{mem}")
+    return "\n".join(lines)
 
 
 def scaling(sizes: list[int], reference_up_to: int = 5000, repeats: int = 3,
@@ -286,10 +492,9 @@ def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) ->
 
 
 def count_full(name: str) -> tuple[int, int]:
-    """(tensors, parameters) of a zoo model at full width, counted on the meta device."""
-    with torch.device("meta"):
-        model = zoo.build(name, width=1.0)
-    return zoo.count_tensors(model), zoo.count_numel(model)
+    """(tensors, parameters) of a zoo model at full width (``zoo.counts``: known, or counted on
+    the meta device)."""
+    return zoo.counts(name, 1.0)
 
 
 def profile(model: nn.Module, cfg: dict, repeats: int = 5) -> dict[str, Any]:
@@ -314,16 +519,16 @@ class _Phase:
         self.params = params
 
 
-def _amp_variants(model: nn.Module, cfg: dict, clip: dict, params: list[torch.Tensor]) -> dict[str, _Phase]:
+def _amp_variants(model: nn.Module, cfg: BenchConfig, clip: dict, params: list[torch.Tensor],
+                  device: torch.device) -> dict[str, _Phase]:
     """With a loss scale (gradients as a scaled fp16 backward leaves them): fastopt's fused
     phase, and GradScaler's unscale_ + clip_grad_norm_ + fastopt's step."""
     import fastopt
 
-    fused = fastopt.AmpOptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
-                                    loss_scale=1024.0, clip_grad=clip)
-    opt = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    scaler.scale(torch.zeros(()))  # creates the scale tensor, as the first backward would
+    fused = fastopt.AmpOptimWrapper(cfg.fastopt(model), loss_scale=1024.0, clip_grad=clip)
+    opt = cfg.fastopt(model)
+    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
+    scaler.scale(torch.zeros((), device=device))  # creates the scale tensor, as the first backward would
 
     def unscale_clip_step() -> None:
         scaler.unscale_(opt)
@@ -335,45 +540,45 @@ def _amp_variants(model: nn.Module, cfg: dict, clip: dict, params: list[torch.Te
             "fastopt + torch unscale/clip": _Phase(unscale_clip_step, params)}
 
 
-def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
-                    max_norm: float, amp: bool = False) -> dict[str, _Phase]:
+def _phase_variants(model: nn.Module, cfg: BenchConfig, max_norm: float, amp: bool = False,
+                    device: torch.device | None = None, references: bool = True) -> dict[str, _Phase]:
     """Every variant of the clipped optimizer phase over the same parameters (the flat limit
-    over one flat tensor of the same size); with ``amp`` also the loss-scaled ones."""
+    over one flat tensor of the same size); with ``amp`` also the loss-scaled ones, with
+    ``references`` mmengine's wrappers."""
     import fastopt
 
+    device = device or torch.device("cpu")
     clip = dict(max_norm=max_norm, norm_type=2)
-    cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=paramwise)
     out: dict[str, _Phase] = {}
-    plain = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+    plain = cfg.fastopt(model)
     params = [p for g in plain.param_groups for p in g["params"]]
     out["fastopt step"] = _Phase(plain.step, params)
     if amp:
-        out.update(_amp_variants(model, cfg, clip, params))
-    phase = fastopt.OptimWrapper(fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer,
-                                 clip_grad=clip)
+        out.update(_amp_variants(model, cfg, clip, params, device))
+    phase = fastopt.OptimWrapper(cfg.fastopt(model), clip_grad=clip)
     out["fastopt phase"] = _Phase(phase.step, params)
-    clip_then_step = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg)).optimizer
+    clip_then_step = cfg.fastopt(model)
 
     def torch_clip_then_step() -> None:
         torch.nn.utils.clip_grad_norm_(params, **clip)
         clip_then_step.step()
 
     out["fastopt + torch clip"] = _Phase(torch_clip_then_step, params)
-    ref = mmengine_builder()
+    ref = mmengine_builder() if references else None
     if ref is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wrapper = ref(model, dict(copy.deepcopy(cfg), clip_grad=clip))
-            fused_cfg = dict(copy.deepcopy(cfg), clip_grad=clip)
-            fused_cfg["optimizer"]["fused"] = True
-            fused = ref(model, fused_cfg)
-        out["mmengine"] = _Phase(wrapper.step, params)
-        out["mmengine+fused"] = _Phase(fused.step, params)
-    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wrapper = ref(model, dict(copy.deepcopy(cfg.engine), clip_grad=clip))
+                fused = ref(model, cfg.fused(clip))
+            out["mmengine"] = _Phase(wrapper.step, params)
+            out["mmengine+fused"] = _Phase(fused.step, params)
+        except Exception as exc:  # a constructor or key mmengine does not know
+            log(f"mmengine cannot build this config ({type(exc).__name__}: {exc}): left out")
+    elif references:
         log("mmengine not installed: its variants are skipped")
-    flat = torch.zeros(sum(p.numel() for p in params), requires_grad=True)
-    flat_opt = getattr(torch.optim, opt_cfg["type"])([flat], fused=True,
-                                                      **{k: v for k, v in opt_cfg.items() if k != "type"})
+    flat = torch.zeros(sum(p.numel() for p in params), requires_grad=True, device=device)
+    flat_opt = cfg.flat_limit(flat)
 
     def flat_limit() -> None:
         torch.linalg.vector_norm(flat.grad)
@@ -383,24 +588,31 @@ def _phase_variants(model: nn.Module, opt_cfg: dict, paramwise: dict | None,
     return out
 
 
-def phase_compare(name: str, optimizer: str = "adamw", max_norm: float = 0.1, width: float | None = None,
-                  numel: float = 30e6, repeats: int = 15, amp: bool = False,
-                  progress: Callable[[str], None] = log) -> dict[str, Any]:
-    """The time after backward with gradient clipping, every variant on one zoo model: fastopt's
+def phase_compare(source: Source | str, optimizer: str | None = None, max_norm: float = 0.1,
+                  width: float | None = None, numel: float = 30e6, repeats: int = 15, amp: bool = False,
+                  progress: Callable[[str], None] = log, device: torch.device | str = "cpu",
+                  reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
+    """The time after backward with gradient clipping, every variant on one model: fastopt's
     plain step (the yardstick), its clipped phase, fastopt's step after torch's
     ``clip_grad_norm_``, mmengine's wrapper with ``clip_grad`` (as is and ``fused=True``) and
     the flat-tensor limit; with ``amp`` (a fixed loss scale of 1024) also fastopt's fused
     unscale + clip + step and GradScaler's ``unscale_`` + ``clip_grad_norm_`` + fastopt's step.
-    Returns {"model", "optimizer", "max_norm", "amp", "width", "tensors", "numel", "machine",
-    "results": [{"impl", "phase_s"}, ...]}."""
-    width = width_for(name, numel) if width is None else width
-    progress(f"building {name} at width {width} ...")
-    model = zoo.build(name, width=width)
+    ``source``, ``optimizer``, ``width`` and ``device`` as in :func:`compare`.
+    Returns {"model", "kind", "api", "device", "optimizer", "max_norm", "amp", "width",
+    "tensors", "numel", "repeats", "machine", "results": [{"impl", "phase_s"}, ...]} (on CUDA
+    each result also has "step_peak_bytes")."""
+    dev = torch.device(device)
+    source, width = bench_source(source, width, numel, dev)
+    cfg = bench_config(source, optimizer)
+    model = _build_on(source, dev, width, progress)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    variants = _phase_variants(model, OPTIMIZER_CFGS[optimizer], _paramwise(name), max_norm, amp)
-    gen = torch.Generator().manual_seed(0)
-    grads = {k: [[torch.randn(p.shape, generator=gen) * 1e-2 for p in v.params] for _ in range(2)]
-             for k, v in variants.items()}
+    references = len(trainable) <= reference_up_to
+    if not references:
+        progress(f"{len(trainable):,} tensors: mmengine left out (its construction grows quadratically; "
+                 f"--reference-up-to {len(trainable)} keeps it)")
+    variants = _phase_variants(model, cfg, max_norm, amp, dev, references)
+    gen = _generator(dev)
+    grads = {k: [_random_grads(v.params, gen, 1e-2, dev) for _ in range(2)] for k, v in variants.items()}
 
     def set_grads(k: str, r: int) -> None:
         # torch clips (and unscales) in place, the fused AMP phase stores unscaled gradients
@@ -408,10 +620,17 @@ def phase_compare(name: str, optimizer: str = "adamw", max_norm: float = 0.1, wi
         for p, g in zip(variants[k].params, grads[k][r % 2]):
             p.grad = g.clone() if fresh else g
 
-    times = interleaved_step_times(variants, set_grads, repeats, warmup=2, progress=progress)  # type: ignore[arg-type]
-    return {"model": name, "optimizer": optimizer, "max_norm": max_norm, "amp": amp, "width": width,
-            "tensors": len(trainable), "numel": sum(p.numel() for p in trainable), "machine": machine(),
-            "results": [{"impl": k, "phase_s": t} for k, t in times.items()]}
+    peaks: dict[str, int] = {}
+    times = interleaved_step_times(variants, set_grads, repeats, warmup=2, progress=progress,  # type: ignore[arg-type]
+                                   device=dev, peaks=peaks)
+    results: list[dict[str, Any]] = [{"impl": k, "phase_s": t} for k, t in times.items()]
+    if dev.type == "cuda":
+        for row in results:
+            row["step_peak_bytes"] = peaks[row["impl"]]
+    return {"model": source.label, "kind": source.kind, "api": cfg.api, "device": dev.type,
+            "optimizer": cfg.optimizer, "max_norm": max_norm, "amp": amp, "width": width,
+            "tensors": len(trainable), "numel": sum(p.numel() for p in trainable), "repeats": repeats,
+            "machine": machine(), "results": results}
 
 
 def phase_table(fig: dict[str, Any]) -> str:
@@ -419,8 +638,10 @@ def phase_table(fig: dict[str, Any]) -> str:
     fastopt phase's time it takes."""
     by = {r["impl"]: r["phase_s"] for r in fig["results"]}
     ours = by["fastopt phase"]
-    lines = [f"{fig['model']} (width {fig['width']}): {fig['tensors']:,} tensors, {fig['numel'] / 1e6:.1f}M "
-             f"parameters; {fig['optimizer']}, clip_grad max_norm {fig['max_norm']}: "
+    at = f" (width {fig['width']})" if fig.get("width") is not None else ""
+    where = " on CUDA" if fig.get("device") == "cuda" else ""
+    lines = [f"{fig['model']}{at}: {fig['tensors']:,} tensors, {fig['numel'] / 1e6:.1f}M "
+             f"parameters; {fig['optimizer']}{where}, clip_grad max_norm {fig['max_norm']}: "
              "median time after backward",
              f"  {'variant':<30}{'time':>10}{'vs fastopt phase':>18}"]
     lines += [f"  {name:<30}{t * 1e3:8.2f}ms{t / ours:>17.2f}x" for name, t in by.items()]

@@ -18,14 +18,15 @@ RoI heads run on pooled RoI features; DETR-style transformer heads have none.
 The package is laid out like its users' libraries: ``bricks`` (norm/conv/transformer
 building blocks), ``backbones`` (ResNet, MobileNetV2), ``transformers`` (Swin, ViTDet's ViT,
 mmseg's ViT), ``necks``, ``heads``, ``detectors``, ``catalogue`` (one builder per model with
-its real optimizer config; ``MODELS`` and ``build``) and ``synthetic`` (models of any size).
+its real optimizer config; ``MODELS``, ``build`` and ``counts``; the giants ``giant_100k`` and
+``giant_1m``, whose counts are known without building them) and ``synthetic`` (models of any size).
 """
 
 from __future__ import annotations
 
 from .bricks import DEFAULT_WIDTH
-from .catalogue import MODELS, ZooModel, build, count_numel, count_tensors
-from .synthetic import synthetic
+from .catalogue import MODELS, ZooModel, build, count_numel, count_tensors, counts, giant
+from .synthetic import synthetic, synthetic_numel
 
 __all__ = [
     'DEFAULT_WIDTH',
@@ -34,5 +35,8 @@ __all__ = [
     'build',
     'count_numel',
     'count_tensors',
+    'counts',
+    'giant',
     'synthetic',
+    'synthetic_numel',
 ]

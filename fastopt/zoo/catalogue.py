@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 
 from .backbones import MobileNetV2, ResNet
@@ -37,6 +39,7 @@ from .heads import (
     UPerHead,
 )
 from .necks import FPN, ChannelMapper, MultiLevelNeck, SimpleFPN, SSDNeck
+from .synthetic import synthetic, synthetic_numel
 from .transformers import SwinTransformer, VisionTransformer, ViT
 
 
@@ -216,7 +219,60 @@ def big_5k(width: float = DEFAULT_WIDTH, num_classes: int = 80,
     return CascadeRCNN(backbone, neck, _rpn(c), CascadeRoIHead(heads, masks, c))
 
 
+def _giant_parts(width: float, num_classes: int) -> tuple[nn.Module, ...]:
+    """The neck and heads of :func:`giant`: FPN over four 4-channel levels, RPN, RoI head."""
+    c = scaled(256, width)
+    bbox_head = Shared2FCBBoxHead(in_channels=c, fc_out_channels=scaled(1024, width),
+                                  num_classes=num_classes)
+    return FPN([4] * 4, c, 5), _rpn(c), StandardRoIHead(bbox_head, None, c)
+
+
+def giant(num_tensors: int, width: float = DEFAULT_WIDTH, num_classes: int = 80) -> nn.Module:
+    """Faster R-CNN FPN on a :func:`synthetic` backbone: exactly ``num_tensors`` tensors.
+
+    The backbone holds nearly all of them, tiny (``backbone.stem``,
+    ``backbone.stages.{i}.blocks.{j}`` with conv+BN, depthwise conv+GN or Linear+LN,
+    ``backbone.head``); ``width`` scales the neck and heads only. Built for optimizer
+    construction and steps: the backbone's features do not fit the neck's forward.
+    """
+    parts = _giant_parts(width, num_classes)
+    rest = sum(count_tensors(m) for m in parts)
+    if num_tensors < rest + 4:
+        raise ValueError(f'a giant needs at least {rest + 4} tensors, got {num_tensors}')
+    neck, rpn_head, roi_head = parts
+    return FasterRCNN(synthetic(num_tensors - rest), neck, rpn_head, roi_head)
+
+
+def giant_counts(num_tensors: int, width: float = DEFAULT_WIDTH,
+                 num_classes: int = 80) -> tuple[int, int]:
+    """(tensors, parameters) of ``giant(num_tensors, width)`` without building its backbone."""
+    with torch.device('meta'):
+        parts = _giant_parts(width, num_classes)
+    rest = sum(count_tensors(m) for m in parts)
+    return num_tensors, synthetic_numel(num_tensors - rest) + sum(count_numel(m) for m in parts)
+
+
+def giant_100k(width: float = DEFAULT_WIDTH, num_classes: int = 80) -> nn.Module:
+    """:func:`giant` with 100,000 tensors."""
+    return giant(100_000, width, num_classes)
+
+
+def giant_1m(width: float = DEFAULT_WIDTH, num_classes: int = 80) -> nn.Module:
+    """:func:`giant` with 1,000,000 tensors."""
+    return giant(1_000_000, width, num_classes)
+
+
 _SGD_002 = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
+
+
+def _giant_paramwise_cfg() -> dict:
+    """The giants' ``paramwise_cfg``, pieced from real configs: FCOS's bias rules, no decay on
+    norms and depthwise convs, Swin's ``'norm'`` key (it wins over the bias rule on LayerNorm
+    biases) and the stem at a tenth of the lr."""
+    return dict(norm_decay_mult=0.0, bias_lr_mult=2.0, bias_decay_mult=0.0, dwconv_decay_mult=0.0,
+                custom_keys={'norm': dict(decay_mult=0.0), 'backbone.stem': dict(lr_mult=0.1)})
+
+
 _SWIN_ADAMW = dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05)
 _SWIN_L_DEPTHS = (2, 2, 18, 2)
 
@@ -280,6 +336,9 @@ class ZooModel:
     paramwise_cfg: dict | None
     optimizer: dict
     description: str
+    #: (tensors, parameters) at a width without building the model, for entries too big to
+    #: build just to count them; None: counted by building on the meta device
+    counts: Callable[[float], tuple[int, int]] | None = None
 
 
 MODELS: dict[str, ZooModel] = {
@@ -359,8 +418,27 @@ MODELS: dict[str, ZooModel] = {
             dict(_SGD_002),
             'Cascade Mask R-CNN on a ResNet with stage_blocks (3, 36, 503, 3) and '
             'SyncBN: 5,002 tensors.'),
+        *(ZooModel(
+            name, builder, _giant_paramwise_cfg(), dict(_SGD_002),
+            f'Faster R-CNN FPN on a synthetic backbone of tiny tensors (stages of conv+BN, '
+            f'depthwise conv+GN, Linear+LN blocks): {size:,} tensors; width scales the neck '
+            'and heads only; norm, bias and depthwise rules plus two custom keys.',
+            partial(giant_counts, size))
+          for name, builder, size in (('giant_100k', giant_100k, 100_000),
+                                      ('giant_1m', giant_1m, 1_000_000))),
     )
 }
+
+
+def counts(name: str, width: float = DEFAULT_WIDTH) -> tuple[int, int]:
+    """(tensors, parameters) of ``MODELS[name]`` at ``width``: the entry's known counts, or
+    counted on the meta device."""
+    entry = MODELS.get(name)
+    if entry is not None and entry.counts is not None:
+        return entry.counts(width)
+    with torch.device('meta'):
+        model = build(name, width=width)
+    return count_tensors(model), count_numel(model)
 
 
 def build(name: str, width: float = DEFAULT_WIDTH, **kwargs: Any) -> nn.Module:

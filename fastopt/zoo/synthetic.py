@@ -126,17 +126,51 @@ def _fast_blocks(kind: int, count: int) -> list[nn.Module]:
     blocks: list[nn.Module] = []
     # One torch op per tensor: small-op dispatch (~2-5 µs) dominates the cost.
     normal, make_param, param_cls = torch.normal, torch.Tensor._make_subclass, nn.Parameter
+    # torch.normal ignores a ``with torch.device(...)`` block: the device is named outright
+    device = torch.get_default_device()
+
+    def draw(mean: float, shape: tuple[int, ...]) -> Tensor:
+        if device.type == 'meta':  # no values to draw, and torch.normal takes ~1 ms there
+            return torch.empty(shape, device=device)
+        return normal(mean, 0.02, shape, device=device)
+
     for _ in range(count):
         children: dict[str, nn.Module] = {}
         for leaf_name, tpl, shapes, buffers in leaves:
             params = {}
             for pname, shape, is_norm_weight in shapes:
-                data = normal(1.0 if is_norm_weight else 0.0, 0.02, shape)
+                data = draw(1.0 if is_norm_weight else 0.0, shape)
                 params[pname] = make_param(param_cls, data, True)
             bufs = {bname: None if b is None else b.clone() for bname, b in buffers}
             children[leaf_name] = _new_shell(tpl, params, bufs, {})
         blocks.append(_new_shell(block_tpl, {}, {}, children))
     return blocks
+
+
+#: parameter elements of one :class:`SyntheticBlock` of each kind (4 channels)
+_BLOCK_NUMEL = (4 * 4 + 4 + 2 * 4, 4 * 9 + 4 + 2 * 4, 4 * 4 + 4 + 2 * 4)
+#: parameter elements of the ``stem`` (3x3 conv, 3 -> 4) and ``head`` (Linear 4 -> 10)
+_ENDS_NUMEL = 3 * 4 * 9 + 4 + 4 * 10 + 10
+
+
+def _layout(num_tensors: int, blocks_per_stage: int) -> tuple[bool, list[int], int]:
+    """(whether there are a stem and head, blocks per stage, leftover 0-d scales)."""
+    if num_tensors < 0:
+        raise ValueError(f'num_tensors must be >= 0, got {num_tensors}')
+    if blocks_per_stage < 1:
+        raise ValueError(f'blocks_per_stage must be >= 1, got {blocks_per_stage}')
+    with_ends = num_tensors >= 4
+    num_blocks, num_scales = divmod(num_tensors - 4 if with_ends else num_tensors, 4)
+    num_stages = -(-num_blocks // blocks_per_stage)
+    sizes = [min(blocks_per_stage, num_blocks - i * blocks_per_stage) for i in range(num_stages)]
+    return with_ends, sizes, num_scales
+
+
+def synthetic_numel(num_tensors: int, blocks_per_stage: int = 64) -> int:
+    """Parameter elements of ``synthetic(num_tensors, blocks_per_stage)``, without building it."""
+    with_ends, sizes, num_scales = _layout(num_tensors, blocks_per_stage)
+    blocks = sum(size * _BLOCK_NUMEL[i % 3] for i, size in enumerate(sizes))
+    return blocks + num_scales + (_ENDS_NUMEL if with_ends else 0)
 
 
 def synthetic(num_tensors: int, blocks_per_stage: int = 64,
@@ -148,24 +182,20 @@ def synthetic(num_tensors: int, blocks_per_stage: int = 64,
     ``conv``+``bn`` (BatchNorm2d without running stats), depthwise ``dwconv``+
     ``gn``, or ``fc``+``norm`` (LayerNorm)), ``head`` (Linear, 2 tensors) and
     0-3 leftover 0-d ``scales.{k}.scale``. Values are N(0, 0.02) (norm weights
-    N(1, 0.02)), deterministic for ``seed``; the global RNG is left untouched.
+    N(1, 0.02)), deterministic for ``seed``; the global RNG is left untouched. Built on
+    the default device (a ``with torch.device(...)`` block's, else the CPU).
     """
-    if num_tensors < 0:
-        raise ValueError(f'num_tensors must be >= 0, got {num_tensors}')
-    if blocks_per_stage < 1:
-        raise ValueError(f'blocks_per_stage must be >= 1, got {blocks_per_stage}')
-    with_ends = num_tensors >= 4
-    body = num_tensors - 4 if with_ends else num_tensors
-    num_blocks, num_scales = divmod(body, 4)
-    num_stages = -(-num_blocks // blocks_per_stage)
+    with_ends, sizes, num_scales = _layout(num_tensors, blocks_per_stage)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of new container objects; collection would dominate
     try:
-        with torch.random.fork_rng(devices=[]):
+        device = torch.get_default_device()
+        forked: list[int] = []  # the RNGs put back afterwards: the CPU's, and a CUDA device's
+        if device.type == 'cuda':
+            forked = [torch.cuda.current_device() if device.index is None else device.index]
+        with torch.random.fork_rng(devices=forked):
             torch.manual_seed(seed)
             net = SyntheticNet(with_ends)
-            sizes = [min(blocks_per_stage, num_blocks - i * blocks_per_stage)
-                     for i in range(num_stages)]
             pools = [iter(_fast_blocks(kind, sum(sizes[kind::3]))) for kind in range(3)]
             for _ in range(num_scales):
                 net.scales.append(Scale(1.0))
