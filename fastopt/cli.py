@@ -86,18 +86,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     zoo = _zoo()
     rows = []
     for name, spec in zoo.MODELS.items():
-        model = zoo.build(name)
-        tensors, full = count_full(name)
-        rows.append((name, tensors, zoo.count_numel(model), full, spec.optimizer["type"],
+        tensors, numel = zoo.counts(name)  # known counts for the giants, else counted on meta
+        rows.append((name, tensors, numel, count_full(name)[1], spec.optimizer["type"],
                      "yes" if spec.paramwise_cfg else "no"))
     if args.json:
         print(json.dumps([dict(zip(("name", "tensors", "numel", "numel_full", "optimizer", "paramwise"), r))
                           for r in rows], indent=2))
         return 0
-    print(f"{'model':<26}{'tensors':>8}{'params (default width)':>24}{'params (full width)':>21}"
+    print(f"{'model':<26}{'tensors':>10}{'params (default width)':>24}{'params (full width)':>21}"
           f"{'optimizer':>11}{'paramwise':>11}")
     for name, tensors, numel, full, opt, pw in rows:
-        print(f"{name:<26}{tensors:>8,}{numel:>24,}{full:>21,}{opt:>11}{pw:>11}")
+        print(f"{name:<26}{tensors:>10,}{numel:>24,}{full:>21,}{opt:>11}{pw:>11}")
     print(f"\nzoo.build(name, width=...) scales channels; the default width is {zoo.DEFAULT_WIDTH:g}.")
     return 0
 
@@ -106,13 +105,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Construction and step time of every installed implementation, side by side."""
     from . import bench
 
-    _zoo_spec(args.model)
-    width = args.width or BENCH_WIDTH.get(args.model)
+    if args.clip is not None and args.clip <= 0:
+        raise SystemExit(f"--clip must be a positive max_norm, got {args.clip}")
+    if args.source is not None and args.model is not None:
+        raise sources.SourceError("give a SOURCE or --model NAME, not both")
+    if args.model is not None:
+        _zoo_spec(args.model)
+    device = bench.select_device(args.device)
+    text = args.source or args.model or "cascade_mask_rcnn_swin_l"
+    width = args.width if args.width is not None or device.type != "cpu" else BENCH_WIDTH.get(text)
+    source, width = bench.bench_source(text, width, device=device,
+                                       cfg_options=sources.parse_cfg_options(args.cfg_options))
+    optimizer = args.optimizer or ("adamw" if source.kind == "zoo" else None)
+    up_to = bench.REFERENCE_UP_TO if args.reference_up_to is None else args.reference_up_to
     if args.clip is not None:
-        if args.clip <= 0:
-            raise SystemExit(f"--clip must be a positive max_norm, got {args.clip}")
-        phase = bench.phase_compare(args.model, args.optimizer, args.clip, width=width, repeats=args.repeats,
-                                    amp=args.amp)
+        phase = bench.phase_compare(source, optimizer, args.clip, width=width, repeats=args.repeats,
+                                    amp=args.amp, device=device, reference_up_to=up_to)
         print(f"\nmachine: {bench.machine_line(phase['machine'])}")
         print(bench.phase_table(phase))
         if args.json:
@@ -120,20 +128,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 json.dump(phase, fh, indent=2)
             bench.log(f"wrote {args.json}")
         return 0
-    report = bench.compare(args.model, args.optimizer, width=width, repeats=args.repeats)
-    by = {r["impl"]: r for r in report["results"]}
-    ours = by["fastopt"]
+    report = bench.compare(source, optimizer, width=width, repeats=args.repeats, device=device,
+                           reference_up_to=up_to)
     print(f"\nmachine: {bench.machine_line(report['machine'])}")
-    print(f"{report['model']} (width {report['width']}): {report['tensors']:,} tensors, "
-          f"{report['numel'] / 1e6:.1f}M parameters; {report['optimizer']}; medians of {args.repeats} "
-          "interleaved repeats")
-    print(f"  {'implementation':<18}{'construct':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
-          f"{'fastopt faster: build':>23}{'step':>7}")
-    for r in report["results"]:
-        c = f"{r['construct_s'] * 1e3:9.1f}ms" if r["construct_s"] is not None else f"{'-':>11}"
-        cr = f"{r['construct_s'] / ours['construct_s']:22.1f}x" if r["construct_s"] else f"{'-':>23}"
-        print(f"  {r['impl']:<18}{c}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
-              f"{cr}{r['step_s'] / ours['step_s']:6.2f}x")
+    print(bench.compare_table(report))
     scale_rows = []
     if args.plot:
         sizes = [1000, 2000, 5000, 10_000, 20_000, 100_000] + ([1_000_000] if args.giant else [])
@@ -307,10 +305,23 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("bench", help="construction and step time vs mmengine, mmcv and torch")
-    p.add_argument("--model", default="cascade_mask_rcnn_swin_l")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--width", type=float, help="zoo width (default: ~30M parameters)")
+    p.add_argument("source", nargs="?", metavar="SOURCE",
+                   help="a config file, timm:NAME, torchvision:NAME, pkg.module:callable or a bundled model "
+                        "(default: cascade_mask_rcnn_swin_l)")
+    p.add_argument("--model", metavar="NAME", help="a bundled model (`fastopt models`), instead of SOURCE")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="override config entries, e.g. optim_wrapper.optimizer.lr=0.01")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the steps run (auto: CUDA when torch sees a GPU, else the CPU)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"],
+                   help="replace the source's optimizer (default: adamw for a bundled model, "
+                        "else the config's own)")
+    p.add_argument("--width", type=float,
+                   help="zoo width (default: ~30M parameters on the CPU, full width on CUDA)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--reference-up-to", type=int, metavar="TENSORS",
+                   help="leave mmengine and mmcv out above this many tensors (their construction is "
+                        "quadratic; default: fastopt.bench.REFERENCE_UP_TO)")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars")
     p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")

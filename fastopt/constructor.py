@@ -52,9 +52,11 @@ from .registry import (
     OPTIM_WRAPPER_CONSTRUCTORS,
     OPTIMIZER_BUILDERS,
     OPTIMIZERS,
+    SCOPE_KEY,
     Registry,
     build_from_cfg,
     resolve_type,
+    within_scope,
 )
 from .semantics import Semantics, resolve
 from .wrapper import build_wrapper
@@ -304,6 +306,10 @@ class _ConstructorBase:
 
     def _optimizer_class(self, registry: Registry) -> Any:
         name = self.optimizer_cfg["type"]
+        with within_scope(self.optimizer_cfg.get(SCOPE_KEY)):
+            return self._resolve_optimizer(name, registry)
+
+    def _resolve_optimizer(self, name: Any, registry: Registry) -> Any:
         if isinstance(name, str) and name not in registry and self.fallback_optimizers is not None:
             found = self.fallback_optimizers.get(name)
             if found is not None:
@@ -316,7 +322,7 @@ class _ConstructorBase:
         return type(self).add_params is not _ConstructorBase.add_params
 
     def _build_optimizer(self, optimizer_cls: Any, built: Construction, first_arg: str = "params") -> Any:
-        cfg = {k: v for k, v in self.optimizer_cfg.items() if k != "type"}
+        cfg = {k: v for k, v in self.optimizer_cfg.items() if k not in ("type", SCOPE_KEY)}
         cfg[first_arg] = built.groups
         optimizer = build_from_cfg(dict(cfg, type=optimizer_cls), Registry("optimizer"))
         # so that checkpoints in the reference's layout map both ways
@@ -334,7 +340,7 @@ class _ConstructorBase:
             for name, p in sig.parameters.items():
                 if p.default is not inspect.Parameter.empty:
                     defaults[name] = p.default
-        defaults.update({k: v for k, v in self.optimizer_cfg.items() if k != "type"})
+        defaults.update({k: v for k, v in self.optimizer_cfg.items() if k not in ("type", SCOPE_KEY)})
         return defaults
 
     def param_groups(self, model: nn.Module, optimizer_cls: Any) -> Iterable | list[dict]:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._kernels import local
 from .clip_grad import check_clip_grad, clip_coefficient, native_norm_ok, total_norm
-from .registry import OPTIM_WRAPPERS, resolve_type
+from .registry import OPTIM_WRAPPERS, SCOPE_KEY, resolve_type, scope_override, within_scope
 
 __all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "clip_in_next_step", "fused_clip",
            "with_fused_clip", "wrapper_class"]
@@ -346,7 +346,8 @@ def _mmengine_wrapper(name: str) -> Any:
     import mmengine.optim  # noqa: F401  (registers mmengine's wrappers)
     from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_WRAPPERS
 
-    return MMENGINE_WRAPPERS.get(name)
+    with MMENGINE_WRAPPERS.switch_scope_and_registry(scope_override()) as registry:
+        return registry.get(name)  # under the config's or the current default scope
 
 
 def wrapper_class(wrapper_type: Any) -> Any:
@@ -365,7 +366,8 @@ def build_wrapper(cfg: dict, optimizer: torch.optim.Optimizer, *, base_param_set
     """Build the wrapper ``cfg`` names around ``optimizer``. ``base_param_settings=False``
     (mmengine before 0.8.0) leaves it out of fastopt's own wrappers; a host's class keeps its own."""
     args = dict(cfg)
-    cls = with_fused_clip(wrapper_class(args.pop("type")))
+    with within_scope(args.pop(SCOPE_KEY, None)):
+        cls = with_fused_clip(wrapper_class(args.pop("type")))
     args.setdefault("optimizer", optimizer)
     wrapper = cls(**args)
     if not base_param_settings and isinstance(wrapper, OptimWrapper):
