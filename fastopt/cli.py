@@ -1,10 +1,15 @@
-"""The ``fastopt`` command: models, bench, explain, profile.
+"""The ``fastopt`` command: check, explain, profile, bench, models, lr-curve.
 
+    fastopt check SOURCE [--semantics mmengine==0.10.3] [--json]      (exit 0 parity, 1 mismatch, 2 error)
+    fastopt explain SOURCE [--json] [--filter REGEX]
+    fastopt profile SOURCE [--max-groups N] [--max-build-ms MS] [--json]
+    fastopt bench [SOURCE] [--device auto|cpu|cuda] [--clip MAX_NORM [--amp]] [--json P] [--plot P]
     fastopt models
-    fastopt bench --model cascade_mask_rcnn_swin_l [--optimizer adamw|sgd] [--json P] [--plot P]
-    fastopt explain (--model NAME | CONFIG.py) [--json] [--filter REGEX]
-    fastopt profile (--model NAME | CONFIG.py) [--max-groups N] [--max-build-ms MS]
     fastopt lr-curve CONFIG.py --iters-per-epoch N [--out lr.png] [--json lr.json]
+
+SOURCE is a config path, ``package::path`` of a shipped config, ``timm:NAME``,
+``torchvision:NAME``, ``package.module:callable`` or a bundled model name (fastopt.sources);
+``--model SOURCE`` and ``--cfg-options key=value ...`` work with every command.
 """
 
 from __future__ import annotations
