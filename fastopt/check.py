@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import builder
+from .semantics import resolve as resolve_semantics
 
 __all__ = ["CheckReport", "Difference", "check", "reference_builder", "same_value"]
 
@@ -164,19 +165,11 @@ def _build(fn: Callable[[], Any]) -> tuple[Any, float, BaseException | None]:
     return built, time.perf_counter() - start, None
 
 
-def _semantics_arg(fast: Callable[..., Any], semantics: str | None) -> dict[str, Any]:
-    """``semantics=`` for fastopt's builder when one was asked for (and the builder takes it)."""
-    if semantics is None:
-        return {}
-    import inspect
-
-    if "semantics" not in inspect.signature(fast).parameters:
-        raise ValueError("this fastopt build does not take semantics=")
-    return {"semantics": semantics}
-
-
-def _semantics_name(api: str, reference: str, semantics: str | None) -> str:
-    return semantics if semantics is not None else reference
+def _semantics(api: str, semantics: str | None) -> tuple[dict[str, Any], str]:
+    """``semantics=`` for fastopt's builder, and the release it names (the installed host's when
+    none is asked for)."""
+    chosen = resolve_semantics(semantics, api)
+    return ({} if semantics is None else {"semantics": str(chosen)}), str(chosen)
 
 
 def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", semantics: str | None = None,
@@ -194,13 +187,13 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
         cfg["type"] = "OptimWrapper"
         notes.append("AmpOptimWrapper needs a CUDA device: both sides built with OptimWrapper instead")
     fast = builder.build_optim_wrapper if api == "mmengine" else builder.build_optimizer
-    extra = _semantics_arg(fast, semantics)
+    extra, semantics_name = _semantics(api, semantics)
     opt_cfg = cfg.get("optimizer", {}) if api == "mmengine" else cfg
     optimizer_name = str(opt_cfg.get("type", "?")) if isinstance(opt_cfg, dict) else "?"
     names = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
     ref_built, ref_s, ref_exc = _build(lambda: reference(model, _copy(cfg)))
     fast_built, fast_s, fast_exc = _build(lambda: fast(model, _copy(cfg), **extra))
-    report = CheckReport(source, api, ref_name, _semantics_name(api, ref_name, semantics), optimizer_name,
+    report = CheckReport(source, api, ref_name, semantics_name, optimizer_name,
                          False, len(names), None, None, ref_s, fast_s, notes=notes)
     if ref_exc is not None or fast_exc is not None:
         if ref_exc is not None and fast_exc is not None and isinstance(fast_exc, type(ref_exc)):

@@ -226,13 +226,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Reference vs fastopt on every parameter: exit 0 on exact parity, 1 on a mismatch."""
     from .check import check, reference_builder
+    from .semantics import resolve as resolve_semantics
 
     cfg_source, model_source = resolve_args(args)
     api, cfg, _ = cfg_source.optim
     try:
         reference_builder(api)
+        resolve_semantics(args.semantics, api)
     except ImportError as exc:
         raise sources.SourceError(str(exc)) from None
+    except ValueError as exc:
+        raise sources.SourceError(f"--semantics: {exc}") from None
     label = cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
     try:
         model = model_source.build("auto")

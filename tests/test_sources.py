@@ -190,6 +190,22 @@ def test_check_reports_a_mismatch_with_both_values(tmp_path: Path, capsys: pytes
     assert {d["key"] for d in report["differences"]} == {"weight_decay"}
 
 
+def test_check_under_another_release_semantics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """mmengine up to 0.10.3 keeps the frozen stem weight as a bare group; the installed 0.10.7
+    leaves it out: checked against 0.10.7, only that parameter differs."""
+    refs.mmengine_build()
+    path = _write(tmp_path, "three.py", CFG3)
+    assert cli.main(["check", path, "--semantics", "mmengine==0.10.4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["semantics"] == "mmengine==0.10.4"
+    assert cli.main(["check", path, "--semantics", "mmengine==0.10.3", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["semantics"] == "mmengine==0.10.3"
+    assert [(d["param"], d["key"], d["reference"], d["fastopt"]) for d in report["differences"]] == \
+        [("backbone.0.weight", "<in a group>", "no", "yes")]
+    assert cli.main(["check", path, "--semantics", "mmengine==9.9"]) == 2
+    assert "--semantics" in capsys.readouterr().err
+
+
 def test_check_when_both_raise_the_same_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     refs.mmengine_build()
     path = _write(tmp_path, "bad.py", """
