@@ -13,7 +13,8 @@ A *source* is one of
 - a bundled model name (``fastopt models``).
 
 Pretrained weights are never loaded: ``pretrained`` entries are switched off, ``init_weights``
-is never called. Models are built on the meta device where their constructors allow it (no
+is never called. A model that asks for a process group while it builds (mmcv's SyncBN) gets
+a one-process gloo group. Models are built on the meta device where their constructors allow it (no
 memory, no initialisation cost) and on the CPU otherwise.
 
 >>> src = resolve('retinanet_r50_fpn')
@@ -241,16 +242,36 @@ def _build_openmmlab(cfg: dict[str, Any], path: str, device: str) -> nn.Module:
         return _on_device(lambda: registry.build(copy.deepcopy(model_cfg)), device)
 
 
+def _single_process_group() -> bool:
+    """Start a one-process gloo group (models with mmcv's SyncBN ask for the world size while
+    they build); False when torch.distributed cannot, or a group is already running."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+def _built(build: Callable[[], nn.Module]) -> nn.Module:
+    try:
+        return build()
+    except (ValueError, RuntimeError) as exc:
+        if "process group has not been initialized" not in str(exc) or not _single_process_group():
+            raise
+    return build()
+
+
 def _on_device(build: Callable[[], nn.Module], device: str) -> nn.Module:
     """``build()`` on ``device``; 'auto' tries the meta device and falls back to the CPU."""
     if device == "auto":
         try:
             with torch.device("meta"):
-                return build()
+                return _built(build)
         except Exception:  # a constructor that computes with its tensors (item(), numpy())
             device = "cpu"
     with torch.device(device):
-        return build()
+        return _built(build)
 
 
 @dataclass

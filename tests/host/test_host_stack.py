@@ -161,3 +161,11 @@ def test_load_model_never_loads_pretrained_weights(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ckpt, "CheckpointLoader", None)
     model = fastopt.load_model(shipped(*SWIN_MASK_RCNN))
     assert sum(1 for _ in model.parameters()) == 219
+
+
+def test_a_model_that_needs_a_process_group_builds(capsys: pytest.CaptureFixture[str]) -> None:
+    """mmcv's SyncBN asks for the world size while it builds: a one-process group is started."""
+    source = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
+    assert cli.main(["check", source, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parity"] is True and report["params"] == 225
