@@ -23,20 +23,56 @@ recipes; the paramwise_cfg tells them apart (each original rejects the other's c
   weight decay 0 only for ``norm`` parameters under ``backbone.blocks`` (group
   ``layer_{d}_no_decay``) and parameters named ``*pos_embed*`` (``layer_{d}_no_decay_pos_embed``,
   an ``int`` 0 as in the original); biases keep weight decay.
+
+``LearningRateDecayOptimWrapperConstructor`` (MMPretrain 1.x, mmengine style only) leaves the
+depths to the model: its ``get_layer_depth(param_name)`` returns ``(layer_id, max_id)`` (the
+classifiers and self-supervised algorithms ask their backbone, with the ``'backbone.'``
+prefix), and a model without that method is rejected. ``paramwise_cfg`` reads
+``layer_decay_rate`` (default 1.0), ``custom_keys``, ``norm_decay_mult``, ``bias_decay_mult`` and
+``flat_decay_mult``. Modules are visited depth first, each module's own parameters before its
+children's; frozen parameters are left out. A trainable parameter gets
+
+- ``weight_decay`` (only when the optimizer config has one) from the first rule that applies:
+  the longest matching custom key (then alphabetical; a substring of the dotted name, no
+  leading dot) sets ``base_wd * decay_mult`` and copies the key's other entries into the group
+  (its ``lr_mult`` has no effect on lr, its ``lr`` is overwritten, its ``weight_decay`` wins);
+  then the norm rule (BatchNorm, InstanceNorm, GroupNorm, LayerNorm layers), the bias rule (a
+  parameter named ``bias``), the flat rule (1-D tensors), each when its multiplier is not None;
+  else ``base_wd``;
+- ``lr_scale = layer_decay_rate ** (max_id - layer_id - 1)``, ``lr = base_lr * lr_scale`` and
+  ``layer_id``.
+
+The original makes one group per parameter and names it in ``param_name``; fastopt merges
+parameters whose other keys are equal and lists the names of each group's parameters, in
+order, in ``param_names`` (torch's own key for them). Without ``weight_decay`` in the optimizer
+config the original cannot build the optimizer (``KeyError: 'weight_decay'``), and neither
+does fastopt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, RecipeConstructor
+from ._rules import key_priority
+from .checkpoint import ReferenceLayout
+from .constructor import (
+    Construction,
+    DefaultOptimizerConstructor,
+    DefaultOptimWrapperConstructor,
+    RecipeConstructor,
+)
+from .grouping import group_params, merge_param_groups_indexed
 from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS
 
-__all__ = ["LayerDecayOptimizerConstructor", "LearningRateDecayOptimizerConstructor",
-           "MmcvLayerDecayOptimizerConstructor", "MmcvLearningRateDecayOptimizerConstructor",
-           "convnext_depth", "layer_decay_groups", "lr_decay_groups", "vit_depth", "vitdet_depth"]
+__all__ = ["LayerDecayOptimizerConstructor", "LearningRateDecayOptimWrapperConstructor",
+           "LearningRateDecayOptimizerConstructor", "MmcvLayerDecayOptimizerConstructor",
+           "MmcvLearningRateDecayOptimizerConstructor", "convnext_depth", "layer_decay_groups",
+           "lr_decay_groups", "pretrain_decay_groups", "vit_depth", "vitdet_depth"]
 
 _EMBEDDINGS = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
 # depth of each ConvNeXt downsampling layer, by stage (the last stage takes num_layers)
@@ -212,3 +248,107 @@ class MmcvLayerDecayOptimizerConstructor(RecipeConstructor, DefaultOptimizerCons
     ``layer_decay_rate``; ViTDet's with ``decay_rate``): returns the optimizer."""
 
     recipe = staticmethod(layer_decay_groups)
+
+
+# ------------------------------------------------------------------------------ MMPretrain
+#: Module classes whose own parameters MMPretrain's ``norm_decay_mult`` applies to.
+_PRETRAIN_NORMS: tuple[type, ...] = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _modules_depth_first(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(prefix, module)`` in MMPretrain's visiting order: a module, then each child's subtree
+    (``named_children`` order); the prefix ends with a dot. A module reached through two parents
+    is visited twice, as there."""
+    out: list[tuple[str, nn.Module]] = []
+    stack = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        out.append((prefix, module))
+        stack.extend((f"{prefix}{name}.", child) for name, child in reversed(list(module.named_children())))
+    return out
+
+
+def _pretrain_weight_decay(group: dict[str, Any], cfg: dict, keys: list[str], base_wd: Any, name: str,
+                           local: str, param: nn.Parameter, in_norm: bool) -> None:
+    """Set the weight decay of ``group`` (the parameter ``name``, ``local`` in its module) by
+    MMPretrain's rule order: custom key, norm, bias, flat, else ``base_wd``."""
+    key = next((k for k in keys if k in name), None)
+    if key is not None:
+        extra = dict(cfg["custom_keys"][key])
+        group["weight_decay"] = base_wd * extra.pop("decay_mult", 1.0)
+        group.update(extra)
+        return
+    for applies, mult_key in ((in_norm, "norm_decay_mult"), (local == "bias", "bias_decay_mult"),
+                              (param.ndim == 1, "flat_decay_mult")):
+        mult = cfg.get(mult_key)
+        if applies and mult is not None:
+            group["weight_decay"] = base_wd * mult
+            return
+    group["weight_decay"] = base_wd
+
+
+def pretrain_decay_groups(model: nn.Module, cfg: dict, base_lr: Any, base_wd: Any) -> list[dict]:
+    """MMPretrain's ``LearningRateDecayOptimWrapperConstructor`` groups of ``model``: one per
+    trainable parameter in visiting order, with ``weight_decay`` (when ``base_wd`` is set),
+    ``lr``, ``lr_scale``, ``layer_id`` and ``param_name``, as the original makes them."""
+    depth_of = getattr(model, "get_layer_depth", None)
+    if depth_of is None:
+        raise NotImplementedError(f"layer-wise lr decay (LearningRateDecayOptimWrapperConstructor) needs "
+                                  f"a model with a get_layer_depth method; {type(model).__name__} has none")
+    keys = key_priority(list(cfg.get("custom_keys", {})))
+    rate = cfg.get("layer_decay_rate", 1.0)
+    groups: list[dict] = []
+    for prefix, module in _modules_depth_first(model):
+        in_norm = isinstance(module, _PRETRAIN_NORMS)
+        for local, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            name = prefix + local
+            group: dict[str, Any] = {"params": [param]}
+            if base_wd is not None:
+                _pretrain_weight_decay(group, cfg, keys, base_wd, name, local, param, in_norm)
+            layer_id, max_id = depth_of(name)
+            scale = rate ** (max_id - layer_id - 1)
+            if base_lr is None:
+                raise TypeError(f"layer-wise lr decay sets the lr of {name!r} as a multiple of the "
+                                "optimizer's lr, but the optimizer config has no 'lr'")
+            group.update(lr=base_lr * scale, lr_scale=scale, layer_id=layer_id, param_name=name)
+            groups.append(group)
+    if base_wd is None and groups:
+        raise KeyError("weight_decay: LearningRateDecayOptimWrapperConstructor needs the optimizer's "
+                       "weight_decay (MMPretrain's original fails without it too)")
+    return groups
+
+
+def _remap(layout: ReferenceLayout, into: list[int]) -> ReferenceLayout:
+    """``layout`` with each group's merged index sent through ``into`` (-1 stays -1)."""
+    other = getattr(layout, "other", None)
+    changes: dict[str, Any] = {"groups": [(size, into[g] if g >= 0 else g) for size, g in layout.groups]}
+    if other is not None:
+        changes["other"] = _remap(other, into)
+    return dataclasses.replace(layout, **changes)
+
+
+def _merge_named(built: Construction) -> Construction:
+    """Merge groups that differ only in ``param_name``; each merged group lists its parameters'
+    names in ``param_names``, in the order of its ``params``."""
+    if not built.groups or not isinstance(built.groups[0], dict):
+        return built  # no paramwise_cfg: the bare parameters
+    stripped = [{k: v for k, v in g.items() if k != "param_name"} for g in built.groups]
+    merged, into = merge_param_groups_indexed(stripped, built.defaults)
+    for group, g, source in zip(stripped, into, built.groups):
+        names = merged[g].setdefault("param_names", [])
+        names.extend([source["param_name"]] * len(group_params(group)))
+    return dataclasses.replace(built, groups=merged, layout=_remap(built.layout, into))
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class LearningRateDecayOptimWrapperConstructor(RecipeConstructor, DefaultOptimWrapperConstructor):
+    """MMPretrain's layer-wise lr decay (depths from the model's ``get_layer_depth``); returns an
+    optim wrapper whose groups merge parameters of equal settings."""
+
+    recipe = staticmethod(pretrain_decay_groups)
+
+    def construct(self, model: nn.Module, optimizer_cls: Any) -> Construction:
+        """The recipe's per-parameter groups, merged, with ``param_names`` for ``param_name``."""
+        return _merge_named(super().construct(model, optimizer_cls))

@@ -39,6 +39,7 @@ done
 for v in 1.3.0 1.5.0; do
   [ -f "$REFS/mmcv-$v/$MMCV_CTOR" ] || $FETCH mmcv "$v" sdist "$REFS" "$MMCV_CTOR"
 done
+[ -f "$REFS/mmpretrain-1.2.0/mmpretrain/engine/optimizers/layer_decay_optim_wrapper_constructor.py" ] || $FETCH mmpretrain 1.2.0 wheel "$REFS" mmpretrain/engine/optimizers/layer_decay_optim_wrapper_constructor.py
 echo "single-file references in $REFS"
 python - <<'PY'
 import importlib.metadata as m
