@@ -25,6 +25,7 @@ from torch import nn
 
 from . import builder
 from .semantics import resolve as resolve_semantics
+from .sources import buildable_here
 
 __all__ = ["CheckReport", "Difference", "check", "reference_builder", "same_value"]
 
@@ -180,12 +181,8 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
     if api not in ("mmengine", "mmcv"):
         raise ValueError(f"api must be 'mmengine' or 'mmcv', got {api!r}")
     reference, ref_name = reference_builder(api)
-    notes = []
-    if api == "mmengine" and cfg.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
-        # mmengine's AmpOptimWrapper needs an accelerator; the groups do not depend on the wrapper
-        cfg = {k: v for k, v in cfg.items() if k not in ("loss_scale", "dtype", "use_fsdp")}
-        cfg["type"] = "OptimWrapper"
-        notes.append("AmpOptimWrapper needs a CUDA device: both sides built with OptimWrapper instead")
+    cfg, note = buildable_here(api, cfg)
+    notes = [] if note is None else [f"{note} on both sides"]
     fast = builder.build_optim_wrapper if api == "mmengine" else builder.build_optimizer
     extra, semantics_name = _semantics(api, semantics)
     opt_cfg = cfg.get("optimizer", {}) if api == "mmengine" else cfg

@@ -205,7 +205,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Grouping cost and group count, with limits for CI."""
     from .bench import profile
 
-    model, _, cfg, label = model_and_cfg(args)
+    model, api, cfg, label = model_and_cfg(args)
+    cfg, note = sources.buildable_here(api, cfg)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
     result = profile(model, cfg, repeats=args.repeats)
     if args.json:
         print(json.dumps(dict(result, source=label, max_groups=args.max_groups,

@@ -35,8 +35,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_OPTIM_WRAPPER", "Source", "SourceError", "load_config", "load_model", "optim_cfg_of",
-           "resolve"]
+__all__ = ["DEFAULT_OPTIM_WRAPPER", "Source", "SourceError", "buildable_here", "load_config", "load_model",
+           "optim_cfg_of", "resolve"]
 
 #: The optimizer config a model-only source (``timm:``, ``torchvision:``, ``pkg.mod:fn``) gets:
 #: a common transformer-era recipe; ``--cfg-options optim_wrapper.optimizer.lr=...`` edits it.
@@ -144,6 +144,17 @@ def optim_cfg_of(cfg: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, An
         hook = cfg.get("optimizer_config") or {}
         return "mmcv", optimizer, hook.get("grad_clip") if isinstance(hook, dict) else None
     raise SourceError("the config has neither `optim_wrapper=` (mmengine) nor `optimizer=` (mmcv 1.x)")
+
+
+def buildable_here(api: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``cfg`` as this machine can build it, and a note when it had to change: mmengine's
+    ``AmpOptimWrapper`` refuses to build without a GPU (or NPU/MLU), so on such a machine the
+    optimizer is wrapped in ``OptimWrapper`` instead (the param groups do not depend on it)."""
+    if api != "mmengine" or cfg.get("type") != "AmpOptimWrapper" or torch.cuda.is_available():
+        return cfg, None
+    plain = {k: v for k, v in cfg.items() if k not in ("loss_scale", "dtype", "use_fsdp")}
+    plain["type"] = "OptimWrapper"
+    return plain, "AmpOptimWrapper needs a CUDA device: built with OptimWrapper instead"
 
 
 # ------------------------------------------------------------------ models

@@ -169,3 +169,13 @@ def test_a_model_that_needs_a_process_group_builds(capsys: pytest.CaptureFixture
     assert cli.main(["check", source, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["parity"] is True and report["params"] == 225
+
+
+def test_an_amp_config_is_profiled_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a GPU an AmpOptimWrapper config is profiled with OptimWrapper, and says so."""
+    source = "mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py"
+    assert cli.main(["profile", source, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["groups"] == 16
+    note = "AmpOptimWrapper needs a CUDA device: built with OptimWrapper instead"
+    assert (note in captured.err) is (not torch.cuda.is_available())
