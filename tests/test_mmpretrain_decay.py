@@ -260,11 +260,13 @@ def differences(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, names: 
     got: dict[int, tuple[int, dict]] = {}
     out = []
     for gi, group in enumerate(fast.param_groups):
-        listed = group.get("param_names")
-        if listed is None or len(listed) != len(group["params"]):
-            out.append(f"group {gi}: param_names {listed!r} does not name its {len(group['params'])} params")
-            listed = ["?"] * len(group["params"])
         hyper = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+        listed = group.get("param_names")
+        if listed is None:  # no paramwise_cfg: the plain group (a named one shows as param_name absent)
+            got.update((id(p), (gi, hyper)) for p in group["params"])
+            continue
+        if len(listed) != len(group["params"]):
+            out.append(f"group {gi}: param_names {listed!r} does not name its {len(group['params'])} params")
         for p, name in zip(group["params"], listed):
             got[id(p)] = (gi, dict(hyper, param_name=name))
     for pid in expected.keys() - got.keys():
