@@ -145,14 +145,23 @@ def _optimizer_of(built: Any) -> torch.optim.Optimizer:
 
 
 def _per_param(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    """``id(param) -> its group's keys``. A ``param_names`` list parallel to ``params`` (how a
+    group of several parameters names them: mmdet's layer decay, fastopt's merged groups) is
+    read per parameter as ``param_name``, the key a one-parameter group carries (mmpretrain's
+    layer decay), so the two layouts compare name for name."""
     out: dict[int, dict[str, Any]] = {}
     for group in optimizer.param_groups:
         params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
         hyper = {k: v for k, v in group.items() if k != "params"}
-        for p in [params] if isinstance(params, torch.Tensor) else params:
+        names = hyper.get("param_names")
+        parallel = isinstance(names, list) and len(names) == len(params)
+        if parallel:
+            del hyper["param_names"]
+        for i, p in enumerate(params):
             if id(p) in out:
                 raise ValueError("a parameter is in two param groups")
-            out[id(p)] = hyper
+            out[id(p)] = {**hyper, "param_name": names[i]} if parallel else hyper
     return out
 
 

@@ -78,8 +78,13 @@ def is_reference_layout(optimizer: torch.optim.Optimizer, sizes: list[int]) -> b
     return layout is not None and any(sizes == [size for size, _ in lay.groups] for lay in layout.layouts())
 
 
+#: Per-parameter labels some constructors put in their groups (mmdet's ``param_names`` list,
+#: mmpretrain's ``param_name``): names, not hyperparameters, so layouts match without them.
+_LABELS = ("params", "param_names", "param_name")
+
+
 def _hyper(group: dict) -> dict:
-    return {key: v for key, v in group.items() if key not in ("params", "param_names")}
+    return {key: v for key, v in group.items() if key not in _LABELS}
 
 
 def per_param_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

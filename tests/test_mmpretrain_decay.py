@@ -508,9 +508,6 @@ def test_checkpoint_layout_is_one_group_per_parameter() -> None:
                                 {k: v for k, v in mine.items() if k != "params"}) == {}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="fastopt.checkpoint compares the saved groups' keys with param_name included, "
-                          "and the original names every group differently")
 def test_resume_from_the_originals_checkpoint() -> None:
     """An optimizer state saved by the original loads into fastopt's merged groups, and the next
     steps match the original's."""
