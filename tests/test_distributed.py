@@ -6,6 +6,7 @@ and its native kernel did the stepping (on the optimizer ZeRO keeps for each ran
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import socket
 import tempfile
@@ -79,7 +80,11 @@ def _worker(rank: int, port: int, out_dir: str, mode: str, impl: str) -> None:
         result = ([p.detach().clone() for p in full], _stepped_natively(opt))
         if rank == 0:
             torch.save(result, os.path.join(out_dir, f"{mode}-{impl}.pt"))
-        dist.barrier()  # no collective still in flight when the group goes down
+        # DDP's reducer and ZeRO hold gloo work objects: release them before the group goes down,
+        # and have no collective still in flight then
+        del model, net, opt, full
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
