@@ -312,8 +312,17 @@ def torch_fused_ok(groups: list[dict]) -> bool:
     return True
 
 
-def torch_fused_step(groups: list[dict], state: dict, torch_step: Callable[[], Any]) -> None:
-    """torch's fused kernel per merged group; it consumes grad_scale/found_inf itself."""
+def torch_fused_step(groups: list[dict], state: dict, torch_step: Callable[[], Any],
+                     optimizer: Any = None, grad_mult: float | Tensor | None = None) -> None:
+    """torch's fused kernel per merged group; it consumes grad_scale/found_inf itself. A
+    ``grad_mult`` (clip coefficient) is folded into the optimizer's ``grad_scale`` (the kernel
+    divides every gradient by it as it reads it), computed on the device."""
+    saved = getattr(optimizer, "grad_scale", None)
+    if grad_mult is not None and optimizer is not None:
+        device = next(p.device for g in groups for p in g["params"])
+        mult = grad_mult if isinstance(grad_mult, Tensor) else torch.tensor(float(grad_mult))
+        scale = saved if saved is not None else torch.ones((), dtype=torch.float32)
+        optimizer.grad_scale = scale.to(device, torch.float32) / mult.to(device, torch.float32)
     for g in groups:
         for p in g["params"]:
             st = state.get(p)
@@ -327,3 +336,5 @@ def torch_fused_step(groups: list[dict], state: dict, torch_step: Callable[[], A
     finally:
         for g in groups:
             g["fused"] = None
+        if grad_mult is not None and optimizer is not None:
+            optimizer.grad_scale = saved

@@ -91,25 +91,31 @@ class _FastStep:
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and bool(found_inf.item()):
-            return loss  # inf/NaN gradients: the step is skipped, state included
-        mult = 1.0 if grad_mult is None else float(grad_mult)
-        with torch.no_grad():
-            if self._flat_step(grad_scale, mult):
-                self._fastopt_tier = "flat"
-                return loss
-            plan = self._plan()
-            if plan is not None and K.native_step(plan, self.param_groups, self.state, self.algorithm,
-                                                  self._hyper_table(), grad_scale, mult):
-                self._fastopt_tier = "native"
-                return loss
-            if grad_mult is not None:
-                K.multiply_grads(self.param_groups, grad_mult)
+        # The native tiers run on the CPU: reading found_inf and the coefficient there is free.
+        plan = None if self.flat_buffers is not None else self._plan()
+        if self.flat_buffers is not None or plan is not None:
+            if found_inf is not None and bool(found_inf.item()):
+                return loss  # inf/NaN gradients: the step is skipped, state included
+            mult = 1.0 if grad_mult is None else float(grad_mult)
+            with torch.no_grad():
+                if self._flat_step(grad_scale, mult):
+                    self._fastopt_tier = "flat"
+                    return loss
+                if plan is not None and K.native_step(plan, self.param_groups, self.state, self.algorithm,
+                                                      self._hyper_table(), grad_scale, mult):
+                    self._fastopt_tier = "native"
+                    return loss
         if K.torch_fused_ok(self.param_groups):
-            K.torch_fused_step(self.param_groups, self.state, torch_step)
+            # found_inf and the coefficient stay on the device: the fused kernels skip the step
+            # and divide the gradients by grad_scale / coefficient themselves (no host sync)
+            K.torch_fused_step(self.param_groups, self.state, torch_step, self, grad_mult)
             self._fastopt_tier = "torch-fused"
             return loss
+        if found_inf is not None and bool(found_inf.item()):
+            return loss
         with torch.no_grad():
+            if grad_mult is not None:
+                K.multiply_grads(self.param_groups, grad_mult)
             # torch's default path: unscale here, since only its fused kernels take a scale.
             if grad_scale is not None:
                 grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
