@@ -179,3 +179,17 @@ def test_an_amp_config_is_profiled_without_a_gpu(capsys: pytest.CaptureFixture[s
     assert json.loads(captured.out)["groups"] == 16
     note = "AmpOptimWrapper needs a CUDA device: built with OptimWrapper instead"
     assert (note in captured.err) is (not torch.cuda.is_available())
+
+
+def test_bench_a_real_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fastopt bench on a shipped config (SGD, no paramwise_cfg: one group on every side)."""
+    out = tmp_path / "bench.json"
+    source = "mmpretrain::resnet/resnet18_8xb16_cifar10.py"
+    assert cli.main(["bench", source, "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == source and report["kind"] == "config" and report["device"] == "cpu"
+    assert report["optimizer"].lower() == "sgd" and report["tensors"] == 62
+    impls = {r["impl"]: r for r in report["results"]}
+    assert {"fastopt", "mmengine", "mmengine+fused"} <= set(impls)
+    assert impls["fastopt"]["groups"] == impls["mmengine"]["groups"] == 1
+    assert all(r["step_s"] > 0 for r in report["results"])
