@@ -31,6 +31,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import host_stack
 
+# mmengine reads `_base_ = 'pkg::...'` through pkg_resources, which warns on every import
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
 host_stack.install()
 
 from fastopt import sources  # noqa: E402
