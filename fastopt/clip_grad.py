@@ -78,22 +78,25 @@ def native_norm_ok(grads: list[Tensor], norm_type: float) -> bool:
                and g.is_contiguous() for g in grads)
 
 
-def total_norm(grads: list[Tensor], norm_type: float | str = 2.0) -> tuple[Tensor, bool | None]:
+def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0
+               ) -> tuple[Tensor, bool | None]:
     """The norm of all ``grads`` taken together, as ``torch.nn.utils.get_total_norm`` gives it
     (a tensor of the first gradient's dtype), and whether any gradient holds inf/NaN. Native
     (one pass, double accumulation) for contiguous CPU gradients and the 2- or inf-norm;
-    torch's otherwise (then the flag is None: not looked at)."""
+    torch's otherwise (then the flag is None: not looked at). ``divide_by`` (a loss scale still
+    in the gradients) divides the norm before it is rounded to the gradients' dtype."""
     p = _norm_type(norm_type)
     grads = [local(g) for g in grads]
     if not grads:
         return torch.tensor(0.0), False
     if not native_norm_ok(grads, p):
-        return torch.nn.utils.get_total_norm(grads, p), None
+        norm = torch.nn.utils.get_total_norm(grads, p)
+        return (norm if divide_by == 1.0 else norm / divide_by), None
     ptrs = np.fromiter((g.data_ptr() for g in grads), dtype=np.uint64, count=len(grads))
     numels = np.fromiter((g.numel() for g in grads), dtype=np.int64, count=len(grads))
     dtypes = np.fromiter((DTYPE_CODES[g.dtype] for g in grads), dtype=np.int32, count=len(grads))
     norm, nonfinite = _C.grad_norm(ptrs, numels, dtypes, p)
-    return torch.tensor(norm, dtype=grads[0].dtype), bool(nonfinite)
+    return torch.tensor(norm / divide_by, dtype=grads[0].dtype), bool(nonfinite)
 
 
 def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:

@@ -14,8 +14,9 @@ from ._kernels import local
 from .clip_grad import check_clip_grad, clip_coefficient, native_norm_ok, total_norm
 from .registry import OPTIM_WRAPPERS, SCOPE_KEY, resolve_type, scope_override, within_scope
 
-__all__ = ["AmpOptimWrapper", "FusedClip", "OptimWrapper", "build_wrapper", "clip_in_next_step", "fused_clip",
-           "with_fused_clip", "wrapper_class"]
+__all__ = ["AmpOptimWrapper", "FusedAmpStep", "FusedClip", "OptimWrapper", "build_wrapper",
+           "clip_in_next_step", "fused_amp_step", "fused_clip", "update_scale", "with_fused_clip",
+           "wrapper_class"]
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -191,11 +192,18 @@ class AmpOptimWrapper(OptimWrapper):
         self._inner_count += 1
 
     def step(self, **kwargs: Any) -> None:
-        """Unscale (only to clip), step through the scaler (skipped on inf/NaN), update the scale
-        (or set it back to a fixed ``loss_scale``). With fastopt's optimizer and clipping by
-        norm the whole phase is two reads of the gradients (``_fused_step``)."""
-        if self._fused_phase() and self._fused_step(kwargs):
-            return
+        """Step through the scaler (skipped on inf/NaN), then update the scale (or set it back to a
+        fixed ``loss_scale``). With fastopt's optimizer, and clipping by norm or none, the whole
+        phase is one read of the gradients plus the step (``fused_amp_step``); otherwise
+        GradScaler's ``unscale_`` (only to clip), ``step`` and ``update``."""
+        clip = self.clip_grad_kwargs if self._clip_type == "norm" else {}
+        if not self.clip_grad_kwargs or clip:
+            norm = fused_amp_step(self.optimizer, self.loss_scaler, clip_grad=clip or None,
+                                  fixed_scale=self._scale_update, step_kwargs=kwargs)
+            if norm is not None:
+                if clip:
+                    self.grad_norm = norm
+                return
         if self.clip_grad_kwargs:
             self.loss_scaler.unscale_(self.optimizer)
             coefficient = self._clip_grad()
@@ -203,56 +211,6 @@ class AmpOptimWrapper(OptimWrapper):
                 kwargs["grad_mult"] = coefficient
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update)
-
-    def _fused_phase(self) -> bool:
-        return (bool(self.clip_grad_kwargs) and self._clip_type == "norm" and self._fused_clip
-                and self.loss_scaler.is_enabled())
-
-    def _fused_step(self, kwargs: dict[str, Any]) -> bool:
-        """Norm and inf check of the still scaled gradients in one native pass; the step
-        unscales and clips inside the kernel; the scale updated by GradScaler's rule. False when
-        the native pass cannot take the gradients (then GradScaler's own path runs)."""
-        params = self._params()
-        if not params:
-            return False
-        norm_type = float(self.clip_grad_kwargs.get("norm_type", 2.0))
-        if not native_norm_ok([local(p.grad) for p in params], norm_type):
-            return False  # GradScaler's own path
-        scale = self.loss_scaler.get_scale()
-        norm, coefficient = fused_clip(params, self.clip_grad_kwargs, loss_scale=scale)
-        self.grad_norm = norm
-        found_inf = not bool(torch.isfinite(norm))
-        if not found_inf:
-            # GradScaler's protocol with optimizers that unscale in their step
-            opt = self.optimizer
-            opt.grad_scale = torch.tensor(scale, dtype=torch.float32)  # type: ignore[attr-defined]
-            opt.found_inf = torch.tensor(0.0)  # type: ignore[attr-defined]
-            try:
-                opt.step(grad_mult=coefficient, **kwargs)
-            finally:
-                opt.grad_scale = opt.found_inf = None  # type: ignore[attr-defined]
-        self._update_scale(found_inf)
-        return True
-
-    def _update_scale(self, found_inf: bool) -> None:
-        """What ``GradScaler.update`` does after a step with (or without) inf/NaN gradients:
-        a fixed scale stays; a dynamic one backs off on inf/NaN and grows after
-        ``growth_interval`` clean steps (through the scaler's state dict)."""
-        state = self.loss_scaler.state_dict()
-        if self._scale_update is not None:
-            state["scale"] = self._scale_update
-        elif found_inf:
-            state["scale"] = float(torch.tensor(state["scale"] * state["backoff_factor"],
-                                                dtype=torch.float32))
-            state["_growth_tracker"] = 0
-        elif state["_growth_tracker"] + 1 == state["growth_interval"]:
-            grown = float(torch.tensor(state["scale"] * state["growth_factor"], dtype=torch.float32))
-            if math.isfinite(grown):
-                state["scale"] = grown
-            state["_growth_tracker"] = 0
-        else:
-            state["_growth_tracker"] += 1
-        self.loss_scaler.load_state_dict(state)
 
     def optim_context(self, model: torch.nn.Module | None = None) -> Any:
         """Autocast to ``dtype`` for the forward pass."""
@@ -277,15 +235,105 @@ def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: floa
     one native norm pass, the coefficient for the optimizer's step to apply. With a
     ``loss_scale`` the gradients are still scaled: the norm is divided by it."""
     norm_type = clip_grad.get("norm_type", 2.0)
-    norm, _ = total_norm([p.grad for p in params], norm_type)
-    if loss_scale is not None:
-        norm = norm / loss_scale
+    norm, _ = total_norm([p.grad for p in params], norm_type,
+                         1.0 if loss_scale is None else loss_scale)
+    return norm, _coefficient(norm, clip_grad)
+
+
+def _coefficient(norm: Tensor, clip_grad: dict[str, Any]) -> Tensor:
     if clip_grad.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
         raise RuntimeError(
-            f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
-            "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
-            "by the non-finite norm anyway, set `error_if_nonfinite=False`")
-    return norm, clip_coefficient(norm, clip_grad["max_norm"])
+            f"The total norm of order {float(clip_grad.get('norm_type', 2.0))} for gradients from "
+            "`parameters` is non-finite, so it cannot be clipped. To disable this error and scale the "
+            "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+    return clip_coefficient(norm, clip_grad["max_norm"])
+
+
+def _scaler_fusable(optimizer: Any, scaler: Any) -> bool:
+    """Whether ``fused_amp_step`` may stand in for ``scaler``'s unscale_/step/update: a fastopt
+    optimizer, an enabled torch GradScaler whose methods are torch's own (not a sharded or other
+    subclass that changes them), with nothing recorded for this iteration yet."""
+    if not isinstance(optimizer, torch.optim.Optimizer) or not isinstance(scaler, torch.amp.GradScaler):
+        return False
+    if "grad_mult" not in inspect.signature(optimizer.step).parameters or not scaler.is_enabled():
+        return False
+    base = torch.amp.GradScaler
+    if any(getattr(type(scaler), name) is not getattr(base, name) for name in ("unscale_", "step", "update")):
+        return False
+    return not getattr(scaler, "_per_optimizer_states", None)  # e.g. unscale_ already called
+
+
+def fused_amp_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_params: list[Tensor] | None = None, clip_grad: dict[str, Any] | None = None,
+                   fixed_scale: float | None = None, step_kwargs: dict[str, Any] | None = None
+                   ) -> Tensor | None:
+    """GradScaler's ``unscale_`` + ``clip_grad_norm_`` (of ``clip_params``, default: the optimizer's;
+    ``clip_grad`` None: no clipping) + ``step`` + ``update(fixed_scale)``, fused: one native read
+    of the scaled gradients for the norm and the inf/NaN check, the unscaling and the coefficient
+    applied by the step kernel, no step on inf/NaN. Returns the norm, or None having done nothing
+    where it cannot fuse (then the caller runs GradScaler's sequence)."""
+    if not _scaler_fusable(optimizer, scaler):
+        return None
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not stepped:
+        return None
+    clipped = stepped if clip_params is None else [p for p in clip_params if p.grad is not None]
+    norm_type = float(clip_grad.get("norm_type", 2.0)) if clip_grad else 2.0
+    read = clipped if clip_grad and clipped else stepped
+    read_ids = {id(p) for p in read}
+    if not read_ids <= {id(p) for p in stepped}:
+        return None  # unscale_ leaves the gradients of other parameters scaled: torch's sequence
+    rest = [p.grad for p in stepped if id(p) not in read_ids]
+    grads = [p.grad for p in read]
+    if any(local(g) is not g for g in grads + rest):
+        return None  # sharded gradients: torch's clip takes the norm across the shards
+    if not native_norm_ok(grads, norm_type) or (rest and not native_norm_ok(rest, 2.0)):
+        return None
+    scale = scaler.get_scale()
+    norm, found_inf = total_norm(grads, norm_type, scale)
+    if rest:  # the inf/NaN check covers every gradient the optimizer steps
+        found_inf = found_inf or total_norm(rest)[1]
+    coefficient = _coefficient(norm, clip_grad) if clip_grad and clipped else None
+    if not found_inf:
+        _step_unscaled(optimizer, scale, coefficient, step_kwargs or {})
+    update_scale(scaler, bool(found_inf), fixed_scale)
+    return norm
+
+
+def _step_unscaled(optimizer: torch.optim.Optimizer, scale: float, coefficient: Tensor | None,
+                   step_kwargs: dict[str, Any]) -> None:
+    """The optimizer's step with GradScaler's protocol for optimizers that unscale in their step
+    (``grad_scale``, ``found_inf``), the attributes put back as they were afterwards."""
+    names = ("grad_scale", "found_inf")
+    saved = {name: optimizer.__dict__[name] for name in names if name in optimizer.__dict__}
+    optimizer.grad_scale = torch.tensor(scale, dtype=torch.float32)  # type: ignore[attr-defined]
+    optimizer.found_inf = torch.tensor(0.0)  # type: ignore[attr-defined]
+    try:
+        optimizer.step(grad_mult=coefficient, **step_kwargs)  # type: ignore[call-arg]
+    finally:
+        for name in names:
+            optimizer.__dict__.pop(name, None)
+        optimizer.__dict__.update(saved)
+
+
+def update_scale(scaler: torch.amp.GradScaler, found_inf: bool, fixed_scale: float | None = None) -> None:
+    """What ``scaler.update(fixed_scale)`` does after a step that found (or did not find) inf/NaN
+    gradients, through the scaler's state dict: a fixed scale is set; a dynamic one backs off on
+    inf/NaN and grows after ``growth_interval`` clean steps, in float32 as torch's kernel does."""
+    state = scaler.state_dict()
+    if fixed_scale is not None:
+        state["scale"] = float(torch.tensor(fixed_scale, dtype=torch.float32))
+    elif found_inf:
+        state["scale"] = float(torch.tensor(state["scale"] * state["backoff_factor"], dtype=torch.float32))
+        state["_growth_tracker"] = 0
+    elif state["_growth_tracker"] + 1 == state["growth_interval"]:
+        grown = float(torch.tensor(state["scale"] * state["growth_factor"], dtype=torch.float32))
+        if math.isfinite(grown):
+            state["scale"] = grown
+        state["_growth_tracker"] = 0
+    else:
+        state["_growth_tracker"] += 1
+    scaler.load_state_dict(state)
 
 
 def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: dict[str, Any]
@@ -324,17 +372,53 @@ class FusedClip:
             self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
 
 
+class FusedAmpStep(FusedClip):
+    """``FusedClip`` for mmengine's ``AmpOptimWrapper`` (its own ``step`` and ``_clip_grad``): with
+    a fastopt optimizer and clipping by norm, or none, ``step`` is ``fused_amp_step`` (no in-place
+    unscaling, the clip coefficient and the unscaling inside the kernel, the scale updated as
+    ``loss_scaler.update`` would), ``train/grad_norm`` logged as mmengine's ``_clip_grad`` logs it.
+    Anything else is mmengine's step."""
+
+    loss_scaler: Any
+    _scale_update_param: float | None  # mmengine's: the fixed loss scale, None when dynamic
+
+    def step(self, **kwargs: Any) -> None:
+        """The fused phase where it applies, else mmengine's ``AmpOptimWrapper.step``."""
+        clipping = bool(self.clip_grad_kwargs)
+        if not clipping or getattr(self, "grad_name", None) == "grad_norm":
+            params = [p for g in self.optimizer.param_groups for p in g["params"]
+                      if p.requires_grad and p.grad is not None]
+            norm = fused_amp_step(self.optimizer, self.loss_scaler, params,
+                                  self.clip_grad_kwargs if clipping else None,
+                                  self._scale_update_param, kwargs)
+            if norm is not None:
+                if clipping and params:
+                    self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+                return
+        super().step(**kwargs)  # type: ignore[misc]
+
+
+def _mmengine_amp_step(cls: type) -> bool:
+    """Whether ``cls`` steps and clips with mmengine's ``AmpOptimWrapper`` methods unchanged."""
+    step, clip = getattr(cls, "step", None), getattr(cls, "_clip_grad", None)
+    return (getattr(step, "__qualname__", "") == "AmpOptimWrapper.step"
+            and getattr(clip, "__qualname__", "") == "OptimWrapper._clip_grad"
+            and all(getattr(f, "__module__", "").startswith("mmengine.") for f in (step, clip)))
+
+
 _WITH_FUSED_CLIP: dict[type, type] = {}
 
 
 def with_fused_clip(cls: type) -> type:
     """``cls`` with ``FusedClip`` mixed in when it clips through a ``_clip_grad`` method as
-    mmengine's wrappers do (the subclass keeps the name: isinstance checks, logs and
-    checkpoints see the host's class); fastopt's own wrappers already fuse."""
+    mmengine's wrappers do, ``FusedAmpStep`` when it steps as mmengine's ``AmpOptimWrapper``
+    (the subclass keeps the name: isinstance checks, logs and checkpoints see the host's
+    class); fastopt's own wrappers already fuse."""
     if issubclass(cls, (OptimWrapper, FusedClip)) or not callable(getattr(cls, "_clip_grad", None)):
         return cls
     if cls not in _WITH_FUSED_CLIP:
-        _WITH_FUSED_CLIP[cls] = type(cls.__name__, (FusedClip, cls),
+        mixin = FusedAmpStep if _mmengine_amp_step(cls) else FusedClip
+        _WITH_FUSED_CLIP[cls] = type(cls.__name__, (mixin, cls),
                                      {"__module__": cls.__module__, "__doc__": cls.__doc__,
                                       "__qualname__": cls.__qualname__})
     return _WITH_FUSED_CLIP[cls]

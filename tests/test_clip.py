@@ -291,10 +291,11 @@ def test_amp_phase_matches_unscale_clip_step(loss_scale: str | float | dict) -> 
                                       loss_scale=loss_scale, clip_grad=dict(max_norm=0.5))
     ref = torch.optim.AdamW(b.parameters(), lr=0.05, weight_decay=0.01, foreach=False)
 
-    def no_unscale_pass(optimizer: torch.optim.Optimizer) -> None:
-        raise AssertionError("the fused phase must not unscale the gradients in place")
+    def no_scaler_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fused phase must not unscale, check or update through the scaler")
 
-    wrapper.loss_scaler.unscale_ = no_unscale_pass  # type: ignore[method-assign]
+    for name in ("unscale_", "step", "update"):
+        setattr(wrapper.loss_scaler, name, no_scaler_pass)
     if loss_scale == "dynamic":
         scaler = torch.amp.GradScaler("cpu")
     elif isinstance(loss_scale, dict):
@@ -318,3 +319,31 @@ def test_amp_phase_matches_unscale_clip_step(loss_scale: str | float | dict) -> 
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert wrapper.optimizer.fastopt_tier == "native"
     assert wrapper.loss_scaler.state_dict() == scaler.state_dict()
+
+
+def test_amp_without_clipping_is_fused_too() -> None:
+    """No clip_grad: the inf/NaN check is the same native read (no GradScaler pass writes the
+    gradients), the step unscales; against scaler.step + scaler.update on torch's SGD."""
+    a, b = _model(), _model()
+    wrapper = fastopt.AmpOptimWrapper(fo.SGD(a.parameters(), lr=0.1, momentum=0.9),
+                                      loss_scale=dict(init_scale=64.0, growth_interval=2))
+
+    def no_scaler_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fused phase must not check or update through the scaler")
+
+    for name in ("unscale_", "step", "update"):
+        setattr(wrapper.loss_scaler, name, no_scaler_pass)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=2)
+    for step in range(5):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        blow_up = math.nan if step == 2 else 1.0
+        wrapper.update_params(a(x).pow(2).sum() * blow_up)
+        ref.zero_grad()
+        scaler.scale(b(x).pow(2).sum() * blow_up).backward()
+        scaler.step(ref)
+        scaler.update()
+        assert wrapper.loss_scaler.state_dict() == scaler.state_dict(), step
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert wrapper.optimizer.fastopt_tier == "native" and wrapper.grad_norm is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,18 @@ def test_custom_imports_in_a_config_file(tmp_path: Path) -> None:
     assert out.stdout.split()[-2:] == ["fastopt.optim", "2"]
 
 
+@pytest.fixture
+def no_epoch_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmcv's EpochBasedRunner sleeps 2 s around every epoch (and 1 s after a run) against hook
+    deadlocks in multi-process training; a one-process test has nothing to wait for."""
+    from types import SimpleNamespace
+
+    mmcv_runner()
+    import mmcv.runner.epoch_based_runner as epoch_based_runner
+
+    monkeypatch.setattr(epoch_based_runner, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
 def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
                 max_norm: float = 1.0) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
     runner_mod = mmcv_runner()
@@ -202,6 +215,7 @@ def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
     return model, optimizer, initial, list(runner.log_buffer.val_history["grad_norm"])
 
 
+@pytest.mark.usefixtures("no_epoch_pause")
 def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: Path) -> None:
     ref_model, ref_opt, initial, _ = _mmcv_train(tmp_path / "ref", None)
     fast_model, fast_opt, _, _ = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor")
@@ -217,6 +231,7 @@ def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: P
         assert lr[id(p)] == pytest.approx(ref_lr[n])
 
 
+@pytest.mark.usefixtures("no_epoch_pause")
 @pytest.mark.parametrize("max_norm", [1.0, 0.05])
 def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: float) -> None:
     """A real mmcv EpochBasedRunner with FastOptimizerHook trains as with mmcv's OptimizerHook
@@ -230,3 +245,190 @@ def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: fl
     assert norms == pytest.approx(ref_norms, rel=1e-6)
     for (n, p), q in zip(fast_model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+class _IndexedData(_Data):
+    """``_Data`` with each sample's index, so a model can overflow on a fixed batch every epoch."""
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return dict(super().__getitem__(i), index=torch.tensor(i))
+
+
+OVERFLOW_INDEX = 8  # the third batch of every epoch: its loss is multiplied by inf
+FP16_LOSS_SCALES = ["dynamic", 512.0, dict(init_scale=256.0, growth_interval=2)]
+
+
+def _cpu_mmcv_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmcv's Fp16OptimizerHook builds a CUDA GradScaler, which turns itself off without a GPU:
+    give it torch's CPU scaler so that it scales as on a GPU."""
+    mmcv_runner()
+    import mmcv.runner.hooks.optimizer as hooks
+
+    monkeypatch.setattr(hooks, "GradScaler", lambda **kwargs: torch.amp.GradScaler("cpu", **kwargs))
+
+
+def _refuse(what: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the fused phase must not call GradScaler.{what}")
+
+    return refuse
+
+
+def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: int = 2,
+                     lr_config: dict | None = None, resume: Path | None = None, checkpoint: bool = False,
+                     fused: bool = False, overflow: int | None = OVERFLOW_INDEX
+                     ) -> tuple[nn.Module, Any, Any]:
+    """(model, optimizer, runner) after an mmcv EpochBasedRunner trained with the fp16 ``hook``
+    config, the loss of the batch with sample ``overflow`` made inf; with ``fused`` the hook's
+    scaler refuses unscale_, step and update."""
+    runner_mod = mmcv_runner()
+    import logging
+
+    import fastopt.integrations.mmcv as plugin
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(4, 2)
+
+        def train_step(self, data: dict, optimizer: Any) -> dict:
+            loss = nn.functional.cross_entropy(self.head(self.backbone(data["inputs"])), data["labels"])
+            if overflow is not None and bool((data["index"] == overflow).any()):
+                loss = loss * math.inf
+            return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
+
+    model = Net()
+    cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
+    if constructor:
+        cfg["constructor"] = constructor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = runner_mod.build_optimizer(model, cfg)
+        runner = runner_mod.EpochBasedRunner(model, optimizer=optimizer, work_dir=str(tmp), meta=dict(),
+                                             logger=logging.getLogger("fastopt-test"), max_epochs=epochs)
+        runner.register_training_hooks(lr_config=copy.deepcopy(lr_config),  # mmcv pops its keys
+                                       optimizer_config=copy.deepcopy(hook),
+                                       checkpoint_config=dict(interval=1) if checkpoint else None)
+        if fused:
+            (fast_hook,) = [h for h in runner.hooks if isinstance(h, plugin.FastFp16OptimizerHook)]
+            for name in ("unscale_", "step", "update"):
+                setattr(fast_hook.loss_scaler, name, _refuse(name))
+        if resume is not None:
+            runner.resume(str(resume))
+        loader = torch.utils.data.DataLoader(_IndexedData(), batch_size=4, shuffle=False)
+        runner.run([loader], [("train", 1)])
+    return model, optimizer, runner
+
+
+@pytest.mark.usefixtures("no_epoch_pause")
+@pytest.mark.parametrize(("loss_scale", "fused"), [(scale, True) for scale in FP16_LOSS_SCALES]
+                         + [("dynamic", False)])
+def test_mmcv_fast_fp16_hook_trains_like_mmcvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               loss_scale: str | float | dict, fused: bool) -> None:
+    """A real mmcv EpochBasedRunner (lr warmup and steps, an overflowing batch every epoch, clipping
+    on every step) with FastFp16OptimizerHook trains as with mmcv's Fp16OptimizerHook: the same
+    weights, logged grad norms and scaler state in runner.meta. With fastopt's optimizer the phase
+    is fused (the scaler's unscale_/step/update never run); with torch's it is mmcv's sequence."""
+    _cpu_mmcv_scaler(monkeypatch)
+    lr_config = dict(policy="step", step=[1], warmup="linear", warmup_iters=3, warmup_ratio=0.1)
+    hook = dict(grad_clip=dict(max_norm=0.05), loss_scale=loss_scale)
+    ref_model, _, ref = _mmcv_fp16_train(tmp_path / "ref", dict(hook, type="Fp16OptimizerHook"), None,
+                                         lr_config=lr_config)
+    model, opt, fast = _mmcv_fp16_train(tmp_path / "fast", dict(hook, type="FastFp16OptimizerHook"),
+                                        "FastOptimizerConstructor" if fused else None, lr_config=lr_config,
+                                        fused=fused)
+    assert (type(opt).__module__ == "fastopt.optim") == fused
+    if fused:
+        assert opt.fastopt_tier == "native"
+    norms, ref_norms = fast.log_buffer.val_history["grad_norm"], ref.log_buffer.val_history["grad_norm"]
+    assert len(norms) == len(ref_norms) == 8
+    assert sum(not math.isfinite(n) for n in ref_norms) == 2  # one overflow per epoch
+    assert norms == pytest.approx(ref_norms, rel=1e-6, nan_ok=True)
+    assert fast.meta["fp16"]["loss_scaler"] == ref.meta["fp16"]["loss_scaler"]
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.usefixtures("no_epoch_pause")
+@pytest.mark.parametrize("loss_scale", FP16_LOSS_SCALES)
+def test_mmcv_fast_fp16_hook_matches_the_gradscaler_sequence(tmp_path: Path, loss_scale: str | float | dict
+                                                             ) -> None:
+    """FastFp16OptimizerHook in an EpochBasedRunner against the explicit sequence with torch's CPU
+    GradScaler and optimizer: scale, backward, unscale_, clip_grad_norm_, step, update."""
+    hook = dict(type="FastFp16OptimizerHook", grad_clip=dict(max_norm=0.05), loss_scale=loss_scale)
+    model, _, runner = _mmcv_fp16_train(tmp_path, hook, "FastOptimizerConstructor", fused=True)
+    ref_model, _, _ = _mmcv_fp16_train(tmp_path / "init", dict(type="OptimizerHook"), None, epochs=0)
+    groups = [{"params": [p], "weight_decay": 0.0 if p.dim() == 1 else 1e-4,
+               "lr": 0.005 if n.startswith("head") else 0.05} for n, p in ref_model.named_parameters()]
+    ref = torch.optim.SGD(groups, lr=0.05, momentum=0.9, foreach=False)
+    if loss_scale == "dynamic":
+        scaler = torch.amp.GradScaler("cpu")
+    elif isinstance(loss_scale, dict):
+        scaler = torch.amp.GradScaler("cpu", **loss_scale)
+    else:
+        scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+    norms = []
+    for _ in range(2):
+        for data in torch.utils.data.DataLoader(_IndexedData(), batch_size=4, shuffle=False):
+            ref.zero_grad()
+            scaler.scale(ref_model.train_step(data, ref)["loss"]).backward()
+            scaler.unscale_(ref)
+            norms.append(float(torch.nn.utils.clip_grad_norm_(list(ref_model.parameters()), 0.05)))
+            scaler.step(ref)
+            scaler.update(loss_scale if isinstance(loss_scale, float) else None)
+    assert runner.log_buffer.val_history["grad_norm"] == pytest.approx(norms, rel=1e-6, nan_ok=True)
+    assert runner.meta["fp16"]["loss_scaler"] == scaler.state_dict()
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.usefixtures("no_epoch_pause")
+def test_mmcv_fast_fp16_hook_resumes_the_scaler(tmp_path: Path) -> None:
+    """The scaler's state goes into the checkpoint's meta and comes back on resume: one epoch,
+    then a resumed second, ends as two uninterrupted epochs (weights, momentum, scale; without
+    an overflow, which would reset the growth count and hide a scaler that was not resumed)."""
+    hook = dict(type="FastFp16OptimizerHook", grad_clip=dict(max_norm=0.05),
+                loss_scale=dict(init_scale=256.0, growth_interval=3))
+    whole_model, whole_opt, whole = _mmcv_fp16_train(tmp_path / "whole", hook, "FastOptimizerConstructor",
+                                                     overflow=None)
+    _, _, first = _mmcv_fp16_train(tmp_path / "first", hook, "FastOptimizerConstructor", epochs=1,
+                                   checkpoint=True, overflow=None)
+    saved = torch.load(tmp_path / "first" / "epoch_1.pth", weights_only=False)["meta"]["fp16"]["loss_scaler"]
+    assert saved == first.meta["fp16"]["loss_scaler"]
+    assert (saved["scale"], saved["_growth_tracker"]) == (512.0, 1)  # grown after 3 of 4 steps
+    model, opt, resumed = _mmcv_fp16_train(tmp_path / "second", hook, "FastOptimizerConstructor",
+                                           resume=tmp_path / "first" / "epoch_1.pth", overflow=None)
+    assert resumed.epoch == 2
+    assert resumed.meta["fp16"]["loss_scaler"] == whole.meta["fp16"]["loss_scaler"]
+    assert whole.meta["fp16"]["loss_scaler"]["scale"] == 1024.0
+    for p, q in zip(model.parameters(), whole_model.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["momentum_buffer"], whole_opt.state[q]["momentum_buffer"])
+
+
+def test_mmcv_fast_fp16_hook_config() -> None:
+    """Registered in mmcv's HOOKS, mmcv's loss_scale forms (and an int), mmcv's error otherwise; a
+    scaler state saved by a disabled scaler (empty) leaves the scaler as configured."""
+    from types import SimpleNamespace
+
+    mmcv_runner()
+    from mmcv.runner import HOOKS, Fp16OptimizerHook
+
+    import fastopt.integrations.mmcv as plugin
+
+    assert HOOKS.get("FastFp16OptimizerHook") is plugin.FastFp16OptimizerHook
+    hook = plugin.FastFp16OptimizerHook()
+    assert isinstance(hook, Fp16OptimizerHook) and hook.loss_scaler.get_scale() == 512.0
+    assert (hook.coalesce, hook.bucket_size_mb, hook.distributed, hook.grad_clip) == (True, -1, True, None)
+    assert plugin.FastFp16OptimizerHook(loss_scale=1024)._scale_update_param == 1024.0
+    assert plugin.FastFp16OptimizerHook(loss_scale="dynamic").loss_scaler.get_scale() == 2.0**16
+    assert plugin.FastFp16OptimizerHook(loss_scale=dict(init_scale=8.0)).loss_scaler.get_scale() == 8.0
+    with pytest.raises(ValueError, match="loss_scale must be of type float, dict, or"):
+        plugin.FastFp16OptimizerHook(loss_scale="static")
+    runner = SimpleNamespace(model=nn.Linear(2, 2), meta={"fp16": {"loss_scaler": {}}})
+    hook.before_run(runner)
+    assert hook.loss_scaler.get_scale() == 512.0
+    hook.before_run(SimpleNamespace(model=nn.Linear(2, 2), meta=None))

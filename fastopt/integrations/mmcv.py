@@ -5,8 +5,9 @@
                      constructor='FastOptimizerConstructor',
                      paramwise_cfg=dict(norm_decay_mult=0.))
 
-Registered into ``mmcv.runner``'s registries: ``FastOptimizerHook`` (in ``HOOKS``: gradient
-clipping fused into the step), ``FastOptimizerConstructor``,
+Registered into ``mmcv.runner``'s registries: ``FastOptimizerHook`` and
+``FastFp16OptimizerHook`` (in ``HOOKS``: gradient clipping, and under a loss scale the
+unscaling and the inf/NaN check too, fused into the step), ``FastOptimizerConstructor``,
 ``FastLearningRateDecayOptimizerConstructor``, ``FastLayerDecayOptimizerConstructor`` and
 ``FastTSMOptimizerConstructor`` (in ``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of
 MMDetection 2.x / MMSegmentation 0.x, see ``fastopt.layer_decay``, and MMAction2 0.x's TSM
@@ -20,11 +21,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .._compat import ensure_torchvision
 
 ensure_torchvision()  # mmcv.runner imports torchvision, which may not load beside this torch
 
-from mmcv.runner import HOOKS, OPTIMIZER_BUILDERS, OPTIMIZERS, OptimizerHook  # noqa: E402
+from mmcv.runner import HOOKS, OPTIMIZER_BUILDERS, OPTIMIZERS, Fp16OptimizerHook, OptimizerHook  # noqa: E402
+from mmcv.runner.fp16_utils import wrap_fp16_model  # noqa: E402
+from mmcv.runner.hooks import optimizer as mmcv_optimizer_hooks  # noqa: E402
+from mmcv.utils import IS_NPU_AVAILABLE  # noqa: E402
 
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 from ..layer_decay import (  # noqa: E402
@@ -32,10 +38,10 @@ from ..layer_decay import (  # noqa: E402
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
-from ..wrapper import clip_in_next_step  # noqa: E402
+from ..wrapper import clip_in_next_step, fused_amp_step  # noqa: E402
 from . import FastAdam, FastAdamW, FastSGD, register_optimizers  # noqa: E402
 
-__all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
+__all__ = ["FastAdam", "FastAdamW", "FastFp16OptimizerHook", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastOptimizerHook",
            "FastSGD", "FastTSMOptimizerConstructor"]
 
@@ -94,3 +100,80 @@ class FastOptimizerHook(OptimizerHook):
         if norm is not None:
             runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
         runner.optimizer.step()
+
+
+@HOOKS.register_module(force=True)
+class FastFp16OptimizerHook(Fp16OptimizerHook):
+    """mmcv's ``Fp16OptimizerHook`` (GradScaler) with the optimizer phase fused into fastopt's
+    step: ``optimizer_config=dict(type='FastFp16OptimizerHook', loss_scale='dynamic',
+    grad_clip=dict(max_norm=35))``; the same keys (``loss_scale``: ``'dynamic'``, a number or a
+    dict of GradScaler arguments; ``grad_clip``, ``coalesce``, ``bucket_size_mb``,
+    ``distributed``) and the scaler's state in ``runner.meta['fp16']['loss_scaler']``.
+
+    With a fastopt optimizer one native pass over the still scaled gradients gives the norm
+    and the inf/NaN check, the step unscales and clips as it reads each gradient, and the scale
+    is updated as ``GradScaler.update`` does (``fastopt.wrapper.fused_amp_step``); otherwise
+    mmcv's sequence runs (clipping into the step where the optimizer takes it). The scaler is
+    mmcv's where a GPU (or NPU) is available, a CPU ``torch.amp.GradScaler`` otherwise (mmcv's
+    CUDA scaler turns itself off there).
+    """
+
+    def __init__(self, grad_clip: dict | None = None, coalesce: bool = True, bucket_size_mb: int = -1,
+                 loss_scale: float | str | dict = 512.0, distributed: bool = True) -> None:
+        self.grad_clip = grad_clip
+        self.coalesce = coalesce
+        self.bucket_size_mb = bucket_size_mb
+        self.distributed = distributed
+        self._scale_update_param: float | None = None
+        if loss_scale == "dynamic":
+            scaler_args: dict[str, Any] = {}
+        elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
+            self._scale_update_param = float(loss_scale)
+            scaler_args = dict(init_scale=float(loss_scale))
+        elif isinstance(loss_scale, dict):
+            scaler_args = dict(loss_scale)
+        else:
+            raise ValueError(f'loss_scale must be of type float, dict, or "dynamic", got {loss_scale}')
+        if IS_NPU_AVAILABLE:
+            self.loss_scaler = mmcv_optimizer_hooks.GradScaler(**scaler_args)
+        else:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.loss_scaler = torch.amp.GradScaler(device, **scaler_args)
+
+    def before_run(self, runner: Any) -> None:
+        """Set the model's fp16 flags and resume the scaler from ``runner.meta`` (a state saved
+        by a disabled scaler, which is empty, leaves it as configured)."""
+        wrap_fp16_model(runner.model)
+        state = (runner.meta or {}).get("fp16", {}).get("loss_scaler")
+        if state:
+            self.loss_scaler.load_state_dict(state)
+
+    def after_train_iter(self, runner: Any) -> None:
+        """zero_grad, scaled backward, then the fused phase (mmcv's unscale_, clip, step and
+        update where it cannot be fused); grad_norm logged and the scaler's state kept as mmcv does."""
+        runner.model.zero_grad()
+        runner.optimizer.zero_grad()
+        self.loss_scaler.scale(runner.outputs["loss"]).backward()
+        params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
+        norm = fused_amp_step(runner.optimizer, self.loss_scaler, params, self.grad_clip,
+                              self._scale_update_param)
+        if norm is None:
+            norm = self._unfused_phase(runner)
+        if self.grad_clip is not None and params and norm is not None:
+            runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
+        if runner.meta is None:
+            runner.meta = {}
+        runner.meta.setdefault("fp16", {})["loss_scaler"] = self.loss_scaler.state_dict()
+
+    def _unfused_phase(self, runner: Any) -> torch.Tensor | None:
+        """mmcv's unscale_, clip (into the next step with a fastopt optimizer), step, update."""
+        self.loss_scaler.unscale_(runner.optimizer)
+        norm = None
+        if self.grad_clip is not None:
+            if hasattr(runner.optimizer, "clip_next_step"):
+                norm = clip_in_next_step(runner.optimizer, runner.model.parameters(), self.grad_clip)
+            else:
+                norm = self.clip_grads(runner.model.parameters())
+        self.loss_scaler.step(runner.optimizer)
+        self.loss_scaler.update(self._scale_update_param)
+        return norm
