@@ -43,6 +43,17 @@ _GRAD = operator.attrgetter("grad")
 _PLAIN_TYPES = (torch.nn.Parameter, torch.Tensor)
 
 
+def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2 parameter or gradient) rather than a plain tensor."""
+    if type(t) in _PLAIN_TYPES:
+        return False
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
 def local(t: Tensor) -> Tensor:
     """The local shard of a DTensor (FSDP2 parameters, their grads and state); else ``t``."""
     if type(t) in _PLAIN_TYPES:

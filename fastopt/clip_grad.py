@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ._core import _C
-from ._kernels import DTYPE_CODES, local
+from ._kernels import DTYPE_CODES, is_sharded, local
 
 __all__ = ["check_clip_grad", "clip_coefficient", "native_norm_ok", "total_norm"]
 
@@ -83,9 +83,15 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: flo
     """The norm of all ``grads`` taken together, as ``torch.nn.utils.get_total_norm`` gives it
     (a tensor of the first gradient's dtype), and whether any gradient holds inf/NaN. Native
     (one pass, double accumulation) for contiguous CPU gradients and the 2- or inf-norm;
-    torch's otherwise (then the flag is None: not looked at). ``divide_by`` (a loss scale still
+    torch's otherwise, sharded (FSDP2) gradients included, whose norm spans every rank's shard
+    (then the flag is None: not looked at). ``divide_by`` (a loss scale still
     in the gradients) divides the norm before it is rounded to the gradients' dtype."""
     p = _norm_type(norm_type)
+    if any(is_sharded(g) for g in grads):
+        # FSDP2: each rank holds a shard; torch's norm of the DTensors spans all of them
+        norm = torch.nn.utils.get_total_norm(grads, p)
+        norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
+        return (norm if divide_by == 1.0 else norm / divide_by), None
     grads = [local(g) for g in grads]
     if not grads:
         return torch.tensor(0.0), False

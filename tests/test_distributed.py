@@ -10,6 +10,7 @@ import gc
 import os
 import socket
 import tempfile
+from typing import Any
 
 import pytest
 import torch
@@ -53,16 +54,19 @@ def _build(mode: str, impl: str) -> tuple[nn.Module, nn.Module, torch.optim.Opti
         return model, ddp, ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=cls, lr=1e-2,
                                                    weight_decay=0.05)
     build = fastopt.build_optim_wrapper if impl == "fastopt" else mmengine_build()
-    if mode == "fsdp2":
+    if mode.startswith("fsdp2"):
         from torch.distributed.fsdp import fully_shard
 
         fully_shard(model)
+        if mode == "fsdp2-clip":  # the wrapper clips: the norm must span every rank's shard
+            return model, model, build(model, dict(copy.deepcopy(CFG), clip_grad=dict(max_norm=0.05)))
         return model, model, build(model, copy.deepcopy(CFG)).optimizer
     ddp = nn.parallel.DistributedDataParallel(model)
     return model, ddp, build(ddp, copy.deepcopy(CFG)).optimizer  # both unwrap .module
 
 
-def _stepped_natively(opt: torch.optim.Optimizer) -> bool:
+def _stepped_natively(opt: Any) -> bool:
+    opt = getattr(opt, "optimizer", opt)  # an OptimWrapper's optimizer
     local = getattr(opt, "optim", opt)  # ZeRO steps its rank's shard with an optimizer of its own
     return getattr(local, "fastopt_tier", None) == "native"
 
@@ -73,9 +77,13 @@ def _worker(rank: int, port: int, out_dir: str, mode: str, impl: str) -> None:
     try:
         model, net, opt = _build(mode, impl)
         for step in range(3):
-            opt.zero_grad()
-            net(_batch(rank, step)).pow(2).mean().backward()
-            opt.step()
+            loss = net(_batch(rank, step)).pow(2).mean()
+            if isinstance(opt, torch.optim.Optimizer):
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:  # a wrapper: backward, clip, step, zero_grad
+                opt.update_params(loss)
         full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
         result = ([p.detach().clone() for p in full], _stepped_natively(opt))
         if rank == 0:
@@ -95,7 +103,7 @@ def _run(mode: str, impl: str, out: str) -> tuple[list[torch.Tensor], bool]:
     return torch.load(os.path.join(out, f"{mode}-{impl}.pt"))
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp2"])
+@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp2", "fsdp2-clip"])
 def test_two_processes_match_torch_under_the_same_wrapper(mode: str) -> None:
     mmengine_build()  # the reference must be importable here before the workers start
     if not dist.is_available() or not dist.is_gloo_available():
