@@ -268,9 +268,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {note}")
     if report.differences:
         name_w = max(len(d.param) for d in report.differences) + 2
-        print(f"\n  {'parameter':<{name_w}}{'key':<16}{'reference':<28}fastopt")
+        key_w = max(16, *(len(d.key) + 2 for d in report.differences))
+        ref_w = max(28, *(len(d.reference) + 2 for d in report.differences))
+        print(f"\n  {'parameter':<{name_w}}{'key':<{key_w}}{'reference':<{ref_w}}fastopt")
         for d in report.differences:
-            print(f"  {d.param:<{name_w}}{d.key:<16}{d.reference:<28}{d.fastopt}")
+            print(f"  {d.param:<{name_w}}{d.key:<{key_w}}{d.reference:<{ref_w}}{d.fastopt}")
         if report.num_differences > len(report.differences):
             print(f"  ... {report.num_differences - len(report.differences)} more (--limit N)")
     return 0 if report.parity else 1
