@@ -92,7 +92,15 @@ NormPartial norm_range(const S* g, int64_t begin, int64_t end) {
     for (int l = 0; l < kLanes; ++l)
       acc[l] = kInf ? add(acc[l], static_cast<double>(block[l])) : acc[l] + static_cast<double>(block[l]);
   }
-  for (int l = 0; i < end; ++i, l = (l + 1) % kLanes) acc[l] = add(acc[l], static_cast<double>(load<O>(g[i])));
+  // The rest (under kLanes * kBlock elements): whole rows of kLanes into one more float block,
+  // then the last few elements straight into the double lanes. Every chunk but a tensor's last
+  // ends on a block, so this runs once per tensor.
+  O block[kLanes] = {};
+  for (; i + kLanes <= end; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) block[l] = add(block[l], load<O>(g[i + l]));
+  for (int l = 0; l < kLanes; ++l)
+    acc[l] = kInf ? add(acc[l], static_cast<double>(block[l])) : acc[l] + static_cast<double>(block[l]);
+  for (int l = 0; i < end; ++i, ++l) acc[l] = add(acc[l], static_cast<double>(load<O>(g[i])));
   double total = acc[0];
   for (int l = 1; l < kLanes; ++l) total = kInf ? add(total, acc[l]) : total + acc[l];
   return {total};
