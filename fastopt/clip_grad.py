@@ -74,7 +74,7 @@ def native_norm_ok(grads: list[Tensor], norm_type: float) -> bool:
         return False
     if norm_type == math.inf and any(g.numel() == 0 for g in grads):
         return False  # torch refuses the inf-norm of an empty tensor: let it say so
-    return all(g.device.type == "cpu" and g.dtype in DTYPE_CODES and g.layout is torch.strided
+    return all(g.is_cpu and g.dtype in DTYPE_CODES and g.layout is torch.strided
                and g.is_contiguous() for g in grads)
 
 
@@ -87,22 +87,52 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: flo
     (then the flag is None: not looked at). ``divide_by`` (a loss scale still
     in the gradients) divides the norm before it is rounded to the gradients' dtype."""
     p = _norm_type(norm_type)
-    if any(is_sharded(g) for g in grads):
-        # FSDP2: each rank holds a shard; torch's norm of the DTensors spans all of them
-        norm = torch.nn.utils.get_total_norm(grads, p)
-        norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
-        return (norm if divide_by == 1.0 else norm / divide_by), None
-    grads = [local(g) for g in grads]
     if not grads:
         return torch.tensor(0.0), False
-    if not native_norm_ok(grads, p):
-        norm = torch.nn.utils.get_total_norm(grads, p)
-        return (norm if divide_by == 1.0 else norm / divide_by), None
-    ptrs = np.fromiter((g.data_ptr() for g in grads), dtype=np.uint64, count=len(grads))
-    numels = np.fromiter((g.numel() for g in grads), dtype=np.int64, count=len(grads))
-    dtypes = np.fromiter((DTYPE_CODES[g.dtype] for g in grads), dtype=np.int32, count=len(grads))
-    norm, nonfinite = _C.grad_norm(ptrs, numels, dtypes, p)
+    # One pass over plain tensors (the common case) gathers what the native call needs.
+    table = _native_table(grads, p)
+    if table is None:
+        if any(is_sharded(g) for g in grads):
+            # FSDP2: each rank holds a shard; torch's norm of the DTensors spans all of them
+            norm = torch.nn.utils.get_total_norm(grads, p)
+            norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
+            return (norm if divide_by == 1.0 else norm / divide_by), None
+        grads = [local(g) for g in grads]
+        if not native_norm_ok(grads, p):
+            norm = torch.nn.utils.get_total_norm(grads, p)
+            return (norm if divide_by == 1.0 else norm / divide_by), None
+        table = _native_table(grads, p)
+        assert table is not None
+    norm, nonfinite = _C.grad_norm(*table, p)
     return torch.tensor(norm / divide_by, dtype=grads[0].dtype), bool(nonfinite)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
+
+
+def _native_table(grads: list[Tensor], norm_type: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(pointers, sizes, dtype codes) of plain gradients the native pass takes, gathered in one
+    loop; None when one of them needs another path (native_norm_ok says which)."""
+    if _C is None or norm_type not in (2.0, math.inf):
+        return None
+    n = len(grads)
+    ptrs = np.empty(n, dtype=np.uint64)
+    numels = np.empty(n, dtype=np.int64)
+    dtypes = np.empty(n, dtype=np.int32)
+    codes = DTYPE_CODES
+    for i, g in enumerate(grads):
+        code = codes.get(g.dtype)
+        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not _STRIDED
+                or not g.is_contiguous()):
+            return None
+        numel = g.numel()
+        if numel == 0 and norm_type == math.inf:
+            return None  # torch refuses the inf-norm of an empty tensor: let it say so
+        ptrs[i] = g.data_ptr()
+        numels[i] = numel
+        dtypes[i] = code
+    return ptrs, numels, dtypes
 
 
 def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
