@@ -178,6 +178,26 @@ def no_epoch_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(epoch_based_runner, "time", SimpleNamespace(sleep=lambda seconds: None))
 
 
+class _RunnerNet(nn.Module):
+    """Conv + BN + linear with mmcv's ``train_step``; a batch holding sample ``overflow`` gets
+    an inf loss (what a loss scale that is too large does)."""
+
+    def __init__(self, overflow: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.overflow = overflow
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, 2)
+
+    def train_step(self, data: dict, optimizer: Any) -> dict:
+        """mmcv's training step: the loss, its log value and the batch size."""
+        loss = nn.functional.cross_entropy(self.head(self.backbone(data["inputs"])), data["labels"])
+        if self.overflow is not None and bool((data["index"] == self.overflow).any()):
+            loss = loss * math.inf
+        return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
+
+
 def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
                 max_norm: float = 1.0) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
     runner_mod = mmcv_runner()
@@ -185,19 +205,7 @@ def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
 
     import fastopt.integrations.mmcv  # noqa: F401
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.head = nn.Linear(4, 2)
-
-        def train_step(self, data: dict, optimizer: Any) -> dict:
-            loss = nn.functional.cross_entropy(self.head(self.backbone(data["inputs"])), data["labels"])
-            return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
-
-    model = Net()
+    model = _RunnerNet()
     initial = [p.detach().clone() for p in model.parameters()]
     cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
     if constructor:
@@ -286,21 +294,7 @@ def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: 
 
     import fastopt.integrations.mmcv as plugin
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.head = nn.Linear(4, 2)
-
-        def train_step(self, data: dict, optimizer: Any) -> dict:
-            loss = nn.functional.cross_entropy(self.head(self.backbone(data["inputs"])), data["labels"])
-            if overflow is not None and bool((data["index"] == overflow).any()):
-                loss = loss * math.inf
-            return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
-
-    model = Net()
+    model = _RunnerNet(overflow)
     cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
     if constructor:
         cfg["constructor"] = constructor
