@@ -49,7 +49,8 @@ def _fmt(v: Any) -> str:
 def add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """The model-source arguments every command shares (see fastopt.sources)."""
     p.add_argument("source", nargs=None if required else "?", metavar="SOURCE",
-                   help="a config file (OpenMMLab 2.x/3.x or fastopt-style), timm:NAME, torchvision:NAME, "
+                   help="a config file (OpenMMLab 2.x/3.x or fastopt-style), package::path of a config an "
+                        "installed package ships (mmdet::swin/x.py), timm:NAME, torchvision:NAME, "
                         "pkg.module:callable, or a bundled model name (`fastopt models`)")
     p.add_argument("--model", metavar="SOURCE",
                    help="build the model from this source instead of the config's `model=`")
