@@ -49,20 +49,14 @@ def is_sharded(t: Tensor) -> bool:
         return False
     try:
         from torch.distributed.tensor import DTensor
-    except ImportError:
+    except ImportError:  # torch built without distributed
         return False
     return isinstance(t, DTensor)
 
 
 def local(t: Tensor) -> Tensor:
     """The local shard of a DTensor (FSDP2 parameters, their grads and state); else ``t``."""
-    if type(t) in _PLAIN_TYPES:
-        return t
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return t
-    return t._local_tensor if isinstance(t, DTensor) else t
+    return t._local_tensor if is_sharded(t) else t  # type: ignore[attr-defined]
 
 
 class Fallback(Exception):

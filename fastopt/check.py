@@ -11,6 +11,7 @@ differ). When the reference raises, fastopt must raise the same exception class.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import logging
 import math
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from . import builder
+from .grouping import group_params
 from .semantics import resolve as resolve_semantics
 from .sources import buildable_here
 
@@ -91,14 +93,13 @@ _ABSENT = object()
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keep mmengine's one-line-per-parameter log and the references' warnings out of the way."""
-    logger = None
     try:
         from mmengine.logging import MMLogger
-
-        logger = MMLogger.get_current_instance()
     except ImportError:
-        pass
-    level = logger.level if logger is not None else None
+        logger = None
+    else:
+        logger = MMLogger.get_current_instance()
+    level = None if logger is None else logger.level
     if logger is not None:
         logger.setLevel(logging.ERROR)
     try:
@@ -106,7 +107,7 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        if logger is not None and level is not None:
+        if logger is not None:
             logger.setLevel(level)
 
 
@@ -151,8 +152,7 @@ def _per_param(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
     layer decay), so the two layouts compare name for name."""
     out: dict[int, dict[str, Any]] = {}
     for group in optimizer.param_groups:
-        params = group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        params = group_params(group)
         hyper = {k: v for k, v in group.items() if k != "params"}
         names = hyper.get("param_names")
         parallel = isinstance(names, list) and len(names) == len(params)
@@ -197,8 +197,8 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
     opt_cfg = cfg.get("optimizer", {}) if api == "mmengine" else cfg
     optimizer_name = str(opt_cfg.get("type", "?")) if isinstance(opt_cfg, dict) else "?"
     names = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
-    ref_built, ref_s, ref_exc = _build(lambda: reference(model, _copy(cfg)))
-    fast_built, fast_s, fast_exc = _build(lambda: fast(model, _copy(cfg), **extra))
+    ref_built, ref_s, ref_exc = _build(lambda: reference(model, copy.deepcopy(cfg)))
+    fast_built, fast_s, fast_exc = _build(lambda: fast(model, copy.deepcopy(cfg), **extra))
     report = CheckReport(source, api, ref_name, semantics_name, optimizer_name,
                          False, len(names), None, None, ref_s, fast_s, notes=notes)
     if ref_exc is not None or fast_exc is not None:
@@ -246,9 +246,3 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
         count += 1
     report.parity = count == 0
     return report
-
-
-def _copy(cfg: dict) -> dict:
-    import copy
-
-    return copy.deepcopy(cfg)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .grouping import freeze
+from .grouping import freeze, group_params
 
 __all__ = ["ReferenceLayout", "attach_layout", "is_reference_layout", "layout_of",
            "load_per_param_state_dict", "per_param_state_dict", "reference_group_sizes"]
@@ -39,6 +39,13 @@ class ReferenceLayout:
     params: list[torch.Tensor]
     groups: list[tuple[int, int]]
     other: ReferenceLayout | None = None
+
+    @classmethod
+    def of_groups(cls, groups: list[dict], into: list[int]) -> ReferenceLayout:
+        """The layout of reference ``groups`` (dicts with ``params``, in order) whose i-th went
+        into merged group ``into[i]``."""
+        return cls([p for g in groups for p in group_params(g)],
+                   [(len(group_params(g)), i) for g, i in zip(groups, into)])
 
     def layouts(self) -> list[ReferenceLayout]:
         """This layout, then the other one when there is one."""

@@ -68,13 +68,17 @@ def resolve_args(args: argparse.Namespace) -> tuple[sources.Source, sources.Sour
     return cfg_source, model_source
 
 
+def source_label(args: argparse.Namespace, cfg_source: sources.Source) -> str:
+    """How the command's output names its sources."""
+    return cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
+
+
 def model_and_cfg(args: argparse.Namespace,
                   device: str = "auto") -> tuple[nn.Module, str, dict[str, Any], str]:
     """(model, api, optimizer config, label) of the command's sources."""
     cfg_source, model_source = resolve_args(args)
     api, cfg, _ = cfg_source.optim
-    label = cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
-    return model_source.build(device), api, cfg, label
+    return model_source.build(device), api, cfg, source_label(args, cfg_source)
 
 
 def _zoo_spec(name: str) -> ZooModel:
@@ -241,7 +245,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise sources.SourceError(str(exc)) from None
     except ValueError as exc:
         raise sources.SourceError(f"--semantics: {exc}") from None
-    label = cfg_source.label if args.model is None else f"{args.model} with {cfg_source.label}"
+    label = source_label(args, cfg_source)
     try:
         model = model_source.build("auto")
     except sources.SourceError:

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from ._core import _C
-from ._kernels import DTYPE_CODES, is_sharded, local
+from ._kernels import DTYPE_CODES, is_sharded
 
-__all__ = ["check_clip_grad", "clip_coefficient", "native_norm_ok", "total_norm"]
+__all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "native_norm_table", "total_norm"]
 
 #: The arguments torch's clip functions take, by clip type.
 CLIP_KEYS = {"norm": {"max_norm", "norm_type", "error_if_nonfinite", "foreach"},
@@ -67,72 +67,56 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
         _norm_type(kwargs["norm_type"])
 
 
-def native_norm_ok(grads: list[Tensor], norm_type: float) -> bool:
-    """Whether ``total_norm`` takes these gradients natively (contiguous CPU tensors of a
-    kernel dtype; the 2- or inf-norm; no empty tensor for the inf-norm, which torch refuses)."""
-    if _C is None or norm_type not in (2.0, math.inf) or not grads:
-        return False
-    if norm_type == math.inf and any(g.numel() == 0 for g in grads):
-        return False  # torch refuses the inf-norm of an empty tensor: let it say so
-    return all(g.is_cpu and g.dtype in DTYPE_CODES and g.layout is torch.strided
-               and g.is_contiguous() for g in grads)
-
-
-def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0
-               ) -> tuple[Tensor, bool | None]:
-    """The norm of all ``grads`` taken together, as ``torch.nn.utils.get_total_norm`` gives it
-    (a tensor of the first gradient's dtype), and whether any gradient holds inf/NaN. Native
-    (one pass, double accumulation) for contiguous CPU gradients and the 2- or inf-norm;
-    torch's otherwise, sharded (FSDP2) gradients included, whose norm spans every rank's shard
-    (then the flag is None: not looked at). ``divide_by`` (a loss scale still
-    in the gradients) divides the norm before it is rounded to the gradients' dtype."""
-    p = _norm_type(norm_type)
-    if not grads:
-        return torch.tensor(0.0), False
-    # One pass over plain tensors (the common case) gathers what the native call needs.
-    table = _native_table(grads, p)
-    if table is None:
-        if any(is_sharded(g) for g in grads):
-            # FSDP2: each rank holds a shard; torch's norm of the DTensors spans all of them
-            norm = torch.nn.utils.get_total_norm(grads, p)
-            norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
-            return (norm if divide_by == 1.0 else norm / divide_by), None
-        grads = [local(g) for g in grads]
-        if not native_norm_ok(grads, p):
-            norm = torch.nn.utils.get_total_norm(grads, p)
-            return (norm if divide_by == 1.0 else norm / divide_by), None
-        table = _native_table(grads, p)
-        assert table is not None
-    norm, nonfinite = _C.grad_norm(*table, p)
-    return torch.tensor(norm / divide_by, dtype=grads[0].dtype), bool(nonfinite)
-
+#: (pointers, sizes, dtype codes) of the gradients the native norm pass reads
+NormTable = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
-_STRIDED = torch.strided
 
 
-def _native_table(grads: list[Tensor], norm_type: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(pointers, sizes, dtype codes) of plain gradients the native pass takes, gathered in one
-    loop; None when one of them needs another path (native_norm_ok says which)."""
-    if _C is None or norm_type not in (2.0, math.inf):
+def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None:
+    """What the native norm pass needs of ``grads``, gathered in one loop, or None when it does
+    not take them: only plain (not sharded) contiguous CPU tensors of a kernel dtype, the 2- or
+    inf-norm, and no empty tensor for the inf-norm (which torch refuses: let it say so)."""
+    if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return None
     n = len(grads)
     ptrs = np.empty(n, dtype=np.uint64)
     numels = np.empty(n, dtype=np.int64)
     dtypes = np.empty(n, dtype=np.int32)
-    codes = DTYPE_CODES
     for i, g in enumerate(grads):
-        code = codes.get(g.dtype)
-        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not _STRIDED
+        code = DTYPE_CODES.get(g.dtype)
+        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not torch.strided
                 or not g.is_contiguous()):
             return None
         numel = g.numel()
         if numel == 0 and norm_type == math.inf:
-            return None  # torch refuses the inf-norm of an empty tensor: let it say so
+            return None
         ptrs[i] = g.data_ptr()
         numels[i] = numel
         dtypes[i] = code
     return ptrs, numels, dtypes
+
+
+def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0,
+               table: NormTable | None = None) -> tuple[Tensor, bool | None]:
+    """The norm of all ``grads`` taken together, as ``torch.nn.utils.get_total_norm`` gives it
+    (a tensor of the first gradient's dtype), and whether any gradient holds inf/NaN. Native
+    (one pass, double accumulation) where :func:`native_norm_table` takes the gradients (pass its
+    ``table`` when already gathered); torch's otherwise, sharded (FSDP2) gradients included,
+    whose norm spans every rank's shard (then the flag is None: not looked at). ``divide_by`` (a
+    loss scale still in the gradients) divides the norm before it is rounded to the gradients'
+    dtype."""
+    p = _norm_type(norm_type)
+    if not grads:
+        return torch.tensor(0.0), False
+    if table is None:
+        table = native_norm_table(grads, p)
+    if table is None:
+        norm = torch.nn.utils.get_total_norm(grads, p)
+        norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
+        return (norm if divide_by == 1.0 else norm / divide_by), None
+    norm, nonfinite = _C.grad_norm(*table, p)
+    return torch.tensor(norm / divide_by, dtype=grads[0].dtype), bool(nonfinite)
 
 
 def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:

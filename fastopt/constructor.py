@@ -265,8 +265,7 @@ class _ConstructorBase:
             cache = (params, 0, {})
         _, done, seen = cache
         for group in params[done:]:
-            group_params = group["params"]
-            for p in [group_params] if isinstance(group_params, torch.Tensor) else group_params:
+            for p in group_params(group):
                 seen.setdefault(id(p), -1)
         self._seen_cache = (params, len(params), seen)
         return seen
@@ -360,9 +359,7 @@ class _ConstructorBase:
             per_param: list[dict] = []
             self.add_params(per_param, model)
             merged, into = merge_param_groups_indexed(per_param, defaults)
-            layout = ReferenceLayout([p for g in per_param for p in group_params(g)],
-                                     [(len(group_params(g)), i) for g, i in zip(per_param, into)])
-            return Construction(merged, defaults, None, layout)
+            return Construction(merged, defaults, None, ReferenceLayout.of_groups(per_param, into))
         plan = self.plan(model)
         self._warn_skipped(plan)
         self._warn_unused_keys(plan)

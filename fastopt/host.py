@@ -24,37 +24,10 @@ from torch import nn
 
 from .checkpoint import ReferenceLayout, attach_layout
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
-from .grouping import group_params, merge_param_groups_indexed
-from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS, OPTIMIZERS, scope_override
+from .grouping import merge_param_groups_indexed
+from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZER_BUILDERS, OPTIMIZERS, mmengine_registry_get
 
-__all__ = ["current_scope", "host_constructor", "mmcv_registry_get", "mmengine_registry_get"]
-
-
-def current_scope() -> str | None:
-    """mmengine's current default scope (None without mmengine or without a scope)."""
-    if "mmengine" not in sys.modules and importlib.util.find_spec("mmengine") is None:
-        return None
-    from mmengine.registry import DefaultScope
-
-    instance = DefaultScope.get_current_instance()
-    return None if instance is None else instance.scope_name
-
-
-def mmengine_registry_get(registry: str, name: str) -> Any | None:
-    """``name`` in mmengine's registry ``registry`` ('OPTIMIZERS', ...) as mmengine resolves it:
-    under a config's ``_scope_`` or else the current default scope, ``'scope.Name'`` also
-    accepted; None when absent."""
-    if importlib.util.find_spec("mmengine") is None:
-        return None
-    import mmengine.optim  # mmengine's own registrations
-    import mmengine.registry
-
-    reg = getattr(mmengine.registry, registry)
-    try:
-        with reg.switch_scope_and_registry(scope_override()) as scoped:
-            return scoped.get(name)
-    except KeyError:  # a 'scope.Name' whose scope is not installed
-        return None
+__all__ = ["host_constructor", "mmcv_registry_get"]
 
 
 def mmcv_registry_get(registry: str, name: str) -> Any | None:
@@ -99,8 +72,7 @@ def _rebuild_merged(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     if cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW) and fast is not None:
         cls = fast
     new = cls(merged, **{k: v for k, v in defaults.items() if k != "params"})
-    attach_layout(new, ReferenceLayout([p for g in per_param for p in group_params(g)],
-                                       [(len(group_params(g)), i) for g, i in zip(per_param, into)]))
+    attach_layout(new, ReferenceLayout.of_groups(per_param, into))
     return new
 
 

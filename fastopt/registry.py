@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import importlib.util
 import inspect
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -30,6 +31,7 @@ __all__ = [
     "Registry",
     "build_from_cfg",
     "constructor_from_cfg",
+    "mmengine_registry_get",
     "scope_override",
     "within_scope",
 ]
@@ -158,6 +160,23 @@ def within_scope(scope: str | None) -> Iterator[None]:
 def scope_override() -> str | None:
     """The innermost scope :func:`within_scope` set, or None."""
     return _SCOPES[-1] if _SCOPES else None
+
+
+def mmengine_registry_get(registry: str, name: str) -> Any | None:
+    """``name`` in mmengine's registry ``registry`` ('OPTIMIZERS', 'OPTIM_WRAPPERS', ...) as
+    mmengine resolves it: under a config's ``_scope_`` (:func:`within_scope`) or else the current
+    default scope, ``'scope.Name'`` also accepted; None when absent or mmengine is not installed."""
+    if importlib.util.find_spec("mmengine") is None:
+        return None
+    import mmengine.optim  # mmengine's own registrations
+    import mmengine.registry
+
+    reg = getattr(mmengine.registry, registry)
+    try:
+        with reg.switch_scope_and_registry(scope_override()) as scoped:
+            return scoped.get(name)
+    except KeyError:  # a 'scope.Name' whose scope is not installed
+        return None
 
 
 def resolve_type(obj_type: Any, registry: Registry) -> Any:

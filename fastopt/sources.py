@@ -55,18 +55,19 @@ class SourceError(Exception):
 
 
 # ------------------------------------------------------------------ configs
-def _set_dotted(cfg: dict, key: str, value: Any) -> None:
-    node = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
+def _merge_options(cfg: dict, cfg_options: dict[str, Any] | None) -> dict:
+    """Set each dotted ``key=value`` of ``cfg_options`` in ``cfg`` (list items by index), as
+    mmengine's ``Config.merge_from_dict`` does for the configs it reads; returns ``cfg``."""
+    for key, value in (cfg_options or {}).items():
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        node = node.setdefault(part, {})
-    if isinstance(node, list):
-        node[int(parts[-1])] = value
-    else:
-        node[parts[-1]] = value
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return cfg
 
 
 def _parse_value(text: str) -> Any:
@@ -127,9 +128,7 @@ def load_config(path: str, cfg_options: dict[str, Any] | None = None) -> dict[st
         raise SourceError(f"{path}: `_base_` inheritance needs mmengine installed")
     out = {k: v for k, v in ns.items() if not k.startswith("__") and not callable(v)
            and type(v).__name__ != "module"}
-    for key, value in (cfg_options or {}).items():
-        _set_dotted(out, key, value)
-    return out
+    return _merge_options(out, cfg_options)
 
 
 def optim_cfg_of(cfg: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
@@ -298,12 +297,10 @@ class Source:
     @property
     def optim(self) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
         """``(api, optimizer config, grad clip)`` (see :func:`optim_cfg_of`)."""
-        if self.kind == "config":
-            try:
-                return optim_cfg_of(self.cfg)
-            except SourceError as exc:
-                raise SourceError(f"{self.label}: {exc}") from None
-        return optim_cfg_of(self.cfg)
+        try:
+            return optim_cfg_of(self.cfg)
+        except SourceError as exc:  # a config file without an optimizer (model sources have one)
+            raise SourceError(f"{self.label}: {exc}") from None
 
     @property
     def api(self) -> str:
@@ -319,9 +316,7 @@ class Source:
 
 def _model_only(label: str, kind: str, make: Callable[[], nn.Module],
                 cfg_options: dict[str, Any] | None) -> Source:
-    cfg: dict[str, Any] = {"optim_wrapper": copy.deepcopy(DEFAULT_OPTIM_WRAPPER)}
-    for key, value in (cfg_options or {}).items():
-        _set_dotted(cfg, key, value)
+    cfg = _merge_options({"optim_wrapper": copy.deepcopy(DEFAULT_OPTIM_WRAPPER)}, cfg_options)
     return Source(label, kind, cfg, lambda device: _on_device(make, device))
 
 
@@ -352,9 +347,7 @@ def _zoo_source(name: str, width: float | None, cfg_options: dict[str, Any] | No
     wrapper: dict[str, Any] = dict(type="OptimWrapper", optimizer=dict(spec.optimizer))
     if spec.paramwise_cfg:
         wrapper["paramwise_cfg"] = copy.deepcopy(spec.paramwise_cfg)
-    cfg: dict[str, Any] = {"optim_wrapper": wrapper}
-    for key, value in (cfg_options or {}).items():
-        _set_dotted(cfg, key, value)
+    cfg = _merge_options({"optim_wrapper": wrapper}, cfg_options)
     kwargs = {} if width is None else {"width": width}
     return Source(name, "zoo", cfg, lambda device: _on_device(lambda: zoo.build(name, **kwargs),
                                                               "cpu" if device == "auto" else device))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 from typing import Any
@@ -10,9 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._kernels import local
-from .clip_grad import check_clip_grad, clip_coefficient, native_norm_ok, total_norm
-from .registry import OPTIM_WRAPPERS, SCOPE_KEY, resolve_type, scope_override, within_scope
+from .clip_grad import check_clip_grad, clip_coefficient, native_norm_table, total_norm
+from .registry import OPTIM_WRAPPERS, SCOPE_KEY, mmengine_registry_get, resolve_type, within_scope
 
 __all__ = ["AmpOptimWrapper", "FusedAmpStep", "FusedClip", "OptimWrapper", "build_wrapper",
            "clip_in_next_step", "fused_amp_step", "fused_clip", "update_scale", "with_fused_clip",
@@ -285,14 +283,15 @@ def fused_amp_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
         return None  # unscale_ leaves the gradients of other parameters scaled: torch's sequence
     rest = [p.grad for p in stepped if id(p) not in read_ids]
     grads = [p.grad for p in read]
-    if any(local(g) is not g for g in grads + rest):
-        return None  # sharded gradients: torch's clip takes the norm across the shards
-    if not native_norm_ok(grads, norm_type) or (rest and not native_norm_ok(rest, 2.0)):
+    # not natively readable (sharded: torch's clip takes the norm across the shards; CUDA; ...)
+    table = native_norm_table(grads, norm_type)
+    rest_table = native_norm_table(rest, 2.0) if rest else None
+    if table is None or (rest and rest_table is None):
         return None
     scale = scaler.get_scale()
-    norm, found_inf = total_norm(grads, norm_type, scale)
+    norm, found_inf = total_norm(grads, norm_type, scale, table=table)
     if rest:  # the inf/NaN check covers every gradient the optimizer steps
-        found_inf = found_inf or total_norm(rest)[1]
+        found_inf = found_inf or total_norm(rest, table=rest_table)[1]
     coefficient = _coefficient(norm, clip_grad) if clip_grad and clipped else None
     if not found_inf:
         _step_unscaled(optimizer, scale, coefficient, step_kwargs or {})
@@ -424,23 +423,13 @@ def with_fused_clip(cls: type) -> type:
     return _WITH_FUSED_CLIP[cls]
 
 
-def _mmengine_wrapper(name: str) -> Any:
-    if importlib.util.find_spec("mmengine") is None:
-        return None
-    import mmengine.optim  # noqa: F401  (registers mmengine's wrappers)
-    from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_WRAPPERS
-
-    with MMENGINE_WRAPPERS.switch_scope_and_registry(scope_override()) as registry:
-        return registry.get(name)  # under the config's or the current default scope
-
-
 def wrapper_class(wrapper_type: Any) -> Any:
     """The class a wrapper ``type`` names: user registrations, then mmengine's, then fastopt's."""
     if isinstance(wrapper_type, str):
         own = OPTIM_WRAPPERS.get(wrapper_type)
         if own is not None and own not in (OptimWrapper, AmpOptimWrapper):
             return own  # registered by the user: theirs wins
-        theirs = _mmengine_wrapper(wrapper_type)
+        theirs = mmengine_registry_get("OPTIM_WRAPPERS", wrapper_type)
         if theirs is not None:
             return theirs
     return resolve_type(wrapper_type, OPTIM_WRAPPERS)

@@ -18,6 +18,7 @@ import fastopt
 from fastopt import optim as fo
 from fastopt.wrapper import FusedAmpStep, fused_amp_step
 
+from .amp import cpu_scaler, refuse_scaler_passes
 from .refs import mmengine_build, quiet_mmengine_logger
 
 LOSS_SCALES = ["dynamic", 512.0, dict(init_scale=1024.0, growth_interval=2)]
@@ -27,22 +28,6 @@ OVERFLOW_STEP = 2
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
-
-
-def _cpu_scaler(loss_scale: str | float | dict) -> torch.amp.GradScaler:
-    """The GradScaler mmengine's AmpOptimWrapper builds for ``loss_scale``, on the CPU."""
-    if loss_scale == "dynamic":
-        return torch.amp.GradScaler("cpu")
-    if isinstance(loss_scale, dict):
-        return torch.amp.GradScaler("cpu", **loss_scale)
-    return torch.amp.GradScaler("cpu", init_scale=loss_scale)
-
-
-def _refuse(what: str) -> Any:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"the fused phase must not call GradScaler.{what}")
-
-    return refuse
 
 
 @pytest.fixture
@@ -68,7 +53,7 @@ def _pair(build_ref: Any, cfg: dict, route: str) -> tuple[torch.nn.Module, Any, 
             ours = build_ref(a, dict(copy.deepcopy(cfg), constructor="FastOptimWrapperConstructor"))
         ref = build_ref(b, copy.deepcopy(cfg))
     loss_scale = cfg.get("loss_scale", "dynamic")
-    ours.loss_scaler, ref.loss_scaler = _cpu_scaler(loss_scale), _cpu_scaler(loss_scale)
+    ours.loss_scaler, ref.loss_scaler = cpu_scaler(loss_scale), cpu_scaler(loss_scale)
     return a, ours, b, ref
 
 
@@ -94,8 +79,7 @@ def test_mmengine_amp_wrapper_fuses_the_phase(mmengine_amp: Any, loss_scale: str
     a, ours, b, ref = _pair(mmengine_amp, cfg, route)
     assert isinstance(ours, MmengineAmpOptimWrapper) and isinstance(ours, FusedAmpStep)
     assert type(ours).__name__ == "AmpOptimWrapper"
-    for name in ("unscale_", "step", "update"):
-        setattr(ours.loss_scaler, name, _refuse(name))
+    refuse_scaler_passes(ours.loss_scaler)
     hub = MessageHub.get_current_instance()
     scales = []
     for step in range(6):
@@ -142,8 +126,7 @@ def test_mmengine_amp_wrapper_without_clipping_by_norm(mmengine_amp: Any, clip_g
     a, ours, b, ref = _pair(mmengine_amp, cfg, "fastopt")
     unscales = []
     if clip_grad is None:
-        for name in ("unscale_", "step", "update"):
-            setattr(ours.loss_scaler, name, _refuse(name))
+        refuse_scaler_passes(ours.loss_scaler)
     else:
         unscale = ours.loss_scaler.unscale_
         ours.loss_scaler.unscale_ = lambda opt: unscales.append(unscale(opt))  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ from fastopt import optim as fo
 from fastopt.clip_grad import total_norm
 from fastopt.wrapper import FusedClip
 
+from .amp import cpu_scaler, refuse_scaler_passes
 from .numerics import assert_few_differ, ulp_distance
 from .test_optim import LOW_PRECISION_SHARE
 
@@ -169,7 +170,7 @@ def test_wrapper_phase_matches_clip_grad_norm_then_step(opt: str, max_norm: floa
     reference sequence: clip_grad_norm_ then torch's step on the same groups."""
     from fastopt import wrapper as wrapper_module
 
-    monkeypatch.setattr(wrapper_module, "_mmengine_wrapper", lambda name: None)
+    monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
     opt_cfg = (dict(type=opt, lr=0.05, weight_decay=0.01) if opt == "AdamW"
                else dict(type=opt, lr=0.1, momentum=0.9))
     a, b = _model(), _model()
@@ -290,18 +291,8 @@ def test_amp_phase_matches_unscale_clip_step(loss_scale: str | float | dict) -> 
     wrapper = fastopt.AmpOptimWrapper(fo.AdamW(a.parameters(), lr=0.05, weight_decay=0.01),
                                       loss_scale=loss_scale, clip_grad=dict(max_norm=0.5))
     ref = torch.optim.AdamW(b.parameters(), lr=0.05, weight_decay=0.01, foreach=False)
-
-    def no_scaler_pass(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the fused phase must not unscale, check or update through the scaler")
-
-    for name in ("unscale_", "step", "update"):
-        setattr(wrapper.loss_scaler, name, no_scaler_pass)
-    if loss_scale == "dynamic":
-        scaler = torch.amp.GradScaler("cpu")
-    elif isinstance(loss_scale, dict):
-        scaler = torch.amp.GradScaler("cpu", **loss_scale)
-    else:
-        scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+    refuse_scaler_passes(wrapper.loss_scaler)
+    scaler = cpu_scaler(loss_scale)
     for step in range(6):
         x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
         blow_up = math.inf if step == 2 else 1.0
@@ -327,12 +318,7 @@ def test_amp_without_clipping_is_fused_too() -> None:
     a, b = _model(), _model()
     wrapper = fastopt.AmpOptimWrapper(fo.SGD(a.parameters(), lr=0.1, momentum=0.9),
                                       loss_scale=dict(init_scale=64.0, growth_interval=2))
-
-    def no_scaler_pass(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the fused phase must not check or update through the scaler")
-
-    for name in ("unscale_", "step", "update"):
-        setattr(wrapper.loss_scaler, name, no_scaler_pass)
+    refuse_scaler_passes(wrapper.loss_scaler)
     ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, foreach=False)
     scaler = torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=2)
     for step in range(5):

@@ -286,7 +286,7 @@ def test_unknown_optimizer_type_suggests() -> None:
 def test_wrapper_without_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastopt import wrapper as wrapper_module
 
-    monkeypatch.setattr(wrapper_module, "_mmengine_wrapper", lambda name: None)
+    monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
     model = nn.Linear(3, 1)
     wrapper = fastopt.build_optim_wrapper(model, dict(
         optimizer=dict(type="SGD", lr=0.1), accumulative_counts=2, clip_grad=dict(max_norm=1.0)))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from .amp import cpu_scaler, refuse_scaler_passes
 from .models import MixedNormNet
 from .refs import mismatches, mmcv_runner, mmengine_build, quiet_mmengine_logger
 
@@ -275,13 +276,6 @@ def _cpu_mmcv_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hooks, "GradScaler", lambda **kwargs: torch.amp.GradScaler("cpu", **kwargs))
 
 
-def _refuse(what: str) -> Any:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"the fused phase must not call GradScaler.{what}")
-
-    return refuse
-
-
 def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: int = 2,
                      lr_config: dict | None = None, resume: Path | None = None, checkpoint: bool = False,
                      fused: bool = False, overflow: int | None = OVERFLOW_INDEX
@@ -308,8 +302,7 @@ def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: 
                                        checkpoint_config=dict(interval=1) if checkpoint else None)
         if fused:
             (fast_hook,) = [h for h in runner.hooks if isinstance(h, plugin.FastFp16OptimizerHook)]
-            for name in ("unscale_", "step", "update"):
-                setattr(fast_hook.loss_scaler, name, _refuse(name))
+            refuse_scaler_passes(fast_hook.loss_scaler)
         if resume is not None:
             runner.resume(str(resume))
         loader = torch.utils.data.DataLoader(_IndexedData(), batch_size=4, shuffle=False)
@@ -358,12 +351,7 @@ def test_mmcv_fast_fp16_hook_matches_the_gradscaler_sequence(tmp_path: Path, los
     groups = [{"params": [p], "weight_decay": 0.0 if p.dim() == 1 else 1e-4,
                "lr": 0.005 if n.startswith("head") else 0.05} for n, p in ref_model.named_parameters()]
     ref = torch.optim.SGD(groups, lr=0.05, momentum=0.9, foreach=False)
-    if loss_scale == "dynamic":
-        scaler = torch.amp.GradScaler("cpu")
-    elif isinstance(loss_scale, dict):
-        scaler = torch.amp.GradScaler("cpu", **loss_scale)
-    else:
-        scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+    scaler = cpu_scaler(loss_scale)
     norms = []
     for _ in range(2):
         for data in torch.utils.data.DataLoader(_IndexedData(), batch_size=4, shuffle=False):

@@ -14,7 +14,7 @@ from fastopt import wrapper as wrapper_module
 
 @pytest.fixture
 def no_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wrapper_module, "_mmengine_wrapper", lambda name: None)
+    monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
 
 
 def _model() -> nn.Module:
