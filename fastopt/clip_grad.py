@@ -83,9 +83,10 @@ def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None
     ptrs = np.empty(n, dtype=np.uint64)
     numels = np.empty(n, dtype=np.int64)
     dtypes = np.empty(n, dtype=np.int32)
+    codes, strided = DTYPE_CODES, torch.strided  # locals: this loop runs once per gradient
     for i, g in enumerate(grads):
-        code = DTYPE_CODES.get(g.dtype)
-        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not torch.strided
+        code = codes.get(g.dtype)
+        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not strided
                 or not g.is_contiguous()):
             return None
         numel = g.numel()
