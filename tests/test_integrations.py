@@ -72,6 +72,7 @@ def _runner_model() -> Any:
     class TinyDetector(BaseModel):
         def __init__(self) -> None:
             super().__init__()
+            self.calls, self.overflow_at = 0, None
             torch.manual_seed(0)
             self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                                           nn.Conv2d(4, 4, 3, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -80,22 +81,35 @@ def _runner_model() -> Any:
         def forward(self, inputs: torch.Tensor, labels: torch.Tensor, mode: str = "tensor") -> Any:
             logits = self.head(self.backbone(inputs))
             if mode == "loss":
-                return dict(loss=nn.functional.cross_entropy(logits, labels))
+                self.calls += 1  # one iteration's loss may overflow: the loss scaler's skipped step
+                overflow = math.inf if self.calls == self.overflow_at else 1.0
+                return dict(loss=nn.functional.cross_entropy(logits.float(), labels) * overflow)
             return logits
 
     return TinyDetector()
 
 
-def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0) -> Any:
+#: the iteration whose loss is inf (only a loss scaler's run survives it: it skips that step)
+RUNNER_OVERFLOW_ITER = 3
+
+
+def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0,
+           loss_scale: str | float | dict | None = None) -> Any:
+    """A real mmengine Runner trained 6 iterations (AdamW, paramwise_cfg, clip_grad, warmup and
+    step schedulers); with ``loss_scale`` its wrapper is mmengine's ``AmpOptimWrapper``."""
     pytest.importorskip("mmengine")
     from mmengine.runner import Runner
 
     optim_wrapper: dict[str, Any] = dict(optimizer=dict(type="AdamW", lr=1e-2, weight_decay=0.05),
                                          paramwise_cfg=PARAMWISE, clip_grad=dict(max_norm=max_norm))
+    if loss_scale is not None:
+        optim_wrapper.update(type="AmpOptimWrapper", loss_scale=loss_scale)
     if constructor:
         optim_wrapper["constructor"] = constructor
+    model = _runner_model()
+    model.overflow_at = RUNNER_OVERFLOW_ITER if loss_scale is not None else None
     cfg = dict(
-        model=_runner_model(), work_dir=str(tmp), experiment_name=tmp.name,
+        model=model, work_dir=str(tmp), experiment_name=tmp.name,
         train_dataloader=dict(dataset=_Data(), sampler=dict(type="DefaultSampler", shuffle=False),
                               batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
         train_cfg=dict(by_epoch=False, max_iters=6), optim_wrapper=optim_wrapper,
@@ -110,6 +124,65 @@ def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0) -> Any:
         runner = Runner(**cfg)
         runner.train()
     return runner
+
+
+def _same_weights(fast: Any, ref: Any) -> None:
+    for (n, p), q in zip(fast.model.named_parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+class _CpuScalers:
+    """GradScalers built on the CPU in place of mmengine's CUDA one, in order; with ``refuse``
+    set, new ones refuse unscale_/step/update (a fused phase must not call them)."""
+
+    def __init__(self) -> None:
+        self.built: list[torch.amp.GradScaler] = []
+        self.refuse = False
+
+    def __call__(self, **kwargs: Any) -> torch.amp.GradScaler:
+        scaler = torch.amp.GradScaler("cpu", **kwargs)
+        if self.refuse:
+            refuse_scaler_passes(scaler)
+        self.built.append(scaler)
+        return scaler
+
+
+@pytest.fixture
+def cpu_amp_wrapper(monkeypatch: pytest.MonkeyPatch) -> _CpuScalers:
+    """mmengine's AmpOptimWrapper built without a GPU: its GPU check passed, its GradScaler a
+    CPU one (the forward runs under CPU autocast)."""
+    pytest.importorskip("mmengine")
+    import importlib
+
+    amp_module = importlib.import_module("mmengine.optim.optimizer.amp_optimizer_wrapper")
+    scalers = _CpuScalers()
+    monkeypatch.setattr(amp_module, "is_cuda_available", lambda: True)
+    monkeypatch.setattr(amp_module, "GradScaler", scalers)
+    return scalers
+
+
+@pytest.mark.parametrize("loss_scale", ["dynamic", 512.0, dict(init_scale=1024.0, growth_interval=2)])
+def test_mmengine_runner_with_a_loss_scaler_trains_like_the_default_constructor(
+        tmp_path: Path, cpu_amp_wrapper: _CpuScalers, loss_scale: str | float | dict) -> None:
+    """A real mmengine Runner with ``type='AmpOptimWrapper'`` (dynamic, fixed and dict loss
+    scales; clipping on every step; an inf loss on one iteration): through fastopt's constructor
+    the phase is fused (the scaler's unscale_/step/update never run) and training matches
+    mmengine's default constructor: weights, logged grad norms (the inf one too), scaler state."""
+    from mmengine.optim import AmpOptimWrapper
+
+    ref = _train(tmp_path / "ref", None, 0.05, loss_scale)
+    cpu_amp_wrapper.refuse = True
+    fast = _train(tmp_path / "fast", "FastOptimWrapperConstructor", 0.05, loss_scale)
+    assert fast.optim_wrapper.loss_scaler is cpu_amp_wrapper.built[-1] is not ref.optim_wrapper.loss_scaler
+    wrapper = fast.optim_wrapper
+    assert isinstance(wrapper, AmpOptimWrapper) and type(wrapper).__name__ == "AmpOptimWrapper"
+    assert type(wrapper.optimizer).__module__ == "fastopt.optim"
+    ref_norms = list(ref.message_hub.get_scalar("train/grad_norm").data[0])
+    norms = list(fast.message_hub.get_scalar("train/grad_norm").data[0])
+    assert len(norms) == len(ref_norms) == 6 and not math.isfinite(ref_norms[RUNNER_OVERFLOW_ITER - 1])
+    assert norms == pytest.approx(ref_norms, rel=1e-6, nan_ok=True)
+    assert wrapper.loss_scaler.state_dict() == ref.optim_wrapper.loss_scaler.state_dict()
+    _same_weights(fast, ref)
 
 
 @pytest.mark.parametrize("max_norm", [1.0, 0.05])
@@ -135,9 +208,7 @@ def test_mmengine_runner_trains_like_the_default_constructor(tmp_path: Path, max
             want = ref_hyper[names[id(p)]]
             for key in ("lr", "weight_decay", "betas", "eps"):
                 assert g[key] == pytest.approx(want[key]), (names[id(p)], key)
-    # ... and the same trained weights.
-    for (n, p), q in zip(fast.model.named_parameters(), ref.model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+    _same_weights(fast, ref)  # ... and the same trained weights
 
 
 def test_custom_imports_in_a_config_file(tmp_path: Path) -> None:
