@@ -21,6 +21,7 @@ itself can differ from torch's in the last bits, because the two sum in differen
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -70,32 +71,32 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
 #: (pointers, sizes, dtype codes) of the gradients the native norm pass reads
 NormTable = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-_PLAIN = (Tensor, torch.nn.Parameter)
+_PLAIN = {Tensor, torch.nn.Parameter}
+_DTYPE, _IS_CPU, _LAYOUT = attrgetter("dtype"), attrgetter("is_cpu"), attrgetter("layout")
 
 
 def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None:
-    """What the native norm pass needs of ``grads``, gathered in one loop, or None when it does
-    not take them: only plain (not sharded) contiguous CPU tensors of a kernel dtype, the 2- or
-    inf-norm, and no empty tensor for the inf-norm (which torch refuses: let it say so)."""
+    """What the native norm pass needs of ``grads``, or None when it does not take them: only
+    plain (not sharded) contiguous CPU tensors of a kernel dtype, the 2- or inf-norm, and no
+    empty tensor for the inf-norm (which torch refuses: let it say so)."""
     if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return None
+    # one C-level pass per property (this runs every step, over every gradient)
+    if (not set(map(type, grads)) <= _PLAIN or not all(map(_IS_CPU, grads))
+            or set(map(_LAYOUT, grads)) != {torch.strided} or not all(map(Tensor.is_contiguous, grads))):
+        return None
+    dtypes_seen = set(map(_DTYPE, grads))
+    if not dtypes_seen <= DTYPE_CODES.keys():
+        return None
     n = len(grads)
-    ptrs = np.empty(n, dtype=np.uint64)
-    numels = np.empty(n, dtype=np.int64)
-    dtypes = np.empty(n, dtype=np.int32)
-    codes, strided = DTYPE_CODES, torch.strided  # locals: this loop runs once per gradient
-    for i, g in enumerate(grads):
-        code = codes.get(g.dtype)
-        if (type(g) not in _PLAIN or code is None or not g.is_cpu or g.layout is not strided
-                or not g.is_contiguous()):
-            return None
-        numel = g.numel()
-        if numel == 0 and norm_type == math.inf:
-            return None
-        ptrs[i] = g.data_ptr()
-        numels[i] = numel
-        dtypes[i] = code
-    return ptrs, numels, dtypes
+    numels = np.fromiter(map(Tensor.numel, grads), dtype=np.int64, count=n)
+    if norm_type == math.inf and not numels.all():
+        return None
+    if len(dtypes_seen) == 1:
+        dtypes = np.full(n, DTYPE_CODES[dtypes_seen.pop()], dtype=np.int32)
+    else:
+        dtypes = np.fromiter(map(DTYPE_CODES.__getitem__, map(_DTYPE, grads)), dtype=np.int32, count=n)
+    return np.fromiter(map(Tensor.data_ptr, grads), dtype=np.uint64, count=n), numels, dtypes
 
 
 def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0,
