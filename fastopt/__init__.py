@@ -19,7 +19,12 @@ from .builder import (
     build_optim_wrapper,
     build_optimizer,
 )
-from .checkpoint import load_per_param_state_dict, per_param_state_dict
+from .checkpoint import (
+    load_per_param_state_dict,
+    merged_scheduler_state,
+    per_param_scheduler_state,
+    per_param_state_dict,
+)
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
 from .explain import Explanation, explain
 from .grouping import merge_param_groups
@@ -58,6 +63,8 @@ __all__ = [
     "load_model",
     "load_per_param_state_dict",
     "merge_param_groups",
+    "merged_scheduler_state",
     "optim",
+    "per_param_scheduler_state",
     "per_param_state_dict",
 ]

@@ -24,8 +24,9 @@ import torch
 
 from .grouping import freeze, group_params
 
-__all__ = ["ReferenceLayout", "attach_layout", "is_reference_layout", "layout_of",
-           "load_per_param_state_dict", "per_param_state_dict", "reference_group_sizes"]
+__all__ = ["SCHEDULER_GROUP_KEYS", "ReferenceLayout", "attach_layout", "is_reference_layout", "layout_of",
+           "load_per_param_state_dict", "merged_scheduler_state", "per_param_scheduler_state",
+           "per_param_state_dict", "reference_group_sizes"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,54 @@ def load_per_param_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict
         hyper = hyper_of[gi] if gi in hyper_of else _hyper(group)
         new_groups.append({**hyper, "params": list(range(flat - len(group["params"]), flat))})
     optimizer.load_state_dict({"state": new_state, "param_groups": new_groups})
+
+
+#: The entries of a param scheduler's state that hold one value per param group: mmengine's
+#: ``_ParamScheduler`` (``base_values``, ``_last_value``; ``min_values`` of ReduceOnPlateau) and
+#: torch's ``LRScheduler`` (``base_lrs``, ``_last_lr``; ``min_lrs`` of ReduceLROnPlateau).
+SCHEDULER_GROUP_KEYS = ("base_values", "_last_value", "min_values", "base_lrs", "_last_lr", "min_lrs")
+
+
+def _per_group_entries(state: dict[str, Any], count: int) -> list[str]:
+    return [k for k in SCHEDULER_GROUP_KEYS if isinstance(state.get(k), list) and len(state[k]) == count]
+
+
+def merged_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                           trailing: int = 0) -> dict[str, Any]:
+    """A param scheduler's state saved against the reference optimizer's groups (one value per
+    reference group in ``SCHEDULER_GROUP_KEYS``), with those lists taken onto ``optimizer``'s
+    merged groups: each merged group gets the value of the first reference group merged into it
+    (they all hold the same one). ``trailing``: entries the scheduler keeps after the
+    optimizer's groups (mmengine's ``OptimWrapper`` shows its ``base_param_settings`` as one
+    more group), kept at the end. Any other state (this optimizer's own layout, or no
+    recorded layout) comes back as it is."""
+    layout = layout_of(optimizer)
+    merged_count = len(optimizer.param_groups)
+    if layout is None:
+        return state
+    for lay in layout.layouts():
+        count = len(lay.groups)
+        keys = _per_group_entries(state, count + trailing)
+        if count == merged_count or not keys or _per_group_entries(state, merged_count + trailing):
+            continue
+        first: dict[int, int] = {}
+        for j, (_, merged) in enumerate(lay.groups):
+            first.setdefault(merged, j)
+        if any(gi not in first for gi in range(merged_count)):
+            continue  # a merged group no saved group went into: nothing to take its value from
+        return {**state, **{k: [state[k][first[gi]] for gi in range(merged_count)] + state[k][count:]
+                            for k in keys}}
+    return state
+
+
+def per_param_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                              trailing: int = 0) -> dict[str, Any]:
+    """A param scheduler's state over ``optimizer``'s merged groups written for the reference
+    optimizer's groups (each reference group the value of the merged group it went into), the
+    ``trailing`` entries as in :func:`merged_scheduler_state`: what ``per_param_state_dict`` is
+    to the optimizer's state, for going back to the reference constructor."""
+    layout = _layout(optimizer)
+    merged_count = len(optimizer.param_groups)
+    keys = _per_group_entries(state, merged_count + trailing)
+    return {**state, **{k: [state[k][merged] for _, merged in layout.groups] + state[k][merged_count:]
+                        for k in keys}}

@@ -78,3 +78,44 @@ def test_mismatched_layout_is_a_clear_error() -> None:
     bad = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}, {"lr": 0.1, "params": [1]}]}
     with pytest.raises(ValueError, match="one group per parameter"):
         fastopt.load_per_param_state_dict(opt, bad)
+
+
+@pytest.mark.parametrize("api", ["mmengine", "mmcv"])
+def test_scheduler_state_moves_between_layouts(api: str) -> None:
+    """A torch LR scheduler's per-group lists (base_lrs, _last_lr) saved against the reference
+    groups, taken onto the merged groups: every parameter's scheduled lr goes on as with the
+    reference; and written back for the reference layout, they are the reference's own."""
+    ref_build, fast_build = _builders(api)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = FrozenStemNet()
+        ref = ref_build(a)
+        b = copy.deepcopy(a)
+        fast = fast_build(b)
+
+    def cosine(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, eta_min=1e-5)
+
+    ref_sched = cosine(ref)
+    for _ in range(4):
+        ref.step()
+        ref_sched.step()
+    fast.load_state_dict(ref.state_dict())
+    saved = ref_sched.state_dict()
+    fast_sched = cosine(fast)
+    merged = fastopt.merged_scheduler_state(fast, saved)
+    assert len(merged["base_lrs"]) == len(fast.param_groups) < len(saved["base_lrs"])
+    fast_sched.load_state_dict(merged)
+    names = {id(p): n for n, p in b.named_parameters()}
+    for _ in range(4):
+        for opt, sched in ((ref, ref_sched), (fast, fast_sched)):
+            opt.step()
+            sched.step()
+        lrs = {names[id(p)]: g["lr"] for g in fast.param_groups for p in g["params"]}
+        ref_names = {id(p): n for n, p in a.named_parameters()}
+        want = {ref_names[id(p)]: g["lr"] for g in ref.param_groups for p in g["params"]}
+        assert lrs == {n: want[n] for n in lrs}
+    back = fastopt.per_param_scheduler_state(fast, fast_sched.state_dict())
+    assert back["base_lrs"] == ref_sched.state_dict()["base_lrs"]
+    assert back["_last_lr"] == ref_sched.state_dict()["_last_lr"]
+    assert fastopt.merged_scheduler_state(fast, fast_sched.state_dict()) == fast_sched.state_dict()

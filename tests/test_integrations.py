@@ -93,10 +93,17 @@ def _runner_model() -> Any:
 RUNNER_OVERFLOW_ITER = 3
 
 
+#: warm-up then a step: chainable schedules (each value from the group's current one)
+STEP_SCHEDULE = [dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=3),
+                 dict(type="MultiStepLR", milestones=[4], gamma=0.1, by_epoch=False)]
+
+
 def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0,
-           loss_scale: str | float | dict | None = None) -> Any:
-    """A real mmengine Runner trained 6 iterations (AdamW, paramwise_cfg, clip_grad, warmup and
-    step schedulers); with ``loss_scale`` its wrapper is mmengine's ``AmpOptimWrapper``."""
+           loss_scale: str | float | dict | None = None, *, schedule: list[dict] = STEP_SCHEDULE,
+           max_iters: int = 6, checkpoint_every: int = 100, resume_from: Path | None = None) -> Any:
+    """A real mmengine Runner trained ``max_iters`` iterations (AdamW, paramwise_cfg, clip_grad,
+    ``schedule``); with ``loss_scale`` its wrapper is mmengine's ``AmpOptimWrapper``; with
+    ``resume_from`` it resumes that checkpoint first."""
     pytest.importorskip("mmengine")
     from mmengine.runner import Runner
 
@@ -112,11 +119,11 @@ def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0,
         model=model, work_dir=str(tmp), experiment_name=tmp.name,
         train_dataloader=dict(dataset=_Data(), sampler=dict(type="DefaultSampler", shuffle=False),
                               batch_size=4, num_workers=0, collate_fn=dict(type="default_collate")),
-        train_cfg=dict(by_epoch=False, max_iters=6), optim_wrapper=optim_wrapper,
-        param_scheduler=[dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=3),
-                         dict(type="MultiStepLR", milestones=[4], gamma=0.1, by_epoch=False)],
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=100)),
-        log_level="ERROR", randomness=dict(seed=0))
+        train_cfg=dict(by_epoch=False, max_iters=max_iters), optim_wrapper=optim_wrapper,
+        param_scheduler=copy.deepcopy(schedule),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=checkpoint_every, by_epoch=False)),
+        log_level="ERROR", randomness=dict(seed=0),
+        load_from=None if resume_from is None else str(resume_from), resume=resume_from is not None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import fastopt.integrations.mmengine  # noqa: F401
@@ -124,6 +131,11 @@ def _train(tmp: Path, constructor: str | None, max_norm: float = 1.0,
         runner = Runner(**cfg)
         runner.train()
     return runner
+
+
+def _lr_by_name(runner: Any) -> dict[str, float]:
+    names = {id(p): n for n, p in runner.model.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in runner.optim_wrapper.optimizer.param_groups for p in g["params"]}
 
 
 def _same_weights(fast: Any, ref: Any) -> None:
@@ -182,6 +194,29 @@ def test_mmengine_runner_with_a_loss_scaler_trains_like_the_default_constructor(
     assert len(norms) == len(ref_norms) == 6 and not math.isfinite(ref_norms[RUNNER_OVERFLOW_ITER - 1])
     assert norms == pytest.approx(ref_norms, rel=1e-6, nan_ok=True)
     assert wrapper.loss_scaler.state_dict() == ref.optim_wrapper.loss_scaler.state_dict()
+    _same_weights(fast, ref)
+
+
+@pytest.mark.parametrize("schedule", [
+    [dict(type="CosineAnnealingLR", T_max=8, eta_min_ratio=0.1, by_epoch=False, begin=0, end=8)],
+    [dict(type="CosineRestartLR", periods=[3, 5], restart_weights=[1.0, 0.5], eta_min_ratio=0.05,
+          by_epoch=False, begin=0, end=8)],
+    STEP_SCHEDULE], ids=["cosine-eta_min_ratio", "cosine-restart", "warmup-step"])
+def test_mmengine_runner_resumes_a_default_constructor_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: list[dict]) -> None:
+    """A checkpoint saved by a real mmengine Runner with mmengine's default constructor (one
+    group per parameter), resumed through fastopt's constructor (merged groups): the schedulers'
+    per-group values (base lrs: cosine's eta_min_ratio and restarts read them) are taken onto the
+    merged groups, so the resumed run gives every parameter mmengine's lr and weights."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10's checkpoints on torch >= 2.6
+    _train(tmp_path / "first", None, schedule=schedule, max_iters=4, checkpoint_every=4)
+    saved = tmp_path / "first" / "iter_4.pth"
+    ref = _train(tmp_path / "ref", None, schedule=schedule, max_iters=8, resume_from=saved)
+    fast = _train(tmp_path / "fast", "FastOptimWrapperConstructor", schedule=schedule, max_iters=8,
+                  resume_from=saved)
+    assert len(fast.optim_wrapper.optimizer.param_groups) < len(ref.optim_wrapper.optimizer.param_groups)
+    assert fast.iter == ref.iter == 8
+    assert _lr_by_name(fast) == pytest.approx(_lr_by_name(ref), rel=1e-12)
     _same_weights(fast, ref)
 
 

@@ -16,12 +16,20 @@ mmengine's ``DefaultOptimWrapperConstructor``, merges equal groups, steps ``SGD`
 / ``AdamW`` with fastopt's native kernels, builds the wrapper from mmengine's
 ``OPTIM_WRAPPERS`` and finds other optimizer types in mmengine's ``OPTIMIZERS`` (so
 optimizers registered by downstream projects keep working).
+
+Resuming a checkpoint saved with mmengine's own constructor: the optimizer maps its state onto
+the merged groups, and mmengine's param schedulers (their ``load_state_dict``, patched once on
+import) map their per-group lists the same way (``fastopt.checkpoint.merged_scheduler_state``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
+from ..checkpoint import layout_of, merged_scheduler_state
 from ..constructor import DefaultOptimWrapperConstructor
 from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from ..tsm import TSMOptimWrapperConstructor
@@ -32,6 +40,27 @@ __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastTSMOptimWrapperConstructor"]
 
 register_optimizers(OPTIMIZERS)
+
+
+def _maps_reference_groups(load: Any) -> Any:
+    """``_ParamScheduler.load_state_dict`` that first takes per-group lists saved against the
+    reference optimizer's groups onto a fastopt optimizer's merged groups."""
+
+    def load_state_dict(self: Any, state_dict: dict) -> None:
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # an OptimWrapper's
+        if layout_of(optimizer) is not None:
+            # mmengine's OptimWrapper shows its base_param_settings as one more group
+            trailing = len(self.optimizer.param_groups) - len(optimizer.param_groups)
+            state_dict = merged_scheduler_state(optimizer, state_dict, trailing)
+        load(self, state_dict)
+
+    load_state_dict.__doc__ = load.__doc__
+    load_state_dict._fastopt_maps_groups = True  # type: ignore[attr-defined]
+    return load_state_dict
+
+
+if not getattr(_ParamScheduler.load_state_dict, "_fastopt_maps_groups", False):
+    _ParamScheduler.load_state_dict = _maps_reference_groups(_ParamScheduler.load_state_dict)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
