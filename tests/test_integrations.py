@@ -306,7 +306,8 @@ class _RunnerNet(nn.Module):
 
 
 def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
-                max_norm: float = 1.0) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
+                max_norm: float = 1.0, **hook_args: Any
+                ) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
     runner_mod = mmcv_runner()
     import logging
 
@@ -324,7 +325,7 @@ def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
                                              logger=logging.getLogger("fastopt-test"), max_epochs=2)
         runner.register_training_hooks(
             lr_config=dict(policy="step", step=[1], warmup="linear", warmup_iters=3, warmup_ratio=0.1),
-            optimizer_config=dict(type=hook, grad_clip=dict(max_norm=max_norm)))
+            optimizer_config=dict(type=hook, grad_clip=dict(max_norm=max_norm), **hook_args))
         loader = torch.utils.data.DataLoader(_Data(), batch_size=4, shuffle=False)
         runner.run([loader], [("train", 1)])
     return model, optimizer, initial, list(runner.log_buffer.val_history["grad_norm"])
@@ -357,6 +358,23 @@ def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: fl
     assert fast_opt.fastopt_tier == "native"
     assert len(norms) == len(ref_norms) > 0
     assert (min(ref_norms) > max_norm) == (max_norm < 1)  # 0.05 clips every step, 1.0 none
+    assert norms == pytest.approx(ref_norms, rel=1e-6)
+    for (n, p), q in zip(fast_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.usefixtures("no_epoch_pause")
+def test_mmcv_fast_gradient_cumulative_hook_clips_in_the_step(tmp_path: Path) -> None:
+    """FastGradientCumulativeOptimizerHook (a step every 3 of 4 iterations per epoch, so the last
+    two of 8 are a remainder with their own loss factor) trains as mmcv's
+    GradientCumulativeOptimizerHook, clipping on every step, with the same logged norms."""
+    ref_model, _, _, ref_norms = _mmcv_train(tmp_path / "ref", None, "GradientCumulativeOptimizerHook", 0.05,
+                                             cumulative_iters=3)
+    fast_model, fast_opt, _, norms = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor",
+                                                 "FastGradientCumulativeOptimizerHook", 0.05,
+                                                 cumulative_iters=3)
+    assert fast_opt.fastopt_tier == "native"
+    assert len(norms) == len(ref_norms) == 3 and min(ref_norms) > 0.05  # steps at iterations 3, 6, 8
     assert norms == pytest.approx(ref_norms, rel=1e-6)
     for (n, p), q in zip(fast_model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
@@ -439,6 +457,33 @@ def test_mmcv_fast_fp16_hook_trains_like_mmcvs(tmp_path: Path, monkeypatch: pyte
     norms, ref_norms = fast.log_buffer.val_history["grad_norm"], ref.log_buffer.val_history["grad_norm"]
     assert len(norms) == len(ref_norms) == 8
     assert sum(not math.isfinite(n) for n in ref_norms) == 2  # one overflow per epoch
+    assert norms == pytest.approx(ref_norms, rel=1e-6, nan_ok=True)
+    assert fast.meta["fp16"]["loss_scaler"] == ref.meta["fp16"]["loss_scaler"]
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.usefixtures("no_epoch_pause")
+@pytest.mark.parametrize(("loss_scale", "overflow"), [(scale, None) for scale in FP16_LOSS_SCALES]
+                         + [("dynamic", OVERFLOW_INDEX)])
+def test_mmcv_fast_gradient_cumulative_fp16_hook_trains_like_mmcvs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss_scale: str | float | dict, overflow: int | None
+) -> None:
+    """FastGradientCumulativeFp16OptimizerHook against mmcv's GradientCumulativeFp16OptimizerHook
+    (a step every 3 iterations and a remainder of 2; clipping; with ``overflow`` an inf batch in
+    the first and last window): fused (the scaler's unscale_/step/update never run), the same
+    weights, norms and scale."""
+    _cpu_mmcv_scaler(monkeypatch)
+    hook = dict(grad_clip=dict(max_norm=0.05), loss_scale=loss_scale, cumulative_iters=3)
+    ref_hook = dict(hook, type="GradientCumulativeFp16OptimizerHook")
+    ref_model, _, ref = _mmcv_fp16_train(tmp_path / "ref", ref_hook, None, overflow=overflow)
+    fast_hook = dict(hook, type="FastGradientCumulativeFp16OptimizerHook")
+    model, opt, fast = _mmcv_fp16_train(tmp_path / "fast", fast_hook, "FastOptimizerConstructor", fused=True,
+                                        overflow=overflow)
+    assert opt.fastopt_tier == "native"
+    norms, ref_norms = fast.log_buffer.val_history["grad_norm"], ref.log_buffer.val_history["grad_norm"]
+    skipped = sum(not math.isfinite(n) for n in ref_norms)
+    assert len(norms) == len(ref_norms) == 3 and skipped == (0 if overflow is None else 2)
     assert norms == pytest.approx(ref_norms, rel=1e-6, nan_ok=True)
     assert fast.meta["fp16"]["loss_scaler"] == ref.meta["fp16"]["loss_scaler"]
     for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):

@@ -5,9 +5,10 @@
                      constructor='FastOptimizerConstructor',
                      paramwise_cfg=dict(norm_decay_mult=0.))
 
-Registered into ``mmcv.runner``'s registries: ``FastOptimizerHook`` and
-``FastFp16OptimizerHook`` (in ``HOOKS``: gradient clipping, and under a loss scale the
-unscaling and the inf/NaN check too, fused into the step), ``FastOptimizerConstructor``,
+Registered into ``mmcv.runner``'s registries: ``FastOptimizerHook``, ``FastFp16OptimizerHook``
+and their gradient-accumulating twins ``FastGradientCumulativeOptimizerHook`` and
+``FastGradientCumulativeFp16OptimizerHook`` (in ``HOOKS``: gradient clipping, and under a loss
+scale the unscaling and the inf/NaN check too, fused into the step), ``FastOptimizerConstructor``,
 ``FastLearningRateDecayOptimizerConstructor``, ``FastLayerDecayOptimizerConstructor`` and
 ``FastTSMOptimizerConstructor`` (in ``OPTIMIZER_BUILDERS``; the layer-wise lr decay recipes of
 MMDetection 2.x / MMSegmentation 0.x, see ``fastopt.layer_decay``, and MMAction2 0.x's TSM
@@ -77,8 +78,29 @@ class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
+class _ClipsIntoTheStep:
+    """Mixin for mmcv's optimizer hooks: with a fastopt optimizer ``clip_grads`` takes the norm
+    in one native pass and hands the coefficient to the optimizer's next step instead of
+    multiplying the gradients in place; mmcv's ``clip_grad_norm_`` otherwise."""
+
+    grad_clip: dict | None
+    _fastopt_optimizer: Any = None
+
+    def clip_grads(self, params: Any) -> torch.Tensor | None:
+        """The norm of the parameters that require grad and have one (None: there are none),
+        their clipping left to the step that follows, as mmcv's hooks call it."""
+        if not hasattr(self._fastopt_optimizer, "clip_next_step"):
+            return super().clip_grads(params)  # type: ignore[misc]
+        return clip_in_next_step(self._fastopt_optimizer, params, self.grad_clip or {})
+
+    def after_train_iter(self, runner: Any) -> None:
+        """mmcv's own iteration (backward, clip, step) with the runner's optimizer in view."""
+        self._fastopt_optimizer = runner.optimizer
+        super().after_train_iter(runner)  # type: ignore[misc]
+
+
 @HOOKS.register_module(force=True)
-class FastOptimizerHook(OptimizerHook):
+class FastOptimizerHook(_ClipsIntoTheStep, OptimizerHook):
     """mmcv's ``OptimizerHook`` with gradient clipping fused into fastopt's step:
     ``optimizer_config=dict(type='FastOptimizerHook', grad_clip=dict(max_norm=35, norm_type=2))``.
 
@@ -86,20 +108,6 @@ class FastOptimizerHook(OptimizerHook):
     coefficient goes to the optimizer's next step instead of multiplying the gradients;
     ``grad_norm`` is logged to the runner as mmcv logs it. With an optimizer that is not
     fastopt's (or a dict of them) it is mmcv's hook unchanged."""
-
-    def after_train_iter(self, runner: Any) -> None:
-        """zero_grad, backward, clip (fused), step: mmcv's order."""
-        if self.grad_clip is None or not hasattr(runner.optimizer, "clip_next_step"):
-            super().after_train_iter(runner)
-            return
-        runner.optimizer.zero_grad()
-        if self.detect_anomalous_params:
-            self.detect_anomalous_parameters(runner.outputs["loss"], runner)
-        runner.outputs["loss"].backward()
-        norm = clip_in_next_step(runner.optimizer, runner.model.parameters(), self.grad_clip)
-        if norm is not None:
-            runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
-        runner.optimizer.step()
 
 
 @HOOKS.register_module(force=True)
@@ -149,11 +157,15 @@ class FastFp16OptimizerHook(Fp16OptimizerHook):
             self.loss_scaler.load_state_dict(state)
 
     def after_train_iter(self, runner: Any) -> None:
-        """zero_grad, scaled backward, then the fused phase (mmcv's unscale_, clip, step and
-        update where it cannot be fused); grad_norm logged and the scaler's state kept as mmcv does."""
+        """zero_grad, scaled backward, then ``optimizer_phase``."""
         runner.model.zero_grad()
         runner.optimizer.zero_grad()
         self.loss_scaler.scale(runner.outputs["loss"]).backward()
+        self.optimizer_phase(runner)
+
+    def optimizer_phase(self, runner: Any) -> None:
+        """The fused phase (mmcv's unscale_, clip, step and update where it cannot be fused);
+        grad_norm logged and the scaler's state kept in ``runner.meta`` as mmcv does."""
         params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
         norm = fused_amp_step(runner.optimizer, self.loss_scaler, params, self.grad_clip,
                               self._scale_update_param)
@@ -177,3 +189,32 @@ class FastFp16OptimizerHook(Fp16OptimizerHook):
         self.loss_scaler.step(runner.optimizer)
         self.loss_scaler.update(self._scale_update_param)
         return norm
+
+
+if hasattr(mmcv_optimizer_hooks, "GradientCumulativeOptimizerHook"):  # mmcv >= 1.3.16
+    GradientCumulativeOptimizerHook = mmcv_optimizer_hooks.GradientCumulativeOptimizerHook
+
+    @HOOKS.register_module(force=True)
+    class FastGradientCumulativeOptimizerHook(_ClipsIntoTheStep, GradientCumulativeOptimizerHook):
+        """mmcv's ``GradientCumulativeOptimizerHook`` (a step every ``cumulative_iters``
+        iterations, the loss divided to match) with clipping fused into fastopt's step, as
+        ``FastOptimizerHook``: ``optimizer_config=dict(type='FastGradientCumulativeOptimizerHook',
+        cumulative_iters=4, grad_clip=dict(max_norm=35))``."""
+
+    @HOOKS.register_module(force=True)
+    class FastGradientCumulativeFp16OptimizerHook(GradientCumulativeOptimizerHook, FastFp16OptimizerHook):
+        """mmcv's ``GradientCumulativeFp16OptimizerHook`` with the optimizer phase of
+        ``FastFp16OptimizerHook``: the scaled gradients of ``cumulative_iters`` iterations add up,
+        then one fused unscale + clip + step + scale update, and the gradients are cleared."""
+
+        def after_train_iter(self, runner: Any) -> None:
+            """Scaled backward of the divided loss; on an update iteration the fused phase."""
+            if not self.initialized:
+                self._init(runner)
+            self.loss_scaler.scale(runner.outputs["loss"] / self._get_loss_factor(runner)).backward()
+            if self.every_n_iters(runner, self.cumulative_iters) or self.is_last_iter(runner):
+                self.optimizer_phase(runner)
+                runner.model.zero_grad()
+                runner.optimizer.zero_grad()
+
+    __all__ += ["FastGradientCumulativeFp16OptimizerHook", "FastGradientCumulativeOptimizerHook"]
