@@ -540,6 +540,11 @@ def _amp_variants(model: nn.Module, cfg: BenchConfig, clip: dict, params: list[t
             "fastopt + torch unscale/clip": _Phase(unscale_clip_step, params)}
 
 
+#: the time of one read of the gradients (torch's sum over one flat tensor of their size): what
+#: the clipped phase adds to the step at the least, since the norm must be known before the update
+READ_FLOOR = "one gradient read"
+
+
 def _phase_variants(model: nn.Module, cfg: BenchConfig, max_norm: float, amp: bool = False,
                     device: torch.device | None = None, references: bool = True) -> dict[str, _Phase]:
     """Every variant of the clipped optimizer phase over the same parameters (the flat limit
@@ -585,7 +590,10 @@ def _phase_variants(model: nn.Module, cfg: BenchConfig, max_norm: float, amp: bo
         flat_opt.step()
 
     out["flat limit"] = _Phase(flat_limit, [flat])
+    read = torch.zeros(sum(p.numel() for p in params), requires_grad=True, device=device)
+    out[READ_FLOOR] = _Phase(lambda: torch.sum(read.grad), [read])
     return out
+
 
 
 def phase_compare(source: Source | str, optimizer: str | None = None, max_norm: float = 0.1,
@@ -594,8 +602,9 @@ def phase_compare(source: Source | str, optimizer: str | None = None, max_norm: 
                   reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
     """The time after backward with gradient clipping, every variant on one model: fastopt's
     plain step (the yardstick), its clipped phase, fastopt's step after torch's
-    ``clip_grad_norm_``, mmengine's wrapper with ``clip_grad`` (as is and ``fused=True``) and
-    the flat-tensor limit; with ``amp`` (a fixed loss scale of 1024) also fastopt's fused
+    ``clip_grad_norm_``, mmengine's wrapper with ``clip_grad`` (as is and ``fused=True``), the
+    flat-tensor limit and one read of the gradients (``READ_FLOOR``); with ``amp`` (a fixed loss
+    scale of 1024) also fastopt's fused
     unscale + clip + step and GradScaler's ``unscale_`` + ``clip_grad_norm_`` + fastopt's step.
     ``source``, ``optimizer``, ``width`` and ``device`` as in :func:`compare`.
     Returns {"model", "kind", "api", "device", "optimizer", "max_norm", "amp", "width",
@@ -645,4 +654,8 @@ def phase_table(fig: dict[str, Any]) -> str:
              "median time after backward",
              f"  {'variant':<30}{'time':>10}{'vs fastopt phase':>18}"]
     lines += [f"  {name:<30}{t * 1e3:8.2f}ms{t / ours:>17.2f}x" for name, t in by.items()]
+    if READ_FLOOR in by and "fastopt step" in by:
+        lines.append(f"  the phase adds {(ours - by['fastopt step']) * 1e3:.2f} ms to the step; one read of "
+                     f"the gradients takes {by[READ_FLOOR] * 1e3:.2f} ms (the norm needs one before the "
+                     "update)")
     return "\n".join(lines)

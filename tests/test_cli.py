@@ -149,7 +149,7 @@ def test_bench_clip_times_the_phase(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {"model", "max_norm", "tensors", "numel", "machine", "results"} <= data.keys()
     impls = {r["impl"] for r in data["results"]}
     assert {"fastopt step", "fastopt phase", "fastopt + torch clip", "mmengine", "mmengine+fused",
-            "flat limit", "fastopt amp phase", "fastopt + torch unscale/clip"} <= impls
+            "flat limit", "one gradient read", "fastopt amp phase", "fastopt + torch unscale/clip"} <= impls
     assert data["amp"] is True
     assert all(r["phase_s"] > 0 for r in data["results"])
     with pytest.raises(SystemExit, match="--clip must be a positive max_norm"):
