@@ -228,11 +228,32 @@ def hyper_table(groups: list[dict], algorithm: Algorithm) -> tuple[np.ndarray, n
     return hyper, np.array([f for _, f in rows], dtype=np.int32)
 
 
+class MultOf:
+    """A gradient multiplier (a clip coefficient) worked out from the gradients a step is about
+    to read, once: ``fn(grads, table)`` gets the gradients of the parameters that have one, in
+    the optimizer's order, and the native norm table (``clip_grad.NormTable``) when the native
+    tier has gathered it (else None), and returns the multiplier (None: 1). Whichever tier runs
+    the step calls it before anything is updated; later calls return the first result."""
+
+    def __init__(self, fn: Callable[[list[Tensor], Any], float | Tensor | None]) -> None:
+        self.fn = fn
+        self.done = False
+        self.value: float | Tensor | None = None
+
+    def __call__(self, grads: list[Tensor], table: Any = None) -> float | Tensor | None:
+        """The multiplier (computed on the first call)."""
+        if not self.done:
+            self.value, self.done = self.fn(grads, table), True
+        return self.value
+
+
 def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
                 table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None,
-                grad_mult: float = 1.0) -> bool:
+                grad_mult: float | MultOf = 1.0) -> bool:
     """Step every group in one kernel call. True: done; False: nothing done, torch's path must
-    run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again)."""
+    run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again).
+    A ``MultOf`` multiplier is worked out from the gradients gathered here (before any state is
+    created), so the norm reads no pointer twice."""
     params = plan.params
     grads = list(map(_GRAD, params))
     # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
@@ -244,6 +265,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         sel_params = [params[i] for i in rows_list]
     else:
         rows_list, sel, sel_params = None, grads, params
+    read = sel  # the gradients as the optimizer holds them (sharded ones too)
     if plan.sharded:
         sel, sel_params = [local(g) for g in sel], [local(p) for p in sel_params]
     try:
@@ -261,6 +283,11 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     if param_ptrs != cached and not plan.accept_moved(rows.tolist(), param_ptrs):
         plan.stale = True
         return False
+    grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
+    if isinstance(grad_mult, MultOf):  # sharded gradients: their norm spans every rank's shard
+        norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
+        value = grad_mult(read, norm_table)
+        grad_mult = 1.0 if value is None else float(value)
     todo = rows[~plan.ready[rows]]
     first = None
     if len(todo):
@@ -276,7 +303,6 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
             plan.native = False  # until the groups change: torch's path
             return False
     ptrs = plan.ptrs[rows] if rows_list is not None else plan.ptrs.copy()
-    grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
     ptrs[:, algorithm.column("grad")] = grad_ptrs
     group_hyper, group_flags = table
     gi = plan.group_of[rows]

@@ -44,9 +44,10 @@ class _FastStep:
     param_groups: list[dict]
     state: dict
 
-    def clip_next_step(self, coefficient: float | Tensor) -> None:
+    def clip_next_step(self, coefficient: float | Tensor | K.MultOf) -> None:
         """Have the next ``step()`` multiply every gradient by ``coefficient`` (the clip
-        coefficient; what ``step(grad_mult=...)`` does, for callers that cannot pass it)."""
+        coefficient, or a ``MultOf`` working it out from the gradients; what
+        ``step(grad_mult=...)`` does, for callers that cannot pass it)."""
         self._fastopt_next_mult = coefficient
 
     @property
@@ -79,10 +80,11 @@ class _FastStep:
 
     # -- the step: one tier per call -------------------------------------------------------
     def _fastopt_step(self, torch_step: Callable[[], Any], closure: Callable[[], Any] | None,
-                      grad_mult: float | Tensor | None = None) -> Any:
+                      grad_mult: float | Tensor | K.MultOf | None = None) -> Any:
         """One step through the first tier that takes it. ``grad_mult`` (a clip coefficient,
-        ``fastopt.clip_grad``) multiplies every gradient: inside the kernel on the native
-        tiers, in place (as ``clip_grad_norm_`` does) before torch's own steps."""
+        ``fastopt.clip_grad``, or a ``MultOf`` computing it from the gradients read) multiplies
+        every gradient: inside the kernel on the native tiers, in place (as ``clip_grad_norm_``
+        does) before torch's own steps."""
         loss = None
         pending, self._fastopt_next_mult = getattr(self, "_fastopt_next_mult", None), None
         grad_mult = pending if grad_mult is None else grad_mult
@@ -96,15 +98,19 @@ class _FastStep:
         if self.flat_buffers is not None or plan is not None:
             if found_inf is not None and bool(found_inf.item()):
                 return loss  # inf/NaN gradients: the step is skipped, state included
-            mult = 1.0 if grad_mult is None else float(grad_mult)
             with torch.no_grad():
-                if self._flat_step(grad_scale, mult):
-                    self._fastopt_tier = "flat"
-                    return loss
+                if self.flat_buffers is not None:
+                    mult = self._grad_mult_value(grad_mult)
+                    if self._flat_step(grad_scale, 1.0 if mult is None else float(mult)):
+                        self._fastopt_tier = "flat"
+                        return loss
+                native_mult = grad_mult if isinstance(grad_mult, K.MultOf) else (
+                    1.0 if grad_mult is None else float(grad_mult))
                 if plan is not None and K.native_step(plan, self.param_groups, self.state, self.algorithm,
-                                                      self._hyper_table(), grad_scale, mult):
+                                                      self._hyper_table(), grad_scale, native_mult):
                     self._fastopt_tier = "native"
                     return loss
+        grad_mult = self._grad_mult_value(grad_mult)
         if K.torch_fused_ok(self.param_groups):
             # found_inf and the coefficient stay on the device: the fused kernels skip the step
             # and divide the gradients by grad_scale / coefficient themselves (no host sync)
@@ -129,6 +135,12 @@ class _FastStep:
             self.grad_scale, self.found_inf = saved  # type: ignore[attr-defined]
         self._fastopt_tier = "torch"
         return loss
+
+    def _grad_mult_value(self, grad_mult: float | Tensor | K.MultOf | None) -> float | Tensor | None:
+        """``grad_mult`` as a value: a ``MultOf`` is asked with the gradients the step reads."""
+        if not isinstance(grad_mult, K.MultOf):
+            return grad_mult
+        return grad_mult([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])
 
     # -- flat-buffer mode ------------------------------------------------------------------
     def use_flat_buffers(self) -> None:
@@ -224,9 +236,9 @@ class SGD(_FastStep, torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *,
-             grad_mult: float | Tensor | None = None) -> Any:
+             grad_mult: float | Tensor | K.MultOf | None = None) -> Any:
         """One optimization step (native on CPU, torch's otherwise); ``grad_mult``: a clip
-        coefficient every gradient is multiplied by."""
+        coefficient every gradient is multiplied by (or a ``MultOf`` giving it)."""
         return self._fastopt_step(lambda: torch.optim.SGD.step(self), closure, grad_mult)
 
 
@@ -239,9 +251,9 @@ class Adam(_FastStep, torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *,
-             grad_mult: float | Tensor | None = None) -> Any:
+             grad_mult: float | Tensor | K.MultOf | None = None) -> Any:
         """One optimization step (native on CPU, torch's otherwise); ``grad_mult``: a clip
-        coefficient every gradient is multiplied by."""
+        coefficient every gradient is multiplied by (or a ``MultOf`` giving it)."""
         return self._fastopt_step(lambda: torch.optim.Adam.step(self), closure, grad_mult)
 
 

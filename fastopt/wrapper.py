@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .clip_grad import check_clip_grad, clip_coefficient, native_norm_table, total_norm
+from ._kernels import MultOf
+from .clip_grad import NormTable, check_clip_grad, clip_coefficient, native_norm_table, total_norm
 from .registry import OPTIM_WRAPPERS, SCOPE_KEY, mmengine_registry_get, resolve_type, within_scope
 
 __all__ = ["AmpOptimWrapper", "FusedAmpStep", "FusedClip", "OptimWrapper", "build_wrapper",
-           "clip_in_next_step", "fused_amp_step", "fused_clip", "update_scale", "with_fused_clip",
-           "wrapper_class"]
+           "clip_in_next_step", "fused_amp_step", "fused_clip", "fused_clip_grads", "update_scale",
+           "with_fused_clip", "wrapper_class"]
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -92,12 +93,24 @@ class OptimWrapper:
         return coefficient
 
     def step(self, **kwargs: Any) -> None:
-        """Clip gradients if configured, then step the optimizer."""
-        if self.clip_grad_kwargs:
+        """Clip gradients if configured, then step the optimizer. Clipping by norm with
+        fastopt's optimizers happens inside the step: the norm is taken from the gradients the
+        step gathers (one gathering, one native norm pass), the coefficient applied as the
+        kernel reads each gradient."""
+        if self.clip_grad_kwargs and self._clip_type == "norm" and self._fused_clip:
+            kwargs["grad_mult"] = MultOf(self._clip_when_read)
+        elif self.clip_grad_kwargs:
             coefficient = self._clip_grad()
             if coefficient is not None:
                 kwargs["grad_mult"] = coefficient
         self.optimizer.step(**kwargs)
+
+    def _clip_when_read(self, grads: list[Tensor], table: NormTable | None) -> Tensor | None:
+        """The clip coefficient of the gradients the step is about to read; sets ``grad_norm``."""
+        if not grads:
+            return None
+        self.grad_norm, coefficient = fused_clip_grads(grads, self.clip_grad_kwargs, table)
+        return coefficient
 
     def zero_grad(self, **kwargs: Any) -> None:
         """Zero (or free) the gradients."""
@@ -232,9 +245,14 @@ def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: floa
     (``max_norm``, ``norm_type``, ``error_if_nonfinite``; ``foreach`` has nothing to choose):
     one native norm pass, the coefficient for the optimizer's step to apply. With a
     ``loss_scale`` the gradients are still scaled: the norm is divided by it."""
+    return fused_clip_grads([p.grad for p in params], clip_grad, loss_scale=loss_scale)
+
+
+def fused_clip_grads(grads: list[Tensor], clip_grad: dict[str, Any], table: NormTable | None = None,
+                     loss_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """``fused_clip`` of the gradients themselves, their native ``table`` passed where gathered."""
     norm_type = clip_grad.get("norm_type", 2.0)
-    norm, _ = total_norm([p.grad for p in params], norm_type,
-                         1.0 if loss_scale is None else loss_scale)
+    norm, _ = total_norm(grads, norm_type, 1.0 if loss_scale is None else loss_scale, table=table)
     return norm, _coefficient(norm, clip_grad)
 
 
@@ -366,9 +384,21 @@ class FusedClip:
             super()._clip_grad()  # type: ignore[misc]
             return
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if all(p.requires_grad for p in params if p.grad is not None):
+            # the step reads exactly what mmengine clips: the norm comes from its gathering
+            self.optimizer.clip_next_step(MultOf(self._clip_when_read))  # type: ignore[attr-defined]
+            return
         norm = clip_in_next_step(self.optimizer, params, self.clip_grad_kwargs)
         if norm is not None:
             self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+
+    def _clip_when_read(self, grads: list[Tensor], table: NormTable | None) -> Tensor | None:
+        """The clip coefficient of the gradients the step is about to read; logs their norm."""
+        if not grads:
+            return None
+        norm, coefficient = fused_clip_grads(grads, self.clip_grad_kwargs, table)
+        self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+        return coefficient
 
 
 class FusedAmpStep(FusedClip):

@@ -222,12 +222,60 @@ def test_bad_clip_grad_is_a_clear_error(clip_grad: dict, exc: type, pattern: str
 
 def test_error_if_nonfinite_raises_like_torch() -> None:
     model = _model()
-    wrapper = fastopt.OptimWrapper(fo.SGD(model.parameters(), lr=0.1),
+    wrapper = fastopt.OptimWrapper(fo.SGD(model.parameters(), lr=0.1, momentum=0.9),
                                    clip_grad=dict(max_norm=1.0, error_if_nonfinite=True))
     model(torch.randn(2, 16)).sum().backward()
     next(model.parameters()).grad[0, 0] = math.inf
+    before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="non-finite, so it cannot be clipped"):
         wrapper.step()
+    # as with torch's clip_grad_norm_ before the step: nothing updated, no state created
+    assert not wrapper.optimizer.state
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("norm_type", [2.0, "inf"])
+def test_wrapper_phase_with_missing_and_empty_gradients(norm_type: float | str, flat: bool) -> None:
+    """The norm the step takes from the gradients it gathers covers exactly the parameters with a
+    gradient (one without, one empty) on the native and flat-buffer tiers, as torch's
+    clip_grad_norm_ then step over the same parameters."""
+    def params() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(*shape)) for shape in [(5, 3), (0,), (7,), (4, 4)]]
+
+    a, b = params(), params()
+    ours = fastopt.OptimWrapper(fo.AdamW(a, lr=0.05, weight_decay=0.01),
+                                clip_grad=dict(max_norm=0.5, norm_type=norm_type))
+    if flat:
+        ours.optimizer.use_flat_buffers()
+    ref = torch.optim.AdamW(b, lr=0.05, weight_decay=0.01, foreach=False)
+    for step in range(3):
+        g = torch.Generator().manual_seed(step)
+        grads = [torch.randn(p.shape, generator=g) for p in a]
+        with_grad = [0, 1, 3] if step % 2 else [0, 2, 3]  # the empty one (1) only every other step
+        for i in range(len(a)):
+            if flat:  # flat buffers keep every gradient: zero stands for "no gradient"
+                a[i].grad.copy_(grads[i] if i in with_grad else torch.zeros_like(grads[i]))
+            else:
+                a[i].grad = grads[i].clone() if i in with_grad else None
+            b[i].grad = grads[i].clone() if (i in with_grad or flat) else None
+            if flat and i not in with_grad:
+                b[i].grad.zero_()
+        has = [q for q in b if q.grad is not None]
+        if norm_type == "inf" and any(q.numel() == 0 for q in has):
+            with pytest.raises(RuntimeError, match="infinity norm on an empty tensor"):
+                torch.nn.utils.clip_grad_norm_(has, 0.5, norm_type=norm_type)
+            with pytest.raises(RuntimeError, match="infinity norm on an empty tensor"):
+                ours.step()
+            continue
+        norm = torch.nn.utils.clip_grad_norm_(has, 0.5, norm_type=norm_type)
+        ref.step()
+        ours.step()
+        torch.testing.assert_close(ours.grad_norm, norm, rtol=1e-6, atol=0)
+        assert ours.optimizer.fastopt_tier == ("flat" if flat else "native")
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_fixed_loss_scale_stays_fixed() -> None:
