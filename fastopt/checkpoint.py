@@ -156,12 +156,22 @@ def load_per_param_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict
 
 #: The entries of a param scheduler's state that hold one value per param group: mmengine's
 #: ``_ParamScheduler`` (``base_values``, ``_last_value``; ``min_values`` of ReduceOnPlateau) and
-#: torch's ``LRScheduler`` (``base_lrs``, ``_last_lr``; ``min_lrs`` of ReduceLROnPlateau).
-SCHEDULER_GROUP_KEYS = ("base_values", "_last_value", "min_values", "base_lrs", "_last_lr", "min_lrs")
+#: torch's ``LRScheduler`` (``base_lrs``, ``_last_lr``; ``min_lrs`` of ReduceLROnPlateau,
+#: ``max_lrs`` of CyclicLR). The states of a scheduler's children (torch's SequentialLR and
+#: ChainedScheduler keep them under ``_schedulers``) are mapped the same way.
+SCHEDULER_GROUP_KEYS = ("base_values", "_last_value", "min_values",
+                        "base_lrs", "_last_lr", "min_lrs", "max_lrs")
 
 
 def _per_group_entries(state: dict[str, Any], count: int) -> list[str]:
     return [k for k in SCHEDULER_GROUP_KEYS if isinstance(state.get(k), list) and len(state[k]) == count]
+
+
+def _with_children(state: dict[str, Any], mapped: dict[str, Any], each: Any) -> dict[str, Any]:
+    children = state.get("_schedulers")
+    if isinstance(children, list) and all(isinstance(c, dict) for c in children):
+        return {**mapped, "_schedulers": [each(c) for c in children]}
+    return mapped
 
 
 def merged_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
@@ -174,9 +184,10 @@ def merged_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, An
     more group), kept at the end. Any other state (this optimizer's own layout, or no
     recorded layout) comes back as it is."""
     layout = layout_of(optimizer)
-    merged_count = len(optimizer.param_groups)
     if layout is None:
         return state
+    merged_count = len(optimizer.param_groups)
+    mapped = state
     for lay in layout.layouts():
         count = len(lay.groups)
         keys = _per_group_entries(state, count + trailing)
@@ -187,9 +198,10 @@ def merged_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, An
             first.setdefault(merged, j)
         if any(gi not in first for gi in range(merged_count)):
             continue  # a merged group no saved group went into: nothing to take its value from
-        return {**state, **{k: [state[k][first[gi]] for gi in range(merged_count)] + state[k][count:]
-                            for k in keys}}
-    return state
+        mapped = {**state, **{k: [state[k][first[gi]] for gi in range(merged_count)] + state[k][count:]
+                              for k in keys}}
+        break
+    return _with_children(state, mapped, lambda child: merged_scheduler_state(optimizer, child, trailing))
 
 
 def per_param_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
@@ -201,5 +213,6 @@ def per_param_scheduler_state(optimizer: torch.optim.Optimizer, state: dict[str,
     layout = _layout(optimizer)
     merged_count = len(optimizer.param_groups)
     keys = _per_group_entries(state, merged_count + trailing)
-    return {**state, **{k: [state[k][merged] for _, merged in layout.groups] + state[k][merged_count:]
-                        for k in keys}}
+    mapped = {**state, **{k: [state[k][merged] for _, merged in layout.groups] + state[k][merged_count:]
+                          for k in keys}}
+    return _with_children(state, mapped, lambda child: per_param_scheduler_state(optimizer, child, trailing))

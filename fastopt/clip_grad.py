@@ -111,8 +111,8 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: flo
     p = _norm_type(norm_type)
     if not grads:
         return torch.tensor(0.0), False
-    if table is not None and p == math.inf and not table[1].all():
-        table = None  # an empty gradient: torch refuses the inf-norm, let it say so
+    if table is not None and (p not in (2.0, math.inf) or (p == math.inf and not table[1].all())):
+        table = None  # a norm the kernel does not take; an empty gradient: torch refuses the inf-norm
     if table is None:
         table = native_norm_table(grads, p)
     if table is None:

@@ -97,6 +97,7 @@ class _FastStep:
         plan = None if self.flat_buffers is not None else self._plan()
         if self.flat_buffers is not None or plan is not None:
             if found_inf is not None and bool(found_inf.item()):
+                self._grad_mult_value(grad_mult)  # a clip still takes (and logs, or refuses) its norm
                 return loss  # inf/NaN gradients: the step is skipped, state included
             with torch.no_grad():
                 if self.flat_buffers is not None:

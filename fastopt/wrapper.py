@@ -74,7 +74,9 @@ class OptimWrapper:
         self._inner_count += 1
 
     def _params(self) -> list[Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        """What clipping covers, as mmengine's wrapper: parameters that require grad and have one."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]
+                if p.requires_grad and p.grad is not None]
 
     def _clip_grad(self) -> Tensor | None:
         """Clip as configured. With fastopt's optimizers the 2-/inf-norm is one native pass and
@@ -86,7 +88,8 @@ class OptimWrapper:
         if self._clip_type == "value":
             torch.nn.utils.clip_grad_value_(params, **kwargs)
             return None
-        if not self._fused_clip:
+        if not self._fused_clip or not steps_exactly(self.optimizer, params):
+            # (a coefficient for the step would also scale gradients the clip leaves alone)
             self.grad_norm = torch.nn.utils.clip_grad_norm_(params, **kwargs)
             return None
         self.grad_norm, coefficient = fused_clip(params, kwargs)
@@ -97,7 +100,9 @@ class OptimWrapper:
         fastopt's optimizers happens inside the step: the norm is taken from the gradients the
         step gathers (one gathering, one native norm pass), the coefficient applied as the
         kernel reads each gradient."""
-        if self.clip_grad_kwargs and self._clip_type == "norm" and self._fused_clip:
+        if (self.clip_grad_kwargs and self._clip_type == "norm" and self._fused_clip
+                and all(p.requires_grad for g in self.optimizer.param_groups for p in g["params"]
+                        if p.grad is not None)):
             kwargs["grad_mult"] = MultOf(self._clip_when_read)
         elif self.clip_grad_kwargs:
             coefficient = self._clip_grad()
@@ -300,6 +305,8 @@ def fused_amp_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     if not read_ids <= {id(p) for p in stepped}:
         return None  # unscale_ leaves the gradients of other parameters scaled: torch's sequence
     rest = [p.grad for p in stepped if id(p) not in read_ids]
+    if rest and clip_grad and clipped:
+        return None  # the step would scale gradients the clip leaves alone: torch's sequence
     grads = [p.grad for p in read]
     # not natively readable (sharded: torch's clip takes the norm across the shards; CUDA; ...)
     table = native_norm_table(grads, norm_type)
@@ -362,9 +369,18 @@ def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: 
     grads_of = [p for p in params if p.requires_grad and p.grad is not None]
     if not grads_of:
         return None
+    if not steps_exactly(optimizer, grads_of):  # the coefficient would reach other gradients
+        return torch.nn.utils.clip_grad_norm_(grads_of, **clip_grad)
     norm, coefficient = fused_clip(grads_of, clip_grad)
     optimizer.clip_next_step(coefficient)  # type: ignore[attr-defined]
     return norm
+
+
+def steps_exactly(optimizer: torch.optim.Optimizer, clipped: list[Tensor]) -> bool:
+    """Whether the parameters with a gradient in ``optimizer`` are exactly ``clipped``: then a
+    clip coefficient the step applies to every gradient it reads clips just those."""
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return len(stepped) == len(clipped) and {id(p) for p in stepped} == {id(p) for p in clipped}
 
 
 class FusedClip:
@@ -384,13 +400,11 @@ class FusedClip:
             super()._clip_grad()  # type: ignore[misc]
             return
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if all(p.requires_grad for p in params if p.grad is not None):
-            # the step reads exactly what mmengine clips: the norm comes from its gathering
-            self.optimizer.clip_next_step(MultOf(self._clip_when_read))  # type: ignore[attr-defined]
+        if not all(p.requires_grad for p in params if p.grad is not None):
+            super()._clip_grad()  # type: ignore[misc]  # it leaves a stepped gradient alone: mmengine's
             return
-        norm = clip_in_next_step(self.optimizer, params, self.clip_grad_kwargs)
-        if norm is not None:
-            self.message_hub.update_scalar(f"train/{self.grad_name}", float(norm))
+        # the step reads exactly what mmengine clips: the norm comes from its gathering
+        self.optimizer.clip_next_step(MultOf(self._clip_when_read))  # type: ignore[attr-defined]
 
     def _clip_when_read(self, grads: list[Tensor], table: NormTable | None) -> Tensor | None:
         """The clip coefficient of the gradients the step is about to read; logs their norm."""

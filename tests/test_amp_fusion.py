@@ -139,6 +139,44 @@ def test_mmengine_amp_wrapper_without_clipping_by_norm(mmengine_amp: Any, clip_g
     assert len(unscales) == (0 if clip_grad is None else 4)
 
 
+class _ProjectScaler(torch.amp.GradScaler):
+    """A project's GradScaler subclass with its own ``update``: the fused phase cannot stand in
+    for it, so mmengine's sequence runs (unscale_, clip into the step, the scaler's step)."""
+
+    def update(self, new_scale: Any = None) -> None:
+        super().update(new_scale)
+
+
+@pytest.mark.parametrize("error_if_nonfinite", [False, True])
+def test_mmengine_amp_wrapper_unfused_clip_on_an_overflow(mmengine_amp: Any,
+                                                          error_if_nonfinite: bool) -> None:
+    """With a scaler fastopt cannot fuse, the clip still goes into the step: on the overflowing
+    step, whose update the scaler skips, the norm is still taken and logged (inf/NaN, as
+    mmengine logs it) or refused with error_if_nonfinite, as mmengine's own wrapper does."""
+    from mmengine.logging import MessageHub
+
+    cfg = dict(type="AmpOptimWrapper", optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01),
+               clip_grad=dict(max_norm=0.5, error_if_nonfinite=error_if_nonfinite))
+    a, ours, b, ref = _pair(mmengine_amp, cfg, "plugin")
+    ours.loss_scaler, ref.loss_scaler = _ProjectScaler("cpu"), _ProjectScaler("cpu")
+    hub = MessageHub.get_current_instance()
+    for step in range(OVERFLOW_STEP + 1):
+        if step == OVERFLOW_STEP and error_if_nonfinite:
+            for model, wrapper in ((b, ref), (a, ours)):
+                with pytest.raises(RuntimeError, match="is non-finite, so it cannot be clipped"):
+                    wrapper.update_params(_loss(model, step))
+            break
+        ref.update_params(_loss(b, step))
+        theirs = hub.get_scalar("train/grad_norm").current()
+        hub.update_scalar("train/grad_norm", -1.0)  # not a norm: ours must log its own
+        ours.update_params(_loss(a, step))
+        assert hub.get_scalar("train/grad_norm").current() == pytest.approx(theirs, rel=1e-6, nan_ok=True)
+        assert ours.loss_scaler.state_dict() == ref.loss_scaler.state_dict()
+    assert ours.optimizer.fastopt_tier == "native"
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
 def test_mmengine_amp_wrapper_checkpoint_round_trip(mmengine_amp: Any) -> None:
     """The fused wrapper's state dict (optimizer + loss_scaler, grown scale included) resumes a
     fresh one: training on matches the uninterrupted run exactly, and mmengine's own."""
@@ -170,7 +208,8 @@ def _scaled_grads(model: torch.nn.Module, scaler: torch.amp.GradScaler, step: in
 
 def test_fused_amp_step_declines_what_it_cannot_fuse() -> None:
     """None, and nothing touched, for torch's optimizers, a disabled or subclassed scaler, a
-    scaler that already unscaled this iteration, clip parameters beyond the optimizer's."""
+    scaler that already unscaled this iteration, clip parameters beyond the optimizer's, and
+    clip parameters short of what it steps (the coefficient would scale the others too)."""
     model = _model()
     scaler = torch.amp.GradScaler("cpu")
     _scaled_grads(model, scaler, 0)
@@ -186,6 +225,7 @@ def test_fused_amp_step_declines_what_it_cannot_fuse() -> None:
 
     assert fused_amp_step(fo.SGD(params, lr=0.1), Sharded("cpu"), clip_grad=clip) is None
     assert fused_amp_step(fo.SGD(params[:2], lr=0.1), scaler, params, clip) is None
+    assert fused_amp_step(fo.SGD(params, lr=0.1), scaler, params[:2], clip) is None
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
     opt = fo.SGD(params, lr=0.1)
     scaler.unscale_(opt)

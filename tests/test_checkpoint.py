@@ -94,17 +94,23 @@ def test_scheduler_state_moves_between_layouts(api: str) -> None:
         fast = fast_build(b)
 
     def cosine(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, eta_min=1e-5)
+        # warm-up then restarts: the child schedulers' states nest under ``_schedulers``
+        sched = torch.optim.lr_scheduler
+        return sched.SequentialLR(opt, [sched.LinearLR(opt, 0.1, total_iters=2),
+                                        sched.CosineAnnealingWarmRestarts(opt, T_0=3, eta_min=1e-5)],
+                                  milestones=[2])
 
     ref_sched = cosine(ref)
     for _ in range(4):
         ref.step()
         ref_sched.step()
+    fast_sched = cosine(fast)  # built first, as a resuming run builds it, then both states load
     fast.load_state_dict(ref.state_dict())
     saved = ref_sched.state_dict()
-    fast_sched = cosine(fast)
     merged = fastopt.merged_scheduler_state(fast, saved)
-    assert len(merged["base_lrs"]) == len(fast.param_groups) < len(saved["base_lrs"])
+    assert len(merged["_last_lr"]) == len(fast.param_groups) < len(saved["_last_lr"])
+    for child in merged["_schedulers"]:
+        assert len(child["base_lrs"]) == len(fast.param_groups)
     fast_sched.load_state_dict(merged)
     names = {id(p): n for n, p in b.named_parameters()}
     for _ in range(4):
@@ -116,6 +122,7 @@ def test_scheduler_state_moves_between_layouts(api: str) -> None:
         want = {ref_names[id(p)]: g["lr"] for g in ref.param_groups for p in g["params"]}
         assert lrs == {n: want[n] for n in lrs}
     back = fastopt.per_param_scheduler_state(fast, fast_sched.state_dict())
-    assert back["base_lrs"] == ref_sched.state_dict()["base_lrs"]
-    assert back["_last_lr"] == ref_sched.state_dict()["_last_lr"]
+    theirs = ref_sched.state_dict()
+    assert back["_last_lr"] == theirs["_last_lr"]
+    assert [c["base_lrs"] for c in back["_schedulers"]] == [c["base_lrs"] for c in theirs["_schedulers"]]
     assert fastopt.merged_scheduler_state(fast, fast_sched.state_dict()) == fast_sched.state_dict()

@@ -191,6 +191,38 @@ def test_wrapper_phase_matches_clip_grad_norm_then_step(opt: str, max_norm: floa
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 3.0, "inf"])
+def test_own_wrapper_clips_what_requires_grad(norm_type: float | str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastopt's own OptimWrapper clips the parameters that require grad and have one, as
+    mmengine's does, and steps the rest unclipped (a parameter frozen after backward keeps its
+    gradient); norm types the native pass does not take still clip inside the step."""
+    from fastopt import wrapper as wrapper_module
+
+    monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
+    a, b = _model(), _model()
+    ours = fastopt.build_optim_wrapper(a, dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9),
+                                               clip_grad=dict(max_norm=0.05, norm_type=norm_type)))
+    assert type(ours) is wrapper_module.OptimWrapper
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    for step in range(3):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        frozen = step == 1
+        for model in (a, b):
+            model[0].weight.requires_grad_(True)
+            model(x).pow(2).sum().backward()
+            model[0].weight.requires_grad_(not frozen)
+        ours.step()
+        clipped = [p for p in b.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(clipped, 0.05, norm_type=norm_type)
+        ref.step()
+        torch.testing.assert_close(ours.grad_norm, norm, rtol=1e-6, atol=0)
+        ours.zero_grad()
+        ref.zero_grad()
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_max_norm_above_the_norm_changes_nothing() -> None:
     a, b = _model(), _model()
     clipped = fastopt.build_optim_wrapper(a, dict(optimizer=dict(type="SGD", lr=0.1),
@@ -293,10 +325,13 @@ def test_fixed_loss_scale_stays_fixed() -> None:
 
 
 @pytest.mark.parametrize("route", ["fastopt", "plugin"])
-def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str) -> None:
+@pytest.mark.parametrize("case", ["2-norm", "1-norm", "3-norm", "frozen with a gradient"])
+def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str, case: str) -> None:
     """With mmengine installed the wrapper is mmengine's own class (a subclass that fuses the
     clipping): same class name and isinstance, the norm logged to mmengine's message hub as
-    mmengine logs it, parameters as mmengine's own wrapper leaves them."""
+    mmengine logs it, parameters as mmengine's own wrapper leaves them; norm types the native
+    pass does not take go through torch's norm inside the step; a parameter frozen after
+    backward (a gradient, no requires_grad) is stepped unclipped, as mmengine leaves it."""
     from mmengine.logging import MessageHub
     from mmengine.optim import OptimWrapper as MmengineOptimWrapper
 
@@ -304,8 +339,9 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str) -> None:
 
     build_ref = mmengine_build()
     quiet_mmengine_logger()
+    norm_type = float(case[0]) if case[0].isdigit() else 2.0
     cfg = dict(optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01),
-               clip_grad=dict(max_norm=0.05), paramwise_cfg=dict(norm_decay_mult=0.0))
+               clip_grad=dict(max_norm=0.05, norm_type=norm_type), paramwise_cfg=dict(norm_decay_mult=0.0))
     a, b = _model(), _model()
     if route == "fastopt":
         ours = fastopt.build_optim_wrapper(a, cfg)
@@ -318,9 +354,15 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str) -> None:
     hub = MessageHub.get_current_instance()
     for step in range(4):
         x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
-        ref.update_params(b(x).pow(2).sum())
-        theirs = hub.get_scalar("train/grad_norm").current()
-        ours.update_params(a(x).pow(2).sum())
+        for model, wrapper in ((b, ref), (a, ours)):
+            model[0].weight.requires_grad_(True)
+            model(x).pow(2).sum().backward()
+            if case == "frozen with a gradient":
+                model[0].weight.requires_grad_(False)
+            wrapper.step()
+            wrapper.zero_grad()
+            if wrapper is ref:
+                theirs = hub.get_scalar("train/grad_norm").current()
         mine = hub.get_scalar("train/grad_norm").current()
         assert mine == pytest.approx(theirs, rel=1e-6)
     assert ours.optimizer.fastopt_tier == "native"

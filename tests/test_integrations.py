@@ -347,12 +347,23 @@ def test_mmcv_epoch_based_runner_trains_like_the_default_constructor(tmp_path: P
         assert lr[id(p)] == pytest.approx(ref_lr[n])
 
 
+def _refuse_mmcv_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on mmcv's own clip_grads (torch's in-place clip_grad_norm_) raises."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("mmcv's in-place clip ran: the fused clip did not")
+
+    monkeypatch.setattr(torch.nn.utils.clip_grad, "clip_grad_norm_", refuse)
+
+
 @pytest.mark.usefixtures("no_epoch_pause")
 @pytest.mark.parametrize("max_norm", [1.0, 0.05])
-def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: float) -> None:
+def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: float,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A real mmcv EpochBasedRunner with FastOptimizerHook trains as with mmcv's OptimizerHook
-    (default constructor, torch's clip_grad_norm_) and logs the same grad norms."""
+    (default constructor, torch's clip_grad_norm_) and logs the same grad norms; mmcv's own
+    clip never runs."""
     ref_model, _, _, ref_norms = _mmcv_train(tmp_path / "ref", None, "OptimizerHook", max_norm)
+    _refuse_mmcv_clip(monkeypatch)
     fast_model, fast_opt, _, norms = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor",
                                                  "FastOptimizerHook", max_norm)
     assert fast_opt.fastopt_tier == "native"
@@ -364,12 +375,15 @@ def test_mmcv_fast_optimizer_hook_clips_in_the_step(tmp_path: Path, max_norm: fl
 
 
 @pytest.mark.usefixtures("no_epoch_pause")
-def test_mmcv_fast_gradient_cumulative_hook_clips_in_the_step(tmp_path: Path) -> None:
+def test_mmcv_fast_gradient_cumulative_hook_clips_in_the_step(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """FastGradientCumulativeOptimizerHook (a step every 3 of 4 iterations per epoch, so the last
     two of 8 are a remainder with their own loss factor) trains as mmcv's
-    GradientCumulativeOptimizerHook, clipping on every step, with the same logged norms."""
+    GradientCumulativeOptimizerHook, clipping on every step, with the same logged norms; mmcv's
+    own clip never runs."""
     ref_model, _, _, ref_norms = _mmcv_train(tmp_path / "ref", None, "GradientCumulativeOptimizerHook", 0.05,
                                              cumulative_iters=3)
+    _refuse_mmcv_clip(monkeypatch)
     fast_model, fast_opt, _, norms = _mmcv_train(tmp_path / "fast", "FastOptimizerConstructor",
                                                  "FastGradientCumulativeOptimizerHook", 0.05,
                                                  cumulative_iters=3)
