@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 from fastopt import zoo
-from fastopt.bench import READ_FLOOR, machine, machine_line, phase_compare, phase_table
+from fastopt.bench import READ_FLOOR, machine, machine_line, phase_compare, phase_table, plot_phase
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 #: issue targets: the phase at most 1.35x the plain step; at least 1.4x faster than the step
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=None, help="zoo width multiplier (default: ~30M elements)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PNG", help="bars of every variant, the step and the floor as lines")
     ap.add_argument("--amp", action="store_true", help="also the loss-scaled (AMP) phase")
     ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
     args = ap.parse_args(argv)
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
     fig = phase_compare(args.model, args.optimizer, args.max_norm, width, repeats=args.repeats, amp=args.amp)
     ok = report(fig)
+    if args.plot:
+        plot_phase(fig, args.plot)
+        print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": info, "figures": [fig]}, fh, indent=2)

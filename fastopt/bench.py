@@ -491,6 +491,36 @@ def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) ->
     plt.close(fig)
 
 
+def plot_phase(fig_data: dict[str, Any], path: str) -> None:
+    """PNG of ``phase_compare``'s figures: one bar per variant (fastopt's phase highlighted), the
+    plain step and the floor (step + one read of the gradients) as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {r["impl"]: r["phase_s"] * 1e3 for r in fig_data["results"]}
+    names = [n for n in by if n != READ_FLOOR]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.6))
+    colors = ["tab:blue" if n.startswith("fastopt") and "torch" not in n else "tab:gray" for n in names]
+    bars = ax.barh(names[::-1], [by[n] for n in names][::-1], color=colors[::-1])
+    ax.bar_label(bars, fmt="%.1f ms", padding=3)
+    if "fastopt step" in by:
+        ax.axvline(by["fastopt step"], color="tab:blue", ls=":", label="plain step")
+        if READ_FLOOR in by:
+            ax.axvline(by["fastopt step"] + by[READ_FLOOR], color="tab:red", ls="--",
+                       label="floor: step + one read of the gradients")
+    ax.set_xlabel("time after backward (ms, median of interleaved repeats)")
+    where = " on CUDA" if fig_data.get("device") == "cuda" else ""
+    ax.set_title(f"{fig_data['model']}: {fig_data['tensors']:,} tensors, {fig_data['numel'] / 1e6:.1f}M, "
+                 f"{fig_data['optimizer']}{where}, clip_grad max_norm {fig_data['max_norm']}")
+    ax.legend(loc="lower right")
+    ax.set_xlim(0, max(by.values()) * 1.18)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def count_full(name: str) -> tuple[int, int]:
     """(tensors, parameters) of a zoo model at full width (``zoo.counts``: known, or counted on
     the meta device)."""

@@ -133,6 +133,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     amp=args.amp, device=device, reference_up_to=up_to)
         print(f"\nmachine: {bench.machine_line(phase['machine'])}")
         print(bench.phase_table(phase))
+        if args.plot:
+            bench.plot_phase(phase, args.plot)
+            bench.log(f"wrote {args.plot}")
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(phase, fh, indent=2)
@@ -342,7 +345,8 @@ def parser() -> argparse.ArgumentParser:
                    help="leave mmengine and mmcv out above this many tensors (their construction is "
                         "quadratic; default: fastopt.bench.REFERENCE_UP_TO)")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars; with "
+                   "--clip, the phase's variants against the step and its floor")
     p.add_argument("--giant", action="store_true", help="extend the plot's sweep to 1M tensors")
     p.add_argument("--clip", type=float, metavar="MAX_NORM",
                    help="time the whole optimizer phase with gradient clipping instead (docs/cli.md)")

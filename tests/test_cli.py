@@ -142,8 +142,10 @@ def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_bench_clip_times_the_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "phase.json"
+    png = tmp_path / "phase.png"
     code, out, _ = run(capsys, "bench", "--model", "retinanet_r50_fpn", "--width", "0.05", "--repeats", "1",
-                       "--clip", "0.1", "--amp", "--json", str(path))
+                       "--clip", "0.1", "--amp", "--json", str(path), "--plot", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(path.read_text())
     assert code == 0 and "clip_grad max_norm 0.1" in out and "machine:" in out
     assert {"model", "max_norm", "tensors", "numel", "machine", "results"} <= data.keys()
