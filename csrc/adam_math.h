@@ -1,8 +1,9 @@
 // Adam / AdamW element update, mirroring torch.optim.adam._single_tensor_adam
 // (torch 2.13, capturable=False, differentiable=False), math in opmath_t O:
 //
-//   g  = grad / grad_scale                 (only with a GradScaler; the unscaled grad is stored back)
-//   g  = g * grad_mult                     (only when clipping: the clip coefficient; not stored)
+//   g  = grad / grad_scale                 (only with a GradScaler)
+//   g  = g * grad_mult                     (only when clipping: the clip coefficient)
+//   grad = g                               (only with a GradScaler: unscaled, and clipped if clipping)
 //   g  = maximize ? -g : g
 //   p  = p * (1 - lr * wd)                 (decoupled, AdamW)   |   g = fma(wd, p, g)   (L2, Adam)
 //   m  = lerp(m, g, 1 - beta1)             fma(w, g - m, m), or fma(-(g - m), 1 - w, g) for w >= 0.5

@@ -122,11 +122,12 @@ template <typename O> inline O abs_op(O a) { return a < O(0) ? -a : a; }
 template <bool kScale, bool kMult, typename O, typename S>
 inline O step_grad(S& g, O grad_scale, O grad_mult, O sign) {
   O gi = load<O>(g);
-  if constexpr (kScale) {
-    gi = gi / grad_scale;
-    g = store<S>(gi);
-  }
+  if constexpr (kScale) gi = gi / grad_scale;
   if constexpr (kMult) gi = round_to<S>(gi * grad_mult);
+  // Under a loss scale the gradient goes back unscaled, and clipped when there is a
+  // coefficient: what GradScaler's unscale_ and an in-place clip leave in it (and what torch's
+  // fused kernels store when the coefficient is folded into their grad_scale).
+  if constexpr (kScale) g = store<S>(gi);
   return gi * sign;
 }
 

@@ -1,8 +1,9 @@
 // SGD element update, mirroring torch.optim.sgd._single_tensor_sgd (torch 2.13),
 // math in opmath_t O:
 //
-//   g   = grad / grad_scale               (only with a GradScaler; stored back)
-//   g   = g * grad_mult                   (only when clipping: the clip coefficient; not stored)
+//   g   = grad / grad_scale               (only with a GradScaler)
+//   g   = g * grad_mult                   (only when clipping: the clip coefficient)
+//   grad = g                              (only with a GradScaler: unscaled, and clipped if clipping)
 //   g   = maximize ? -g : g
 //   g   = fma(wd, p, g)                   (wd != 0)
 //   buf = first ? g : fma(1 - dampening, g, buf * momentum)     (momentum != 0)

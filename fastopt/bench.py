@@ -654,7 +654,7 @@ def phase_compare(source: Source | str, optimizer: str | None = None, max_norm: 
     grads = {k: [_random_grads(v.params, gen, 1e-2, dev) for _ in range(2)] for k, v in variants.items()}
 
     def set_grads(k: str, r: int) -> None:
-        # torch clips (and unscales) in place, the fused AMP phase stores unscaled gradients
+        # torch clips (and unscales) in place, the fused AMP phase writes them back unscaled and clipped
         fresh = "torch" in k or "mmengine" in k or "amp" in k
         for p, g in zip(variants[k].params, grads[k][r % 2]):
             p.grad = g.clone() if fresh else g

@@ -235,7 +235,8 @@ def test_fused_amp_step_declines_what_it_cannot_fuse() -> None:
 @pytest.mark.parametrize("norm_type", [2.0, math.inf])
 def test_fused_amp_step_matches_gradscaler_sequence(norm_type: float) -> None:
     """Directly against unscale_ + clip_grad_norm_ + step + update, SGD with momentum: the
-    parameters bit for bit given the same coefficient (power-of-two scale), the norm, the scale."""
+    parameters bit for bit given the same coefficient (power-of-two scale), the norm, the scale,
+    and the gradients left behind (unscaled and clipped, as unscale_ and the clip leave them)."""
     a, b = _model(), _model()
     ours = fo.SGD(a.parameters(), lr=0.1, momentum=0.9)
     ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, foreach=False)
@@ -255,4 +256,5 @@ def test_fused_amp_step_matches_gradscaler_sequence(norm_type: float) -> None:
         assert getattr(ours, "grad_scale", None) is None and getattr(ours, "found_inf", None) is None
         for p, q in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8)
     assert sa.get_scale() == 2.0**15  # grew on every clean step
