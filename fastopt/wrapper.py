@@ -88,7 +88,7 @@ class OptimWrapper:
         if self._clip_type == "value":
             torch.nn.utils.clip_grad_value_(params, **kwargs)
             return None
-        if not self._fused_clip or not steps_exactly(self.optimizer, params):
+        if not self._fused_clip or not clips_all_it_steps(self.optimizer):
             # (a coefficient for the step would also scale gradients the clip leaves alone)
             self.grad_norm = torch.nn.utils.clip_grad_norm_(params, **kwargs)
             return None
@@ -101,8 +101,7 @@ class OptimWrapper:
         step gathers (one gathering, one native norm pass), the coefficient applied as the
         kernel reads each gradient."""
         if (self.clip_grad_kwargs and self._clip_type == "norm" and self._fused_clip
-                and all(p.requires_grad for g in self.optimizer.param_groups for p in g["params"]
-                        if p.grad is not None)):
+                and clips_all_it_steps(self.optimizer)):
             kwargs["grad_mult"] = MultOf(self._clip_when_read)
         elif self.clip_grad_kwargs:
             coefficient = self._clip_grad()
@@ -376,6 +375,13 @@ def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: 
     return norm
 
 
+def clips_all_it_steps(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter with a gradient in ``optimizer`` requires grad: then clipping what
+    requires grad (mmengine's and mmcv's rule) covers every gradient the step reads, and the
+    coefficient may go into the step."""
+    return all(p.requires_grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+
+
 def steps_exactly(optimizer: torch.optim.Optimizer, clipped: list[Tensor]) -> bool:
     """Whether the parameters with a gradient in ``optimizer`` are exactly ``clipped``: then a
     clip coefficient the step applies to every gradient it reads clips just those."""
@@ -399,8 +405,7 @@ class FusedClip:
         if getattr(self, "grad_name", None) != "grad_norm" or not hasattr(self.optimizer, "clip_next_step"):
             super()._clip_grad()  # type: ignore[misc]
             return
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if not all(p.requires_grad for p in params if p.grad is not None):
+        if not clips_all_it_steps(self.optimizer):
             super()._clip_grad()  # type: ignore[misc]  # it leaves a stepped gradient alone: mmengine's
             return
         # the step reads exactly what mmengine clips: the norm comes from its gathering

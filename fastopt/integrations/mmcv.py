@@ -89,9 +89,13 @@ class _ClipsIntoTheStep:
     def clip_grads(self, params: Any) -> torch.Tensor | None:
         """The norm of the parameters that require grad and have one (None: there are none),
         their clipping left to the step that follows, as mmcv's hooks call it."""
-        if not hasattr(self._fastopt_optimizer, "clip_next_step"):
+        return self.clip_into_step(self._fastopt_optimizer, params)
+
+    def clip_into_step(self, optimizer: Any, params: Any) -> torch.Tensor | None:
+        """``clip_grads`` for the step of ``optimizer``."""
+        if not hasattr(optimizer, "clip_next_step"):
             return super().clip_grads(params)  # type: ignore[misc]
-        return clip_in_next_step(self._fastopt_optimizer, params, self.grad_clip or {})
+        return clip_in_next_step(optimizer, params, self.grad_clip or {})
 
     def after_train_iter(self, runner: Any) -> None:
         """mmcv's own iteration (backward, clip, step) with the runner's optimizer in view."""
@@ -111,7 +115,7 @@ class FastOptimizerHook(_ClipsIntoTheStep, OptimizerHook):
 
 
 @HOOKS.register_module(force=True)
-class FastFp16OptimizerHook(Fp16OptimizerHook):
+class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
     """mmcv's ``Fp16OptimizerHook`` (GradScaler) with the optimizer phase fused into fastopt's
     step: ``optimizer_config=dict(type='FastFp16OptimizerHook', loss_scale='dynamic',
     grad_clip=dict(max_norm=35))``; the same keys (``loss_scale``: ``'dynamic'``, a number or a
@@ -182,10 +186,7 @@ class FastFp16OptimizerHook(Fp16OptimizerHook):
         self.loss_scaler.unscale_(runner.optimizer)
         norm = None
         if self.grad_clip is not None:
-            if hasattr(runner.optimizer, "clip_next_step"):
-                norm = clip_in_next_step(runner.optimizer, runner.model.parameters(), self.grad_clip)
-            else:
-                norm = self.clip_grads(runner.model.parameters())
+            norm = self.clip_into_step(runner.optimizer, runner.model.parameters())
         self.loss_scaler.step(runner.optimizer)
         self.loss_scaler.update(self._scale_update_param)
         return norm
