@@ -8,6 +8,7 @@ import torch
 
 from fastopt import optim as fo
 
+from .amp import FUSED_PAIRS, check_clip_under_a_grad_scaler, check_coefficient_folded_into_grad_scale
 from .numerics import assert_few_differ
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -56,50 +57,10 @@ def test_cuda_grad_scaler_skips_inf() -> None:
     assert torch.equal(p, before) and scaler.get_scale() == 4.0
 
 
-@pytest.mark.parametrize("name", list(PAIRS))
+@pytest.mark.parametrize("name", list(FUSED_PAIRS))
 def test_cuda_clip_coefficient_is_folded_into_the_fused_step(name: str) -> None:
-    """step(grad_mult=c) on CUDA = clip_grad_norm_ then torch's fused step, with the coefficient
-    a device tensor that is never read on the host."""
-    ours_cls, ref_cls, opts = PAIRS[name]
-    torch.manual_seed(0)
-    ps = [torch.randn(s, device="cuda", requires_grad=True) for s in [(33, 7), (1000,)]]
-    qs = [p.detach().clone().requires_grad_() for p in ps]
-    a = ours_cls(ps, **opts)
-    b = ref_cls(qs, fused=True, **opts)
-    for _ in range(3):
-        for p, q in zip(ps, qs):
-            g = torch.randn(p.shape, device="cuda")
-            p.grad, q.grad = g.clone(), g.clone()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in ps])
-        coefficient = torch.clamp(0.5 / (norm + 1e-6), max=1.0)
-        a.step(grad_mult=coefficient)
-        torch.nn.utils.clip_grad_norm_(qs, 0.5)
-        b.step()
-        assert a.fastopt_tier == "torch-fused" and getattr(a, "grad_scale", None) is None
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    check_coefficient_folded_into_grad_scale(name, "cuda")
 
 
 def test_cuda_clip_under_a_grad_scaler() -> None:
-    """A loss scale and a clip coefficient in one fused step: grads divided by scale / c."""
-    torch.manual_seed(0)
-    p = torch.randn(64, device="cuda", requires_grad=True)
-    q = p.detach().clone().requires_grad_()
-    a = fo.AdamW([p], lr=1e-2)
-    b = torch.optim.AdamW([q], lr=1e-2, fused=True)
-    sa = torch.amp.GradScaler("cuda", init_scale=64.0)
-    sb = torch.amp.GradScaler("cuda", init_scale=64.0)
-    for _ in range(3):
-        g = torch.randn(64, device="cuda")
-        sa.scale((p * g).sum()).backward()
-        sb.scale((q * g).sum()).backward()
-        coefficient = torch.clamp(0.1 / (torch.linalg.vector_norm(p.grad / 64.0) + 1e-6), max=1.0)
-        a.clip_next_step(coefficient)
-        sa.step(a)
-        sa.update()
-        sb.unscale_(b)
-        torch.nn.utils.clip_grad_norm_([q], 0.1)
-        sb.step(b)
-        sb.update()
-        p.grad = q.grad = None
-    torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    check_clip_under_a_grad_scaler("cuda")

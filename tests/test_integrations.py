@@ -305,24 +305,34 @@ class _RunnerNet(nn.Module):
         return dict(loss=loss, log_vars=dict(loss=loss.item()), num_samples=len(data["labels"]))
 
 
-def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
-                max_norm: float = 1.0, **hook_args: Any
-                ) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
+def _mmcv_epoch_runner(tmp: Path, model: nn.Module, constructor: str | None, epochs: int,
+                       meta: dict | None = None) -> tuple[Any, Any]:
+    """(optimizer, runner): SGD with PARAMWISE built by mmcv (``constructor`` or its default) and
+    an EpochBasedRunner around ``model``, with the fastopt plug-in registered."""
     runner_mod = mmcv_runner()
     import logging
 
     import fastopt.integrations.mmcv  # noqa: F401
 
-    model = _RunnerNet()
-    initial = [p.detach().clone() for p in model.parameters()]
     cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
     if constructor:
         cfg["constructor"] = constructor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optimizer = runner_mod.build_optimizer(model, cfg)
-        runner = runner_mod.EpochBasedRunner(model, optimizer=optimizer, work_dir=str(tmp),
-                                             logger=logging.getLogger("fastopt-test"), max_epochs=2)
+        runner = runner_mod.EpochBasedRunner(model, optimizer=optimizer, work_dir=str(tmp), meta=meta,
+                                             logger=logging.getLogger("fastopt-test"), max_epochs=epochs)
+    return optimizer, runner
+
+
+def _mmcv_train(tmp: Path, constructor: str | None, hook: str = "OptimizerHook",
+                max_norm: float = 1.0, **hook_args: Any
+                ) -> tuple[nn.Module, Any, list[torch.Tensor], list[float]]:
+    model = _RunnerNet()
+    initial = [p.detach().clone() for p in model.parameters()]
+    optimizer, runner = _mmcv_epoch_runner(tmp, model, constructor, epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         runner.register_training_hooks(
             lr_config=dict(policy="step", step=[1], warmup="linear", warmup_iters=3, warmup_ratio=0.1),
             optimizer_config=dict(type=hook, grad_clip=dict(max_norm=max_norm), **hook_args))
@@ -421,20 +431,12 @@ def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: 
     """(model, optimizer, runner) after an mmcv EpochBasedRunner trained with the fp16 ``hook``
     config, the loss of the batch with sample ``overflow`` made inf; with ``fused`` the hook's
     scaler refuses unscale_, step and update."""
-    runner_mod = mmcv_runner()
-    import logging
-
+    model = _RunnerNet(overflow)
+    optimizer, runner = _mmcv_epoch_runner(tmp, model, constructor, epochs, meta=dict())
     import fastopt.integrations.mmcv as plugin
 
-    model = _RunnerNet(overflow)
-    cfg = dict(type="SGD", lr=0.05, momentum=0.9, weight_decay=1e-4, paramwise_cfg=PARAMWISE)
-    if constructor:
-        cfg["constructor"] = constructor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = runner_mod.build_optimizer(model, cfg)
-        runner = runner_mod.EpochBasedRunner(model, optimizer=optimizer, work_dir=str(tmp), meta=dict(),
-                                             logger=logging.getLogger("fastopt-test"), max_epochs=epochs)
         runner.register_training_hooks(lr_config=copy.deepcopy(lr_config),  # mmcv pops its keys
                                        optimizer_config=copy.deepcopy(hook),
                                        checkpoint_config=dict(interval=1) if checkpoint else None)
