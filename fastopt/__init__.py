@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loaded before the extension: one OpenMP runtime)
 
-from . import host, optim
+from . import (
+    _torch_compat,  # noqa: F401  (first: on an unsupported torch, one line saying so)
+    host,
+    optim,
+)
 from ._core import HAVE_NATIVE
 from .builder import (
     OPTIM_WRAPPER_CONSTRUCTORS,

@@ -6,23 +6,29 @@ tensor, and each parameter, its ``.grad`` and its ``state`` entries become views
 into them. A step is then one native call over a handful of segments, with no
 per-tensor Python work at all.
 
-The contract (see docs/optimizers.md): gradients must accumulate into the
+The contract (see docs/optimizers.md): gradients should accumulate into the
 views. ``optimizer.zero_grad()`` zeroes the buffers instead of freeing them
-(like ``set_to_none=False``). If the buffers saw no gradient since the last
-step or zero_grad (for example after ``model.zero_grad()`` replaced every
-``.grad``), every parameter is re-checked and foreign gradients are copied in.
+(like ``set_to_none=False``). A ``.grad`` that is not its view (set by hand, or
+made anew after ``model.zero_grad()``) is copied in before the step.
+
+The buffers are a cache, checked at every step (``holds``): a parameter list or
+state changed since the layout (a parameter replaced, state cleared or replaced,
+``load_state_dict``) makes the optimizer lay them out again; a parameter that no
+longer lives in its buffer (``model.to(...)``, ``p.data = ...``) is an error.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._kernels import DTYPE_CODES, STEP_FLAGS, Algorithm
+from ._kernels import DTYPE_CODES, GRAD, NO_STATE, STEP_FLAGS, Algorithm
 
 
 @dataclass
@@ -38,7 +44,6 @@ class Segment:
     state_bufs: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor | None = None
     first: bool = False  # SGD: momentum buffers start as a copy of the gradient
-    seen_version: int = -1
 
 
 def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
@@ -70,7 +75,13 @@ class FlatBuffers:
         self.numels = np.array([s.param_buf.numel() for s in self.segments], dtype=np.int64)
         self.dtypes = np.array([DTYPE_CODES[s.param_buf.dtype] for s in self.segments], dtype=np.int32)
         self.group_of = np.array([s.group for s in self.segments], dtype=np.int64)
-        self.mark()
+        # what the layout looked like, for ``holds``
+        self.params: list[Tensor] = [p for g in groups for p in g["params"]]
+        self.states = list(map(state.get, self.params, repeat(NO_STATE)))
+        self.values = list(chain.from_iterable(map(dict.values, self.states)))
+        self.views = [t for st in self.states for t in st.values() if isinstance(t, Tensor)]
+        self.expected = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
+                                    count=len(self.params) + len(self.views))
 
     @staticmethod
     def _segment(opt_state: dict, algorithm: Algorithm, gi: int, group: dict,
@@ -96,8 +107,10 @@ class FlatBuffers:
         have = [bool(s) for s in states]
         if any(have) and not all(have):
             raise ValueError(
-                f"param group {gi}: some parameters have optimizer state and others not (they never "
-                "had a gradient); step once more in the normal mode, or reset the state, first")
+                f"param group {gi}: some parameters have optimizer state and others not (one new to "
+                "the group, or one that never had a gradient), and flat buffers keep one step count "
+                "per group; step in the normal mode (optimizer.use_flat_buffers() again afterwards), "
+                "or reset the state, first")
         for key in algorithm.buffers(group):
             buf = torch.zeros(total, dtype=dtype)
             bviews = _views(buf, params, offsets)
@@ -117,6 +130,32 @@ class FlatBuffers:
         seg.first = algorithm.flat_first(group, all(have))
         return seg
 
+    def holds(self, groups: list[dict], state: dict) -> bool:
+        """Whether ``groups`` and ``state`` are still what the buffers were laid out from (the
+        same parameters, state dicts and state tensors, each where its buffer has it); raises
+        RuntimeError when a parameter no longer lives in its buffer."""
+        if not all(map(operator.is_, chain.from_iterable(g["params"] for g in groups), self.params)):
+            return False
+        states = list(map(state.get, self.params, repeat(NO_STATE)))
+        values = list(chain.from_iterable(map(dict.values, states)))
+        if (len(values) != len(self.values) or not all(map(operator.is_, states, self.states))
+                or not all(map(operator.is_, values, self.values))):
+            return False
+        ptrs = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
+                           count=len(self.expected))
+        moved = np.flatnonzero(ptrs != self.expected)
+        if not len(moved):
+            return True
+        if moved[0] < len(self.params):
+            i = int(moved[0])
+            p = self.params[i]
+            raise RuntimeError(
+                f"flat buffers: parameter {i} ({tuple(p.shape)}, {p.dtype}, {p.device}) no longer lives in "
+                "its buffer: the model was moved or its parameters reassigned (model.to(), p.data = ...) "
+                "after use_flat_buffers(). Call optimizer.use_flat_buffers() again to lay the buffers out "
+                "over the parameters as they are now (state is copied over), or build a new optimizer")
+        return False  # a state tensor's storage was replaced: lay out again from the state
+
     def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0) -> None:
         """One kernel call over every segment, with the groups' current hyperparameters."""
         self.sync_grads()
@@ -129,23 +168,17 @@ class FlatBuffers:
         self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale, grad_mult)
         for seg in self.segments:
             seg.first = False
-        self.mark()
-
-    def mark(self) -> None:
-        """Remember the gradient buffers' versions (after a step or zero_grad)."""
-        for seg in self.segments:
-            seg.seen_version = seg.grad_buf._version
 
     def zero_grad(self) -> None:
         """Zero every gradient buffer (gradients stay attached as views)."""
         for seg in self.segments:
             seg.grad_buf.zero_()
-        self.mark()
 
     def sync_grads(self) -> None:
-        """Make sure every ``.grad`` is its view; cheap unless a buffer saw no accumulation."""
+        """Make every ``.grad`` its view: a gradient set by hand or made anew is copied in, a
+        missing one zeroed."""
         for seg in self.segments:
-            if seg.grad_buf._version != seg.seen_version:
+            if all(map(operator.is_, map(GRAD, seg.params), seg.grad_views)):
                 continue
             with torch.no_grad():
                 for p, gv in zip(seg.params, seg.grad_views):

@@ -1,32 +1,42 @@
-"""The step tiers below fastopt's optimizers, with each algorithm described by data.
+"""The native tier below fastopt's optimizers, with each algorithm described by data.
 
 An ``Algorithm`` says what one optimizer keeps in ``state`` and hands the native kernel: the
 pointer-table columns and hyperparameter columns (both named by the extension, ``_C.*_COLUMNS``
 and ``_C.*_HYPERS``), a group's hyperparameter row and flags, how the first step creates
-state, and the kernel entry point. The tiers:
+state, the kernel entry point, and how torch's functional API steps a group (the torch tiers).
 
-- native (``native_step``): every parameter of every group in one call into ``_C``, through
-  a ``Plan`` of the pointers that stay fixed between steps; only gradients are gathered anew;
-- torch's fused kernels on the merged groups (``torch_fused_step``), for CUDA tensors;
-- torch's own step, for whatever neither takes (the optimizer class calls it).
-
-``fastopt.optim`` picks the tier per step; ``_flat.py`` (flat-buffer mode) reads the same
-``Algorithm``.
+The native tier (``native_step``) steps every parameter of every group in one call into
+``_C``, through a ``Plan`` of the pointers that stay fixed between steps. The plan is a cache
+and is checked at every step against what ``param_groups`` and ``state`` hold then: the
+parameters (by identity, and their storage), each parameter's state dict and the tensors in
+it (by identity, and their storage). What changed is prepared again; nothing is trusted across
+a change the plan did not see. ``fastopt._tiers`` picks the tier per step; ``_flat.py``
+(flat-buffer mode) reads the same ``Algorithm``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import operator
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_scalar_dtype
 
 from ._core import _C
+from ._torch_compat import (
+    DTensor,
+    functional_kwargs,
+    functional_parameters,
+    scalar_dtype,
+    sgd_keeps_unused_buffers,
+)
 
 
 def _exported(name: str, fallback: Any) -> Any:
@@ -39,19 +49,20 @@ DTYPE_CODES: dict[torch.dtype, int] = {getattr(torch, k): v for k, v in _exporte
 #: per-tensor flag name -> bit (csrc/step_cpu.h StepFlag)
 STEP_FLAGS: dict[str, int] = _exported("STEP_FLAGS", {})
 
-_GRAD = operator.attrgetter("grad")
+GRAD = operator.attrgetter("grad")
 _PLAIN_TYPES = (torch.nn.Parameter, torch.Tensor)
+NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
+
+#: Check every pointer the native kernel is handed against the tensors it came from, before
+#: each call (``FASTOPT_CHECK_POINTERS=1``; the test suite turns it on).
+CHECK_POINTERS = os.environ.get("FASTOPT_CHECK_POINTERS") == "1"
 
 
 def is_sharded(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 parameter or gradient) rather than a plain tensor."""
     if type(t) in _PLAIN_TYPES:
         return False
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
+    return DTensor is not None and isinstance(t, DTensor)
 
 
 def local(t: Tensor) -> Tensor:
@@ -74,11 +85,18 @@ class Algorithm:
     row: Callable[[dict], tuple[dict[str, float], int]]  # a group's hyperparameters and flags
     buffers: Callable[[dict], tuple[str, ...]]  # per-element state tensors a group's params carry
     prepare: Callable[[dict, Tensor, dict], tuple[dict[str, Tensor], bool]]
-    # ^ (state of p, p, group) -> state tensors to point to, and whether this is their first
-    #   step (created here; the kernel initialises them); raises Fallback for unusual state
+    # ^ (optimizer state, p, group) -> state tensors to point to, and whether this is their
+    #   first step (created here; the kernel initialises them); raises Fallback for unusual state
     structure: Callable[[dict], Any]  # group settings that decide which state exists
     flat_first: Callable[[dict, bool], bool]  # flat mode: first step initialises state?
+    torch_group_step: Callable[..., None]  # (optimizer, group, fused, grad_scale, found_inf)
+    # ^ one group through torch's functional API, state prepared by torch's own _init_group
+    functional: str  # torch's functional optimizer: torch.optim.<functional>.<functional>
     sparse_error: str | None = None  # None: sparse gradients go through torch's path
+
+    def takes_fused(self) -> bool:
+        """Whether this torch's functional API for the algorithm has a fused kernel."""
+        return "fused" in functional_parameters(_functional(self.functional))
 
     def column(self, key: str) -> int:
         """The pointer-table column of ``key``."""
@@ -108,9 +126,12 @@ def _sgd_row(group: dict) -> tuple[dict[str, float], int]:
     return values, _flag("maximize", group["maximize"]) | _flag("nesterov", group["nesterov"])
 
 
-def _sgd_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+def _sgd_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
     if group["momentum"] == 0:
+        if sgd_keeps_unused_buffers():  # as torch's own SGD on this release
+            opt_state[p].setdefault("momentum_buffer", None)
         return {}, False
+    state = opt_state[p]
     buf = state.get("momentum_buffer")
     if buf is not None:
         if buf.shape != p.shape or buf.dtype != p.dtype or not local(buf).is_contiguous():
@@ -120,12 +141,14 @@ def _sgd_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor]
     return {"momentum_buffer": buf}, True  # the kernel copies the gradient in
 
 
-def _adam_row(group: dict) -> tuple[dict[str, float], int]:
+def _adam_row(group: dict, decoupled: bool = False) -> tuple[dict[str, float], int]:
+    """Adam's row; ``decoupled``: AdamW's class (torch >= 2.7 also lets Adam's groups ask for
+    decoupled weight decay with a ``decoupled_weight_decay`` key, which older releases lack)."""
     beta1, beta2 = group["betas"]
     values = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                   weight_decay=group["weight_decay"])
     flags = (_flag("maximize", group["maximize"]) | _flag("amsgrad", group["amsgrad"])
-             | _flag("decoupled_weight_decay", group.get("decoupled_weight_decay")))
+             | _flag("decoupled_weight_decay", decoupled or group.get("decoupled_weight_decay")))
     return values, flags
 
 
@@ -133,10 +156,11 @@ def _adam_buffers(group: dict) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
 
-def _adam_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+def _adam_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
     keys = _adam_buffers(group)
+    state = opt_state[p]
     if len(state) == 0:  # as torch's first step: a float32 step counter, zero moments
-        state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
         for key in keys:
             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
     tensors = {key: state[key] for key in keys}
@@ -149,18 +173,75 @@ def _adam_prepare(state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor
     return {**tensors, "step": step}, False
 
 
+def _functional(name: str) -> Callable[..., None]:
+    """torch's functional optimizer ``torch.optim.<name>.<name>``."""
+    return getattr(importlib.import_module(f"torch.optim.{name}"), name)
+
+
+def _sgd_torch(opt: Any, group: dict, fused: bool, grad_scale: Tensor | None,
+               found_inf: Tensor | None) -> None:
+    """One group through ``torch.optim.sgd.sgd``, as torch's ``SGD.step`` does it."""
+    g = {**group, "fused": True} if fused else group  # a copy: param_groups are not written
+    params: list[Tensor] = []
+    grads: list[Tensor] = []
+    bufs: list[Tensor | None] = []
+    has_sparse_grad = torch.optim.SGD._init_group(opt, g, params, grads, bufs)
+    fn = _functional("sgd")
+    fn(params, grads, bufs,
+       **functional_kwargs(fn, has_sparse_grad=has_sparse_grad, foreach=g.get("foreach"),
+                           fused=g.get("fused"), grad_scale=grad_scale, found_inf=found_inf),
+       weight_decay=g["weight_decay"], momentum=g["momentum"], lr=g["lr"], dampening=g["dampening"],
+       nesterov=g["nesterov"], maximize=g["maximize"])
+    # _init_group lists a buffer for each parameter whose state keeps one on this release
+    for p, buf in zip(params, bufs):
+        opt.state[p]["momentum_buffer"] = buf
+
+
+def _adam_torch(torch_class: type, functional: Callable[..., None], takes_decoupled: bool,
+                opt: Any, group: dict, fused: bool, grad_scale: Tensor | None,
+                found_inf: Tensor | None) -> None:
+    """One group through torch's ``adam`` / ``adamw`` functional, as the class's step does it."""
+    g = {**group, "fused": True} if fused else group
+    lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+    init = torch_class._init_group
+    if "amsgrad" in functional_parameters(init):  # torch's own AdamW before 2.7 takes it too
+        has_complex = init(opt, g, lists[0], lists[1], g["amsgrad"], *lists[2:])
+    else:
+        has_complex = init(opt, g, *lists)  # None before torch 2.2
+    beta1, beta2 = g["betas"]
+    extra = {"decoupled_weight_decay": g.get("decoupled_weight_decay", False)} if takes_decoupled else {}
+    kwargs = functional_kwargs(functional, foreach=g.get("foreach"), capturable=g.get("capturable", False),
+                               differentiable=g.get("differentiable", False), fused=g.get("fused"),
+                               grad_scale=grad_scale, found_inf=found_inf, has_complex=has_complex, **extra)
+    functional(*lists, **kwargs,
+               amsgrad=g["amsgrad"], beta1=beta1, beta2=beta2, lr=g["lr"], weight_decay=g["weight_decay"],
+               eps=g["eps"], maximize=g["maximize"])
+
+
 SGD = Algorithm(
     name="SGD", kernel="sgd_step", columns=_exported("SGD_COLUMNS", ()), hypers=_exported("SGD_HYPERS", ()),
     row=_sgd_row, buffers=lambda g: ("momentum_buffer",) if g["momentum"] != 0 else (),
     prepare=_sgd_prepare, structure=lambda g: g["momentum"] != 0,
-    flat_first=lambda g, had_state: g["momentum"] != 0 and not had_state)
+    flat_first=lambda g, had_state: g["momentum"] != 0 and not had_state, torch_group_step=_sgd_torch,
+    functional="sgd")
 
-ADAM = Algorithm(
-    name="Adam", kernel="adam_step", columns=_exported("ADAM_COLUMNS", ()),
-    hypers=_exported("ADAM_HYPERS", ()),
-    row=_adam_row, buffers=_adam_buffers, prepare=_adam_prepare, structure=lambda g: bool(g["amsgrad"]),
+_ADAM_COMMON: dict[str, Any] = dict(
+    kernel="adam_step", columns=_exported("ADAM_COLUMNS", ()), hypers=_exported("ADAM_HYPERS", ()),
+    buffers=_adam_buffers, prepare=_adam_prepare, structure=lambda g: bool(g["amsgrad"]),
     flat_first=lambda g, had_state: False,
     sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead")
+
+ADAM = Algorithm(
+    name="Adam", row=_adam_row, functional="adam",
+    torch_group_step=functools.partial(_adam_torch, torch.optim.Adam, _functional("adam"), True),
+    **_ADAM_COMMON)
+
+#: AdamW: decoupled weight decay because of the class, on every torch release (torch's AdamW
+#: is its own class before 2.7 and an Adam with ``decoupled_weight_decay=True`` from 2.7 on).
+ADAMW = Algorithm(
+    name="AdamW", row=functools.partial(_adam_row, decoupled=True), functional="adamw",
+    torch_group_step=functools.partial(_adam_torch, torch.optim.AdamW, _functional("adamw"), False),
+    **_ADAM_COMMON)
 
 
 def group_native(group: dict) -> bool:
@@ -182,10 +263,14 @@ def _as_uint64(values: list[int]) -> np.ndarray:
 
 
 class Plan:
-    """What stays fixed between steps of one optimizer: tensor order, groups, state pointers."""
+    """What stays fixed between steps of one optimizer: tensor order, groups, state pointers.
+
+    Checked at every step (``check_params``, ``check_state``) against what the optimizer holds
+    then; rows whose state changed are prepared again before the kernel runs."""
 
     def __init__(self, groups: list[dict], algorithm: Algorithm, key: Any) -> None:
         self.key = key
+        self.algorithm = algorithm
         self.stale = False  # set when parameters moved where the kernel cannot follow
         self.params: list[Tensor] = [p for g in groups for p in g["params"]]
         ids = [id(p) for p in self.params]
@@ -205,7 +290,19 @@ class Plan:
         self.param_column = algorithm.column("param")
         self.ptrs[:, self.param_column] = _as_uint64(self.param_ptrs)
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
-        self.keep: list[Any] = [None] * len(self.params)      # state tensors kept alive
+        self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
+        # what the state looked like when the pointers were taken (see check_state)
+        self.states: list[dict] = [NO_STATE] * len(self.params)
+        self.row_values: list[tuple] = [()] * len(self.params)
+        self.values: list[Any] = []
+        self.state_tensors: list[Tensor] = []
+        self.state_rows = np.zeros(0, dtype=np.int64)
+        self.state_ptrs = np.zeros(0, dtype=np.uint64)
+
+    def check_params(self, groups: list[dict]) -> bool:
+        """Whether ``groups`` still hold exactly this plan's parameters, in this order."""
+        current = chain.from_iterable(g["params"] for g in groups)
+        return all(map(operator.is_, current, self.params))
 
     def accept_moved(self, rows: list[int], ptrs: list[int]) -> bool:
         """Take parameters whose storage moved (``p.data = ...``) if the kernel can still step
@@ -219,6 +316,46 @@ class Plan:
                 self.param_ptrs[i] = ptr
                 self.ptrs[i, self.param_column] = ptr
         return True
+
+    def check_state(self, state: dict) -> bool:
+        """Mark rows whose state changed since their pointers were taken as not ready: a state
+        dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
+        replaced (``.data = ...``). True when nothing changed."""
+        states = list(map(state.get, self.params, repeat(NO_STATE)))
+        values = list(chain.from_iterable(map(dict.values, states)))
+        if (len(values) == len(self.values) and all(map(operator.is_, states, self.states))
+                and all(map(operator.is_, values, self.values))):
+            if not len(self.state_ptrs):
+                return True
+            ptrs = np.fromiter(map(Tensor.data_ptr, self.state_tensors), dtype=np.uint64,
+                               count=len(self.state_tensors))
+            moved = ptrs != self.state_ptrs
+            if not moved.any():
+                return True
+            self.ready[self.state_rows[moved]] = False
+            return False
+        for i, (now, then, then_values) in enumerate(zip(states, self.states, self.row_values)):
+            if (now is not then or len(now) != len(then_values)
+                    or not all(map(operator.is_, now.values(), then_values))):
+                self.ready[i] = False
+        self.states, self.values = states, values
+        self.row_values = [tuple(st.values()) for st in states]
+        return False
+
+    def snapshot(self, state: dict) -> None:
+        """Remember the state as it is now, after rows were prepared."""
+        self.states = list(map(state.get, self.params, repeat(NO_STATE)))
+        self.row_values = [tuple(s.values()) for s in self.states]
+        self.values = list(chain.from_iterable(self.row_values))
+        rows = np.flatnonzero(self.ready)
+        tensors, owners = [], []
+        for i in rows.tolist():
+            for t in self.keep[i].values():
+                tensors.append(local(t))
+                owners.append(i)
+        self.state_tensors = tensors
+        self.state_rows = np.asarray(owners, dtype=np.int64)
+        self.state_ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
 
 
 def hyper_table(groups: list[dict], algorithm: Algorithm) -> tuple[np.ndarray, np.ndarray]:
@@ -252,10 +389,11 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
                 grad_mult: float | MultOf = 1.0) -> bool:
     """Step every group in one kernel call. True: done; False: nothing done, torch's path must
     run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again).
-    A ``MultOf`` multiplier is worked out from the gradients gathered here (before any state is
-    created), so the norm reads no pointer twice."""
+    The caller has checked that ``groups`` hold the plan's parameters (``Plan.check_params``);
+    the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
+    gathered here (before any state is created), so the norm reads no pointer twice."""
     params = plan.params
-    grads = list(map(_GRAD, params))
+    grads = list(map(GRAD, params))
     # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
     if any(g is None for g in grads):  # parameters without a gradient are skipped, as torch does
         rows_list = [i for i, g in enumerate(grads) if g is not None]
@@ -288,6 +426,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
         value = grad_mult(read, norm_table)
         grad_mult = 1.0 if value is None else float(value)
+    unchanged = plan.check_state(state)
     todo = rows[~plan.ready[rows]]
     first = None
     if len(todo):
@@ -295,15 +434,20 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         try:
             for i in todo.tolist():
                 p = params[i]
-                tensors, first[i] = algorithm.prepare(state[p], p, groups[int(plan.group_of[i])])
+                tensors, first[i] = algorithm.prepare(state, p, groups[int(plan.group_of[i])])
                 for key, t in tensors.items():
                     plan.ptrs[i, algorithm.column(key)] = local(t).data_ptr()
                 plan.keep[i] = tensors
+                plan.ready[i] = True
         except Fallback:
             plan.native = False  # until the groups change: torch's path
             return False
+    if len(todo) or not unchanged:
+        plan.snapshot(state)
     ptrs = plan.ptrs[rows] if rows_list is not None else plan.ptrs.copy()
     ptrs[:, algorithm.column("grad")] = grad_ptrs
+    if CHECK_POINTERS:
+        check_pointer_table(ptrs, rows, plan, state, algorithm)
     group_hyper, group_flags = table
     gi = plan.group_of[rows]
     flags = group_flags[gi]
@@ -311,8 +455,28 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         flags = flags | np.where(first[rows], STEP_FLAGS["first_step"], 0).astype(np.int32)
     scale = 0.0 if grad_scale is None else float(grad_scale)
     algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale, grad_mult)
-    plan.ready[rows] = True  # state exists from now on (SGD's first momentum step done)
     return True
+
+
+def check_pointer_table(ptrs: np.ndarray, rows: np.ndarray, plan: Plan, state: dict,
+                        algorithm: Algorithm) -> None:
+    """Assert that every address in the kernel's table is that of the tensor it stands for
+    now (parameter, gradient, each state tensor), with the size and dtype the table gives."""
+    for r, i in enumerate(rows.tolist()):
+        p = plan.params[i]
+        expect = {"param": local(p), "grad": local(p.grad)}
+        for key, t in plan.keep[i].items():
+            current = state[p][key]
+            assert current is t, f"row {i}: state[{key!r}] is not the tensor the plan points to"
+            expect[key] = local(current)
+        for key, t in expect.items():
+            got = int(ptrs[r, algorithm.column(key)])
+            assert got == t.data_ptr(), f"row {i}: {key} pointer {got:#x} != {t.data_ptr():#x}"
+            if key != "step":
+                assert t.numel() == plan.numels[i] and DTYPE_CODES.get(t.dtype) == plan.dtypes[i], (
+                    f"row {i}: {key} has {t.numel()} elements of {t.dtype}, the table "
+                    f"{plan.numels[i]} of code {plan.dtypes[i]}")
+                assert t.is_contiguous(), f"row {i}: {key} is not contiguous"
 
 
 def multiply_grads(groups: list[dict], grad_mult: float | Tensor) -> None:
@@ -325,47 +489,3 @@ def multiply_grads(groups: list[dict], grad_mult: float | Tensor) -> None:
                 p.grad.mul_(mult.to(p.grad.device))
 
 
-#: Device types whose tensors step through torch's fused kernels on the merged groups (when
-#: the groups leave ``fused``/``foreach`` unset).
-TORCH_FUSED_DEVICES: tuple[str, ...] = ("cuda", "xpu")
-
-
-def torch_fused_ok(groups: list[dict]) -> bool:
-    """True when every group can run torch's fused kernel instead of its default path."""
-    for g in groups:
-        if g.get("fused") is not None or g.get("foreach") is not None:
-            return False  # the user chose a path: respect it
-        if g.get("differentiable") or g.get("capturable"):
-            return False
-        for p in g["params"]:
-            if p.device.type not in TORCH_FUSED_DEVICES or p.dtype not in DTYPE_CODES:
-                return False
-    return True
-
-
-def torch_fused_step(groups: list[dict], state: dict, torch_step: Callable[[], Any],
-                     optimizer: Any = None, grad_mult: float | Tensor | None = None) -> None:
-    """torch's fused kernel per merged group; it consumes grad_scale/found_inf itself. A
-    ``grad_mult`` (clip coefficient) is folded into the optimizer's ``grad_scale`` (the kernel
-    divides every gradient by it as it reads it), computed on the device."""
-    saved = getattr(optimizer, "grad_scale", None)
-    if grad_mult is not None and optimizer is not None:
-        device = next(p.device for g in groups for p in g["params"])
-        mult = grad_mult if isinstance(grad_mult, Tensor) else torch.tensor(float(grad_mult))
-        scale = saved if saved is not None else torch.ones((), dtype=torch.float32)
-        optimizer.grad_scale = scale.to(device, torch.float32) / mult.to(device, torch.float32)
-    for g in groups:
-        for p in g["params"]:
-            st = state.get(p)
-            step = st.get("step") if st else None
-            # the fused kernels keep the step counter on the parameter's device, in fp32
-            if isinstance(step, Tensor) and (step.device != p.device or step.dtype != torch.float32):
-                st["step"] = step.to(device=p.device, dtype=torch.float32)
-        g["fused"] = True
-    try:
-        torch_step()
-    finally:
-        for g in groups:
-            g["fused"] = None
-        if grad_mult is not None and optimizer is not None:
-            optimizer.grad_scale = saved

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import zoo
 from ._compat import ensure_torchvision
+from ._torch_compat import grad_scaler
 from .sources import Source, SourceError, resolve
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
@@ -557,7 +558,7 @@ def _amp_variants(model: nn.Module, cfg: BenchConfig, clip: dict, params: list[t
 
     fused = fastopt.AmpOptimWrapper(cfg.fastopt(model), loss_scale=1024.0, clip_grad=clip)
     opt = cfg.fastopt(model)
-    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
+    scaler = grad_scaler(device.type, init_scale=1024.0)
     scaler.scale(torch.zeros((), device=device))  # creates the scale tensor, as the first backward would
 
     def unscale_clip_step() -> None:

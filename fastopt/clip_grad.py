@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ._core import _C
 from ._kernels import DTYPE_CODES, is_sharded
+from ._torch_compat import get_total_norm
 
 __all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "native_norm_table", "total_norm"]
 
@@ -116,7 +117,7 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: flo
     if table is None:
         table = native_norm_table(grads, p)
     if table is None:
-        norm = torch.nn.utils.get_total_norm(grads, p)
+        norm = get_total_norm(grads, p)
         norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
         return (norm if divide_by == 1.0 else norm / divide_by), None
     norm, nonfinite = _C.grad_norm(*table, p)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ._kernels import MultOf
+from ._torch_compat import GRAD_SCALER, GRAD_SCALER_TYPES, grad_scaler
 from .clip_grad import NormTable, check_clip_grad, clip_coefficient, native_norm_table, total_norm
 from .registry import OPTIM_WRAPPERS, SCOPE_KEY, mmengine_registry_get, resolve_type, within_scope
 
@@ -194,7 +195,7 @@ class AmpOptimWrapper(OptimWrapper):
             scaler_args = dict(loss_scale)
         else:
             raise TypeError(f"loss_scale must be 'dynamic', a number or a dict, got {loss_scale!r}")
-        self.loss_scaler = torch.amp.GradScaler(self.device_type, **scaler_args)
+        self.loss_scaler = grad_scaler(self.device_type, **scaler_args)
         if isinstance(dtype, str):
             if dtype not in ("float16", "bfloat16"):
                 raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
@@ -273,11 +274,12 @@ def _scaler_fusable(optimizer: Any, scaler: Any) -> bool:
     """Whether ``fused_amp_step`` may stand in for ``scaler``'s unscale_/step/update: a fastopt
     optimizer, an enabled torch GradScaler whose methods are torch's own (not a sharded or other
     subclass that changes them), with nothing recorded for this iteration yet."""
-    if not isinstance(optimizer, torch.optim.Optimizer) or not isinstance(scaler, torch.amp.GradScaler):
+    if (not isinstance(optimizer, torch.optim.Optimizer) or GRAD_SCALER is None
+            or not isinstance(scaler, GRAD_SCALER_TYPES)):
         return False
     if "grad_mult" not in inspect.signature(optimizer.step).parameters or not scaler.is_enabled():
         return False
-    base = torch.amp.GradScaler
+    base = GRAD_SCALER
     if any(getattr(type(scaler), name) is not getattr(base, name) for name in ("unscale_", "step", "update")):
         return False
     return not getattr(scaler, "_per_optimizer_states", None)  # e.g. unscale_ already called

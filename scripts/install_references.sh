@@ -2,12 +2,15 @@
 # Install the CPU build of torch and the reference implementations the parity
 # tests compare against: mmengine 0.10.7, mmcv 1.7.2 (pure Python, no ops) and the
 # layer-decay constructor files of MMDetection / MMSegmentation.
+#   PYTHON=VENV/bin/python TORCH_SPEC=torch==2.5.1 bash scripts/install_references.sh
+# installs them into another environment, beside another torch (scripts/install_torch_venv.sh).
 set -euo pipefail
-PIP="${PIP:-python -m pip}"
+PY="${PYTHON:-python}"
+PIP="${PIP:-$PY -m pip}"
 
-$PIP install -q "torch==2.13.0"
+$PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
 $PIP install -q "mmengine==0.10.7"
-if ! python -c "import importlib.metadata as m; assert m.version('mmcv') == '1.7.2'" 2>/dev/null; then
+if ! $PY -c "import importlib.metadata as m; assert m.version('mmcv') == '1.7.2'" 2>/dev/null; then
   # mmcv 1.x only builds with an old setuptools and without build isolation.
   $PIP install -q "setuptools<70" wheel
   MMCV_WITH_OPS=0 $PIP install -q --no-build-isolation "mmcv==1.7.2"
@@ -21,7 +24,7 @@ $PIP install -q --no-deps "mmdet==3.3.0" "mmsegmentation==1.2.2"
 # (MMDetection 2.28.2, MMSegmentation 0.30.0 sdists) and MMAction2's TSM constructors
 # (1.2.0 for mmengine, 0.24.1 for mmcv 1.x; wheels).
 REFS="${FASTOPT_REFERENCES:-$(cd "$(dirname "$0")/.." && pwd)/.references}"
-FETCH="python $(dirname "$0")/fetch_release_file.py"
+FETCH="$PY $(dirname "$0")/fetch_release_file.py"
 MMDET2=mmdet/core/optimizers/layer_decay_optimizer_constructor.py
 MMSEG0=mmseg/core/optimizers/layer_decay_optimizer_constructor.py
 MMACTION1=mmaction/engine/optimizers/tsm_optim_wrapper_constructor.py
@@ -41,7 +44,7 @@ for v in 1.3.0 1.5.0; do
 done
 [ -f "$REFS/mmpretrain-1.2.0/mmpretrain/engine/optimizers/layer_decay_optim_wrapper_constructor.py" ] || $FETCH mmpretrain 1.2.0 wheel "$REFS" mmpretrain/engine/optimizers/layer_decay_optim_wrapper_constructor.py
 echo "single-file references in $REFS"
-python - <<'PY'
+$PY - <<'PY'
 import importlib.metadata as m
 for pkg in ("torch", "mmengine", "mmcv", "mmdet", "mmsegmentation"):
     print(f"{pkg}=={m.version(pkg)}")

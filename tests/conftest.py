@@ -25,6 +25,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _check_native_pointers() -> Any:
+    """Every native step checks each address it hands the kernel against the tensor it came
+    from (a stale cache fails the test that made it stale, instead of writing to freed memory)."""
+    from fastopt import _kernels
+
+    saved, _kernels.CHECK_POINTERS = getattr(_kernels, "CHECK_POINTERS", False), True
+    yield
+    _kernels.CHECK_POINTERS = saved
+
+
 def _fail_forbidden_skip(report: Any) -> None:
     if os.environ.get("FASTOPT_REQUIRE_REFERENCES") != "1" or not report.skipped:
         return

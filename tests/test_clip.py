@@ -436,10 +436,10 @@ def torch_fused_tier_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors routed to the torch-fused tier (the one CUDA tensors take), whose clip
     coefficient is folded into the ``grad_scale`` torch's fused kernels divide by: the CUDA
     path's logic, run where there is no GPU (torch's fused kernels exist on the CPU too)."""
-    from fastopt import _kernels
+    from fastopt import _kernels, _tiers
 
     monkeypatch.setattr(_kernels, "group_native", lambda group: False)
-    monkeypatch.setattr(_kernels, "TORCH_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(_tiers, "TORCH_FUSED_DEVICES", ("cpu",))
 
 
 @pytest.mark.usefixtures("torch_fused_tier_on_cpu")

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastopt
-from fastopt import _kernels
+from fastopt import _kernels, _tiers
 from fastopt import optim as fo
 
 from .numerics import assert_few_differ
@@ -347,7 +347,7 @@ def test_device_path_uses_torch_fused_kernels(name: str, monkeypatch: pytest.Mon
     on the merged groups. Exercised on CPU by routing CPU tensors to that path."""
     ours_cls, ref_cls = PAIRS[name]
     monkeypatch.setattr(_kernels, "group_native", lambda group: False)
-    monkeypatch.setattr(_kernels, "TORCH_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(_tiers, "TORCH_FUSED_DEVICES", ("cpu",))
     torch.manual_seed(0)
     ps = [torch.randn(s, requires_grad=True) for s in [(5, 3), (7,), (0,)]]
     qs = [p.detach().clone().requires_grad_() for p in ps]

@@ -33,6 +33,7 @@ from mmcv.runner.fp16_utils import wrap_fp16_model  # noqa: E402
 from mmcv.runner.hooks import optimizer as mmcv_optimizer_hooks  # noqa: E402
 from mmcv.utils import IS_NPU_AVAILABLE  # noqa: E402
 
+from .._torch_compat import grad_scaler  # noqa: E402
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 from ..layer_decay import (  # noqa: E402
     MmcvLayerDecayOptimizerConstructor,
@@ -150,7 +151,7 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
             self.loss_scaler = mmcv_optimizer_hooks.GradScaler(**scaler_args)
         else:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.loss_scaler = torch.amp.GradScaler(device, **scaler_args)
+            self.loss_scaler = grad_scaler(device, **scaler_args)
 
     def before_run(self, runner: Any) -> None:
         """Set the model's fp16 flags and resume the scaler from ``runner.meta`` (a state saved

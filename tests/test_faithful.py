@@ -1,0 +1,334 @@
+"""fastopt's optimizers through what torch lets a user do to an optimizer between steps.
+
+Each case runs fastopt's class and torch's class side by side on equal parameters, applies
+the same change to both after a few steps (a parameter replaced, state cleared, a state
+tensor replaced, ``p.data`` reassigned, a dtype move, a reload, hooks), steps both twice
+more, and compares parameters, every state entry and ``state_dict()``. torch's class is the
+oracle: whatever it does on the installed torch, fastopt's must do too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from fastopt import optim as fo
+
+pytest.importorskip("fastopt._C")
+
+PAIRS = {"SGD": (fo.SGD, torch.optim.SGD), "Adam": (fo.Adam, torch.optim.Adam),
+         "AdamW": (fo.AdamW, torch.optim.AdamW)}
+OPTS = {"SGD": dict(lr=0.1, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.05, weight_decay=0.01),
+        "AdamW": dict(lr=0.05, weight_decay=0.1)}
+#: the state tensor a "replace a state tensor" case swaps, per optimizer
+BUFFER = {"SGD": "momentum_buffer", "Adam": "exp_avg", "AdamW": "exp_avg"}
+SHAPES = [(4, 3), (5,), (2, 2, 2), (7,)]
+
+
+class Twin:
+    """fastopt's and torch's optimizer over two equal copies of the same parameters."""
+
+    def __init__(self, name: str, opts: dict | None = None, shapes: list[tuple] = SHAPES,
+                 groups: int = 2, dtype: torch.dtype = torch.float32) -> None:
+        ours_cls, ref_cls = PAIRS[name]
+        gen = torch.Generator().manual_seed(0)
+        self.ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+        self.qs = [torch.nn.Parameter(p.detach().clone()) for p in self.ps]
+        opts = OPTS[name] if opts is None else opts
+
+        def grouped(ts: list) -> list[dict]:
+            return [{"params": ts[i::groups], **({"lr": opts["lr"] / 2} if i else {})} for i in range(groups)]
+
+        self.ours = ours_cls(grouped(self.ps), **opts)
+        self.ref = ref_cls(grouped(self.qs), foreach=False, **opts)
+        self.gen = torch.Generator().manual_seed(1)
+
+    def both(self, fn: Callable[[Any, list], None]) -> None:
+        """Apply the same change to both sides: ``fn(optimizer, params)``."""
+        fn(self.ours, self.ps)
+        fn(self.ref, self.qs)
+
+    def step(self, n: int = 1) -> None:
+        """``n`` steps of both, with equal random gradients on every current parameter; where
+        torch's step raises, fastopt's must raise the same class of error."""
+        for _ in range(n):
+            ours = [p for g in self.ours.param_groups for p in g["params"]]
+            ref = [q for g in self.ref.param_groups for q in g["params"]]
+            for p, q in zip(ours, ref):
+                g = torch.randn(p.shape, generator=self.gen, dtype=torch.float64)
+                p.grad, q.grad = g.to(p.dtype), g.to(q.dtype)
+            same_outcome(self.ours.step, self.ref.step)
+
+    def assert_same(self) -> None:
+        """Parameters, state and state_dict() as torch's."""
+        ours = [p for g in self.ours.param_groups for p in g["params"]]
+        ref = [q for g in self.ref.param_groups for q in g["params"]]
+        for p, q in zip(ours, ref):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        dicts = same_outcome(self.ours.state_dict, self.ref.state_dict)
+        if dicts is not None:
+            assert_state_dicts_equal(*dicts)
+        for p, q in zip(ours, ref):
+            assert (p in self.ours.state) == (q in self.ref.state)
+            if q in self.ref.state:
+                assert_entries_equal(self.ours.state[p], self.ref.state[q])
+
+
+def same_outcome(ours: Callable[[], Any], ref: Callable[[], Any]) -> tuple[Any, Any] | None:
+    """Call both; where torch's raises, fastopt's must raise the same class (then None)."""
+    try:
+        b = ref()
+    except Exception as err:
+        with pytest.raises(type(err)):
+            ours()
+        return None
+    return ours(), b
+
+
+def assert_entries_equal(a: dict, b: dict) -> None:
+    """One parameter's state: same keys, same values (tensors: dtype, device, values)."""
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    for key in b:
+        if isinstance(b[key], torch.Tensor):
+            assert isinstance(a[key], torch.Tensor), key
+            layout = (a[key].dtype, a[key].device, a[key].shape)
+            assert layout == (b[key].dtype, b[key].device, b[key].shape), key
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+        else:
+            assert a[key] == b[key], key
+
+
+def assert_state_dicts_equal(a: dict, b: dict) -> None:
+    """Two optimizer state dicts: the same entries, groups and hyperparameters."""
+    assert a["state"].keys() == b["state"].keys(), (sorted(a["state"]), sorted(b["state"]))
+    for k in b["state"]:
+        assert_entries_equal(a["state"][k], b["state"][k])
+    assert len(a["param_groups"]) == len(b["param_groups"])
+    for ga, gb in zip(a["param_groups"], b["param_groups"]):
+        # torch's side runs its single-tensor path (foreach=False), fastopt's its default
+        assert {**ga, "foreach": None} == {**gb, "foreach": None}
+
+
+# -- the mutations -----------------------------------------------------------------------
+
+def _replace_param(opt: Any, ps: list) -> None:
+    old = opt.param_groups[0]["params"][1]
+    new = torch.nn.Parameter(old.detach() * 0.5 + 1.0)
+    opt.param_groups[0]["params"][1] = new
+
+
+def _clear_state(opt: Any, ps: list) -> None:
+    opt.state.clear()
+
+
+def _replace_state_tensor(key: str) -> Callable[[Any, list], None]:
+    def replace(opt: Any, ps: list) -> None:
+        for p in ps[:2]:
+            opt.state[p][key] = opt.state[p][key].clone() * 2.0 + 0.5
+    return replace
+
+
+def _replace_state_tensor_data(key: str) -> Callable[[Any, list], None]:
+    def replace(opt: Any, ps: list) -> None:
+        opt.state[ps[0]][key].data = opt.state[ps[0]][key].data.clone() * -1.0
+    return replace
+
+
+def _replace_state_dict(opt: Any, ps: list) -> None:
+    opt.state[ps[2]] = {k: (v.clone() * 0.5 if isinstance(v, torch.Tensor) and v.ndim else v)
+                        for k, v in opt.state[ps[2]].items()}
+
+
+def _reassign_data(opt: Any, ps: list) -> None:
+    ps[0].data = ps[0].data.clone() + 1.0
+
+
+def _remove_param(opt: Any, ps: list) -> None:
+    del opt.param_groups[1]["params"][0]
+
+
+def _swap_params_between_groups(opt: Any, ps: list) -> None:
+    a, b = opt.param_groups[0]["params"], opt.param_groups[1]["params"]
+    a[0], b[0] = b[0], a[0]
+
+
+MUTATIONS = {
+    "param replaced": _replace_param,
+    "state cleared": _clear_state,
+    "state dict of a parameter replaced": _replace_state_dict,
+    "p.data reassigned": _reassign_data,
+    "parameter removed": _remove_param,
+    "parameters swapped between groups": _swap_params_between_groups,
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_mutation_between_steps_gives_torchs_result(name: str, mutation: str) -> None:
+    twin = Twin(name)
+    twin.step(3)
+    twin.both(MUTATIONS[mutation])
+    twin.step(2)
+    twin.assert_same()
+    assert twin.ours.fastopt_tier == "native"
+
+
+@pytest.mark.parametrize("how", ["replaced", ".data replaced"])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_state_tensor_replaced_between_steps(name: str, how: str) -> None:
+    twin = Twin(name)
+    twin.step(3)
+    make = _replace_state_tensor if how == "replaced" else _replace_state_tensor_data
+    twin.both(make(BUFFER[name]))
+    twin.step(2)
+    twin.assert_same()
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_state_cleared_then_saved_keeps_every_parameter(name: str) -> None:
+    twin = Twin(name)
+    twin.step(2)
+    twin.both(_clear_state)
+    twin.step(1)
+    assert len(twin.ours.state_dict()["state"]) == len(twin.ref.state_dict()["state"]) == len(SHAPES)
+    twin.assert_same()
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_model_moved_to_float64_between_steps(name: str) -> None:
+    twin = Twin(name)
+    twin.step(2)
+
+    def to_double(opt: Any, ps: list) -> None:
+        for p in ps:
+            p.data = p.data.double()
+    twin.both(to_double)
+    twin.step(2)
+    twin.assert_same()
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_load_state_dict_and_add_param_group_between_steps(name: str) -> None:
+    twin = Twin(name)
+    twin.step(2)
+    saved = copy.deepcopy(twin.ref.state_dict())
+    twin.step(1)
+    twin.ours.load_state_dict(copy.deepcopy(saved))  # (loading keeps the tensors it is given)
+    twin.ref.load_state_dict(copy.deepcopy(saved))
+    extra = [torch.nn.Parameter(torch.randn(3)), None]
+    extra[1] = torch.nn.Parameter(extra[0].detach().clone())
+    twin.ours.add_param_group({"params": [extra[0]], "lr": 0.01})
+    twin.ref.add_param_group({"params": [extra[1]], "lr": 0.01})
+    twin.step(2)
+    twin.assert_same()
+
+
+def test_sgd_without_momentum_keeps_the_state_torch_keeps() -> None:
+    twin = Twin("SGD", dict(lr=0.1))
+    twin.step(2)
+    twin.assert_same()
+    assert twin.ours.state_dict()["state"] == twin.ref.state_dict()["state"]
+
+
+# -- flat-buffer mode ------------------------------------------------------------------
+
+def test_flat_buffers_refuse_a_model_moved_to_another_dtype() -> None:
+    twin = Twin("AdamW")
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    for p in twin.ps:
+        p.data = p.data.double()
+    for p in twin.ps:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match=r"flat buffers: parameter 0 .* no longer lives"):
+        twin.ours.step()
+
+
+def test_flat_buffers_refuse_a_parameter_without_the_groups_step_count() -> None:
+    twin = Twin("AdamW")
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    twin.both(_replace_param)
+    for p in twin.ps:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="some parameters have optimizer state and others not"):
+        twin.ours.step()
+
+
+@pytest.mark.parametrize("mutation", ["state cleared", "state dict of a parameter replaced",
+                                      "parameters swapped between groups"])
+def test_flat_buffers_follow_state_and_param_changes(mutation: str) -> None:
+    twin = Twin("AdamW")
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    twin.both(MUTATIONS[mutation])
+    twin.step(2)
+    ours = [p for g in twin.ours.param_groups for p in g["params"]]
+    ref = [q for g in twin.ref.param_groups for q in g["params"]]
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_buffers_take_a_gradient_assigned_by_hand() -> None:
+    twin = Twin("SGD")
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    for p, q in zip(twin.ps, twin.qs):
+        g = torch.randn(p.shape, generator=twin.gen)
+        p.grad.add_(g)  # accumulates into the buffer: the buffer's version moves on
+        q.grad = q.grad + g
+    extra = torch.randn(SHAPES[1], generator=twin.gen)
+    twin.ps[1].grad, twin.qs[1].grad = extra.clone(), extra.clone()  # and one replaced by hand
+    twin.ours.step()
+    twin.ref.step()
+    for p, q in zip(twin.ps, twin.qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# -- hooks and attributes --------------------------------------------------------------
+
+def _fallback_params() -> list[torch.nn.Parameter]:
+    """Parameters only torch's path takes (non-contiguous)."""
+    return [torch.nn.Parameter(torch.randn(4, 3).t())]
+
+
+@pytest.mark.parametrize("tier", ["native", "torch"])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_step_hooks_fire_once(name: str, tier: str) -> None:
+    ours_cls, ref_cls = PAIRS[name]
+    ref_cls([torch.nn.Parameter(torch.ones(2))], lr=0.1)  # torch's class constructed: its step is hooked
+    params = _fallback_params() if tier == "torch" else [torch.nn.Parameter(torch.ones(3))]
+    opt = ours_cls(params, lr=0.1)
+    calls: list[str] = []
+    handles = [opt.register_step_pre_hook(lambda *a: calls.append("pre")),
+               opt.register_step_post_hook(lambda *a: calls.append("post")),
+               register_optimizer_step_pre_hook(lambda *a: calls.append("global pre")),
+               register_optimizer_step_post_hook(lambda *a: calls.append("global post"))]
+    try:
+        params[0].grad = torch.ones_like(params[0])
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert opt.fastopt_tier == tier
+    assert sorted(calls) == ["global post", "global pre", "post", "pre"]
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_a_step_leaves_no_attributes_torch_does_not(name: str) -> None:
+    ours_cls, ref_cls = PAIRS[name]
+    for params in (_fallback_params(), [torch.nn.Parameter(torch.ones(3))]):
+        opt = ours_cls(params, lr=0.1)
+        ref = ref_cls([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.1)
+        params[0].grad = torch.ones_like(params[0])
+        ref.param_groups[0]["params"][0].grad = torch.ones_like(params[0])
+        opt.step()
+        ref.step()
+        public = {k for k in vars(opt) if not k.startswith("_")}
+        assert public == {k for k in vars(ref) if not k.startswith("_")}
+        assert opt.param_groups[0].keys() == ref.param_groups[0].keys()
