@@ -12,7 +12,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x "$VENV/bin/python" ] || python -m venv "$VENV"
 PY="$VENV/bin/python"
 NUMPY="numpy"
-case "$VERSION" in 2.0.*|2.1.*|2.2.*) NUMPY="numpy<2" ;; esac
+case "$VERSION" in
+  2.0.*|2.1.*|2.2.*)
+    NUMPY="numpy<2"
+    # every install below keeps numpy 1.x, and an OpenCV built against it (mmcv imports cv2);
+    # and pkg_resources, which torch's cpp_extension imports there (setuptools 81 removed it)
+    printf 'numpy<2\nopencv-python<4.12\nsetuptools<81\n' > "$VENV/constraints.txt"
+    export PIP_CONSTRAINT="$(cd "$VENV" && pwd)/constraints.txt" ;;
+esac
 $PY -m pip install -q "torch==$VERSION" "$NUMPY"
 PYTHON="$PY" TORCH_SPEC="torch==$VERSION" bash scripts/install_references.sh
 $PY -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja "$NUMPY"

@@ -9,6 +9,8 @@ import torch
 
 from fastopt import optim as fo
 
+from .torch_release import torch_total_norm
+
 #: what GradScaler does to the gradients and the scale outside the fused phase
 SCALER_PASSES = ("unscale_", "step", "update")
 
@@ -54,7 +56,7 @@ def check_coefficient_folded_into_grad_scale(name: str, device: str) -> None:
         for p, q in zip(ps, qs):
             g = torch.randn(p.shape, device=device)
             p.grad, q.grad = g.clone(), g.clone()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in ps])
+        norm = torch_total_norm([p.grad for p in ps])
         a.step(grad_mult=torch.clamp(0.5 / (norm + 1e-6), max=1.0))
         torch.nn.utils.clip_grad_norm_(qs, 0.5)
         b.step()

@@ -10,6 +10,8 @@ from torch import nn
 
 from fastopt import optim as fo
 
+from .torch_release import needs_cpu_scaler
+
 pytest.importorskip("fastopt._C")
 
 
@@ -93,6 +95,7 @@ def test_flat_rejects_what_it_cannot_take() -> None:
         fo.SGD([p], lr=0.1).use_flat_buffers()
 
 
+@needs_cpu_scaler
 def test_flat_grad_scaler_skips_inf() -> None:
     model = small_model()
     opt = fo.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -15,6 +15,7 @@ from torch import nn
 from .amp import cpu_scaler, refuse_scaler_passes
 from .models import MixedNormNet
 from .refs import mismatches, mmcv_runner, mmengine_build, quiet_mmengine_logger
+from .torch_release import needs_cpu_scaler
 
 PARAMWISE = dict(norm_decay_mult=0.0, bias_decay_mult=0.0, custom_keys={"head": dict(lr_mult=0.1)})
 
@@ -173,6 +174,7 @@ def cpu_amp_wrapper(monkeypatch: pytest.MonkeyPatch) -> _CpuScalers:
     return scalers
 
 
+@needs_cpu_scaler
 @pytest.mark.parametrize("loss_scale", ["dynamic", 512.0, dict(init_scale=1024.0, growth_interval=2)])
 def test_mmengine_runner_with_a_loss_scaler_trains_like_the_default_constructor(
         tmp_path: Path, cpu_amp_wrapper: _CpuScalers, loss_scale: str | float | dict) -> None:
@@ -451,6 +453,7 @@ def _mmcv_fp16_train(tmp: Path, hook: dict, constructor: str | None, *, epochs: 
 
 
 @pytest.mark.usefixtures("no_epoch_pause")
+@needs_cpu_scaler
 @pytest.mark.parametrize(("loss_scale", "fused"), [(scale, True) for scale in FP16_LOSS_SCALES]
                          + [("dynamic", False)])
 def test_mmcv_fast_fp16_hook_trains_like_mmcvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -480,6 +483,7 @@ def test_mmcv_fast_fp16_hook_trains_like_mmcvs(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.usefixtures("no_epoch_pause")
+@needs_cpu_scaler
 @pytest.mark.parametrize(("loss_scale", "overflow"), [(scale, None) for scale in FP16_LOSS_SCALES]
                          + [("dynamic", OVERFLOW_INDEX)])
 def test_mmcv_fast_gradient_cumulative_fp16_hook_trains_like_mmcvs(
@@ -506,6 +510,7 @@ def test_mmcv_fast_gradient_cumulative_fp16_hook_trains_like_mmcvs(
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
+@needs_cpu_scaler
 @pytest.mark.usefixtures("no_epoch_pause")
 @pytest.mark.parametrize("loss_scale", FP16_LOSS_SCALES)
 def test_mmcv_fast_fp16_hook_matches_the_gradscaler_sequence(tmp_path: Path, loss_scale: str | float | dict
@@ -534,6 +539,7 @@ def test_mmcv_fast_fp16_hook_matches_the_gradscaler_sequence(tmp_path: Path, los
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
+@needs_cpu_scaler
 @pytest.mark.usefixtures("no_epoch_pause")
 def test_mmcv_fast_fp16_hook_resumes_the_scaler(tmp_path: Path) -> None:
     """The scaler's state goes into the checkpoint's meta and comes back on resume: one epoch,
@@ -558,6 +564,7 @@ def test_mmcv_fast_fp16_hook_resumes_the_scaler(tmp_path: Path) -> None:
         assert torch.equal(opt.state[p]["momentum_buffer"], whole_opt.state[q]["momentum_buffer"])
 
 
+@needs_cpu_scaler
 def test_mmcv_fast_fp16_hook_config() -> None:
     """Registered in mmcv's HOOKS, mmcv's loss_scale forms (and an int), mmcv's error otherwise; a
     scaler state saved by a disabled scaler (empty) leaves the scaler as configured."""

@@ -20,6 +20,7 @@ from fastopt import _kernels, _tiers
 from fastopt import optim as fo
 
 from .numerics import assert_few_differ
+from .torch_release import needs_cpu_scaler, needs_fused_on_cpu, skip_without_oracle
 
 _C = pytest.importorskip("fastopt._C")
 
@@ -130,6 +131,7 @@ def test_matches_torch_fp32(name: str, data: st.DataObject) -> None:
 @pytest.mark.parametrize("name", list(PAIRS))
 @pytest.mark.parametrize(("lr", "weight_decay"), [(0.01, 0.01), (0.05, 0.3)])
 def test_matches_torch_other_dtypes(name: str, dtype: torch.dtype, lr: float, weight_decay: float) -> None:
+    skip_without_oracle(PAIRS[name][1], dtype)
     opts = dict(lr=lr, weight_decay=weight_decay)
     if name == "SGD":
         opts.update(momentum=0.9, nesterov=True)
@@ -146,6 +148,7 @@ def test_low_precision_step_is_within_ulps_of_torch(name: str, dtype: torch.dtyp
     """One step from the same state: nearly every element bit-identical to torch's, the rest a
     few ulps away (torch's scalar tail rounds each intermediate; with cancellation that can reach
     ten ulps of a small result)."""
+    skip_without_oracle(PAIRS[name][1], dtype)
     opts: dict = dict(lr=0.05, weight_decay=0.3)
     opts.update(momentum=0.9, nesterov=True) if name == "SGD" else opts.update(betas=(0.8, 0.99))
     ours, ref, ps, qs = run_pair(name, opts, dtype, [(70_001,), (33, 7), (5,)], steps=1)
@@ -231,6 +234,7 @@ def test_state_dict_round_trips_with_torch(name: str) -> None:
     assert type(a.state_dict()["state"][0]) is dict
 
 
+@needs_cpu_scaler
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_grad_scaler_unscales_and_skips_inf(name: str) -> None:
     ours_cls, ref_cls = PAIRS[name]
@@ -341,6 +345,8 @@ def test_kernel_rejects_bad_shapes_and_null_pointers() -> None:
                     np.zeros(1, np.int32), np.zeros((1, 4)), 0.0)
 
 
+@needs_cpu_scaler
+@needs_fused_on_cpu
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_device_path_uses_torch_fused_kernels(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tensors the native kernel does not take (e.g. CUDA) step through torch's fused kernel

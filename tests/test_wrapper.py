@@ -11,6 +11,8 @@ from torch import nn
 import fastopt
 from fastopt import wrapper as wrapper_module
 
+from .torch_release import needs_cpu_scaler
+
 
 @pytest.fixture
 def no_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,6 +24,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 1))
 
 
+@needs_cpu_scaler
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_wrapper_matches_a_manual_gradscaler_loop(dtype: str, no_mmengine: None) -> None:
     a, b = _model(), _model()
@@ -67,6 +70,7 @@ def test_plain_wrapper_clip_by_value_and_momentum(no_mmengine: None) -> None:
     assert wrapper.get_momentum() == {"momentum": [0.9]}
 
 
+@needs_cpu_scaler
 def test_wrapper_rejects_bad_arguments(no_mmengine: None) -> None:
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="accumulative_counts"):
