@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "dtype.h"
+#include "identity.h"
 #include "matcher.h"
 #include "rules.h"
 #include "step_cpu.h"
@@ -136,6 +137,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("grad_norm", &grad_norm, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("norm_type"),
         "(norm, nonfinite): the 2-norm or inf-norm of n gradients taken together, float block sums added in "
         "double in a fixed order (the same for any thread count), and whether any is inf/NaN.");
+  m.def("state_addresses", &fastopt::state_addresses, py::arg("state"),
+        "Addresses of the objects of a dict of dicts (an optimizer's state), in iteration order: per\n"
+        "entry its key, its value and, for a dict value, its size and each of its keys and values.");
+  m.def("state_unchanged", &fastopt::state_unchanged, py::arg("state"), py::arg("snapshot"),
+        "Whether state_addresses(state) equals snapshot (whose objects the caller keeps alive).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");

@@ -28,6 +28,13 @@ def grad_norm(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike,
     """(norm, nonfinite): the 2-norm (norm_type 2) or inf-norm of n gradients taken together,
     float block sums added in double in a fixed order, and whether any is inf/NaN."""
 
+def state_addresses(state: dict) -> npt.NDArray[np.uint64]:
+    """Addresses of the objects of a dict of dicts (an optimizer's state), in iteration order: per
+    entry its key, its value and, for a dict value, its size and each of its keys and values."""
+
+def state_unchanged(state: dict, snapshot: npt.ArrayLike) -> bool:
+    """Whether state_addresses(state) equals snapshot (whose objects the caller keeps alive)."""
+
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
 

@@ -292,9 +292,10 @@ class Plan:
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
         self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
         # what the state looked like when the pointers were taken (see check_state)
-        self.states: list[dict] = [NO_STATE] * len(self.params)
-        self.row_values: list[tuple] = [()] * len(self.params)
-        self.values: list[Any] = []
+        self.states: list[dict] = [NO_STATE] * len(self.params)  # each row's state dict
+        self.row_values: list[tuple] = [()] * len(self.params)  # and its entries
+        self.addresses = np.zeros(0, dtype=np.uint64)  # the whole state (_C.state_addresses)
+        self.held: tuple = ()  # the objects those addresses are of
         self.state_tensors: list[Tensor] = []
         self.state_rows = np.zeros(0, dtype=np.int64)
         self.state_ptrs = np.zeros(0, dtype=np.uint64)
@@ -320,11 +321,12 @@ class Plan:
     def check_state(self, state: dict) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
         dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
-        replaced (``.data = ...``). True when nothing changed."""
-        states = list(map(state.get, self.params, repeat(NO_STATE)))
-        values = list(chain.from_iterable(map(dict.values, states)))
-        if (len(values) == len(self.values) and all(map(operator.is_, states, self.states))
-                and all(map(operator.is_, values, self.values))):
+        replaced (``.data = ...``). True when nothing changed.
+
+        The fast path compares the whole ``state`` with the last snapshot by identity, in
+        iteration order (keys, each parameter's dict, every entry), in one native pass over the
+        dicts that touches no tensor; then the address of every state tensor the table points to."""
+        if _C.state_unchanged(state, self.addresses):
             if not len(self.state_ptrs):
                 return True
             ptrs = np.fromiter(map(Tensor.data_ptr, self.state_tensors), dtype=np.uint64,
@@ -334,19 +336,26 @@ class Plan:
                 return True
             self.ready[self.state_rows[moved]] = False
             return False
+        states = list(map(state.get, self.params, repeat(NO_STATE)))
         for i, (now, then, then_values) in enumerate(zip(states, self.states, self.row_values)):
             if (now is not then or len(now) != len(then_values)
                     or not all(map(operator.is_, now.values(), then_values))):
                 self.ready[i] = False
-        self.states, self.values = states, values
-        self.row_values = [tuple(st.values()) for st in states]
+        self._remember(state, states)
         return False
+
+    def _remember(self, state: dict, states: list[dict]) -> None:
+        self.states = states
+        self.row_values = [tuple(st.values()) for st in states]
+        self.addresses = _C.state_addresses(state)
+        # every object the addresses stand for, kept alive: none can be reused by another
+        dicts = list(state.values())
+        inner = [d for d in dicts if isinstance(d, dict)]
+        self.held = (list(state), dicts, [list(d.items()) for d in inner])
 
     def snapshot(self, state: dict) -> None:
         """Remember the state as it is now, after rows were prepared."""
-        self.states = list(map(state.get, self.params, repeat(NO_STATE)))
-        self.row_values = [tuple(s.values()) for s in self.states]
-        self.values = list(chain.from_iterable(self.row_values))
+        self._remember(state, list(map(state.get, self.params, repeat(NO_STATE))))
         rows = np.flatnonzero(self.ready)
         tensors, owners = [], []
         for i in rows.tolist():

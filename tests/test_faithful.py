@@ -332,3 +332,42 @@ def test_a_step_leaves_no_attributes_torch_does_not(name: str) -> None:
         public = {k for k in vars(opt) if not k.startswith("_")}
         assert public == {k for k in vars(ref) if not k.startswith("_")}
         assert opt.param_groups[0].keys() == ref.param_groups[0].keys()
+
+
+# -- the native identity snapshot of the state ---------------------------------------------
+
+def _snapshot_state() -> tuple[dict, list]:
+    from collections import defaultdict
+    ps = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    state: dict = defaultdict(dict)
+    for p in ps:
+        state[p].update(step=torch.tensor(1.0), exp_avg=torch.zeros(2))
+    return state, ps
+
+
+STATE_EDITS: dict[str, Callable[[dict, list], None]] = {
+    "cleared": lambda st, ps: st.clear(),
+    "a dict replaced": lambda st, ps: st.__setitem__(ps[1], dict(st[ps[1]])),
+    "an entry replaced": lambda st, ps: st[ps[2]].__setitem__("exp_avg", torch.zeros(2)),
+    "an entry added": lambda st, ps: st[ps[0]].__setitem__("extra", torch.zeros(2)),
+    "an entry removed": lambda st, ps: st[ps[0]].pop("step"),
+    "a parameter added": lambda st, ps: st[torch.nn.Parameter(torch.zeros(1))].update(),
+    "a parameter removed": lambda st, ps: st.pop(ps[2]),
+    "a dict moved to another key": lambda st, ps: st.__setitem__(ps[0], st.pop(ps[2])),
+    "entries reordered": lambda st, ps: st[ps[1]].__setitem__("step", st[ps[1]].pop("step")),
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_native_state_snapshot_sees_every_replacement(edit: str) -> None:
+    from fastopt import _C
+
+    state, ps = _snapshot_state()
+    snapshot = _C.state_addresses(state)
+    held = [list(state.items()), [list(d.items()) for d in state.values()]]  # the objects kept alive
+    assert _C.state_unchanged(state, snapshot)
+    state[ps[0]]["exp_avg"].add_(1.0)  # in place: the same objects
+    assert _C.state_unchanged(state, snapshot)
+    STATE_EDITS[edit](state, ps)
+    assert not _C.state_unchanged(state, snapshot)
+    assert held

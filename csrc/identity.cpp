@@ -1,0 +1,59 @@
+// Identity snapshots of an optimizer's state: one pass over the dicts' own entry tables with
+// borrowed references (no reference count touched, no tensor dereferenced), so the check costs
+// a few loads per entry however cold the tensors are.
+#include "identity.h"
+
+#include <stdexcept>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace fastopt {
+namespace {
+
+uint64_t address(PyObject* obj) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(obj)); }
+
+// Calls visit(word) for every word of the snapshot, in order; stops (false) when visit does.
+template <class Visit>
+bool walk(py::handle state, Visit&& visit) {
+  if (!PyDict_Check(state.ptr())) throw py::type_error("state must be a dict");
+  Py_ssize_t pos = 0;
+  PyObject* key = nullptr;
+  PyObject* value = nullptr;
+  while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
+    if (!visit(address(key)) || !visit(address(value))) return false;
+    if (!PyDict_Check(value)) continue;
+    if (!visit(static_cast<uint64_t>(PyDict_Size(value)))) return false;
+    Py_ssize_t inner = 0;
+    PyObject* k = nullptr;
+    PyObject* v = nullptr;
+    while (PyDict_Next(value, &inner, &k, &v)) {
+      if (!visit(address(k)) || !visit(address(v))) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+py::array_t<uint64_t> state_addresses(py::handle state) {
+  std::vector<uint64_t> words;
+  walk(state, [&](uint64_t w) {
+    words.push_back(w);
+    return true;
+  });
+  py::array_t<uint64_t> out(static_cast<py::ssize_t>(words.size()));
+  std::copy(words.begin(), words.end(), out.mutable_data());
+  return out;
+}
+
+bool state_unchanged(py::handle state, const py::array_t<uint64_t>& snapshot) {
+  if (snapshot.ndim() != 1) throw std::invalid_argument("state_unchanged: snapshot must be 1-D");
+  const uint64_t* expect = snapshot.data();
+  const auto n = static_cast<std::size_t>(snapshot.shape(0));
+  std::size_t i = 0;
+  const bool same = walk(state, [&](uint64_t w) { return i < n && expect[i++] == w; });
+  return same && i == n;
+}
+
+}  // namespace fastopt
