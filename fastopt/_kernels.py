@@ -321,17 +321,9 @@ class Plan:
     def check_state(self, state: dict) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
         dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
-        replaced (``.data = ...``). True when nothing changed.
-
-        The fast path compares the whole ``state`` with the last snapshot by identity, in
-        iteration order (keys, each parameter's dict, every entry), in one native pass over the
-        dicts that touches no tensor; then the address of every state tensor the table points to."""
-        if _C.state_unchanged(state, self.addresses):
-            if not len(self.state_ptrs):
-                return True
-            ptrs = np.fromiter(map(Tensor.data_ptr, self.state_tensors), dtype=np.uint64,
-                               count=len(self.state_tensors))
-            moved = ptrs != self.state_ptrs
+        replaced (``.data = ...``). True when nothing changed."""
+        if self.same_state(state):
+            moved = self.moved_storage()
             if not moved.any():
                 return True
             self.ready[self.state_rows[moved]] = False
@@ -343,6 +335,18 @@ class Plan:
                 self.ready[i] = False
         self._remember(state, states)
         return False
+
+    def same_state(self, state: dict) -> bool:
+        """Whether ``state`` holds the same objects as at the last snapshot (keys, each
+        parameter's dict, every entry, in iteration order): one native pass over the dicts,
+        touching no tensor."""
+        return _C.state_unchanged(state, self.addresses)
+
+    def moved_storage(self) -> np.ndarray:
+        """Per state tensor the table points to, whether its storage moved since (``.data =``)."""
+        ptrs = np.fromiter(map(Tensor.data_ptr, self.state_tensors), dtype=np.uint64,
+                           count=len(self.state_tensors))
+        return ptrs != self.state_ptrs
 
     def _remember(self, state: dict, states: list[dict]) -> None:
         self.states = states
