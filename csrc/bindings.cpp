@@ -142,6 +142,10 @@ PYBIND11_MODULE(_C, m) {
         "entry its key, its value and, for a dict value, its size and each of its keys and values.");
   m.def("state_unchanged", &fastopt::state_unchanged, py::arg("state"), py::arg("snapshot"),
         "Whether state_addresses(state) equals snapshot (whose objects the caller keeps alive).");
+  m.def("list_addresses", &fastopt::list_addresses, py::arg("lists"),
+        "The length of every list of a list of lists and the address of each item, in order.");
+  m.def("lists_unchanged", &fastopt::lists_unchanged, py::arg("lists"), py::arg("snapshot"),
+        "Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");

@@ -3,6 +3,7 @@
 // a few loads per entry however cold the tensors are.
 #include "identity.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <vector>
 
@@ -34,7 +35,53 @@ bool walk(py::handle state, Visit&& visit) {
   return true;
 }
 
+// Calls visit(word) for the length of every list in `lists` and the address of each item.
+template <class Visit>
+bool walk_lists(py::handle lists, Visit&& visit) {
+  if (!PyList_Check(lists.ptr())) throw py::type_error("lists must be a list of lists");
+  const Py_ssize_t n = PyList_GET_SIZE(lists.ptr());
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* list = PyList_GET_ITEM(lists.ptr(), i);
+    if (!PyList_Check(list)) throw py::type_error("lists must be a list of lists");
+    const Py_ssize_t m = PyList_GET_SIZE(list);
+    if (!visit(static_cast<uint64_t>(m))) return false;
+    for (Py_ssize_t j = 0; j < m; ++j) {
+      if (!visit(address(PyList_GET_ITEM(list, j)))) return false;
+    }
+  }
+  return true;
+}
+
+py::array_t<uint64_t> collect(const std::vector<uint64_t>& words) {
+  py::array_t<uint64_t> out(static_cast<py::ssize_t>(words.size()));
+  std::copy(words.begin(), words.end(), out.mutable_data());
+  return out;
+}
+
+template <class Walk>
+bool same_as(Walk&& walk, const py::array_t<uint64_t>& snapshot) {
+  if (snapshot.ndim() != 1) throw std::invalid_argument("snapshot must be 1-D");
+  const uint64_t* expect = snapshot.data();
+  const auto n = static_cast<std::size_t>(snapshot.shape(0));
+  std::size_t i = 0;
+  const bool same = walk([&](uint64_t w) { return i < n && expect[i++] == w; });
+  return same && i == n;
+}
+
 }  // namespace
+
+py::array_t<uint64_t> list_addresses(py::handle lists) {
+  std::vector<uint64_t> words;
+  walk_lists(lists, [&](uint64_t w) {
+    words.push_back(w);
+    return true;
+  });
+  return collect(words);
+}
+
+bool lists_unchanged(py::handle lists, const py::array_t<uint64_t>& snapshot) {
+  return same_as([&](auto&& visit) { return walk_lists(lists, visit); }, snapshot);
+}
 
 py::array_t<uint64_t> state_addresses(py::handle state) {
   std::vector<uint64_t> words;
@@ -42,18 +89,11 @@ py::array_t<uint64_t> state_addresses(py::handle state) {
     words.push_back(w);
     return true;
   });
-  py::array_t<uint64_t> out(static_cast<py::ssize_t>(words.size()));
-  std::copy(words.begin(), words.end(), out.mutable_data());
-  return out;
+  return collect(words);
 }
 
 bool state_unchanged(py::handle state, const py::array_t<uint64_t>& snapshot) {
-  if (snapshot.ndim() != 1) throw std::invalid_argument("state_unchanged: snapshot must be 1-D");
-  const uint64_t* expect = snapshot.data();
-  const auto n = static_cast<std::size_t>(snapshot.shape(0));
-  std::size_t i = 0;
-  const bool same = walk(state, [&](uint64_t w) { return i < n && expect[i++] == w; });
-  return same && i == n;
+  return same_as([&](auto&& visit) { return walk(state, visit); }, snapshot);
 }
 
 }  // namespace fastopt

@@ -1,5 +1,6 @@
-// Identity snapshots of an optimizer's state (a dict of dicts), compared without touching the
-// tensors in it: the native plan's per-step check that nothing in `state` was replaced.
+// Identity snapshots of an optimizer's state (a dict of dicts) and of its groups' parameter
+// lists, compared without touching the objects in them: the native plan's and the flat
+// buffers' per-step checks that nothing was replaced.
 #pragma once
 
 #include <cstdint>
@@ -16,5 +17,12 @@ pybind11::array_t<uint64_t> state_addresses(pybind11::handle state);
 // Whether state_addresses(state) equals `snapshot`. The caller keeps the snapshot's objects
 // alive, so an equal address is the same object (no other object can have it meanwhile).
 bool state_unchanged(pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot);
+
+// The length of every list of a list of lists (param groups' parameter lists) and the address
+// of each item, in order.
+pybind11::array_t<uint64_t> list_addresses(pybind11::handle lists);
+
+// Whether list_addresses(lists) equals `snapshot` (whose items the caller keeps alive).
+bool lists_unchanged(pybind11::handle lists, const pybind11::array_t<uint64_t>& snapshot);
 
 }  // namespace fastopt

@@ -35,6 +35,12 @@ def state_addresses(state: dict) -> npt.NDArray[np.uint64]:
 def state_unchanged(state: dict, snapshot: npt.ArrayLike) -> bool:
     """Whether state_addresses(state) equals snapshot (whose objects the caller keeps alive)."""
 
+def list_addresses(lists: list[list]) -> npt.NDArray[np.uint64]:
+    """The length of every list of a list of lists and the address of each item, in order."""
+
+def lists_unchanged(lists: list[list], snapshot: npt.ArrayLike) -> bool:
+    """Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive)."""
+
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
 

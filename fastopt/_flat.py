@@ -11,15 +11,18 @@ views. ``optimizer.zero_grad()`` zeroes the buffers instead of freeing them
 (like ``set_to_none=False``). A ``.grad`` that is not its view (set by hand, or
 made anew after ``model.zero_grad()``) is copied in before the step.
 
-The buffers are a cache, checked at every step (``holds``): a parameter list or
-state changed since the layout (a parameter replaced, state cleared or replaced,
-``load_state_dict``) makes the optimizer lay them out again; a parameter that no
-longer lives in its buffer (``model.to(...)``, ``p.data = ...``) is an error.
+The buffers are a cache, checked at every step (``holds``) at a cost that does not
+grow with the number of tensors while gradients flow into the views: the groups'
+parameter lists (a native pass over the lists) and the number of state entries. When
+a gradient buffer saw no accumulation, everything is checked (parameters' and state
+tensors' storage, every state entry). A parameter list or state that changed (a
+parameter replaced, state cleared or replaced, ``load_state_dict``) makes the
+optimizer lay the buffers out again; a parameter that no longer lives in its buffer
+(``model.to(...)``, ``p.data = ...``) is an error.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any
@@ -28,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._kernels import DTYPE_CODES, GRAD, NO_STATE, STEP_FLAGS, Algorithm
+from ._core import _C
+from ._kernels import DTYPE_CODES, NO_STATE, STEP_FLAGS, Algorithm, param_addresses, params_unchanged
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Segment:
     state_bufs: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor | None = None
     first: bool = False  # SGD: momentum buffers start as a copy of the gradient
+    seen_version: int = -1  # the gradient buffer's version after the last step or zero_grad
 
 
 def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
@@ -75,13 +80,18 @@ class FlatBuffers:
         self.numels = np.array([s.param_buf.numel() for s in self.segments], dtype=np.int64)
         self.dtypes = np.array([DTYPE_CODES[s.param_buf.dtype] for s in self.segments], dtype=np.int32)
         self.group_of = np.array([s.group for s in self.segments], dtype=np.int64)
-        # what the layout looked like, for ``holds``
+        # what the layout looked like, for ``holds`` (the objects kept alive: equal addresses
+        # in the native snapshots are the same objects)
         self.params: list[Tensor] = [p for g in groups for p in g["params"]]
-        self.states = list(map(state.get, self.params, repeat(NO_STATE)))
-        self.values = list(chain.from_iterable(map(dict.values, self.states)))
-        self.views = [t for st in self.states for t in st.values() if isinstance(t, Tensor)]
+        self.param_addresses = param_addresses(groups)
+        self.state_len = len(state)
+        self.state_addresses = _C.state_addresses(state)
+        self.held = [list(state.items()), [list(d.items()) for d in state.values() if isinstance(d, dict)]]
+        self.views = [t for st in map(state.get, self.params, repeat(NO_STATE)) for t in st.values()
+                      if isinstance(t, Tensor)]
         self.expected = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
                                     count=len(self.params) + len(self.views))
+        self.mark()
 
     @staticmethod
     def _segment(opt_state: dict, algorithm: Algorithm, gi: int, group: dict,
@@ -131,22 +141,22 @@ class FlatBuffers:
         return seg
 
     def holds(self, groups: list[dict], state: dict) -> bool:
-        """Whether ``groups`` and ``state`` are still what the buffers were laid out from (the
-        same parameters, state dicts and state tensors, each where its buffer has it); raises
-        RuntimeError when a parameter no longer lives in its buffer."""
-        if not all(map(operator.is_, chain.from_iterable(g["params"] for g in groups), self.params)):
+        """Whether ``groups`` and ``state`` are still what the buffers were laid out from; raises
+        RuntimeError when a parameter no longer lives in its buffer.
+
+        Every step: the groups' parameter lists (one native pass over the lists, no tensor
+        touched) and the number of state entries. When a gradient buffer saw no accumulation
+        since the last step or ``zero_grad()`` (the gradients went elsewhere: set by hand, made
+        anew, the model moved), everything is checked: every parameter's storage, every state
+        dict and entry (native pass) and every state tensor's storage."""
+        if not params_unchanged(groups, self.param_addresses) or len(state) != self.state_len:
             return False
-        states = list(map(state.get, self.params, repeat(NO_STATE)))
-        values = list(chain.from_iterable(map(dict.values, states)))
-        if (len(values) != len(self.values) or not all(map(operator.is_, states, self.states))
-                or not all(map(operator.is_, values, self.values))):
-            return False
+        if all(seg.grad_buf._version != seg.seen_version for seg in self.segments):
+            return True  # every buffer accumulated gradients: the views are in use
         ptrs = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
                            count=len(self.expected))
         moved = np.flatnonzero(ptrs != self.expected)
-        if not len(moved):
-            return True
-        if moved[0] < len(self.params):
+        if len(moved) and moved[0] < len(self.params):
             i = int(moved[0])
             p = self.params[i]
             raise RuntimeError(
@@ -154,7 +164,8 @@ class FlatBuffers:
                 "its buffer: the model was moved or its parameters reassigned (model.to(), p.data = ...) "
                 "after use_flat_buffers(). Call optimizer.use_flat_buffers() again to lay the buffers out "
                 "over the parameters as they are now (state is copied over), or build a new optimizer")
-        return False  # a state tensor's storage was replaced: lay out again from the state
+        # a state dict, entry or tensor storage replaced: lay the buffers out again from the state
+        return not len(moved) and _C.state_unchanged(state, self.state_addresses)
 
     def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0) -> None:
         """One kernel call over every segment, with the groups' current hyperparameters."""
@@ -168,17 +179,25 @@ class FlatBuffers:
         self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale, grad_mult)
         for seg in self.segments:
             seg.first = False
+        self.mark()
+
+    def mark(self) -> None:
+        """Remember the gradient buffers' versions (after a step or zero_grad)."""
+        for seg in self.segments:
+            seg.seen_version = seg.grad_buf._version
 
     def zero_grad(self) -> None:
         """Zero every gradient buffer (gradients stay attached as views)."""
         for seg in self.segments:
             seg.grad_buf.zero_()
+        self.mark()
 
     def sync_grads(self) -> None:
-        """Make every ``.grad`` its view: a gradient set by hand or made anew is copied in, a
-        missing one zeroed."""
+        """Make every ``.grad`` its view where a buffer saw no accumulation since the last step
+        or ``zero_grad()``: a gradient set by hand or made anew is copied in, a missing one
+        zeroed."""
         for seg in self.segments:
-            if all(map(operator.is_, map(GRAD, seg.params), seg.grad_views)):
+            if seg.grad_buf._version != seg.seen_version:
                 continue
             with torch.no_grad():
                 for p, gv in zip(seg.params, seg.grad_views):

@@ -22,7 +22,7 @@ import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -273,6 +273,7 @@ class Plan:
         self.algorithm = algorithm
         self.stale = False  # set when parameters moved where the kernel cannot follow
         self.params: list[Tensor] = [p for g in groups for p in g["params"]]
+        self.param_addresses = param_addresses(groups)  # (self.params keeps them alive)
         ids = [id(p) for p in self.params]
         self.native = len(set(ids)) == len(ids) and all(group_native(g) for g in groups)
         # FSDP2: sharded parameters step on their local shards
@@ -302,8 +303,7 @@ class Plan:
 
     def check_params(self, groups: list[dict]) -> bool:
         """Whether ``groups`` still hold exactly this plan's parameters, in this order."""
-        current = chain.from_iterable(g["params"] for g in groups)
-        return all(map(operator.is_, current, self.params))
+        return params_unchanged(groups, self.param_addresses)
 
     def accept_moved(self, rows: list[int], ptrs: list[int]) -> bool:
         """Take parameters whose storage moved (``p.data = ...``) if the kernel can still step
@@ -369,6 +369,23 @@ class Plan:
         self.state_tensors = tensors
         self.state_rows = np.asarray(owners, dtype=np.int64)
         self.state_ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
+
+
+def param_addresses(groups: list[dict]) -> np.ndarray:
+    """Identity snapshot of the groups' parameter lists (``_C.list_addresses``)."""
+    lists = [g["params"] for g in groups]
+    if all(type(x) is list for x in lists):
+        return _C.list_addresses(lists)
+    return np.zeros(0, dtype=np.uint64)  # (params_unchanged is then always False: a new plan)
+
+
+def params_unchanged(groups: list[dict], snapshot: np.ndarray) -> bool:
+    """Whether the groups hold the parameters of ``snapshot`` (``param_addresses``), in order;
+    the caller keeps those parameters alive, so equal addresses are the same objects."""
+    lists = [g["params"] for g in groups]
+    if all(type(x) is list for x in lists):
+        return _C.lists_unchanged(lists, snapshot)
+    return False  # a group whose params are not a list: check it the long way, a new plan
 
 
 def hyper_table(groups: list[dict], algorithm: Algorithm) -> tuple[np.ndarray, np.ndarray]:
