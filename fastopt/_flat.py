@@ -32,7 +32,15 @@ import torch
 from torch import Tensor
 
 from ._core import _C
-from ._kernels import DTYPE_CODES, NO_STATE, STEP_FLAGS, Algorithm, param_addresses, params_unchanged
+from ._kernels import (
+    DTYPE_CODES,
+    NO_STATE,
+    STEP_FLAGS,
+    Algorithm,
+    param_addresses,
+    params_unchanged,
+    state_snapshot,
+)
 
 
 @dataclass
@@ -85,8 +93,7 @@ class FlatBuffers:
         self.params: list[Tensor] = [p for g in groups for p in g["params"]]
         self.param_addresses = param_addresses(groups)
         self.state_len = len(state)
-        self.state_addresses = _C.state_addresses(state)
-        self.held = [list(state.items()), [list(d.items()) for d in state.values() if isinstance(d, dict)]]
+        self.state_addresses, self.held = state_snapshot(state)
         self.views = [t for st in map(state.get, self.params, repeat(NO_STATE)) for t in st.values()
                       if isinstance(t, Tensor)]
         self.expected = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,

@@ -351,11 +351,7 @@ class Plan:
     def _remember(self, state: dict, states: list[dict]) -> None:
         self.states = states
         self.row_values = [tuple(st.values()) for st in states]
-        self.addresses = _C.state_addresses(state)
-        # every object the addresses stand for, kept alive: none can be reused by another
-        dicts = list(state.values())
-        inner = [d for d in dicts if isinstance(d, dict)]
-        self.held = (list(state), dicts, [list(d.items()) for d in inner])
+        self.addresses, self.held = state_snapshot(state)
 
     def snapshot(self, state: dict) -> None:
         """Remember the state as it is now, after rows were prepared."""
@@ -369,6 +365,14 @@ class Plan:
         self.state_tensors = tensors
         self.state_rows = np.asarray(owners, dtype=np.int64)
         self.state_ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
+
+
+def state_snapshot(state: dict) -> tuple[np.ndarray, tuple]:
+    """Identity snapshot of an optimizer's state (``_C.state_addresses``) and the objects it
+    stands for, to be kept alive with it: no other object can then take one of the addresses."""
+    dicts = list(state.values())
+    held = (list(state), dicts, [list(d.items()) for d in dicts if isinstance(d, dict)])
+    return _C.state_addresses(state), held
 
 
 def param_addresses(groups: list[dict]) -> np.ndarray:
