@@ -52,7 +52,14 @@ bool walk_lists(py::handle lists, Visit&& visit) {
   return true;
 }
 
-py::array_t<uint64_t> collect(const std::vector<uint64_t>& words) {
+// Every word a walk visits, as an array.
+template <class Walk>
+py::array_t<uint64_t> words_of(Walk&& walk) {
+  std::vector<uint64_t> words;
+  walk([&](uint64_t w) {
+    words.push_back(w);
+    return true;
+  });
   py::array_t<uint64_t> out(static_cast<py::ssize_t>(words.size()));
   std::copy(words.begin(), words.end(), out.mutable_data());
   return out;
@@ -71,12 +78,7 @@ bool same_as(Walk&& walk, const py::array_t<uint64_t>& snapshot) {
 }  // namespace
 
 py::array_t<uint64_t> list_addresses(py::handle lists) {
-  std::vector<uint64_t> words;
-  walk_lists(lists, [&](uint64_t w) {
-    words.push_back(w);
-    return true;
-  });
-  return collect(words);
+  return words_of([&](auto&& visit) { return walk_lists(lists, visit); });
 }
 
 bool lists_unchanged(py::handle lists, const py::array_t<uint64_t>& snapshot) {
@@ -84,12 +86,7 @@ bool lists_unchanged(py::handle lists, const py::array_t<uint64_t>& snapshot) {
 }
 
 py::array_t<uint64_t> state_addresses(py::handle state) {
-  std::vector<uint64_t> words;
-  walk(state, [&](uint64_t w) {
-    words.push_back(w);
-    return true;
-  });
-  return collect(words);
+  return words_of([&](auto&& visit) { return walk(state, visit); });
 }
 
 bool state_unchanged(py::handle state, const py::array_t<uint64_t>& snapshot) {
