@@ -70,12 +70,16 @@ class FlatBuffers:
         self.key = key
         self.algorithm = algorithm
         self.segments: list[Segment] = []
+        layout = []
         for gi, group in enumerate(groups):
             by_dtype: dict[torch.dtype, list[Tensor]] = {}
             for p in group["params"]:
                 by_dtype.setdefault(p.dtype, []).append(p)
-            for params in by_dtype.values():
-                self.segments.append(self._segment(state, algorithm, gi, group, params))
+            layout.extend((gi, group, params) for params in by_dtype.values())
+        for gi, _, params in layout:  # every refusal before any parameter is moved
+            self._check_state(state, algorithm, gi, params)
+        for gi, group, params in layout:
+            self.segments.append(self._segment(state, algorithm, gi, group, params))
         self.ptrs = np.zeros((len(self.segments), len(algorithm.columns)), dtype=np.uint64)
         step_column = algorithm.step_column
         for r, seg in enumerate(self.segments):
@@ -101,6 +105,24 @@ class FlatBuffers:
         self.mark()
 
     @staticmethod
+    def _check_state(opt_state: dict, algorithm: Algorithm, gi: int, params: list[Tensor]) -> None:
+        """Refuse state one segment cannot hold: some parameters with state and others without,
+        or step counts that differ (a segment keeps one)."""
+        states = [opt_state.get(p, {}) for p in params]
+        have = [bool(s) for s in states]
+        if any(have) and not all(have):
+            raise ValueError(
+                f"param group {gi}: some parameters have optimizer state and others not (one new to "
+                "the group, or one that never had a gradient), and flat buffers keep one step count "
+                "per group; step in the normal mode (optimizer.use_flat_buffers() again afterwards), "
+                "or reset the state, first")
+        if algorithm.step_column is not None:
+            steps = {float(s["step"]) for s in states if "step" in s}
+            if len(steps) > 1:
+                raise ValueError(f"param group {gi}: step counts differ ({sorted(steps)}); "
+                                 "flat buffers need one count per group and dtype")
+
+    @staticmethod
     def _segment(opt_state: dict, algorithm: Algorithm, gi: int, group: dict,
                  params: list[Tensor]) -> Segment:
         offsets, total = [], 0
@@ -122,12 +144,6 @@ class FlatBuffers:
         seg = Segment(gi, params, offsets, param_buf, grad_buf, grad_views)
         states = [opt_state.get(p, {}) for p in params]
         have = [bool(s) for s in states]
-        if any(have) and not all(have):
-            raise ValueError(
-                f"param group {gi}: some parameters have optimizer state and others not (one new to "
-                "the group, or one that never had a gradient), and flat buffers keep one step count "
-                "per group; step in the normal mode (optimizer.use_flat_buffers() again afterwards), "
-                "or reset the state, first")
         for key in algorithm.buffers(group):
             buf = torch.zeros(total, dtype=dtype)
             bviews = _views(buf, params, offsets)
@@ -138,9 +154,6 @@ class FlatBuffers:
             seg.state_bufs[key] = buf
         if algorithm.step_column is not None:
             steps = {float(s["step"]) for s in states if "step" in s}
-            if len(steps) > 1:
-                raise ValueError(f"param group {gi}: step counts differ ({sorted(steps)}); "
-                                 "flat buffers need one count per group and dtype")
             seg.step = torch.tensor(steps.pop() if steps else 0.0, dtype=torch.float32)
             for p in params:
                 opt_state[p]["step"] = seg.step  # one shared counter

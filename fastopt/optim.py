@@ -89,10 +89,10 @@ class _FastStep:
 
         Afterwards a step is one native call with no per-tensor Python work;
         ``zero_grad()`` zeroes the gradient buffers instead of freeing gradients.
-        See docs/optimizers.md for the contract.
+        See docs/optimizers.md for the contract. Called again, lays the buffers out anew over
+        the parameters and state as they are (a refusal leaves the earlier layout in place).
         """
         cache = self._fastopt_cache
-        cache.flat = None
         plan = _tiers.current_plan(self, cache)
         if plan is None:
             raise ValueError("flat buffers need every parameter on the CPU, contiguous, in a supported "

@@ -242,8 +242,10 @@ def test_flat_buffers_refuse_a_parameter_without_the_groups_step_count() -> None
     twin.both(_replace_param)
     for p in twin.ps:
         p.grad = torch.ones_like(p)
+    before = [p.data_ptr() for p in twin.ps]
     with pytest.raises(ValueError, match="some parameters have optimizer state and others not"):
         twin.ours.step()
+    assert [p.data_ptr() for p in twin.ps] == before  # refused before any parameter moved
 
 
 @pytest.mark.parametrize("mutation", ["state cleared", "state dict of a parameter replaced",
