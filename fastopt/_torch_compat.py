@@ -14,6 +14,11 @@ fallback for the releases that lack it, so that the rest of the package reads on
 - ``functional_kwargs()``: the keyword arguments torch's functional optimizer API takes on
   this release (``fused``, ``grad_scale``, ``has_complex``, ``decoupled_weight_decay`` came
   at different releases).
+
+One private method of torch's classes is used as torch's own ``step`` uses it: each class's
+``_init_group`` (the state torch's step creates, on every release from 2.1 to 2.14; torch's
+AdamW before 2.7 takes an extra ``amsgrad`` argument). CI runs the torch tiers on 2.1.0,
+2.5.1 and 2.13.0 against torch's classes.
 """
 
 from __future__ import annotations
