@@ -244,13 +244,18 @@ ADAMW = Algorithm(
     **_ADAM_COMMON)
 
 
+def group_settings(group: dict) -> tuple[bool, bool, bool]:
+    """The settings of a group that decide whether the native kernel may step it:
+    differentiable, capturable, a tensor-valued hyperparameter."""
+    tensor_valued = any(isinstance(v, Tensor) for k, v in group.items() if k != "params") or any(
+        isinstance(b, Tensor) for b in group.get("betas", ()))
+    return bool(group.get("differentiable")), bool(group.get("capturable")), tensor_valued
+
+
 def group_native(group: dict) -> bool:
     """Whether the native kernel can step a group: CPU, contiguous, a dtype it knows, plain
     (non-tensor) hyperparameters, neither differentiable nor capturable."""
-    if _C is None or group.get("differentiable") or group.get("capturable"):
-        return False
-    if any(isinstance(v, Tensor) for k, v in group.items() if k != "params") or any(
-            isinstance(b, Tensor) for b in group.get("betas", ())):
+    if _C is None or any(group_settings(group)):
         return False
     for p in map(local, group["params"]):
         if p.device.type != "cpu" or p.dtype not in DTYPE_CODES or not p.is_contiguous():
@@ -276,6 +281,9 @@ class Plan:
         self.param_addresses = param_addresses(groups)  # (self.params keeps them alive)
         ids = [id(p) for p in self.params]
         self.native = len(set(ids)) == len(ids) and all(group_native(g) for g in groups)
+        if self.native:  # parameters sharing storage step one after another on torch's path
+            starts = [local(p).data_ptr() for p in self.params]
+            self.native = len(set(starts)) == len(starts)
         # FSDP2: sharded parameters step on their local shards
         self.sharded = any(type(p) not in _PLAIN_TYPES for p in self.params)
         if not self.native:
@@ -316,7 +324,7 @@ class Plan:
                     return False
                 self.param_ptrs[i] = ptr
                 self.ptrs[i, self.param_column] = ptr
-        return True
+        return len(set(self.param_ptrs)) == len(self.param_ptrs)  # (now sharing storage: a new plan)
 
     def check_state(self, state: dict) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
@@ -333,6 +341,7 @@ class Plan:
             if (now is not then or len(now) != len(then_values)
                     or not all(map(operator.is_, now.values(), then_values))):
                 self.ready[i] = False
+        self.ready[self.state_rows[self.moved_storage()]] = False  # (.data = ... in the same interval)
         self._remember(state, states)
         return False
 
@@ -449,6 +458,14 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
             raise RuntimeError(algorithm.sparse_error)
         return False
     rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
+    # Gradients and parameters of the size and dtype the table gives (a gradient left behind by
+    # a dtype move, a parameter resized or viewed as another dtype in place): else torch's path.
+    numels, dtypes = plan.numels[rows], plan.dtypes[rows]
+    if not sizes_and_dtypes_match(sel_params, numels, dtypes):
+        plan.stale = True  # the parameters changed: a new plan (the caller makes one and retries)
+        return False
+    if not sizes_and_dtypes_match(sel, numels, dtypes):
+        return False
     # Parameters whose storage moved (p.data = ...) are re-checked before use.
     param_ptrs = list(map(Tensor.data_ptr, sel_params))
     cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
@@ -465,15 +482,23 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     first = None
     if len(todo):
         first = np.zeros(len(params), dtype=bool)
+        created: list[tuple[dict, dict[str, Tensor]]] = []  # buffers the kernel would fill
         try:
             for i in todo.tolist():
                 p = params[i]
                 tensors, first[i] = algorithm.prepare(state, p, groups[int(plan.group_of[i])])
+                if first[i]:
+                    created.append((state[p], tensors))
                 for key, t in tensors.items():
                     plan.ptrs[i, algorithm.column(key)] = local(t).data_ptr()
                 plan.keep[i] = tensors
                 plan.ready[i] = True
         except Fallback:
+            # torch's path takes this step: buffers made for the kernel to fill must not reach
+            # it (it would read them as state), so they go again
+            for st, tensors in created:
+                for key in tensors:
+                    st.pop(key, None)
             plan.native = False  # until the groups change: torch's path
             return False
     if len(todo) or not unchanged:
@@ -490,6 +515,21 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     scale = 0.0 if grad_scale is None else float(grad_scale)
     algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale, grad_mult)
     return True
+
+
+_DTYPE = operator.attrgetter("dtype")
+
+
+def sizes_and_dtypes_match(tensors: list[Tensor], numels: np.ndarray, dtypes: np.ndarray) -> bool:
+    """Whether each tensor has the table's number of elements and dtype code."""
+    found = set(map(_DTYPE, tensors))
+    if len(found) == 1:
+        if (dtypes != DTYPE_CODES.get(found.pop(), -1)).any():
+            return False
+    elif (np.fromiter((DTYPE_CODES.get(d, -1) for d in map(_DTYPE, tensors)), dtype=np.int32,
+                      count=len(tensors)) != dtypes).any():
+        return False
+    return bool((np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors)) == numels).all())
 
 
 def check_pointer_table(ptrs: np.ndarray, rows: np.ndarray, plan: Plan, state: dict,

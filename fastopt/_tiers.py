@@ -41,9 +41,10 @@ class StepCache:
 
 def groups_key(opt: Any) -> tuple:
     """What a plan or a flat layout depends on: the groups' parameter lists, the settings that
-    decide which state exists, and the state dict object."""
+    decide which state exists and whether the kernel may step a group, and the state dict."""
     structure = opt.algorithm.structure
-    groups = tuple((id(g["params"]), len(g["params"]), structure(g)) for g in opt.param_groups)
+    groups = tuple((id(g["params"]), len(g["params"]), structure(g), K.group_settings(g))
+                   for g in opt.param_groups)
     return (*groups, id(opt.state))
 
 

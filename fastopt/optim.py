@@ -21,6 +21,7 @@ the flat buffers are caches, checked at every step against ``param_groups`` and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -143,15 +144,26 @@ class _FastStep:
         self._fastopt_caches = None  # (torch's load replaces the state dict: nothing cached holds)
         super().load_state_dict(state_dict)  # type: ignore[misc]
         if flat:
-            self.use_flat_buffers()
+            try:
+                self.use_flat_buffers()
+            except ValueError as err:  # loaded as torch loads it; the buffers cannot hold it
+                warnings.warn(f"the loaded state cannot be laid out in flat buffers ({err}); the "
+                              "optimizer steps in the default mode", stacklevel=2)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (as torch); the native plan (and flat buffers) follow on the next step."""
         super().add_param_group(param_group)  # type: ignore[misc]
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()  # type: ignore[misc]
-        state.pop("_fastopt_caches", None)  # pointers into this process's tensors
+        """torch's pickled state, without the caches (pointers into this process's tensors); in
+        flat-buffer mode each parameter gets its own ``step`` counter, as in ``state_dict()``
+        (a copy or an unpickled optimizer steps in the default mode)."""
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop("_fastopt_caches", None)
+        if self.flat_buffers is not None:
+            own = state["state"]
+            state["state"] = type(own)(own.default_factory, {
+                p: ({**v, "step": v["step"].clone()} if "step" in v else v) for p, v in own.items()})
         return state
 
 

@@ -357,3 +357,86 @@ def test_native_state_snapshot_sees_every_replacement(edit: str) -> None:
     STATE_EDITS[edit](state, ps)
     assert not _C.state_unchanged(state, snapshot)
     assert held
+
+
+# -- cases found by trying to break the checks ---------------------------------------------
+
+def _data_and_structure(opt: Any, ps: list) -> None:
+    t = opt.state[ps[0]][_buffer(opt, ps[0])]
+    t.data = t.data.clone()
+    _ = opt.state[torch.nn.Parameter(torch.zeros(1))]  # a defaultdict read: the state grows too
+
+
+MORE_MUTATIONS = {
+    "a state tensor's .data replaced while the state grows": _data_and_structure,
+    "a gradient left float32 by a float64 move": lambda opt, ps: setattr(ps[1], "data", ps[1].data.double()),
+    "a parameter aliasing another's storage": lambda opt, ps: opt.param_groups[1]["params"].append(
+        torch.nn.Parameter(ps[1].data)),
+    "a tensor lr set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("lr", torch.tensor(0.02)),
+    "capturable set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("capturable", True),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MORE_MUTATIONS))
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_more_mutations_give_torchs_result(name: str, mutation: str) -> None:
+    if mutation == "capturable set on a group" and name == "SGD":
+        pytest.skip("no oracle on this torch: SGD has no capturable")
+    twin = Twin(name)
+    twin.step(3)
+    twin.both(MORE_MUTATIONS[mutation])
+    if mutation == "a gradient left float32 by a float64 move":  # step with the gradients as left
+        if same_outcome(twin.ours.step, twin.ref.step) is not None:
+            twin.assert_same()
+        return
+    twin.step(2)
+    twin.assert_same()
+
+
+def test_sgd_first_step_buffers_do_not_reach_torchs_path() -> None:
+    """A first-step momentum buffer made for the kernel, then another parameter sends the step
+    to torch's path: the buffer must not be there for torch to read."""
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    ours = fo.SGD([{"params": [a.weight]}, {"params": [a.bias]}], lr=0.1, momentum=0.9, dampening=0.5)
+    ref = torch.optim.SGD([{"params": [b.weight]}, {"params": [b.bias]}], lr=0.1, momentum=0.9, dampening=0.5,
+                          foreach=False)
+    for m, o in ((a, ours), (b, ref)):
+        m.bias.grad = torch.ones(3)  # only the bias has state after this step
+        o.step()
+        m.double()
+        o.zero_grad()
+        m(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
+        o.step()
+    assert ours.fastopt_tier == "torch"
+    torch.testing.assert_close(a.weight, b.weight)
+    buffers = ours.state[a.weight]["momentum_buffer"], ref.state[b.weight]["momentum_buffer"]
+    torch.testing.assert_close(*buffers)
+
+
+def test_a_copy_of_a_flat_optimizer_steps_as_torch() -> None:
+    twin = Twin("AdamW")
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    ours, ref = copy.deepcopy((twin.ours, twin.ps)), copy.deepcopy((twin.ref, twin.qs))
+    twin.ours, twin.ps, twin.ref, twin.qs = ours[0], ours[1], ref[0], ref[1]
+    twin.step(2)
+    twin.assert_same()
+
+
+def test_flat_load_of_state_it_cannot_hold_warns_and_steps_by_default() -> None:
+    twin = Twin("Adam", shapes=[(3,), (4,)], groups=1)
+    twin.ps[1].grad = twin.qs[1].grad = None
+    twin.ps[0].grad, twin.qs[0].grad = torch.ones(3), torch.ones(3)
+    twin.ours.step()
+    twin.ref.step()
+    twin.step(1)  # step counts now 2 and 1
+    fresh = fo.Adam(twin.ps, lr=0.05, weight_decay=0.01)
+    for p in twin.ps:
+        p.grad = torch.zeros_like(p)
+    fresh.step()
+    fresh.use_flat_buffers()
+    with pytest.warns(UserWarning, match="cannot be laid out in flat buffers"):
+        fresh.load_state_dict(copy.deepcopy(twin.ref.state_dict()))
+    assert fresh.flat_buffers is None
+    assert [float(fresh.state[p]["step"]) for p in twin.ps] == [2.0, 1.0]
