@@ -244,6 +244,12 @@ ADAMW = Algorithm(
     **_ADAM_COMMON)
 
 
+def shares_storage(params: list[Tensor]) -> bool:
+    """Whether two non-empty parameters start at the same address."""
+    starts = [p.data_ptr() for p in params if p.numel()]
+    return len(set(starts)) != len(starts)
+
+
 def group_settings(group: dict) -> tuple[bool, bool, bool]:
     """The settings of a group that decide whether the native kernel may step it:
     differentiable, capturable, a tensor-valued hyperparameter."""
@@ -282,8 +288,7 @@ class Plan:
         ids = [id(p) for p in self.params]
         self.native = len(set(ids)) == len(ids) and all(group_native(g) for g in groups)
         if self.native:  # parameters sharing storage step one after another on torch's path
-            starts = [local(p).data_ptr() for p in self.params]
-            self.native = len(set(starts)) == len(starts)
+            self.native = not shares_storage([local(p) for p in self.params])
         # FSDP2: sharded parameters step on their local shards
         self.sharded = any(type(p) not in _PLAIN_TYPES for p in self.params)
         if not self.native:
@@ -324,7 +329,7 @@ class Plan:
                     return False
                 self.param_ptrs[i] = ptr
                 self.ptrs[i, self.param_column] = ptr
-        return len(set(self.param_ptrs)) == len(self.param_ptrs)  # (now sharing storage: a new plan)
+        return not shares_storage([local(p) for p in self.params])  # (now sharing: a new plan)
 
     def check_state(self, state: dict) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
