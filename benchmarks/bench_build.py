@@ -23,8 +23,8 @@ from typing import Any, Callable
 import torch
 
 import fastopt
-from fastopt import zoo
-from fastopt.bench import log, machine, machine_line, mmcv_builder, mmengine_builder, time_once
+from fastopt.tools import zoo
+from fastopt.tools.bench import log, machine, machine_line, mmcv_builder, mmengine_builder, time_once
 
 TARGETS = {"big_5k": 100.0, "cascade_mask_rcnn_swin_l": 10.0}
 SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k

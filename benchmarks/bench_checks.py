@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 import fastopt
-from fastopt import _kernels, zoo
-from fastopt.bench import OPTIMIZER_CFGS, log, machine, machine_line
+from fastopt import _kernels
+from fastopt.tools import zoo
+from fastopt.tools.bench import OPTIMIZER_CFGS, log, machine, machine_line
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 #: the issue's bound: the checks cost at most 2% of the step

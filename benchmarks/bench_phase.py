@@ -27,8 +27,8 @@ import json
 import sys
 from typing import Any
 
-from fastopt import zoo
-from fastopt.bench import READ_FLOOR, machine, machine_line, phase_compare, phase_table, plot_phase
+from fastopt.tools import zoo
+from fastopt.tools.bench import READ_FLOOR, machine, machine_line, phase_compare, phase_table, plot_phase
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 #: issue targets: the phase at most 1.35x the plain step; at least 1.4x faster than the step

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 import fastopt
-from fastopt import zoo
-from fastopt.bench import (
+from fastopt.tools import zoo
+from fastopt.tools.bench import (
     BYTES_PER_ELEMENT,
     OPTIMIZER_CFGS,
     interleaved_step_times,

@@ -12,8 +12,8 @@ import sys
 import warnings
 
 import fastopt
-from fastopt import zoo
-from fastopt.bench import log, machine_line, mmengine_builder, time_once
+from fastopt.tools import zoo
+from fastopt.tools.bench import log, machine_line, mmengine_builder, time_once
 
 
 def main(argv: list[str] | None = None) -> int:

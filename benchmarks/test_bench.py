@@ -14,21 +14,21 @@ import pytest
 import torch
 
 import fastopt
-from fastopt import zoo
-from fastopt.bench import mmcv_builder, mmengine_builder
+from fastopt.tools import zoo
+from fastopt.tools.check import installed_reference
 
 MODELS = ["retinanet_r50_fpn", "cascade_mask_rcnn_swin_l"]
 
 
 def _mmengine() -> Any:
-    build = mmengine_builder()
+    build = installed_reference("mmengine")
     if build is None:
         pytest.skip("mmengine not installed")
     return build
 
 
 def _mmcv() -> Any:
-    build = mmcv_builder()
+    build = installed_reference("mmcv")
     if build is None:
         pytest.skip("mmcv 1.x not installed")
     return build

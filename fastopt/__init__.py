@@ -7,6 +7,9 @@ parameters with equal hyperparameters share one param group.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import torch  # noqa: F401  (loaded before the extension: one OpenMP runtime)
 
 from . import (
@@ -30,13 +33,34 @@ from .checkpoint import (
     per_param_state_dict,
 )
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor, GroupPlan
-from .explain import Explanation, explain
 from .grouping import merge_param_groups
 from .layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from .registry import Registry, build_from_cfg
-from .sources import load_config, load_model
 from .tsm import TSMOptimizerConstructor, TSMOptimWrapperConstructor
 from .wrapper import AmpOptimWrapper, OptimWrapper
+
+#: Public names served by the tools subpackage, imported on first use (``import fastopt``
+#: alone loads no tool module).
+_TOOL_NAMES = {
+    "explain": "fastopt.tools.explain",
+    "Explanation": "fastopt.tools.explain",
+    "load_model": "fastopt.tools.sources",
+    "load_config": "fastopt.tools.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``fastopt.explain``, ``fastopt.load_model``, ...: the tool's function, loaded on first use."""
+    module = _TOOL_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_TOOL_NAMES))
 
 __version__ = "0.1.0"
 

@@ -30,6 +30,7 @@ __all__ = [
     "TORCH_OPTIMIZERS",
     "build_optim_wrapper",
     "build_optimizer",
+    "config_api",
     "with_semantics",
 ]
 
@@ -37,6 +38,12 @@ __all__ = [
 def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def config_api(cfg: dict) -> str:
+    """Whose config ``cfg`` is: 'mmengine' for an ``optim_wrapper=`` dict (it holds an
+    ``optimizer``), 'mmcv' for an mmcv 1.x ``optimizer=`` dict."""
+    return "mmengine" if "optimizer" in cfg else "mmcv"
 
 
 def with_semantics(ctor: Any, semantics: str | Semantics | None) -> Any:

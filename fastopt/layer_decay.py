@@ -55,10 +55,9 @@ import dataclasses
 from typing import Any
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ._rules import key_priority
+from ._walk import NORM_TYPES
 from .checkpoint import ReferenceLayout
 from .constructor import (
     Construction,
@@ -251,10 +250,6 @@ class MmcvLayerDecayOptimizerConstructor(RecipeConstructor, DefaultOptimizerCons
 
 
 # ------------------------------------------------------------------------------ MMPretrain
-#: Module classes whose own parameters MMPretrain's ``norm_decay_mult`` applies to.
-_PRETRAIN_NORMS: tuple[type, ...] = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-
-
 def _modules_depth_first(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(prefix, module)`` in MMPretrain's visiting order: a module, then each child's subtree
     (``named_children`` order); the prefix ends with a dot. A module reached through two parents
@@ -299,7 +294,7 @@ def pretrain_decay_groups(model: nn.Module, cfg: dict, base_lr: Any, base_wd: An
     rate = cfg.get("layer_decay_rate", 1.0)
     groups: list[dict] = []
     for prefix, module in _modules_depth_first(model):
-        in_norm = isinstance(module, _PRETRAIN_NORMS)
+        in_norm = isinstance(module, NORM_TYPES)  # (MMPretrain's norm classes are the same)
         for local, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue

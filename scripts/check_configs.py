@@ -36,8 +36,8 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 host_stack.install()
 
-from fastopt import sources  # noqa: E402
-from fastopt.check import check  # noqa: E402
+from fastopt.tools import sources  # noqa: E402
+from fastopt.tools.check import check  # noqa: E402
 
 
 def shipped_configs(package: str) -> list[tuple[str, Path]]:

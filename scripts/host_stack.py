@@ -61,6 +61,6 @@ if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "fastopt":
         raise SystemExit("usage: python scripts/host_stack.py fastopt COMMAND [ARGS...]")
     install()
-    from fastopt.cli import main
+    from fastopt.tools.cli import main
 
     sys.exit(main(sys.argv[2:]))

@@ -1,10 +1,13 @@
-"""The package's structure: imports flow one way (no cycles, function-local imports included)
-and no module reaches into another module's private names."""
+"""The package's structure: imports follow the layers docs/architecture.md describes (the
+runtime core imports no tool), flow one way (no cycles, function-local imports included), and
+no module reaches into another module's private names."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "fastopt"
@@ -154,9 +157,84 @@ def test_no_module_reaches_into_another_modules_private_names() -> None:
     assert not bad, "private names used across modules:\n" + "\n".join(bad)
 
 
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def documented_layers(text: str) -> list[tuple[str, list[str]]]:
+    """``(layer, module paths)`` from the layers table of docs/architecture.md, bottom up: the
+    backticked ``*.py`` files and ``dir/`` packages of each row's second column."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("layer", "---") or not line.startswith("|"):
+            continue
+        paths = [t for t in re.findall(r"`([^`]+)`", cells[1]) if t.endswith((".py", "/"))]
+        if paths:
+            rows.append((cells[0], paths))
+    return rows
+
+
+def layer_of_modules(layers: list[tuple[str, list[str]]], modules: set[str]) -> dict[str, int]:
+    """``module -> index of its layer``; a package path (``tools/``) takes every module under it.
+    Raises AssertionError for a documented path that names no module."""
+    out: dict[str, int] = {}
+    for i, (layer, paths) in enumerate(layers):
+        for path in paths:
+            stem = "fastopt." + path.rstrip("/").removesuffix(".py").replace("/", ".")
+            stem = "fastopt" if stem == "fastopt.__init__" else stem
+            found = {m for m in modules if m == stem or (path.endswith("/") and m.startswith(stem + "."))}
+            assert found, f"docs/architecture.md, layer {layer!r}: {path} is no module of the package"
+            for m in found:
+                out.setdefault(m, i)
+    return out
+
+
+def upward_imports(graph: dict[str, set[str]], layer: dict[str, int],
+                   names: list[str]) -> list[str]:
+    """Every import of a module from a layer above its own, as readable lines."""
+    return [f"{m} ({names[layer[m]]}) imports {t} ({names[layer[t]]})"
+            for m in sorted(graph) for t in sorted(graph[m]) if layer[t] > layer[m]]
+
+
+def test_imports_follow_the_documented_layers() -> None:
+    modules = _modules()
+    layers = documented_layers(ARCHITECTURE.read_text())
+    layer = layer_of_modules(layers, set(modules))
+    missing = sorted(set(modules) - set(layer))
+    assert not missing, f"modules docs/architecture.md's layers table does not list: {missing}"
+    names = [name for name, _ in layers]
+    bad = upward_imports(imports(modules), layer, names)
+    assert not bad, "imports against the documented layers:\n" + "\n".join(bad)
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    """A runtime module importing a tool, planted in a copy of the graph, is reported."""
+    modules = _modules()
+    layers = documented_layers(ARCHITECTURE.read_text())
+    layer = layer_of_modules(layers, set(modules))
+    graph = imports(modules)
+    graph["fastopt._kernels"] = graph["fastopt._kernels"] | {"fastopt.tools.zoo"}
+    bad = upward_imports(graph, layer, [name for name, _ in layers])
+    assert bad == ["fastopt._kernels (step tiers) imports fastopt.tools.zoo (tools)"]
+
+
+def test_the_runtime_core_loads_no_tool() -> None:
+    """Importing fastopt and building an optimizer and a wrapper loads no ``fastopt.tools`` module."""
+    code = (
+        "import sys, torch, fastopt\n"
+        "m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))\n"
+        "fastopt.build_optimizer(m, dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4,\n"
+        "                                paramwise_cfg=dict(norm_decay_mult=0.0)))\n"
+        "fastopt.build_optim_wrapper(m, dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),\n"
+        "                                    paramwise_cfg=dict(norm_decay_mult=0.0))).optimizer.step()\n"
+        "print(sorted(n for n in sys.modules if n.startswith('fastopt.tools')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_zoo_files_stay_small() -> None:
     """The model zoo is laid out like its users' libraries, no file over ~600 lines."""
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "zoo").glob("*.py")}
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "tools" / "zoo").glob("*.py")}
     assert sizes and max(sizes.values()) <= 600, sizes
 
 

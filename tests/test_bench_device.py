@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from fastopt import bench, cli, sources
+from fastopt.tools import bench, cli, sources
+from fastopt.tools.check import installed_reference
 
 MODULE = '''
 from torch import nn
@@ -42,7 +43,7 @@ optimizer = dict(type='SGD', lr=0.01, weight_decay=1e-4,
 
 #: sources named on the command line: a bundled model, a callable (both always), timm's ResNet-18
 #: where timm is installed
-SOURCES = ["retinanet_r50_fpn", "fastopt.zoo.catalogue:mobilenet_v2_ssdlite"] + (
+SOURCES = ["retinanet_r50_fpn", "fastopt.tools.zoo.catalogue:mobilenet_v2_ssdlite"] + (
     ["timm:resnet18"] if importlib.util.find_spec("timm") else [])
 
 
@@ -71,9 +72,9 @@ def check_report(data: dict[str, Any], device: str = "cpu") -> dict[str, dict[st
     assert data["machine"]["torch"] == torch.__version__
     impls = {r["impl"]: r for r in data["results"]}
     expected = {"fastopt", "torch flat limit"}
-    if bench.mmengine_builder() is not None:
+    if installed_reference("mmengine") is not None:
         expected |= {"mmengine", "mmengine+fused"}
-    if bench.mmcv_builder() is not None:
+    if installed_reference("mmcv") is not None:
         expected.add("mmcv")
     assert set(impls) == expected
     for r in data["results"]:
@@ -160,7 +161,7 @@ def test_a_reference_without_the_configs_constructor_is_left_out(tmp_path: Path,
     """fastopt knows mmdet's layer-decay constructor; mmengine and mmcv alone do not."""
     config = tmp_path / "vitdet.py"
     config.write_text(textwrap.dedent("""
-        model = dict(type='fastopt.zoo:build', name='vitdet_h', depth=2, width=0.05)
+        model = dict(type='fastopt.tools.zoo:build', name='vitdet_h', depth=2, width=0.05)
         optim_wrapper = dict(
             constructor='LayerDecayOptimizerConstructor',
             paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=2),
@@ -188,7 +189,7 @@ def test_bench_a_model_source_by_name(source: str, tmp_path: Path,
     if zoo_name:  # a bundled model keeps its paramwise_cfg and gets AdamW, as with --model
         assert data["kind"] == "zoo" and data["width"] == 0.05
     else:  # a model alone gets sources.DEFAULT_OPTIM_WRAPPER
-        assert data["kind"] == source.partition(":")[0].replace("fastopt.zoo.catalogue", "callable")
+        assert data["kind"] == source.partition(":")[0].replace("fastopt.tools.zoo.catalogue", "callable")
         assert data["width"] is None
 
 

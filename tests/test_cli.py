@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastopt import cli, zoo
+from fastopt.tools import cli, zoo
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -53,7 +53,7 @@ def test_explain_reports_competing_keys_and_switched_off_rules(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "cfg.py"
     config.write_text(textwrap.dedent("""
-        model = dict(type='fastopt.zoo:build', name='faster_rcnn_r50_fpn')
+        model = dict(type='fastopt.tools.zoo:build', name='faster_rcnn_r50_fpn')
         optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4,
                          paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={
                              'backbone': dict(lr_mult=0.1), 'backbone.layer2': dict(lr_mult=0.5)}))
@@ -82,7 +82,7 @@ def test_explain_a_layer_decay_constructor(tmp_path: Path, capsys: pytest.Captur
     """ViTDet's constructor decides the groups: the table shows its group names, not name lists."""
     config = tmp_path / "vitdet.py"
     config.write_text(textwrap.dedent("""
-        model = dict(type='fastopt.zoo:build', name='vitdet_h', depth=4)
+        model = dict(type='fastopt.tools.zoo:build', name='vitdet_h', depth=4)
         optim_wrapper = dict(
             constructor='LayerDecayOptimizerConstructor',
             paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=4),
@@ -102,7 +102,7 @@ def test_explain_parameters_a_constructor_leaves_out(tmp_path: Path,
     """TSM leaves frozen norm parameters out: no group and no hyperparameters reported."""
     config = tmp_path / "tsm.py"
     config.write_text(textwrap.dedent("""
-        model = dict(type='fastopt.zoo:build', name='faster_rcnn_r50_fpn')
+        model = dict(type='fastopt.tools.zoo:build', name='faster_rcnn_r50_fpn')
         optim_wrapper = dict(constructor='TSMOptimWrapperConstructor', paramwise_cfg=dict(fc_lr5=True),
                              optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0001))
     """))
@@ -175,8 +175,8 @@ def test_explain_a_config_does_not_import_the_zoo(tmp_path: Path) -> None:
         optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1))
     """))
     (tmp_path / "mini.py").write_text("import torch\ndef net():\n    return torch.nn.Linear(2, 2)\n")
-    code = ("import sys; from fastopt.cli import main; main(['explain', sys.argv[1]]); "
-            "assert 'fastopt.zoo' not in sys.modules, 'fastopt.zoo was imported'")
+    code = ("import sys; from fastopt.tools.cli import main; main(['explain', sys.argv[1]]); "
+            "assert 'fastopt.tools.zoo' not in sys.modules, 'fastopt.tools.zoo was imported'")
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True,
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr

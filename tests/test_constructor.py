@@ -191,7 +191,7 @@ def test_dcn_parity(api: str, pw: dict, fake_dcn: None, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("model_name", ["faster_rcnn_r50_fpn", "cascade_mask_rcnn_swin_l", "vitdet_h",
                                         "mobilenet_v2_ssdlite"])
 def test_group_invariants(model_name: str) -> None:
-    from fastopt import zoo
+    from fastopt.tools import zoo
 
     spec = zoo.MODELS[model_name]
     model = zoo.build(model_name)

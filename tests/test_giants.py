@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import fastopt
-from fastopt import cli, sources, zoo
-from fastopt.zoo import catalogue
+from fastopt.tools import cli, sources, zoo
+from fastopt.tools.zoo import catalogue
 
 GIANTS = {"giant_100k": 100_000, "giant_1m": 1_000_000}
 

@@ -233,7 +233,7 @@ class ViTDetLike(nn.Module):
 
 
 def _vitdet_models() -> dict[str, Any]:
-    from fastopt import zoo
+    from fastopt.tools import zoo
 
     return {"vitdet_b_mask_rcnn": lambda: zoo.catalogue.vitdet_h(width=0.05, depth=12),
             "vit_traps": ViTDetLike}

@@ -34,7 +34,7 @@ ZOO_MODELS = ["faster_rcnn_r50_fpn", "mask_rcnn_r101_fpn", "retinanet_r50_fpn",
               "mobilenet_v2_ssdlite"]
 
 def _zoo_build(name: str) -> nn.Module:
-    from fastopt import zoo
+    from fastopt.tools import zoo
 
     return zoo.build(name)
 

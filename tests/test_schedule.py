@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import fastopt
-from fastopt import cli
-from fastopt.schedule import lr_curve, simulate
+from fastopt.tools import cli
+from fastopt.tools.schedule import lr_curve, simulate
 
 from .models import MixedNormNet
 from .refs import mmcv_runner, mmengine_build, quiet_mmengine_logger

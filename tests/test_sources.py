@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import fastopt
-from fastopt import check as check_mod
-from fastopt import cli, sources
+from fastopt.tools import check as check_mod
+from fastopt.tools import cli, sources
 
 from . import refs
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastopt
-from fastopt import zoo
+from fastopt.tools import zoo
 
 from .refs import (
     exec_mmengine_original,

@@ -160,7 +160,7 @@ NEEDS_WD = {"norm0", "bias", "flat", "keys", "bypass"}
 
 
 def _zoo(name: str) -> nn.Module:
-    from fastopt import zoo
+    from fastopt.tools import zoo
 
     return zoo.build(name)
 
@@ -375,7 +375,7 @@ def test_explain_records_the_semantics(capsys: pytest.CaptureFixture[str]) -> No
     default = fastopt.explain(M.FrozenStemNet(), dict(type="SGD", lr=0.1))
     assert default.semantics == "mmcv==1.7.2"
 
-    from fastopt.cli import main
+    from fastopt.tools.cli import main
 
     assert main(["explain", "--model", "retinanet_r50_fpn"]) == 0
     header = capsys.readouterr().out.splitlines()[0]

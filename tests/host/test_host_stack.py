@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastopt
-from fastopt import cli, sources
+from fastopt.tools import cli, sources
 
 from .conftest import shipped
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import fastopt
-from fastopt import sources
+from fastopt.tools import sources
 
 from .conftest import shipped
 
@@ -116,9 +116,9 @@ def _cpu_wrapper(cfg: dict) -> dict:
 
 def differences(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, model: nn.Module) -> list[str]:
     """Per parameter: every key of the original's group but ``param_name`` against fastopt's
-    (value and type, ``fastopt.check.same_value``), the name against the parameter's entry in
+    (value and type, ``fastopt.tools.check.same_value``), the name against the parameter's entry in
     ``param_names``; parameters on one side only."""
-    from fastopt.check import same_value
+    from fastopt.tools.check import same_value
 
     names = {id(p): n for n, p in model.named_parameters()}
     expected = {id(p): g for g in ref.param_groups for p in g["params"]}

@@ -24,12 +24,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import builder
-from .grouping import group_params
-from .semantics import resolve as resolve_semantics
+from .. import builder
+from ..grouping import group_params
+from ..semantics import resolve as resolve_semantics
 from .sources import buildable_here
 
-__all__ = ["CheckReport", "Difference", "check", "reference_builder", "same_value"]
+__all__ = ["CheckReport", "Difference", "check", "installed_reference", "quiet_references",
+           "reference_builder", "same_value"]
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -91,8 +92,9 @@ _ABSENT = object()
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep mmengine's one-line-per-parameter log and the references' warnings out of the way."""
+def quiet_references() -> Iterator[None]:
+    """Keep mmengine's one-line-per-parameter log and the references' warnings out of the way
+    for the block (the logger's level and the warning filters are restored after it)."""
     try:
         from mmengine.logging import MMLogger
     except ImportError:
@@ -133,12 +135,27 @@ def reference_builder(api: str) -> tuple[Callable[[nn.Module, dict], Any], str]:
     if version is None or not version.startswith("1."):
         raise ImportError("the reference for mmcv 1.x optimizer= configs is mmcv 1.x, which is not installed"
                           + (f" (mmcv {version} is)" if version else ""))
-    from ._compat import ensure_torchvision
+    from .._compat import ensure_torchvision
 
     ensure_torchvision()
     from mmcv.runner import build_optimizer
 
     return build_optimizer, f"mmcv=={version}"
+
+
+def installed_reference(api: str) -> Callable[[nn.Module, dict], Any] | None:
+    """``reference_builder(api)``'s builder, each call run under ``quiet_references``; None when
+    that reference is not installed."""
+    try:
+        build, _ = reference_builder(api)
+    except ImportError:
+        return None
+
+    def quiet_build(model: nn.Module, cfg: dict) -> Any:
+        with quiet_references():
+            return build(model, cfg)
+
+    return quiet_build
 
 
 def _optimizer_of(built: Any) -> torch.optim.Optimizer:
@@ -168,7 +185,7 @@ def _per_param(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
 def _build(fn: Callable[[], Any]) -> tuple[Any, float, BaseException | None]:
     start = time.perf_counter()
     try:
-        with _quiet():
+        with quiet_references():
             built = fn()
     except Exception as exc:
         return None, time.perf_counter() - start, exc

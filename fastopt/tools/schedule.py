@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._compat import ensure_torchvision
+from .._compat import ensure_torchvision
 
 __all__ = ["lr_curve", "simulate"]
 

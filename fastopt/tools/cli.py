@@ -8,7 +8,7 @@
     fastopt lr-curve CONFIG.py --iters-per-epoch N [--out lr.png] [--json lr.json]
 
 SOURCE is a config path, ``package::path`` of a shipped config, ``timm:NAME``,
-``torchvision:NAME``, ``package.module:callable`` or a bundled model name (fastopt.sources);
+``torchvision:NAME``, ``package.module:callable`` or a bundled model name (fastopt.tools.sources);
 ``--model SOURCE`` and ``--cfg-options key=value ...`` work with every command.
 """
 
@@ -32,11 +32,9 @@ if TYPE_CHECKING:
 
 
 def _zoo() -> ModuleType:
-    """``fastopt.zoo``, imported only by the commands that name a bundled model."""
+    """``fastopt.tools.zoo``, imported only by the commands that name a bundled model."""
     return importlib.import_module(".zoo", __package__)
 
-#: widths giving ~30M parameters (what `fastopt bench` measures steps on by default)
-BENCH_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 
 
 def _fmt(v: Any) -> str:
@@ -47,7 +45,7 @@ def _fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------ sources
 def add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """The model-source arguments every command shares (see fastopt.sources)."""
+    """The model-source arguments every command shares (see fastopt.tools.sources)."""
     p.add_argument("source", nargs=None if required else "?", metavar="SOURCE",
                    help="a config file (OpenMMLab 2.x/3.x or fastopt-style), package::path of a config an "
                         "installed package ships (mmdet::swin/x.py), timm:NAME, torchvision:NAME, "
@@ -123,8 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _zoo_spec(args.model)
     device = bench.select_device(args.device)
     text = args.source or args.model or "cascade_mask_rcnn_swin_l"
-    width = args.width if args.width is not None or device.type != "cpu" else BENCH_WIDTH.get(text)
-    source, width = bench.bench_source(text, width, device=device,
+    source, width = bench.bench_source(text, args.width, device=device,
                                        cfg_options=sources.parse_cfg_options(args.cfg_options))
     optimizer = args.optimizer or ("adamw" if source.kind == "zoo" else None)
     up_to = bench.REFERENCE_UP_TO if args.reference_up_to is None else args.reference_up_to
@@ -236,8 +233,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Reference vs fastopt on every parameter: exit 0 on exact parity, 1 on a mismatch."""
+    from ..semantics import resolve as resolve_semantics
     from .check import check, reference_builder
-    from .semantics import resolve as resolve_semantics
 
     cfg_source, model_source = resolve_args(args)
     api, cfg, _ = cfg_source.optim
@@ -343,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference-up-to", type=int, metavar="TENSORS",
                    help="leave mmengine and mmcv out above this many tensors (their construction is "
-                        "quadratic; default: fastopt.bench.REFERENCE_UP_TO)")
+                        "quadratic; default: fastopt.tools.bench.REFERENCE_UP_TO)")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars; with "
                    "--clip, the phase's variants against the step and its floor")

@@ -11,7 +11,7 @@ heads still divide them) so that a model builds in milliseconds; ``width=1.0``
 gives the real shapes. CNN parts, Swin and ViT backbones have a ``forward``; the
 RoI heads run on pooled RoI features; DETR-style transformer heads have none.
 
->>> from fastopt.zoo import build, count_tensors
+>>> from fastopt.tools.zoo import build, count_tensors
 >>> count_tensors(build('faster_rcnn_r50_fpn'))
 189
 

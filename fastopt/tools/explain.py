@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from . import _core
-from . import _rules as R
-from .builder import with_semantics
-from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
-from .registry import OPTIMIZERS, constructor_from_cfg, resolve_type
-from .semantics import Semantics
+from .. import _core
+from .. import _rules as R
+from ..builder import config_api, with_semantics
+from ..constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
+from ..registry import constructor_from_cfg
+from ..semantics import Semantics
 
 __all__ = ["Explanation", "ParamReport", "explain"]
 
@@ -85,7 +85,7 @@ class Explanation:
 def explain(model: nn.Module, cfg: dict, semantics: str | Semantics | None = None) -> Explanation:
     """Explain how ``cfg`` (an ``optim_wrapper=`` or mmcv ``optimizer=`` config) treats ``model``
     under ``semantics`` (e.g. ``'mmengine==0.10.3'``; default: the installed host release)."""
-    api = "mmengine" if "optimizer" in cfg else "mmcv"
+    api = config_api(cfg)
     ctor = constructor_from_cfg(cfg, api)
     if not isinstance(ctor, (DefaultOptimizerConstructor, DefaultOptimWrapperConstructor)):
         raise TypeError(f"explain needs a fastopt constructor, got {type(ctor).__name__}")
@@ -93,7 +93,7 @@ def explain(model: nn.Module, cfg: dict, semantics: str | Semantics | None = Non
     followed = str(ctor.semantics)
     if hasattr(model, "module"):
         model = model.module
-    optimizer_cls = resolve_type(ctor.optimizer_cfg["type"], OPTIMIZERS)
+    optimizer_cls = ctor.optimizer_class()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")

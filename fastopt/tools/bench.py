@@ -3,7 +3,7 @@
 Every implementation that is installed is measured in one process on the same model and
 config, with repeats interleaved (A B C A B C ...) and medians reported, so noise on a
 shared machine hits all of them alike. The model and its optimizer config come from any
-source ``fastopt.sources`` resolves (a config file, ``timm:NAME``, a bundled model ...); steps
+source ``fastopt.tools.sources`` resolves (a config file, ``timm:NAME``, a bundled model ...); steps
 run on the CPU or on a CUDA device (timed with CUDA events, peak memory recorded). The JSON
 layout is documented in docs/cli.md.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import logging
 import math
 import os
 import platform
@@ -26,9 +25,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .._torch_compat import grad_scaler
+from ..builder import config_api
 from . import zoo
-from ._compat import ensure_torchvision
-from ._torch_compat import grad_scaler
+from .check import installed_reference
 from .sources import Source, SourceError, resolve
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
@@ -57,7 +57,7 @@ def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model, vector extensions, cores, torch's threads, the
     torch version and the kernel build fastopt picked; where torch sees a GPU also its name,
     memory and compute capability and the CUDA and cuDNN versions."""
-    from ._core import _C
+    from .._core import _C
 
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -161,32 +161,6 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
     return {k: statistics.median(v) for k, v in steps.items()}
 
 
-def mmengine_builder() -> Callable | None:
-    """mmengine's ``build_optim_wrapper`` with its per-parameter logging silenced, or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from mmengine.logging import MMLogger
-            from mmengine.optim import build_optim_wrapper
-        except ImportError:
-            return None
-    # one log line per parameter (warnings for frozen ones): silencing only makes it faster
-    MMLogger.get_current_instance().setLevel(logging.ERROR)
-    return build_optim_wrapper
-
-
-def mmcv_builder() -> Callable | None:
-    """mmcv 1.x's ``build_optimizer`` (torchvision stubbed, as mmcv.runner imports it), or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ensure_torchvision()
-            from mmcv.runner import build_optimizer
-        except ImportError:
-            return None
-    return build_optimizer
-
-
 def width_for(name: str, numel: float) -> float:
     """The zoo width at which ``name`` holds about ``numel`` parameters (found on the meta device,
     or from the entry's known counts)."""
@@ -260,7 +234,13 @@ def bench_config(source: Source, optimizer: str | None = None) -> BenchConfig:
                        dict(opt, paramwise_cfg=paramwise, **extras), name)
 
 
-def bench_source(source: Source | str, width: float | None = None, numel: float = 30e6,
+#: The default CPU benchmark's widths (about ``DEFAULT_NUMEL`` parameters), kept as the round
+#: figures the documented results use; other models and sizes go through ``width_for``.
+BENCH_WIDTHS = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
+DEFAULT_NUMEL = 30e6
+
+
+def bench_source(source: Source | str, width: float | None = None, numel: float = DEFAULT_NUMEL,
                  device: torch.device | str = "cpu",
                  cfg_options: dict[str, Any] | None = None) -> tuple[Source, float | None]:
     """(resolved source, zoo width) for a benchmark: a bundled model at ``width``, by default
@@ -270,7 +250,12 @@ def bench_source(source: Source | str, width: float | None = None, numel: float 
         return source, width
     if source in zoo.MODELS:
         if width is None:
-            width = 1.0 if torch.device(device).type == "cuda" else width_for(source, numel)
+            if torch.device(device).type == "cuda":
+                width = 1.0
+            elif numel == DEFAULT_NUMEL and source in BENCH_WIDTHS:
+                width = BENCH_WIDTHS[source]
+            else:
+                width = width_for(source, numel)
         return resolve(source, cfg_options, width=width), width
     if width is not None:
         raise SourceError(f"--width scales bundled models only, and {source!r} is not one")
@@ -295,13 +280,13 @@ def _references(model: nn.Module, cfg: BenchConfig, tensors: int, up_to: int,
                  f"quadratically; --reference-up-to {tensors} keeps them)")
         return {}
     out: dict[str, Callable[[], torch.optim.Optimizer]] = {}
-    ref = mmengine_builder()
+    ref = installed_reference("mmengine")
     if ref is not None:
         out["mmengine"] = lambda: ref(model, copy.deepcopy(cfg.engine)).optimizer
         out["mmengine+fused"] = lambda: ref(model, cfg.fused()).optimizer
     else:
         progress("mmengine not installed: skipping it")
-    ref_mmcv = mmcv_builder()
+    ref_mmcv = installed_reference("mmcv")
     if ref_mmcv is not None:
         out["mmcv"] = lambda: ref_mmcv(model, copy.deepcopy(cfg.mmcv))
     else:
@@ -323,7 +308,7 @@ def _generator(device: torch.device) -> torch.Generator:
 
 
 def compare(source: Source | str, optimizer: str | None = None, width: float | None = None,
-            numel: float = 30e6, repeats: int = 5, progress: Callable[[str], None] = log,
+            numel: float = DEFAULT_NUMEL, repeats: int = 5, progress: Callable[[str], None] = log,
             device: torch.device | str = "cpu", reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
     """Construction and step time of every available implementation on one model.
 
@@ -435,7 +420,7 @@ def scaling(sizes: list[int], reference_up_to: int = 5000, repeats: int = 3,
     cfg = dict(optimizer=dict(OPTIMIZER_CFGS["adamw"]),
                paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                                   custom_keys={"stages.0": dict(lr_mult=0.1)}))
-    ref = mmengine_builder()
+    ref = installed_reference("mmengine")
     rows = []
     for n in sizes:
         model = zoo.synthetic(n)
@@ -532,7 +517,7 @@ def profile(model: nn.Module, cfg: dict, repeats: int = 5) -> dict[str, Any]:
     """Grouping cost of ``cfg`` on ``model``: median build time (ms), group and tensor counts."""
     import fastopt
 
-    build = fastopt.build_optim_wrapper if "optimizer" in cfg else fastopt.build_optimizer
+    build = fastopt.build_optim_wrapper if config_api(cfg) == "mmengine" else fastopt.build_optimizer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = build(model, copy.deepcopy(cfg))
@@ -600,7 +585,7 @@ def _phase_variants(model: nn.Module, cfg: BenchConfig, max_norm: float, amp: bo
         clip_then_step.step()
 
     out["fastopt + torch clip"] = _Phase(torch_clip_then_step, params)
-    ref = mmengine_builder() if references else None
+    ref = installed_reference("mmengine") if references else None
     if ref is not None:
         try:
             with warnings.catch_warnings():
@@ -628,7 +613,8 @@ def _phase_variants(model: nn.Module, cfg: BenchConfig, max_norm: float, amp: bo
 
 
 def phase_compare(source: Source | str, optimizer: str | None = None, max_norm: float = 0.1,
-                  width: float | None = None, numel: float = 30e6, repeats: int = 15, amp: bool = False,
+                  width: float | None = None, numel: float = DEFAULT_NUMEL, repeats: int = 15,
+                  amp: bool = False,
                   progress: Callable[[str], None] = log, device: torch.device | str = "cpu",
                   reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
     """The time after backward with gradient clipping, every variant on one model: fastopt's

@@ -1,0 +1,25 @@
+"""Warnings addressed to the user's code: the warning points at the first caller outside
+fastopt, however deep inside fastopt it was raised (no hand-counted stack levels)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _outside_level() -> int:
+    """The ``stacklevel`` of the innermost frame outside fastopt, seen from warn_user's caller."""
+    frame = sys._getframe(2)  # warn_user's caller
+    level = 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)`` attributed to the user's line that called into fastopt."""
+    warnings.warn(message, category, stacklevel=_outside_level())
