@@ -190,6 +190,47 @@ def test_check_reports_a_mismatch_with_both_values(tmp_path: Path, capsys: pytes
     assert {d["key"] for d in report["differences"]} == {"weight_decay"}
 
 
+def test_a_class_difference_alone_counts_as_a_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same hyperparameters for every parameter, another optimizer class: MISMATCH with one
+    difference (never "MISMATCH (0 differences)")."""
+    refs.mmengine_build()
+    real = fastopt.build_optim_wrapper
+
+    class Other(torch.optim.Optimizer):
+        """Not a subclass of the reference's optimizer."""
+
+    def other_class(model: nn.Module, cfg: dict, **kwargs: Any) -> Any:
+        wrapper = real(model, cfg, **kwargs)
+        wrapper.optimizer.__class__ = Other
+        return wrapper
+
+    monkeypatch.setattr(check_mod.builder, "build_optim_wrapper", other_class)
+    path = _write(tmp_path, "three.py", CFG3)
+    assert cli.main(["check", path, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["parity"] is False and report["num_differences"] == 1
+    assert any("optimizer class" in note for note in report["notes"])
+
+
+def needs_a_process_group(width: int = 4) -> nn.Module:
+    """A builder that, like mmcv's SyncBN, asks for the world size while it builds."""
+    if not torch.distributed.is_initialized():
+        raise RuntimeError("Default process group has not been initialized, please make sure to call "
+                           "init_process_group.")
+    assert torch.distributed.get_world_size() == 1
+    return Net(width)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_a_model_that_needs_a_process_group_gets_one_for_its_build_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model = fastopt.load_model("tests.test_sources:needs_a_process_group", device="cpu")
+    assert isinstance(model, Net)
+    assert not torch.distributed.is_initialized()  # the group is gone with the build
+    assert "one-process gloo group" in capsys.readouterr().err
+
+
 def test_check_under_another_release_semantics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """mmengine up to 0.10.3 keeps the frozen stem weight as a bare group; the installed 0.10.7
     leaves it out: checked against 0.10.7, only that parameter differs."""

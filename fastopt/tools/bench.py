@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from .._torch_compat import grad_scaler
 from ..builder import config_api
 from . import zoo
 from .check import installed_reference
-from .sources import Source, SourceError, resolve
+from .sources import Source, SourceError, log, resolve
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
 BYTES_PER_ELEMENT = {"adamw": 7 * 4, "adam": 7 * 4, "sgd": 5 * 4}
@@ -42,11 +41,6 @@ OPTIMIZER_CFGS = {
 #: mmengine and mmcv build one group per parameter, in quadratic time (about 20 s at 10k
 #: tensors, half an hour at 100k): above this many tensors they are left out by default
 REFERENCE_UP_TO = 10_000
-
-
-def log(msg: str) -> None:
-    """Progress on stderr, so tables and JSON on stdout stay clean."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 #: x86 vector extensions that decide which of fastopt's kernels (and torch's) run

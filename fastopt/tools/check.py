@@ -252,7 +252,6 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
                 count += 1
                 if len(report.differences) < limit:
                     report.differences.append(Difference(name, str(key), _shown(x), _shown(y)))
-    report.num_differences = count
     if type(ref_opt).__name__ != type(fast_opt).__name__ and not isinstance(fast_opt, type(ref_opt)):
         report.notes.append(f"optimizer class: reference {type(ref_opt).__name__}, fastopt "
                             f"{type(fast_opt).__name__}")
@@ -261,5 +260,6 @@ def check(model: nn.Module, api: str, cfg: dict, *, source: str = "model", seman
         report.notes.append(f"wrapper class: reference {type(ref_built).__name__}, fastopt "
                             f"{type(fast_built).__name__} (not a subclass)")
         count += 1
+    report.num_differences = count  # (after the class differences: a mismatch never counts 0)
     report.parity = count == 0
     return report

@@ -24,11 +24,14 @@ memory, no initialisation cost) and on the CPU otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
 import os
 import runpy
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,6 +50,11 @@ DEFAULT_OPTIM_WRAPPER: dict[str, Any] = dict(
 )
 
 _CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")
+
+
+def log(msg: str) -> None:
+    """Progress and notes on stderr, so tables and JSON on stdout stay clean."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 class SourceError(Exception):
@@ -252,24 +260,35 @@ def _build_openmmlab(cfg: dict[str, Any], path: str, device: str) -> nn.Module:
         return _on_device(lambda: registry.build(copy.deepcopy(model_cfg)), device)
 
 
-def _single_process_group() -> bool:
-    """Start a one-process gloo group (models with mmcv's SyncBN ask for the world size while
-    they build); False when torch.distributed cannot, or a group is already running."""
+@contextlib.contextmanager
+def _single_process_group() -> Iterator[bool]:
+    """A one-process gloo group for the block (models with mmcv's SyncBN ask for the world size
+    while they build), destroyed after it; yields False when torch.distributed cannot start
+    one or a group is already running (the caller's, left alone)."""
     import torch.distributed as dist
 
     if not dist.is_available() or dist.is_initialized():
-        return False
+        yield False
+        return
+    log("the model asks for a process group while it builds: a one-process gloo group for the build")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    return True
+    try:
+        yield True
+    finally:
+        dist.destroy_process_group()
 
 
 def _built(build: Callable[[], nn.Module]) -> nn.Module:
     try:
         return build()
     except (ValueError, RuntimeError) as exc:
-        if "process group has not been initialized" not in str(exc) or not _single_process_group():
+        if "process group has not been initialized" not in str(exc):
             raise
-    return build()
+        error = exc
+    with _single_process_group() as started:
+        if not started:
+            raise error
+        return build()
 
 
 def _on_device(build: Callable[[], nn.Module], device: str) -> nn.Module:
@@ -419,7 +438,9 @@ def resolve(source: str, cfg_options: dict[str, Any] | None = None, width: float
 def load_model(source: str, cfg_options: dict[str, Any] | None = None, device: str = "auto",
                width: float | None = None) -> nn.Module:
     """Build the model a source names (see :func:`resolve`), without pretrained weights;
-    ``device='auto'`` builds on the meta device where the model allows it, else on the CPU."""
+    ``device='auto'`` builds on the meta device where the model allows it, else on the CPU. A
+    model that asks for a process group while it builds gets a one-process gloo group for the
+    build, destroyed afterwards (a group the caller started is used as is)."""
     if device not in ("auto", "meta", "cpu") and not device.startswith("cuda"):
         raise SourceError(f"device must be 'auto', 'meta', 'cpu' or 'cuda[:N]', got {device!r}")
     return resolve(source, cfg_options, width).build(device)

@@ -164,11 +164,15 @@ def test_load_model_never_loads_pretrained_weights(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_model_that_needs_a_process_group_builds(capsys: pytest.CaptureFixture[str]) -> None:
-    """mmcv's SyncBN asks for the world size while it builds: a one-process group is started."""
+    """mmcv's SyncBN asks for the world size while it builds: a one-process group is started for
+    the build, said on stderr, and destroyed after it."""
     source = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
     assert cli.main(["check", source, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["parity"] is True and report["params"] == 225
+    assert "one-process gloo group" in captured.err
+    assert not torch.distributed.is_initialized()
 
 
 def test_an_amp_config_is_profiled_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
