@@ -56,6 +56,14 @@ py::tuple assign(const std::vector<std::string>& names,
 template <typename T>
 using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// The thread count a kernel call takes from Python: 0 (OpenMP's default) or more.
+int check_threads(int num_threads) {
+  if (num_threads < 0)
+    throw std::invalid_argument("num_threads must be 0 (OpenMP's default) or positive, got " +
+                                std::to_string(num_threads));
+  return num_threads;
+}
+
 // Checks the shapes of one multi-tensor call and returns the tensor count.
 int64_t check_step_args(const Array<uint64_t>& ptrs, int64_t n_ptrs, const Array<int64_t>& numels,
                         const Array<int32_t>& dtypes, const Array<int32_t>& flags, const Array<double>& hyper,
@@ -72,33 +80,38 @@ int64_t check_step_args(const Array<uint64_t>& ptrs, int64_t n_ptrs, const Array
 }
 
 void adam_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
-               const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult) {
+               const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult,
+               int num_threads) {
   const int64_t n = check_step_args(ptrs, fastopt::kAdamPtrs, numels, dtypes, flags, hyper, fastopt::kAdamHypers);
+  const int threads = check_threads(num_threads);
   py::gil_scoped_release release;
   fastopt::adam_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale,
-                         grad_mult);
+                         grad_mult, threads);
 }
 
 void sgd_step(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
-              const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult) {
+              const Array<int32_t>& flags, const Array<double>& hyper, double grad_scale, double grad_mult,
+              int num_threads) {
   const int64_t n = check_step_args(ptrs, fastopt::kSgdPtrs, numels, dtypes, flags, hyper, fastopt::kSgdHypers);
+  const int threads = check_threads(num_threads);
   py::gil_scoped_release release;
   fastopt::sgd_step_cpu(n, ptrs.data(), numels.data(), dtypes.data(), flags.data(), hyper.data(), grad_scale,
-                        grad_mult);
+                        grad_mult, threads);
 }
 
 py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, const Array<int32_t>& dtypes,
-                    double norm_type) {
+                    double norm_type, int num_threads) {
   const int64_t n = numels.ndim() == 1 ? static_cast<int64_t>(numels.shape(0)) : -1;
   if (n < 0 || ptrs.ndim() != 1 || ptrs.shape(0) != n || dtypes.ndim() != 1 || dtypes.shape(0) != n)
     throw std::invalid_argument("grad_norm: expected ptrs (n,), numels (n,), dtypes (n,)");
   const bool inf = std::isinf(norm_type) && norm_type > 0;
   if (!inf && norm_type != 2.0)
     throw std::invalid_argument("grad_norm: norm_type must be 2 or inf, got " + std::to_string(norm_type));
+  const int threads = check_threads(num_threads);
   fastopt::GradNorm out{};
   {
     py::gil_scoped_release release;
-    out = fastopt::grad_norm_cpu(n, ptrs.data(), numels.data(), dtypes.data(), inf);
+    out = fastopt::grad_norm_cpu(n, ptrs.data(), numels.data(), dtypes.data(), inf, threads);
   }
   return py::make_tuple(out.norm, out.nonfinite);
 }
@@ -116,7 +129,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() =
       "fastopt native core: custom-key matching and paramwise rule assignment (match, assign), "
       "the multi-tensor CPU steps (adam_step, sgd_step; cpu_isa, set_cpu_isa), the global gradient "
-      "norm (grad_norm), and the numbers "
+      "norm (grad_norm), the thread count of the last of those calls (last_num_threads), and the numbers "
       "Python passes to them (DTYPE_CODES, STEP_FLAGS, *_COLUMNS, *_HYPERS, PARAM_FLAGS, CONFIG_FLAGS).";
   m.def("match", &match, py::arg("names"), py::arg("keys"),
         "Index of the custom key the reference picks for each name (longest, then "
@@ -125,18 +138,28 @@ PYBIND11_MODULE(_C, m) {
         "Rule outcome per parameter: (ids, table), ids[i] indexing rows (key, lr_rule, "
         "wd_rule, kind) of table, rows in first-seen order.");
   m.def("adam_step", &adam_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
-        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0,
+        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0, py::arg("num_threads") = 0,
         "One Adam/AdamW step over n tensors: ptrs (n, 6) param/grad/exp_avg/exp_avg_sq/max_exp_avg_sq/step, "
         "hyper (n, 5) lr/beta1/beta2/eps/weight_decay; grad_scale <= 0 means none; grad_mult "
-        "multiplies every (unscaled) gradient as it is read.");
+        "multiplies every (unscaled) gradient as it is read. Runs on num_threads threads (0: OpenMP's "
+        "default; fastopt passes torch.get_num_threads()), at most one per 32K-element chunk; the same "
+        "bits for any count.");
   m.def("sgd_step", &sgd_step, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("flags"),
-        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0,
+        py::arg("hyper"), py::arg("grad_scale"), py::arg("grad_mult") = 1.0, py::arg("num_threads") = 0,
         "One SGD step over n tensors: ptrs (n, 3) param/grad/momentum_buffer, hyper (n, 4) "
         "lr/momentum/dampening/weight_decay; grad_scale <= 0 means none; grad_mult multiplies "
-        "every (unscaled) gradient as it is read.");
+        "every (unscaled) gradient as it is read. Runs on num_threads threads (0: OpenMP's default; "
+        "fastopt passes torch.get_num_threads()), at most one per 32K-element chunk; the same bits for "
+        "any count.");
   m.def("grad_norm", &grad_norm, py::arg("ptrs"), py::arg("numels"), py::arg("dtypes"), py::arg("norm_type"),
+        py::arg("num_threads") = 0,
         "(norm, nonfinite): the 2-norm or inf-norm of n gradients taken together, float block sums added in "
-        "double in a fixed order (the same for any thread count), and whether any is inf/NaN.");
+        "double in a fixed order (the same for any thread count), and whether any is inf/NaN. Runs on "
+        "num_threads threads (0: OpenMP's default; fastopt passes torch.get_num_threads()), at most one "
+        "per 32K-element chunk.");
+  m.def("last_num_threads", &fastopt::last_num_threads,
+        "Threads the parallel loop of this thread's last adam_step, sgd_step or grad_norm call ran on "
+        "(0 before the first; 1 without OpenMP).");
   m.def("state_addresses", &fastopt::state_addresses, py::arg("state"),
         "Addresses of the objects of a dict of dicts (an optimizer's state), in iteration order: per\n"
         "entry its key, its value and, for a dict value, its size and each of its keys and values.");
@@ -148,7 +171,8 @@ PYBIND11_MODULE(_C, m) {
         "Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
-        "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it.");
+        "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "
+        "other threads step: each call runs wholly on the build it finds when it starts.");
   // The interface numbers, exported once: Python reads them by name (fastopt/_kernels.py,
   // fastopt/_rules.py) and fastopt/_C.pyi lists them.
   using namespace fastopt;

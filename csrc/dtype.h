@@ -115,10 +115,9 @@ template <typename O> inline O max_op(O a, O b) {
 }
 template <typename O> inline O abs_op(O a) { return a < O(0) ? -a : a; }
 
-// The gradient a step reads: unscaled under a GradScaler (and stored back unscaled, as
-// torch's unscale does), multiplied by the clip coefficient (rounded to storage as torch's
-// in-place mul_ rounds it, but not stored: no pass rewrites the gradients), then negated
-// for maximize.
+// The gradient a step reads: unscaled under a GradScaler, multiplied by the clip coefficient
+// (rounded to storage as torch's in-place mul_ rounds it), then negated for maximize. The
+// gradient tensor is written only under a GradScaler (below); without one it is left as it was.
 template <bool kScale, bool kMult, typename O, typename S>
 inline O step_grad(S& g, O grad_scale, O grad_mult, O sign) {
   O gi = load<O>(g);

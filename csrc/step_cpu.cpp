@@ -1,5 +1,7 @@
 #include "step_cpu.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -10,15 +12,19 @@
 #include "dtype.h"
 #include "step_kernels.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace fastopt {
 
 namespace {
 
 // ---- instruction-set dispatch ----------------------------------------------------------
 
-using AdamChunks = void (*)(const AdamTensor*, const Chunk*, int64_t);
-using SgdChunks = void (*)(const SgdTensor*, const Chunk*, int64_t);
-using NormChunks = void (*)(const NormTensor*, const Chunk*, int64_t, bool, NormPartial*);
+using AdamChunks = int (*)(const AdamTensor*, const Chunk*, int64_t, int);
+using SgdChunks = int (*)(const SgdTensor*, const Chunk*, int64_t, int);
+using NormChunks = int (*)(const NormTensor*, const Chunk*, int64_t, bool, NormPartial*, int);
 
 struct Kernels {
   const char* name;
@@ -34,15 +40,31 @@ constexpr Kernels kAvx2{"avx2", &isa_avx2::adam_chunks, &isa_avx2::sgd_chunks, &
 constexpr Kernels kAvx512{"avx512", &isa_avx512::adam_chunks, &isa_avx512::sgd_chunks, &isa_avx512::norm_chunks};
 #endif
 
+#ifdef FASTOPT_X86_ISAS
+// What this CPU runs, read once (the first caller initialises it; later ones only read).
+struct CpuFeatures {
+  bool avx2;
+  bool avx512;
+};
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = [] {
+    __builtin_cpu_init();
+    CpuFeatures out{};
+    out.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    out.avx512 = out.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return out;
+  }();
+  return f;
+}
+#endif
+
 bool supported(const std::string& name) {
   if (name == "baseline") return true;
 #ifdef FASTOPT_X86_ISAS
-  __builtin_cpu_init();
-  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                             __builtin_cpu_supports("f16c");
-  if (name == "avx512")
-    return supported("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (name == "avx2") return cpu_features().avx2;
+  if (name == "avx512") return cpu_features().avx512;
 #endif
   return false;
 }
@@ -68,9 +90,27 @@ const Kernels* best() {
   return &kBaseline;
 }
 
-const Kernels*& active() {
-  static const Kernels* k = best();
+// The kernel build in use. set_cpu_isa may replace it while other threads step: each call
+// loads it once and uses only what it loaded (every build stays valid for the process's life).
+std::atomic<const Kernels*>& active() {
+  static std::atomic<const Kernels*> k{best()};
   return k;
+}
+
+const Kernels* load_active() { return active().load(std::memory_order_acquire); }
+
+// Threads of the calling thread's last parallel loop (last_num_threads).
+thread_local int last_team = 0;
+
+// The team a call's loop asks for: `threads` (<= 0: OpenMP's default), at most one per chunk.
+int team_size(int threads, std::size_t n_chunks) {
+#ifdef _OPENMP
+  const int want = threads > 0 ? threads : omp_get_max_threads();
+#else
+  const int want = threads > 0 ? threads : 1;
+#endif
+  const std::size_t cap = std::max<std::size_t>(n_chunks, 1);
+  return static_cast<std::size_t>(want) < cap ? want : static_cast<int>(cap);
 }
 
 void check_dtype(int32_t d, int64_t tensor) {
@@ -119,17 +159,20 @@ SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale, dou
 
 }  // namespace
 
-const char* cpu_isa() { return active()->name; }
+const char* cpu_isa() { return load_active()->name; }
+
+int last_num_threads() { return last_team; }
 
 void set_cpu_isa(const std::string& name) {
   const Kernels* k = by_name(name);
   if (k == nullptr || !supported(name))
     throw std::invalid_argument("instruction set '" + name + "' is not built in or not supported by this CPU");
-  active() = k;
+  active().store(k, std::memory_order_release);
 }
 
 void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult) {
+                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
+                   int threads) {
   std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
@@ -162,11 +205,14 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     t.d = adam_scalars<double>(h, fl, step, grad_scale, grad_mult);
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
-  active()->adam(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
+  const Kernels* k = load_active();
+  last_team = k->adam(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
+                      team_size(threads, chunks.size()));
 }
 
 void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
-                  const int32_t* flags, const double* hyper, double grad_scale, double grad_mult) {
+                  const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
+                  int threads) {
   std::vector<SgdTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kSgdPtrs;
@@ -186,10 +232,13 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
     t.d = sgd_scalars<double>(h, flags[i], grad_scale, grad_mult);
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
-  active()->sgd(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()));
+  const Kernels* k = load_active();
+  last_team = k->sgd(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
+                     team_size(threads, chunks.size()));
 }
 
-GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes, bool inf) {
+GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes, bool inf,
+                       int threads) {
   std::vector<NormTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     check_dtype(dtypes[i], i);
@@ -198,7 +247,9 @@ GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, c
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   std::vector<NormPartial> partials(chunks.size());
-  active()->norm(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()), inf, partials.data());
+  const Kernels* k = load_active();
+  last_team = k->norm(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()), inf, partials.data(),
+                      team_size(threads, chunks.size()));
   // The chunks depend on the sizes only, and their partials are combined in chunk order:
   // the same result for any number of threads.
   double total = 0.0;

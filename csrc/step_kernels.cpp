@@ -2,6 +2,10 @@
 // (FASTOPT_ISA names the namespace; see step_kernels.h and CMakeLists.txt).
 #include <cstdint>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "adam_math.h"
 #include "sgd_math.h"
 #include "step_kernels.h"
@@ -112,14 +116,32 @@ NormPartial run_norm(const NormTensor& t, const Chunk& c, bool inf) {
   return inf ? norm_range<S, true>(g, c.begin, c.end) : norm_range<S, false>(g, c.begin, c.end);
 }
 
+// One parallel loop over the chunks, body(c) per chunk, on a team of `threads`; static
+// schedule (the chunks are equal-sized). Returns the size of the team that ran it.
+template <typename Body>
+int parallel_chunks(int64_t n_chunks, int threads, const Body& body) {
+  int team = 1;
+#ifndef _OPENMP
+  (void)threads;
+#endif
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+#endif
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < n_chunks; ++c) body(c);
+  }
+  return team;
+}
+
 }  // namespace
 
 namespace FASTOPT_ISA {
 
-void norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,
-                 NormPartial* partials) {
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < n_chunks; ++c) {
+int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,
+                NormPartial* partials, int threads) {
+  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const NormTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -128,13 +150,11 @@ void norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunk
       case kBFloat16: partials[c] = run_norm<BFloat16>(t, ch, inf); break;
       default: partials[c] = run_norm<Float16>(t, ch, inf); break;
     }
-  }
+  });
 }
 
-void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks) {
-  // One parallel loop over the chunks of all tensors (static: chunks are equal-sized).
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < n_chunks; ++c) {
+int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
+  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const AdamTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -143,12 +163,11 @@ void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunk
       case kBFloat16: run_adam<BFloat16>(t, ch); break;
       default: run_adam<Float16>(t, ch); break;
     }
-  }
+  });
 }
 
-void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks) {
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < n_chunks; ++c) {
+int sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
+  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const SgdTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -157,7 +176,7 @@ void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks)
       case kBFloat16: run_sgd<BFloat16>(t, ch); break;
       default: run_sgd<Float16>(t, ch); break;
     }
-  }
+  });
 }
 
 }  // namespace FASTOPT_ISA

@@ -81,12 +81,14 @@ struct NormPartial {
   double value;
 };
 
+// Each runs one parallel loop over the chunks on a team of `threads` (at least 1) and returns
+// the number of threads the team had (1 without OpenMP).
 #define FASTOPT_DECLARE_KERNELS(isa)                                                                      \
   namespace isa {                                                                                         \
-  void adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks);                     \
-  void sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks);                       \
-  void norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,            \
-                   NormPartial* partials);                                                                \
+  int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads);         \
+  int sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads);           \
+  int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,             \
+                  NormPartial* partials, int threads);                                                    \
   }
 
 FASTOPT_DECLARE_KERNELS(isa_baseline)

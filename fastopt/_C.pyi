@@ -13,20 +13,29 @@ def assign(names: list[str], flags: npt.ArrayLike, keys: list[str],
     kind) of table, rows in first-seen order."""
 
 def adam_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
-              hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0) -> None:
+              hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0, num_threads: int = 0) -> None:
     """One Adam/AdamW step over n tensors: ptrs (n, len(ADAM_COLUMNS)), hyper
     (n, len(ADAM_HYPERS)); grad_scale <= 0 means none; grad_mult multiplies every (unscaled)
-    gradient as it is read."""
+    gradient as it is read. Runs on num_threads threads (0: OpenMP's default; fastopt passes
+    torch.get_num_threads()), at most one per 32K-element chunk; the same bits for any count."""
 
 def sgd_step(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike, flags: npt.ArrayLike,
-             hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0) -> None:
+             hyper: npt.ArrayLike, grad_scale: float, grad_mult: float = 1.0, num_threads: int = 0) -> None:
     """One SGD step over n tensors: ptrs (n, len(SGD_COLUMNS)), hyper (n, len(SGD_HYPERS));
-    grad_scale <= 0 means none; grad_mult multiplies every (unscaled) gradient as it is read."""
+    grad_scale <= 0 means none; grad_mult multiplies every (unscaled) gradient as it is read.
+    Runs on num_threads threads (0: OpenMP's default; fastopt passes torch.get_num_threads()),
+    at most one per 32K-element chunk; the same bits for any count."""
 
 def grad_norm(ptrs: npt.ArrayLike, numels: npt.ArrayLike, dtypes: npt.ArrayLike,
-              norm_type: float) -> tuple[float, bool]:
+              norm_type: float, num_threads: int = 0) -> tuple[float, bool]:
     """(norm, nonfinite): the 2-norm (norm_type 2) or inf-norm of n gradients taken together,
-    float block sums added in double in a fixed order, and whether any is inf/NaN."""
+    float block sums added in double in a fixed order (the same for any thread count), and
+    whether any is inf/NaN. Runs on num_threads threads (0: OpenMP's default; fastopt passes
+    torch.get_num_threads()), at most one per 32K-element chunk."""
+
+def last_num_threads() -> int:
+    """Threads the parallel loop of this thread's last adam_step, sgd_step or grad_norm call ran
+    on (0 before the first; 1 without OpenMP)."""
 
 def state_addresses(state: dict) -> npt.NDArray[np.uint64]:
     """Addresses of the objects of a dict of dicts (an optimizer's state), in iteration order: per
@@ -45,7 +54,8 @@ def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
 
 def set_cpu_isa(name: str) -> None:
-    """Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it."""
+    """Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while
+    other threads step: each call runs wholly on the build it finds when it starts."""
 
 #: storage dtype name ("float32", "float64", "bfloat16", "float16") -> the kernels' code
 DTYPE_CODES: dict[str, int]

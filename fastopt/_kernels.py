@@ -50,7 +50,8 @@ DTYPE_CODES: dict[torch.dtype, int] = {getattr(torch, k): v for k, v in _exporte
 STEP_FLAGS: dict[str, int] = _exported("STEP_FLAGS", {})
 
 GRAD = operator.attrgetter("grad")
-_PLAIN_TYPES = (torch.nn.Parameter, torch.Tensor)
+#: The tensor types the kernels take as they are (anything else, a DTensor, steps its local shard)
+PLAIN_TYPES: tuple[type, ...] = (torch.nn.Parameter, torch.Tensor)
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before
@@ -60,7 +61,7 @@ CHECK_POINTERS = os.environ.get("FASTOPT_CHECK_POINTERS") == "1"
 
 def is_sharded(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 parameter or gradient) rather than a plain tensor."""
-    if type(t) in _PLAIN_TYPES:
+    if type(t) in PLAIN_TYPES:
         return False
     return DTensor is not None and isinstance(t, DTensor)
 
@@ -113,8 +114,9 @@ class Algorithm:
         return [values[h] for h in self.hypers], flags
 
     def run(self, *args: Any) -> None:
-        """Call the kernel: (ptrs, numels, dtypes, flags, hyper, grad_scale, grad_mult)."""
-        getattr(_C, self.kernel)(*args)
+        """Call the kernel: (ptrs, numels, dtypes, flags, hyper, grad_scale, grad_mult), on
+        ``torch.get_num_threads()`` threads as torch's setting stands at this call."""
+        getattr(_C, self.kernel)(*args, num_threads=torch.get_num_threads())
 
 
 def _flag(name: str, on: Any) -> int:
@@ -290,7 +292,7 @@ class Plan:
         if self.native:  # parameters sharing storage step one after another on torch's path
             self.native = not shares_storage([local(p) for p in self.params])
         # FSDP2: sharded parameters step on their local shards
-        self.sharded = any(type(p) not in _PLAIN_TYPES for p in self.params)
+        self.sharded = any(type(p) not in PLAIN_TYPES for p in self.params)
         if not self.native:
             return
         locals_ = [local(p) for p in self.params] if self.sharded else self.params

@@ -5,7 +5,10 @@ torch's ``clip_grad_norm_`` computes one norm per tensor, the norm of those, and
 multiplies every gradient in place; fastopt reads the gradients once for the norm
 (``total_norm``: short float block sums added in double, in an order that does not depend on
 the thread count) and hands the coefficient to the optimizer's step (``step(grad_mult=...)``), whose
-kernel multiplies each gradient as torch's in-place ``mul_`` would, without writing it back.
+kernel multiplies each gradient as torch's in-place ``mul_`` would (writing it back only
+under a loss scale, unscaled and clipped, as ``unscale_`` and an in-place clip leave it).
+Which parameters a host clips, and whether the coefficient may go into the step
+(``clips_all_it_steps``, ``steps_exactly``, ``clip_in_next_step``), is decided here too.
 Given the same coefficient the update is bit-identical to clipping then stepping; the norm
 itself can differ from torch's in the last bits, because the two sum in different orders.
 
@@ -29,10 +32,12 @@ import torch
 from torch import Tensor
 
 from ._core import _C
-from ._kernels import DTYPE_CODES, is_sharded
+from ._kernels import DTYPE_CODES, PLAIN_TYPES, is_sharded
 from ._torch_compat import get_total_norm
 
-__all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "native_norm_table", "total_norm"]
+__all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "clip_in_next_step", "clips_all_it_steps",
+           "coefficient_of", "fused_clip", "fused_clip_grads", "native_norm_table", "steps_exactly",
+           "total_norm"]
 
 #: The arguments torch's clip functions take, by clip type.
 CLIP_KEYS = {"norm": {"max_norm", "norm_type", "error_if_nonfinite", "foreach"},
@@ -72,7 +77,6 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
 #: (pointers, sizes, dtype codes) of the gradients the native norm pass reads
 NormTable = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-_PLAIN = {Tensor, torch.nn.Parameter}
 _DTYPE, _IS_CPU, _LAYOUT = attrgetter("dtype"), attrgetter("is_cpu"), attrgetter("layout")
 
 
@@ -83,7 +87,7 @@ def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None
     if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return None
     # one C-level pass per property (this runs every step, over every gradient)
-    if (not set(map(type, grads)) <= _PLAIN or not all(map(_IS_CPU, grads))
+    if (not set(map(type, grads)).issubset(PLAIN_TYPES) or not all(map(_IS_CPU, grads))
             or set(map(_LAYOUT, grads)) != {torch.strided} or not all(map(Tensor.is_contiguous, grads))):
         return None
     dtypes_seen = set(map(_DTYPE, grads))
@@ -120,7 +124,7 @@ def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: flo
         norm = get_total_norm(grads, p)
         norm = norm.full_tensor() if is_sharded(norm) else norm  # type: ignore[attr-defined]
         return (norm if divide_by == 1.0 else norm / divide_by), None
-    norm, nonfinite = _C.grad_norm(*table, p)
+    norm, nonfinite = _C.grad_norm(*table, p, num_threads=torch.get_num_threads())
     return torch.tensor(norm / divide_by, dtype=grads[0].dtype), bool(nonfinite)
 
 
@@ -128,3 +132,62 @@ def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
     """torch's clip coefficient, computed as ``clip_grad_norm_`` computes it:
     ``max_norm / (norm + 1e-6)`` in the norm's dtype, at most 1."""
     return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+# ------------------------------------------------------------------ clipping into the step
+def fused_clip(params: list[Tensor], clip_grad: dict[str, Any], loss_scale: float | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """``(norm, coefficient)`` of clipping ``params``' gradients by norm with torch's arguments
+    (``max_norm``, ``norm_type``, ``error_if_nonfinite``; ``foreach`` has nothing to choose):
+    one native norm pass, the coefficient for the optimizer's step to apply. With a
+    ``loss_scale`` the gradients are still scaled: the norm is divided by it."""
+    return fused_clip_grads([p.grad for p in params], clip_grad, loss_scale=loss_scale)
+
+
+def fused_clip_grads(grads: list[Tensor], clip_grad: dict[str, Any], table: NormTable | None = None,
+                     loss_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """``fused_clip`` of the gradients themselves, their native ``table`` passed where gathered."""
+    norm_type = clip_grad.get("norm_type", 2.0)
+    norm, _ = total_norm(grads, norm_type, 1.0 if loss_scale is None else loss_scale, table=table)
+    return norm, coefficient_of(norm, clip_grad)
+
+
+def coefficient_of(norm: Tensor, clip_grad: dict[str, Any]) -> Tensor:
+    """The clip coefficient of ``norm`` under ``clip_grad`` (torch's error on a non-finite norm
+    when ``error_if_nonfinite``)."""
+    if clip_grad.get("error_if_nonfinite") and not bool(torch.isfinite(norm)):
+        raise RuntimeError(
+            f"The total norm of order {float(clip_grad.get('norm_type', 2.0))} for gradients from "
+            "`parameters` is non-finite, so it cannot be clipped. To disable this error and scale the "
+            "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+    return clip_coefficient(norm, clip_grad["max_norm"])
+
+
+def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: dict[str, Any]
+                      ) -> Tensor | None:
+    """Clip by norm into a fastopt optimizer's next step: the norm of every parameter in
+    ``params`` that requires grad and has one (None when there is none), its coefficient
+    handed to ``optimizer.clip_next_step``. What the host plug-ins do in place of torch's
+    ``clip_grad_norm_``."""
+    grads_of = [p for p in params if p.requires_grad and p.grad is not None]
+    if not grads_of:
+        return None
+    if not steps_exactly(optimizer, grads_of):  # the coefficient would reach other gradients
+        return torch.nn.utils.clip_grad_norm_(grads_of, **clip_grad)
+    norm, coefficient = fused_clip(grads_of, clip_grad)
+    optimizer.clip_next_step(coefficient)  # type: ignore[attr-defined]
+    return norm
+
+
+def clips_all_it_steps(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter with a gradient in ``optimizer`` requires grad: then clipping what
+    requires grad (mmengine's and mmcv's rule) covers every gradient the step reads, and the
+    coefficient may go into the step."""
+    return all(p.requires_grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+
+
+def steps_exactly(optimizer: torch.optim.Optimizer, clipped: list[Tensor]) -> bool:
+    """Whether the parameters with a gradient in ``optimizer`` are exactly ``clipped``: then a
+    clip coefficient the step applies to every gradient it reads clips just those."""
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return len(stepped) == len(clipped) and {id(p) for p in stepped} == {id(p) for p in clipped}

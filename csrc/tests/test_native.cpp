@@ -1,8 +1,10 @@
 // Native tests without Python, built with AddressSanitizer + UndefinedBehaviorSanitizer by
-// scripts/sanitize.sh: the matcher and rule assignment against brute-force references, and
-// the step kernels (every instruction-set build, every dtype, sizes around chunk edges)
-// against straightforward loops, bit for bit in fp32/fp64.
+// scripts/sanitize.sh: the matcher and rule assignment against brute-force references, the
+// step kernels (every instruction-set build, every dtype, sizes around chunk edges) against
+// straightforward loops, bit for bit in fp32/fp64, the same bits for every thread count, and
+// switching instruction sets while another thread steps.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../matcher.h"
@@ -247,11 +250,120 @@ void test_rejects_bad_input() {
   CHECK(threw, "null pointers must be rejected");
 }
 
-}  // namespace
+// An AdamW step over fp32 tensors of sizes around chunk edges, every run from the same start.
+struct AdamCase {
+  std::vector<int64_t> sizes{3, 32769, 0, 100000};
+  std::vector<std::vector<float>> p0, g, p, m, v;
+  std::vector<float> steps;
+  std::vector<uint64_t> ptrs, grad_ptrs;
+  std::vector<double> hyper;
+  std::vector<int32_t> dtypes, flags;
 
-int main() {
-  test_matcher();
-  test_assign();
+  AdamCase() : p0(sizes.size()), g(sizes.size()), p(sizes.size()), m(sizes.size()), v(sizes.size()),
+               steps(sizes.size()), ptrs(sizes.size() * fastopt::kAdamPtrs, 0), grad_ptrs(sizes.size(), 0),
+               dtypes(sizes.size(), 0), flags(sizes.size(), fastopt::kDecoupledWd) {
+    std::normal_distribution<float> normal;
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      const auto size = static_cast<std::size_t>(sizes[t]);
+      for (auto* vec : {&p0[t], &g[t], &p[t], &m[t], &v[t]}) vec->resize(size);
+      for (std::size_t i = 0; i < size; ++i) {
+        p0[t][i] = normal(rng);
+        g[t][i] = normal(rng);
+      }
+      uint64_t* row = &ptrs[t * fastopt::kAdamPtrs];
+      row[fastopt::kAdamParam] = size ? reinterpret_cast<uintptr_t>(p[t].data()) : 0;
+      row[fastopt::kAdamGrad] = grad_ptrs[t] = size ? reinterpret_cast<uintptr_t>(g[t].data()) : 0;
+      row[fastopt::kAdamExpAvg] = size ? reinterpret_cast<uintptr_t>(m[t].data()) : 0;
+      row[fastopt::kAdamExpAvgSq] = size ? reinterpret_cast<uintptr_t>(v[t].data()) : 0;
+      row[fastopt::kAdamStep] = reinterpret_cast<uintptr_t>(&steps[t]);
+      hyper.insert(hyper.end(), {1e-2, 0.9, 0.999, 1e-8, 0.1});
+    }
+  }
+
+  // The parameters after one step from the start on `threads` threads, and the gradients' 2-norm.
+  std::pair<std::vector<std::vector<float>>, double> run(int threads) {
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      p[t] = p0[t];
+      std::fill(m[t].begin(), m[t].end(), 0.0f);
+      std::fill(v[t].begin(), v[t].end(), 0.0f);
+      steps[t] = 0.0f;
+    }
+    const auto n = static_cast<int64_t>(sizes.size());
+    fastopt::adam_step_cpu(n, ptrs.data(), sizes.data(), dtypes.data(), flags.data(), hyper.data(), 0.0, 0.5,
+                           threads);
+    const double norm = fastopt::grad_norm_cpu(n, grad_ptrs.data(), sizes.data(), dtypes.data(), false, threads).norm;
+    return {p, norm};
+  }
+};
+
+#ifdef _OPENMP
+constexpr bool kOpenMP = true;
+#else
+constexpr bool kOpenMP = false;
+#endif
+
+void test_thread_counts() {
+  // Every thread count gives the same bits; each call runs on the threads it asks for (1
+  // without OpenMP), at most one per chunk (the case has 1 + 2 + 0 + 4 = 7 chunks).
+  AdamCase c;
+  const auto reference = c.run(1);
+  CHECK(fastopt::last_num_threads() == 1, "a 1-thread call ran on %d", fastopt::last_num_threads());
+  for (int threads : {2, 3, 7, 16}) {
+    const auto got = c.run(threads);
+    const int want = kOpenMP ? std::min(threads, 7) : 1;
+    CHECK(fastopt::last_num_threads() == want, "asked for %d threads, ran on %d", threads,
+          fastopt::last_num_threads());
+    CHECK(got.second == reference.second, "norm on %d threads: %.17g, on 1: %.17g", threads, got.second,
+          reference.second);
+    for (std::size_t t = 0; t < c.sizes.size(); ++t)
+      CHECK(got.first[t] == reference.first[t], "adam tensor %zu differs on %d threads", t, threads);
+  }
+  c.run(0);  // OpenMP's default, still at most one per chunk
+  CHECK(fastopt::last_num_threads() >= 1 && fastopt::last_num_threads() <= 7, "default team of %d",
+        fastopt::last_num_threads());
+  std::vector<float> one(100, 1.0f);
+  const uint64_t ptr = reinterpret_cast<uintptr_t>(one.data());
+  const int64_t numel = 100;
+  const int32_t dtype = 0;
+  fastopt::grad_norm_cpu(1, &ptr, &numel, &dtype, false, 4);
+  CHECK(fastopt::last_num_threads() == 1, "one chunk ran on %d threads", fastopt::last_num_threads());
+}
+
+void test_switch_isa_while_stepping() {
+  // One thread steps on one thread each call while another switches instruction sets: each
+  // call runs on one whole build, and every build gives the same bits.
+  std::vector<std::string> isas;
+  const std::string current = fastopt::cpu_isa();
+  for (const char* isa : {"baseline", "avx2", "avx512"}) {
+    try {
+      fastopt::set_cpu_isa(isa);
+      isas.emplace_back(isa);
+    } catch (const std::invalid_argument&) {
+    }
+  }
+  fastopt::set_cpu_isa(current);
+  if (isas.size() < 2) {
+    std::printf("skipping the switch test (one instruction set here)\n");
+    return;
+  }
+  AdamCase c;
+  const auto reference = c.run(1);
+  std::atomic<bool> done{false};
+  std::atomic<int> wrong{0};
+  std::thread stepper([&] {
+    for (int i = 0; i < 100; ++i)
+      if (c.run(1) != reference) wrong.fetch_add(1);
+    done.store(true);
+  });
+  long switches = 0;
+  while (!done.load()) fastopt::set_cpu_isa(isas[static_cast<std::size_t>(switches++) % isas.size()]);
+  stepper.join();
+  fastopt::set_cpu_isa(current);
+  CHECK(wrong.load() == 0, "%d of 100 steps differ while switching", wrong.load());
+  CHECK(switches > 1, "no switch happened while stepping");
+}
+
+void test_kernels_every_isa() {
   for (const char* isa : {"baseline", "avx2", "avx512"}) {
     try {
       fastopt::set_cpu_isa(isa);
@@ -264,7 +376,20 @@ int main() {
     test_sgd_all_dtypes();
     test_grad_norm_all_dtypes();
   }
-  test_rejects_bad_input();
+}
+
+}  // namespace
+
+// Runs every test, or only those named on the command line (e.g. `switch_isa` alone under
+// ThreadSanitizer).
+int main(int argc, char** argv) {
+  const std::vector<std::pair<std::string, void (*)()>> tests = {
+      {"matcher", test_matcher}, {"assign", test_assign}, {"kernels", test_kernels_every_isa},
+      {"bad_input", test_rejects_bad_input}, {"threads", test_thread_counts},
+      {"switch_isa", test_switch_isa_while_stepping}};
+  const std::vector<std::string> wanted(argv + 1, argv + argc);
+  for (const auto& [name, test] : tests)
+    if (wanted.empty() || std::find(wanted.begin(), wanted.end(), name) != wanted.end()) test();
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "ok", failures);
   return failures ? 1 : 0;
 }
