@@ -33,22 +33,44 @@ _DEFAULT_NAMED_PARAMETERS = nn.Module.named_parameters
 _DEFAULT_NAMED_CHILDREN = nn.Module.named_children
 
 
-@functools.cache
-def dcn_types() -> tuple[type, ...]:
-    """mmcv.ops deformable conv classes when mmcv-full's ops are installed, else ().
-
-    Like the references, DCN modules exist only when ``mmcv._ext`` is present; the
-    check looks for the compiled file without importing mmcv.
-    """
+def _compiled_mmcv_ops() -> str | None:
+    """The folder of mmcv's compiled ops (``mmcv._ext``) when they are installed, else None; found
+    without importing mmcv, as ``pkgutil.find_loader('mmcv._ext')`` finds them for the references."""
     spec = importlib.util.find_spec("mmcv")
     if spec is None or not spec.submodule_search_locations:
-        return ()
-    if not any(glob.glob(os.path.join(d, "_ext*")) for d in spec.submodule_search_locations):
+        return None
+    for folder in spec.submodule_search_locations:
+        if glob.glob(os.path.join(folder, "_ext*")):
+            return folder
+    return None
+
+
+@functools.cache
+def dcn_types() -> tuple[type, ...]:
+    """mmcv.ops deformable conv classes when mmcv-full's compiled ops are installed, else ().
+
+    As in both references (mmcv 1.7.2's ``check_ops_exist()``, mmengine 0.10.7's
+    ``mmcv_full_available()``), present compiled ops mean ``from mmcv.ops import DeformConv2d,
+    ModulatedDeformConv2d``; when that import fails the references fail, and so does this, with
+    the cause named, instead of building without the DCN rules.
+    """
+    folder = _compiled_mmcv_ops()
+    if folder is None:
         return ()
     try:
         from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
-    except Exception:  # a broken mmcv-full build: behave as if the ops are absent
-        return ()
+    # a broken mmcv-full build: an extension that does not load (ImportError) or lacks an op
+    # mmcv.ops asks for (mmcv's ext_loader asserts each one)
+    except (ImportError, AssertionError) as exc:
+        error = type(exc)(
+            f"mmcv's compiled ops are installed ({folder}), so the DCN rules apply, but "
+            f"'from mmcv.ops import DeformConv2d, ModulatedDeformConv2d' fails: "
+            f"{type(exc).__name__}: {exc}. mmcv's and mmengine's own constructors fail the same "
+            "way here; install an mmcv-full built for this torch (and a torchvision mmcv.runner "
+            "can import), or uninstall it to build without the DCN rules")
+        if isinstance(exc, ImportError) and isinstance(error, ImportError):
+            error.name, error.path = exc.name, exc.path
+        raise error from exc
     return (DeformConv2d, ModulatedDeformConv2d)
 
 

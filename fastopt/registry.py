@@ -13,6 +13,7 @@ fastopt's four registries (filled by the modules that define what they hold).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import difflib
 import importlib.util
@@ -140,7 +141,9 @@ class Registry:
 #: The key mmengine adds to dicts a config inherits from another package
 #: (``_base_ = 'mmdet::...'``): the scope their types are looked up in.
 SCOPE_KEY = "_scope_"
-_SCOPES: list[str] = []
+#: The scopes :func:`within_scope` entered, innermost last: one stack per thread and per
+#: asyncio task (each runs in a context of its own), so concurrent builds do not see each other's.
+_SCOPES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fastopt_scopes", default=())
 
 
 @contextlib.contextmanager
@@ -150,16 +153,17 @@ def within_scope(scope: str | None) -> Iterator[None]:
     if scope is None:
         yield
         return
-    _SCOPES.append(scope)
+    token = _SCOPES.set((*_SCOPES.get(), scope))
     try:
         yield
     finally:
-        _SCOPES.pop()
+        _SCOPES.reset(token)
 
 
 def scope_override() -> str | None:
-    """The innermost scope :func:`within_scope` set, or None."""
-    return _SCOPES[-1] if _SCOPES else None
+    """The innermost scope :func:`within_scope` set in this thread or task, or None."""
+    scopes = _SCOPES.get()
+    return scopes[-1] if scopes else None
 
 
 def mmengine_registry_get(registry: str, name: str) -> Any | None:

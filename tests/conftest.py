@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from .refs import TALLIES
+from .refs import TALLIES, install_torchvision_stand_in, remove_torchvision_stand_in
 
 #: The only skips allowed where FASTOPT_REQUIRE_REFERENCES=1 (CI): hardware or opt-in sizes,
 #: sources no registry ships, and what the installed torch release itself cannot do
@@ -20,6 +20,20 @@ ALLOWED_SKIPS = ("needs a CUDA device", "FASTOPT_BIG_TESTS=1", "FASTOPT_MMDET_SO
 #: tests/host/ needs the OpenMMLab 2.x stack (mmcv-lite 2.x, which cannot share a venv with the
 #: mmcv 1.7.2 reference): .ci/run gives it a venv and a pytest run of its own.
 collect_ignore = [] if os.environ.get("FASTOPT_HOST_STACK") == "1" else ["host"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """mmcv 1.x's ``mmcv.runner`` imports torchvision: where it does not import, a stand-in module
+    is installed for the whole run (the mmcv plug-in, the mmcv references, the doctest collection
+    of ``fastopt/integrations/mmcv.py``). Not for the host stack: scripts/host_stack.py imports
+    its real torchvision."""
+    if os.environ.get("FASTOPT_HOST_STACK") != "1":
+        install_torchvision_stand_in()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Take the torchvision stand-in out again."""
+    remove_torchvision_stand_in()
 
 
 @pytest.fixture(autouse=True)

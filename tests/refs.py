@@ -18,7 +18,33 @@ from typing import Any
 import pytest
 import torch
 
-from fastopt._compat import ensure_torchvision
+#: The module that stands in for torchvision in the test process (None until one is installed).
+_TORCHVISION_STAND_IN: types.ModuleType | None = None
+
+
+def install_torchvision_stand_in() -> bool:
+    """Make ``import torchvision`` succeed for mmcv 1.x's ``mmcv.runner``, which imports it at load
+    time: where the real package does not import, an empty module (with the ``__version__``
+    mmengine's environment report reads) goes into ``sys.modules``. True when one was installed."""
+    global _TORCHVISION_STAND_IN
+    if "torchvision" in sys.modules:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError, AttributeError):  # absent, or not loading beside this torch
+        stub = types.ModuleType("torchvision")
+        stub.__version__ = "0.0.0"  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = _TORCHVISION_STAND_IN = stub
+        return True
+    return False
+
+
+def remove_torchvision_stand_in() -> None:
+    """Take the stand-in :func:`install_torchvision_stand_in` installed out of ``sys.modules``."""
+    global _TORCHVISION_STAND_IN
+    if _TORCHVISION_STAND_IN is not None and sys.modules.get("torchvision") is _TORCHVISION_STAND_IN:
+        del sys.modules["torchvision"]
+    _TORCHVISION_STAND_IN = None
 
 
 def mmengine_build() -> Any:
@@ -33,7 +59,7 @@ def mmengine_build() -> Any:
 def mmcv_runner() -> Any:
     """mmcv 1.x's ``mmcv.runner`` module (torchvision stubbed; skips when mmcv is absent)."""
     pytest.importorskip("mmcv")
-    ensure_torchvision()
+    install_torchvision_stand_in()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mmcv.runner

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -189,7 +194,8 @@ def test_mmengine_runner_with_a_loss_scaler_trains_like_the_default_constructor(
     fast = _train(tmp_path / "fast", "FastOptimWrapperConstructor", 0.05, loss_scale)
     assert fast.optim_wrapper.loss_scaler is cpu_amp_wrapper.built[-1] is not ref.optim_wrapper.loss_scaler
     wrapper = fast.optim_wrapper
-    assert isinstance(wrapper, AmpOptimWrapper) and type(wrapper).__name__ == "AmpOptimWrapper"
+    assert isinstance(wrapper, AmpOptimWrapper)
+    assert type(wrapper).__name__ == "AmpOptimWrapperWithFusedAmpStep"
     assert type(wrapper.optimizer).__module__ == "fastopt.optim"
     ref_norms = list(ref.message_hub.get_scalar("train/grad_norm").data[0])
     norms = list(fast.message_hub.get_scalar("train/grad_norm").data[0])
@@ -588,3 +594,275 @@ def test_mmcv_fast_fp16_hook_config() -> None:
     hook.before_run(runner)
     assert hook.loss_scaler.get_scale() == 512.0
     hook.before_run(SimpleNamespace(model=nn.Linear(2, 2), meta=None))
+
+
+# ------------------------------------------------------------ what the plug-ins change in their hosts
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh interpreter at the repository root."""
+    return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+
+
+def _scheduled_sgd(model: nn.Module) -> Any:
+    """A plain torch SGD over one group per parameter (lrs 0.1, 0.2, ...) in mmengine's
+    OptimWrapper, with mmengine's cosine schedule (eta_min_ratio: it reads the per-group base lrs)."""
+    from mmengine.optim import CosineAnnealingLR, OptimWrapper
+
+    groups = [{"params": [p], "lr": 0.1 * (i + 1)} for i, p in enumerate(model.parameters())]
+    wrapper = OptimWrapper(torch.optim.SGD(groups, lr=0.1, momentum=0.9))
+    return wrapper, CosineAnnealingLR(wrapper, T_max=8, eta_min_ratio=0.1, by_epoch=False)
+
+
+def _steps(wrapper: Any, scheduler: Any, n: int) -> list[list[float]]:
+    """``n`` optimizer + scheduler steps; the lrs of every group after each."""
+    lrs = []
+    for _ in range(n):
+        wrapper.step()
+        scheduler.step()
+        lrs.append([g["lr"] for g in wrapper.param_groups])
+    return lrs
+
+
+@pytest.fixture
+def scheduler_loading() -> Any:
+    """The mmengine plug-in; whether its scheduler loading is in place is restored afterwards."""
+    mmengine_build()
+    quiet_mmengine_logger()
+    import fastopt.integrations.mmengine as plugin
+
+    was_applied = plugin.scheduler_loading_applied()
+    yield plugin
+    (plugin.apply_scheduler_loading if was_applied else plugin.restore_scheduler_loading)()
+
+
+def test_patched_scheduler_loading_is_mmengines_own_for_other_optimizers(scheduler_loading: Any) -> None:
+    """A torch optimizer that fastopt did not build: mmengine's scheduler loads its own state dict
+    with the plug-in's loading in place exactly as with mmengine's own function."""
+    plugin = scheduler_loading
+    model = MixedNormNet()
+    wrapper, scheduler = _scheduled_sgd(model)
+    _steps(wrapper, scheduler, 3)
+    saved = copy.deepcopy(scheduler.state_dict())
+    outcomes = {}
+    for applied in (True, False):
+        (plugin.apply_scheduler_loading if applied else plugin.restore_scheduler_loading)()
+        assert plugin.scheduler_loading_applied() is applied
+        wrapper, scheduler = _scheduled_sgd(model)
+        scheduler.load_state_dict(copy.deepcopy(saved))
+        loaded = copy.deepcopy(scheduler.state_dict())
+        outcomes[applied] = loaded, _steps(wrapper, scheduler, 4)
+    assert outcomes[True][0] == outcomes[False][0] == saved
+    assert outcomes[True][1] == outcomes[False][1]
+
+
+def test_patched_scheduler_loading_maps_reference_lists_onto_merged_groups(scheduler_loading: Any) -> None:
+    """A scheduler state saved against mmengine's per-parameter groups, loaded into a scheduler of a
+    fastopt optimizer (merged groups): with the plug-in's loading every merged group gets the base
+    lr of its parameters' reference groups; mmengine's own function keeps the saved lists as
+    they are (one entry per reference group)."""
+    from mmengine.optim import CosineAnnealingLR
+
+    import fastopt
+
+    plugin, build = scheduler_loading, mmengine_build()
+    model = MixedNormNet()
+    cfg = dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4), paramwise_cfg=PARAMWISE)
+    ref = build(model, copy.deepcopy(cfg))
+    ref_scheduler = CosineAnnealingLR(ref, T_max=8, eta_min_ratio=0.1, by_epoch=False)
+    _steps(ref, ref_scheduler, 3)
+    saved = copy.deepcopy(ref_scheduler.state_dict())
+    ref_base = {id(p): saved["base_values"][i]
+                for i, g in enumerate(ref.optimizer.param_groups) for p in g["params"]}
+
+    def loaded_base_values() -> tuple[list[float], list[dict], int]:
+        fast = fastopt.build_optim_wrapper(model, copy.deepcopy(cfg))
+        scheduler = CosineAnnealingLR(fast, T_max=8, eta_min_ratio=0.1, by_epoch=False)
+        scheduler.load_state_dict(copy.deepcopy(saved))
+        merged = fast.optimizer.param_groups
+        assert len(merged) < len(ref.optimizer.param_groups)
+        # mmengine's wrapper shows its base_param_settings as one more group, after the optimizer's
+        return scheduler.base_values, merged, len(fast.param_groups) - len(merged)
+
+    plugin.apply_scheduler_loading()
+    base_values, merged, trailing = loaded_base_values()
+    assert len(base_values) == len(merged) + trailing
+    assert {id(p): base_values[j] for j, g in enumerate(merged) for p in g["params"]} == ref_base
+    assert base_values[len(merged):] == saved["base_values"][len(ref.optimizer.param_groups):]
+    plugin.restore_scheduler_loading()
+    base_values, merged, trailing = loaded_base_values()
+    assert base_values == saved["base_values"] and len(base_values) != len(merged) + trailing
+
+
+def test_scheduler_loading_restores_mmengines_own_function() -> None:
+    """In a fresh interpreter: the import replaces ``_ParamScheduler.load_state_dict``, restoring
+    puts the very function object mmengine defined back, applying again replaces it again, each
+    step is idempotent, and a reload of the plug-in still knows mmengine's original."""
+    mmengine_build()
+    done = _run_python(textwrap.dedent("""
+        import importlib, warnings
+        from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+        own = _ParamScheduler.load_state_dict
+        import fastopt.integrations.mmengine as plugin
+        assert _ParamScheduler.load_state_dict is not own and plugin.scheduler_loading_applied()
+        assert plugin.MMENGINE_LOAD_STATE_DICT is own and _ParamScheduler.load_state_dict.__wrapped__ is own
+        plugin.restore_scheduler_loading()
+        assert vars(_ParamScheduler)["load_state_dict"] is own and not plugin.scheduler_loading_applied()
+        plugin.restore_scheduler_loading()
+        assert _ParamScheduler.load_state_dict is own
+        plugin.apply_scheduler_loading()
+        patched = _ParamScheduler.load_state_dict
+        plugin.apply_scheduler_loading()
+        assert _ParamScheduler.load_state_dict is patched is not own and plugin.scheduler_loading_applied()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            plugin = importlib.reload(plugin)
+        assert plugin.MMENGINE_LOAD_STATE_DICT is own and plugin.scheduler_loading_applied()
+        plugin.restore_scheduler_loading()
+        assert _ParamScheduler.load_state_dict is own
+        print("ok")
+    """))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+#: api -> (plug-in module, {host registry: a name the plug-in registers there})
+PLUGIN_NAMES = {
+    "mmengine": ("fastopt.integrations.mmengine", {
+        "mmengine.registry.OPTIMIZERS": "FastSGD",
+        "mmengine.registry.OPTIM_WRAPPER_CONSTRUCTORS": "FastOptimWrapperConstructor"}),
+    "mmcv": ("fastopt.integrations.mmcv", {
+        "mmcv.runner.OPTIMIZERS": "FastAdamW",
+        "mmcv.runner.OPTIMIZER_BUILDERS": "FastOptimizerConstructor",
+        "mmcv.runner.HOOKS": "FastOptimizerHook"}),
+}
+
+
+def _host_registries(api: str) -> dict[str, Any]:
+    """``'module.NAME' -> registry`` of ``PLUGIN_NAMES[api]`` (skips when the host is absent)."""
+    if api == "mmengine":
+        mmengine_build()
+        import mmengine.registry as where
+    else:
+        where = mmcv_runner()
+    return {label: getattr(where, label.rpartition(".")[2]) for label in PLUGIN_NAMES[api][1]}
+
+
+@pytest.mark.parametrize("api", list(PLUGIN_NAMES))
+def test_plugins_keep_a_users_registration_of_the_same_name(api: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name the plug-in registers that a project already registered for a class of its own: the
+    plug-in warns, naming the registry and the name, and the project's class stays."""
+    registries = _host_registries(api)
+    module_name, names = PLUGIN_NAMES[api]
+    plugin = importlib.import_module(module_name)
+    theirs = {label: type(names[label], (), {"__module__": "my_project.custom"}) for label in registries}
+    for label, registry in registries.items():
+        monkeypatch.setitem(registry.module_dict, names[label], theirs[label])
+    try:
+        with pytest.warns(UserWarning) as caught:
+            importlib.reload(plugin)
+        messages = sorted(str(w.message) for w in caught)
+        assert len(messages) == len(registries), messages
+        for label, registry in registries.items():
+            assert any(m.startswith(f"{names[label]!r} is already registered in {label} as "
+                                    f"my_project.custom.{names[label]}; fastopt keeps that registration")
+                       for m in messages), messages
+            assert registry.module_dict[names[label]] is theirs[label]
+            # the plug-in's other names are registered as usual
+            others = [n for n in plugin.__all__ if n in registry.module_dict and n != names[label]]
+            assert others and all(registry.module_dict[n] is getattr(plugin, n) for n in others)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(plugin)  # fastopt's own classes in every name again (silently)
+    for label, registry in registries.items():
+        assert registry.module_dict[names[label]] is getattr(plugin, names[label])
+
+
+@pytest.mark.parametrize("api", list(PLUGIN_NAMES))
+def test_reimporting_a_plugin_replaces_its_own_registrations_silently(api: str) -> None:
+    """Reloading a plug-in registers the reloaded classes in place of the earlier ones, without a
+    warning (the earlier ones are fastopt's own), and the host builds with them."""
+    registries = _host_registries(api)
+    module_name, names = PLUGIN_NAMES[api]
+    plugin = importlib.import_module(module_name)
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            previous = {label: registry.module_dict[names[label]] for label, registry in registries.items()}
+            plugin = importlib.reload(plugin)
+        for label, registry in registries.items():
+            assert registry.module_dict[names[label]] is getattr(plugin, names[label])
+            if previous[label].__module__ == module_name:  # defined by the plug-in: a new class now
+                assert registry.module_dict[names[label]] is not previous[label]
+    model, cfg = MixedNormNet(), dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if api == "mmengine":
+            built = mmengine_build()(model, dict(optimizer=cfg, paramwise_cfg=PARAMWISE,
+                                                 constructor="FastOptimWrapperConstructor")).optimizer
+        else:
+            built = mmcv_runner().build_optimizer(model, dict(cfg, paramwise_cfg=PARAMWISE,
+                                                              constructor="FastOptimizerConstructor"))
+    assert type(built).__module__ == "fastopt.optim"
+
+
+def test_register_optimizers_keeps_a_taken_name() -> None:
+    """``register_optimizers`` into a registry where one name is taken: the other two are
+    registered, the taken one kept, with a warning naming the registry and the name."""
+    from fastopt.integrations import FastAdam, FastAdamW, register_optimizers
+    from fastopt.registry import Registry
+
+    registry = Registry("scratch optimizers")
+    mine = registry.register_module(name="FastSGD", module=type("MySGD", (), {}))
+    with pytest.warns(UserWarning, match=r"'FastSGD' is already registered in the scratch registry as "
+                                         r".*MySGD; fastopt keeps that registration"):
+        assert register_optimizers(registry, "the scratch registry") == ["FastAdam", "FastAdamW"]
+    assert registry.get("FastSGD") is mine
+    assert (registry.get("FastAdam"), registry.get("FastAdamW")) == (FastAdam, FastAdamW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.register_module(name="FastSGD", module=mine, force=True)
+        del registry.module_dict["FastSGD"]
+        assert register_optimizers(registry, "the scratch registry") == ["FastSGD", "FastAdam", "FastAdamW"]
+
+
+#: A finder in front of every other that finds no torchvision, installed or not.
+NO_TORCHVISION = """
+class NoTorchvision:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] == "torchvision":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorchvision)
+"""
+
+
+@pytest.mark.parametrize("torchvision, cause", [
+    (NO_TORCHVISION, "ModuleNotFoundError: No module named 'torchvision'"),
+    ("", "RuntimeError: operator torchvision::nms does not exist"),
+], ids=["missing", "fails-as-it-loads"])
+def test_mmcv_plugin_without_a_usable_torchvision_is_one_clear_import_error(
+        tmp_path: Path, torchvision: str, cause: str) -> None:
+    """mmcv.runner imports torchvision; where it does not import the plug-in raises one ImportError
+    line naming torchvision and what to install, and puts nothing in its place."""
+    pytest.importorskip("mmcv")
+    broken = tmp_path / "torchvision"  # on the path: a torchvision that raises as it loads
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')")
+    preamble = "import sys, warnings\nwarnings.simplefilter('ignore')\n" + torchvision
+    done = _run_python(preamble + textwrap.dedent("""
+        try:
+            import fastopt.integrations.mmcv
+        except ImportError as exc:
+            print(exc.name)
+            print(exc)
+        print(sorted(m for m in sys.modules if m.startswith("torchvision")))
+    """), PYTHONPATH=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    name, message, loaded = done.stdout.strip().splitlines()
+    assert name == "torchvision"
+    assert message.startswith("fastopt.integrations.mmcv needs mmcv.runner, which imports torchvision, "
+                              f"and torchvision does not import here ({cause}")
+    assert "install the torchvision release built for torch" in message
+    assert loaded == "[]"  # nothing stands in for it

@@ -17,13 +17,23 @@ mmengine's ``DefaultOptimWrapperConstructor``, merges equal groups, steps ``SGD`
 ``OPTIM_WRAPPERS`` and finds other optimizer types in mmengine's ``OPTIMIZERS`` (so
 optimizers registered by downstream projects keep working).
 
+A name already registered there by another class is left to that class, with a warning
+(``fastopt.integrations.register``).
+
 Resuming a checkpoint saved with mmengine's own constructor: the optimizer maps its state onto
-the merged groups, and mmengine's param schedulers (their ``load_state_dict``, patched once on
-import) map their per-group lists the same way (``fastopt.checkpoint.merged_scheduler_state``).
+the merged groups, and mmengine's param schedulers map their per-group lists the same way
+(``fastopt.checkpoint.merged_scheduler_state``). For that, importing this module replaces
+mmengine's ``_ParamScheduler.load_state_dict`` (inherited by every mmengine param scheduler)
+with a function that first maps a state dict saved against the reference's groups, when the
+scheduler's optimizer is a fastopt one built with a recorded layout, and then calls mmengine's
+own; for any other optimizer it is mmengine's function unchanged. ``restore_scheduler_loading()``
+puts mmengine's original back, ``apply_scheduler_loading()`` replaces it again and
+``scheduler_loading_applied()`` tells which is in place.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
@@ -33,19 +43,22 @@ from ..checkpoint import layout_of, merged_scheduler_state
 from ..constructor import DefaultOptimWrapperConstructor
 from ..layer_decay import LayerDecayOptimizerConstructor, LearningRateDecayOptimizerConstructor
 from ..tsm import TSMOptimWrapperConstructor
-from . import FastAdam, FastAdamW, FastSGD, register_optimizers
+from . import FastAdam, FastAdamW, FastSGD, register_optimizers, registered_in
 
 __all__ = ["FastAdam", "FastAdamW", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimWrapperConstructor", "FastSGD",
-           "FastTSMOptimWrapperConstructor"]
+           "FastTSMOptimWrapperConstructor", "apply_scheduler_loading", "restore_scheduler_loading",
+           "scheduler_loading_applied"]
 
-register_optimizers(OPTIMIZERS)
+register_optimizers(OPTIMIZERS, "mmengine.registry.OPTIMIZERS")
+_CONSTRUCTORS = "mmengine.registry.OPTIM_WRAPPER_CONSTRUCTORS"
 
 
 def _maps_reference_groups(load: Any) -> Any:
     """``_ParamScheduler.load_state_dict`` that first takes per-group lists saved against the
     reference optimizer's groups onto a fastopt optimizer's merged groups."""
 
+    @functools.wraps(load)  # keeps mmengine's function as __wrapped__
     def load_state_dict(self: Any, state_dict: dict) -> None:
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # an OptimWrapper's
         if layout_of(optimizer) is not None:
@@ -54,16 +67,41 @@ def _maps_reference_groups(load: Any) -> Any:
             state_dict = merged_scheduler_state(optimizer, state_dict, trailing)
         load(self, state_dict)
 
-    load_state_dict.__doc__ = load.__doc__
-    load_state_dict._fastopt_maps_groups = True  # type: ignore[attr-defined]
+    load_state_dict.fastopt_maps_groups = True  # type: ignore[attr-defined]
     return load_state_dict
 
 
-if not getattr(_ParamScheduler.load_state_dict, "_fastopt_maps_groups", False):
-    _ParamScheduler.load_state_dict = _maps_reference_groups(_ParamScheduler.load_state_dict)
+def _installed() -> Any:
+    """The ``load_state_dict`` ``_ParamScheduler`` itself defines now."""
+    return vars(_ParamScheduler)["load_state_dict"]
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+def scheduler_loading_applied() -> bool:
+    """True while mmengine's ``_ParamScheduler.load_state_dict`` is fastopt's group-mapping one."""
+    return getattr(_installed(), "fastopt_maps_groups", False)
+
+
+#: mmengine's own ``_ParamScheduler.load_state_dict`` (found under fastopt's on a reload).
+MMENGINE_LOAD_STATE_DICT = _installed().__wrapped__ if scheduler_loading_applied() else _installed()
+
+
+def apply_scheduler_loading() -> None:
+    """Make mmengine's param schedulers map reference-layout per-group lists onto fastopt's merged
+    groups as they load (done on import; nothing happens when it is already in place)."""
+    if not scheduler_loading_applied():
+        _ParamScheduler.load_state_dict = _maps_reference_groups(MMENGINE_LOAD_STATE_DICT)
+
+
+def restore_scheduler_loading() -> None:
+    """Put mmengine's own ``_ParamScheduler.load_state_dict`` back (nothing happens when it is)."""
+    if scheduler_loading_applied():
+        _ParamScheduler.load_state_dict = MMENGINE_LOAD_STATE_DICT
+
+
+apply_scheduler_loading()
+
+
+@registered_in(OPTIM_WRAPPER_CONSTRUCTORS, _CONSTRUCTORS)
 class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """fastopt's ``DefaultOptimWrapperConstructor`` in mmengine; optimizer types fastopt does not
     know come from mmengine's ``OPTIMIZERS``."""
@@ -71,21 +109,21 @@ class FastOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+@registered_in(OPTIM_WRAPPER_CONSTRUCTORS, _CONSTRUCTORS)
 class FastLearningRateDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
     """fastopt's ConvNeXt / BEiT layer-wise lr decay (``fastopt.layer_decay``) in mmengine."""
 
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+@registered_in(OPTIM_WRAPPER_CONSTRUCTORS, _CONSTRUCTORS)
 class FastLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
     """fastopt's ViTDet / BEiT layer decay (``fastopt.layer_decay``) in mmengine."""
 
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+@registered_in(OPTIM_WRAPPER_CONSTRUCTORS, _CONSTRUCTORS)
 class FastTSMOptimWrapperConstructor(TSMOptimWrapperConstructor):
     """fastopt's MMAction2 1.x TSM constructor (``fastopt.tsm``) in mmengine."""
 

@@ -135,12 +135,9 @@ def reference_builder(api: str) -> tuple[Callable[[nn.Module, dict], Any], str]:
     if version is None or not version.startswith("1."):
         raise ImportError("the reference for mmcv 1.x optimizer= configs is mmcv 1.x, which is not installed"
                           + (f" (mmcv {version} is)" if version else ""))
-    from .._compat import ensure_torchvision
+    from ..integrations import import_mmcv_runner
 
-    ensure_torchvision()
-    from mmcv.runner import build_optimizer
-
-    return build_optimizer, f"mmcv=={version}"
+    return import_mmcv_runner("the mmcv 1.x reference").build_optimizer, f"mmcv=={version}"
 
 
 def installed_reference(api: str) -> Callable[[nn.Module, dict], Any] | None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._compat import ensure_torchvision
+from ..integrations import import_mmcv_runner
 
 __all__ = ["lr_curve", "simulate"]
 
@@ -33,8 +33,7 @@ class _Runner:
 
 
 def _mmcv_hook(lr_config: dict) -> Any:
-    ensure_torchvision()
-    from mmcv.runner import HOOKS
+    hooks = import_mmcv_runner("mmcv 1.x's lr_config schedules").HOOKS
     from mmcv.utils import build_from_cfg
 
     cfg = copy.deepcopy(lr_config)
@@ -42,7 +41,7 @@ def _mmcv_hook(lr_config: dict) -> Any:
     if policy == policy.lower():
         policy = policy.title()  # mmcv: 'step' -> StepLrUpdaterHook, 'CosineAnnealing' as is
     cfg["type"] = policy + "LrUpdaterHook"
-    return build_from_cfg(cfg, HOOKS)
+    return build_from_cfg(cfg, hooks)
 
 
 def _mmengine_schedulers(optimizer: torch.optim.Optimizer, schedulers: list[dict],
