@@ -37,6 +37,7 @@ from .assembly import (
 )
 from .checkpoint import ReferenceLayout
 from .grouping import group_params, merge_param_groups_indexed
+from .host_wrapper import build_wrapper
 from .paramwise import validate_paramwise
 from .planner import GroupPlan, Planner
 from .registry import (
@@ -49,7 +50,6 @@ from .registry import (
     within_scope,
 )
 from .semantics import Semantics, resolve
-from .wrapper import build_wrapper
 
 __all__ = ["Construction", "DefaultOptimWrapperConstructor", "DefaultOptimizerConstructor", "GroupPlan",
            "RecipeConstructor"]

@@ -88,3 +88,24 @@ def check_clip_under_a_grad_scaler(device: str) -> None:
         assert a.fastopt_tier == "torch-fused" and sa.get_scale() == sb.get_scale()
         p.grad = q.grad = None
     torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def check_copies_step_alike(model: torch.nn.Module, wrapper: Any) -> None:
+    """``wrapper`` (over ``model``) pickles and deep-copies to an object of its own class whose
+    settings match, and a deep copy of both steps the copied model exactly as the original."""
+    import copy
+    import pickle
+
+    model(torch.ones(2, 16)).sum().backward()
+    for copied in (pickle.loads(pickle.dumps((model, wrapper)))[1], copy.deepcopy(wrapper)):
+        assert type(copied) is type(wrapper)
+        assert copied.optimizer is not wrapper.optimizer
+        assert [g["lr"] for g in copied.param_groups] == [g["lr"] for g in wrapper.param_groups]
+        assert copied.clip_grad_kwargs == wrapper.clip_grad_kwargs
+    twin_model, twin = copy.deepcopy((model, wrapper))
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        q.grad = p.grad.clone()  # (a deep copy of a parameter leaves its gradient behind)
+    wrapper.step()
+    twin.step()
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -16,9 +16,10 @@ import torch
 
 import fastopt
 from fastopt import optim as fo
-from fastopt.wrapper import FusedAmpStep, fused_amp_step
+from fastopt.amp import fused_amp_step
+from fastopt.host_wrapper import FusedAmpStep
 
-from .amp import cpu_scaler, refuse_scaler_passes
+from .amp import check_copies_step_alike, cpu_scaler, refuse_scaler_passes
 from .torch_release import HAS_CPU_SCALER, needs_cpu_scaler
 
 if not HAS_CPU_SCALER:  # every case here scales a loss on the CPU
@@ -82,7 +83,7 @@ def test_mmengine_amp_wrapper_fuses_the_phase(mmengine_amp: Any, loss_scale: str
                optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01))
     a, ours, b, ref = _pair(mmengine_amp, cfg, route)
     assert isinstance(ours, MmengineAmpOptimWrapper) and isinstance(ours, FusedAmpStep)
-    assert type(ours).__name__ == "AmpOptimWrapper"
+    assert type(ours).__name__ == "AmpOptimWrapperWithFusedAmpStep"
     refuse_scaler_passes(ours.loss_scaler)
     hub = MessageHub.get_current_instance()
     scales = []
@@ -262,3 +263,15 @@ def test_fused_amp_step_matches_gradscaler_sequence(norm_type: float) -> None:
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8)
     assert sa.get_scale() == 2.0**15  # grew on every clean step
+
+
+def test_the_mixed_in_amp_wrapper_pickles_and_copies(mmengine_amp: Any) -> None:
+    """mmengine's AmpOptimWrapper with ``FusedAmpStep`` mixed in pickles and deep-copies to its
+    own class (still mmengine's AmpOptimWrapper) and the copy steps as the original."""
+    from mmengine.optim import AmpOptimWrapper as MmengineAmpOptimWrapper
+
+    cfg = dict(type="AmpOptimWrapper", loss_scale=64.0, clip_grad=dict(max_norm=0.5),
+               optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01))
+    a, ours, _, _ = _pair(mmengine_amp, cfg, "fastopt")
+    assert isinstance(ours, MmengineAmpOptimWrapper) and isinstance(ours, FusedAmpStep)
+    check_copies_step_alike(a, ours)

@@ -13,12 +13,13 @@ import torch
 import fastopt
 from fastopt import optim as fo
 from fastopt.clip_grad import total_norm
-from fastopt.wrapper import FusedClip
+from fastopt.host_wrapper import FusedClip
 
 from .amp import (
     FUSED_PAIRS,
     check_clip_under_a_grad_scaler,
     check_coefficient_folded_into_grad_scale,
+    check_copies_step_alike,
     cpu_scaler,
     refuse_scaler_passes,
 )
@@ -175,7 +176,7 @@ def test_wrapper_phase_matches_clip_grad_norm_then_step(opt: str, max_norm: floa
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """fastopt's OptimWrapper with clip_grad (its own class, as without mmengine) against the
     reference sequence: clip_grad_norm_ then torch's step on the same groups."""
-    from fastopt import wrapper as wrapper_module
+    from fastopt import host_wrapper as wrapper_module
 
     monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
     opt_cfg = (dict(type=opt, lr=0.05, weight_decay=0.01) if opt == "AdamW"
@@ -204,7 +205,7 @@ def test_own_wrapper_clips_what_requires_grad(norm_type: float | str,
     """fastopt's own OptimWrapper clips the parameters that require grad and have one, as
     mmengine's does, and steps the rest unclipped (a parameter frozen after backward keeps its
     gradient); norm types the native pass does not take still clip inside the step."""
-    from fastopt import wrapper as wrapper_module
+    from fastopt import host_wrapper as wrapper_module
 
     monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
     a, b = _model(), _model()
@@ -335,8 +336,8 @@ def test_fixed_loss_scale_stays_fixed() -> None:
 @pytest.mark.parametrize("route", ["fastopt", "plugin"])
 @pytest.mark.parametrize("case", ["2-norm", "1-norm", "3-norm", "frozen with a gradient"])
 def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str, case: str) -> None:
-    """With mmengine installed the wrapper is mmengine's own class (a subclass that fuses the
-    clipping): same class name and isinstance, the norm logged to mmengine's message hub as
+    """With mmengine installed the wrapper is a subclass of mmengine's own class that fuses the
+    clipping (named for it, isinstance of mmengine's), the norm logged to mmengine's message hub as
     mmengine logs it, parameters as mmengine's own wrapper leaves them; norm types the native
     pass does not take go through torch's norm inside the step; a parameter frozen after
     backward (a gradient, no requires_grad) is stepped unclipped, as mmengine leaves it."""
@@ -357,7 +358,7 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str, case: str
         importlib.import_module("fastopt.integrations.mmengine")
         ours = build_ref(a, dict(cfg, constructor="FastOptimWrapperConstructor"))
     ref = build_ref(b, cfg)
-    assert isinstance(ours, MmengineOptimWrapper) and type(ours).__name__ == "OptimWrapper"
+    assert isinstance(ours, MmengineOptimWrapper) and type(ours).__name__ == "OptimWrapperWithFusedClip"
     assert isinstance(ours, FusedClip)
     hub = MessageHub.get_current_instance()
     for step in range(4):
@@ -377,6 +378,23 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str, case: str
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert ours.state_dict().keys() == ref.state_dict().keys()
+
+
+def test_mixed_in_wrappers_pickle_and_copy_as_the_host_class() -> None:
+    """A host wrapper with fastopt's fusion mixed in pickles and deep-copies: the copy is of the
+    same mixed class, still an instance of mmengine's class, and steps as the original does."""
+    from mmengine.optim import OptimWrapper as MmengineOptimWrapper
+
+    from .refs import mmengine_build, quiet_mmengine_logger
+
+    mmengine_build()
+    quiet_mmengine_logger()
+    cfg = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=0.05, weight_decay=0.01),
+               clip_grad=dict(max_norm=0.05), paramwise_cfg=dict(norm_decay_mult=0.0))
+    model = _model()
+    wrapper = fastopt.build_optim_wrapper(model, cfg)
+    assert isinstance(wrapper, MmengineOptimWrapper) and isinstance(wrapper, FusedClip)
+    check_copies_step_alike(model, wrapper)
 
 
 @needs_cpu_scaler

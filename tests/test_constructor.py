@@ -284,7 +284,7 @@ def test_unknown_optimizer_type_suggests() -> None:
 
 
 def test_wrapper_without_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastopt import wrapper as wrapper_module
+    from fastopt import host_wrapper as wrapper_module
 
     monkeypatch.setattr(wrapper_module, "mmengine_registry_get", lambda registry, name: None)
     model = nn.Linear(3, 1)

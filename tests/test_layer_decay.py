@@ -305,7 +305,7 @@ def test_mmengine_plugin_layer_decay(constructor: str, paramwise: dict) -> None:
     ref, _ = _build_pair(original, model, cfg, "LearningRateDecayOptimizerConstructor"
                          if "decay_rate" in paramwise else "LayerDecayOptimizerConstructor")
     wrapper = build_optim_wrapper(model, dict(copy.deepcopy(cfg), constructor=constructor))
-    assert isinstance(wrapper, OptimWrapper) and type(wrapper).__name__ == "OptimWrapper"
+    assert isinstance(wrapper, OptimWrapper) and type(wrapper).__name__ == "OptimWrapperWithFusedClip"
     assert mismatches(ref, wrapper.optimizer, {id(p): n for n, p in model.named_parameters()}) == []
     assert type(wrapper.optimizer).__module__ == "fastopt.optim"
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fastopt
-from fastopt import wrapper as wrapper_module
+from fastopt import host_wrapper as wrapper_module
 
 from .torch_release import needs_cpu_scaler
 

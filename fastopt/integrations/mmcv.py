@@ -15,7 +15,11 @@ MMDetection 2.x / MMSegmentation 0.x, see ``fastopt.layer_decay``, and MMAction2
 recipe, see ``fastopt.tsm``) and ``FastSGD``, ``FastAdam``, ``FastAdamW`` (in
 ``OPTIMIZERS``).
 The constructor follows mmcv 1.7.2's ``DefaultOptimizerConstructor`` exactly and finds
-optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``.
+optimizer types fastopt does not know in mmcv's ``OPTIMIZERS``. A name already registered there
+by another class is left to that class, with a warning (``fastopt.integrations.register``).
+
+``mmcv.runner`` imports torchvision; where torchvision cannot be imported, importing this module
+raises an ImportError saying so (the plug-in does not stand in for torchvision).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from typing import Any
 
 import torch
 
-from .._compat import ensure_torchvision
+from . import import_mmcv_runner
 
-ensure_torchvision()  # mmcv.runner imports torchvision, which may not load beside this torch
+import_mmcv_runner("fastopt.integrations.mmcv")  # one clear ImportError where torchvision does not import
 
 from mmcv.runner import HOOKS, OPTIMIZER_BUILDERS, OPTIMIZERS, Fp16OptimizerHook, OptimizerHook  # noqa: E402
 from mmcv.runner.fp16_utils import wrap_fp16_model  # noqa: E402
@@ -34,23 +38,25 @@ from mmcv.runner.hooks import optimizer as mmcv_optimizer_hooks  # noqa: E402
 from mmcv.utils import IS_NPU_AVAILABLE  # noqa: E402
 
 from .._torch_compat import grad_scaler  # noqa: E402
+from ..amp import amp_phase, scaler_settings  # noqa: E402
+from ..clip_grad import clip_in_next_step  # noqa: E402
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 from ..layer_decay import (  # noqa: E402
     MmcvLayerDecayOptimizerConstructor,
     MmcvLearningRateDecayOptimizerConstructor,
 )
 from ..tsm import TSMOptimizerConstructor  # noqa: E402
-from ..wrapper import clip_in_next_step, fused_amp_step  # noqa: E402
-from . import FastAdam, FastAdamW, FastSGD, register_optimizers  # noqa: E402
+from . import FastAdam, FastAdamW, FastSGD, register_optimizers, registered_in  # noqa: E402
 
 __all__ = ["FastAdam", "FastAdamW", "FastFp16OptimizerHook", "FastLayerDecayOptimizerConstructor",
            "FastLearningRateDecayOptimizerConstructor", "FastOptimizerConstructor", "FastOptimizerHook",
            "FastSGD", "FastTSMOptimizerConstructor"]
 
-register_optimizers(OPTIMIZERS)
+register_optimizers(OPTIMIZERS, "mmcv.runner.OPTIMIZERS")
+_BUILDERS, _HOOKS = "mmcv.runner.OPTIMIZER_BUILDERS", "mmcv.runner.HOOKS"
 
 
-@OPTIMIZER_BUILDERS.register_module(force=True)
+@registered_in(OPTIMIZER_BUILDERS, _BUILDERS)
 class FastOptimizerConstructor(DefaultOptimizerConstructor):
     """fastopt's mmcv 1.x ``DefaultOptimizerConstructor`` in mmcv; optimizer types fastopt does
     not know come from mmcv's ``OPTIMIZERS``."""
@@ -58,21 +64,21 @@ class FastOptimizerConstructor(DefaultOptimizerConstructor):
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIMIZER_BUILDERS.register_module(force=True)
+@registered_in(OPTIMIZER_BUILDERS, _BUILDERS)
 class FastLearningRateDecayOptimizerConstructor(MmcvLearningRateDecayOptimizerConstructor):
     """fastopt's MMDetection 2.x / MMSegmentation 0.x layer-wise lr decay in mmcv."""
 
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIMIZER_BUILDERS.register_module(force=True)
+@registered_in(OPTIMIZER_BUILDERS, _BUILDERS)
 class FastLayerDecayOptimizerConstructor(MmcvLayerDecayOptimizerConstructor):
     """fastopt's mmcv 1.x-style layer decay (MMSegmentation 0.x BEiT, or ViTDet's rules) in mmcv."""
 
     fallback_optimizers = OPTIMIZERS
 
 
-@OPTIMIZER_BUILDERS.register_module(force=True)
+@registered_in(OPTIMIZER_BUILDERS, _BUILDERS)
 class FastTSMOptimizerConstructor(TSMOptimizerConstructor):
     """fastopt's MMAction2 0.x TSM constructor in mmcv."""
 
@@ -104,7 +110,7 @@ class _ClipsIntoTheStep:
         super().after_train_iter(runner)  # type: ignore[misc]
 
 
-@HOOKS.register_module(force=True)
+@registered_in(HOOKS, _HOOKS)
 class FastOptimizerHook(_ClipsIntoTheStep, OptimizerHook):
     """mmcv's ``OptimizerHook`` with gradient clipping fused into fastopt's step:
     ``optimizer_config=dict(type='FastOptimizerHook', grad_clip=dict(max_norm=35, norm_type=2))``.
@@ -115,7 +121,7 @@ class FastOptimizerHook(_ClipsIntoTheStep, OptimizerHook):
     fastopt's (or a dict of them) it is mmcv's hook unchanged."""
 
 
-@HOOKS.register_module(force=True)
+@registered_in(HOOKS, _HOOKS)
 class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
     """mmcv's ``Fp16OptimizerHook`` (GradScaler) with the optimizer phase fused into fastopt's
     step: ``optimizer_config=dict(type='FastFp16OptimizerHook', loss_scale='dynamic',
@@ -125,7 +131,7 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
 
     With a fastopt optimizer one native pass over the still scaled gradients gives the norm
     and the inf/NaN check, the step unscales and clips as it reads each gradient, and the scale
-    is updated as ``GradScaler.update`` does (``fastopt.wrapper.fused_amp_step``); otherwise
+    is updated as ``GradScaler.update`` does (``fastopt.amp.amp_phase``); otherwise
     mmcv's sequence runs (clipping into the step where the optimizer takes it). The scaler is
     mmcv's where a GPU (or NPU) is available, a CPU ``torch.amp.GradScaler`` otherwise (mmcv's
     CUDA scaler turns itself off there).
@@ -137,16 +143,7 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
         self.coalesce = coalesce
         self.bucket_size_mb = bucket_size_mb
         self.distributed = distributed
-        self._scale_update_param: float | None = None
-        if loss_scale == "dynamic":
-            scaler_args: dict[str, Any] = {}
-        elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
-            self._scale_update_param = float(loss_scale)
-            scaler_args = dict(init_scale=float(loss_scale))
-        elif isinstance(loss_scale, dict):
-            scaler_args = dict(loss_scale)
-        else:
-            raise ValueError(f'loss_scale must be of type float, dict, or "dynamic", got {loss_scale}')
+        scaler_args, self._scale_update_param = scaler_settings(loss_scale, ValueError)  # (mmcv's class)
         if IS_NPU_AVAILABLE:
             self.loss_scaler = mmcv_optimizer_hooks.GradScaler(**scaler_args)
         else:
@@ -172,12 +169,12 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
         """The fused phase (mmcv's unscale_, clip, step and update where it cannot be fused);
         grad_norm logged and the scaler's state kept in ``runner.meta`` as mmcv does."""
         params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
-        norm = fused_amp_step(runner.optimizer, self.loss_scaler, params, self.grad_clip,
-                              self._scale_update_param)
-        if norm is None:
-            norm = self._unfused_phase(runner)
-        if self.grad_clip is not None and params and norm is not None:
+
+        def log(norm: torch.Tensor) -> None:
             runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
+
+        amp_phase(runner.optimizer, self.loss_scaler, params, self.grad_clip, self._scale_update_param, {},
+                  lambda: self._unfused_phase(runner), log)
         if runner.meta is None:
             runner.meta = {}
         runner.meta.setdefault("fp16", {})["loss_scaler"] = self.loss_scaler.state_dict()
@@ -196,14 +193,14 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
 if hasattr(mmcv_optimizer_hooks, "GradientCumulativeOptimizerHook"):  # mmcv >= 1.3.16
     GradientCumulativeOptimizerHook = mmcv_optimizer_hooks.GradientCumulativeOptimizerHook
 
-    @HOOKS.register_module(force=True)
+    @registered_in(HOOKS, _HOOKS)
     class FastGradientCumulativeOptimizerHook(_ClipsIntoTheStep, GradientCumulativeOptimizerHook):
         """mmcv's ``GradientCumulativeOptimizerHook`` (a step every ``cumulative_iters``
         iterations, the loss divided to match) with clipping fused into fastopt's step, as
         ``FastOptimizerHook``: ``optimizer_config=dict(type='FastGradientCumulativeOptimizerHook',
         cumulative_iters=4, grad_clip=dict(max_norm=35))``."""
 
-    @HOOKS.register_module(force=True)
+    @registered_in(HOOKS, _HOOKS)
     class FastGradientCumulativeFp16OptimizerHook(GradientCumulativeOptimizerHook, FastFp16OptimizerHook):
         """mmcv's ``GradientCumulativeFp16OptimizerHook`` with the optimizer phase of
         ``FastFp16OptimizerHook``: the scaled gradients of ``cumulative_iters`` iterations add up,
