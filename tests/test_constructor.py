@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 import types
 import warnings
@@ -300,3 +301,19 @@ def test_wrapper_without_mmengine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert model.weight.grad is None or not model.weight.grad.any()
     assert wrapper.get_lr() == {"lr": [0.1]}
     wrapper.load_state_dict(wrapper.state_dict())
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    """Each construction warning (unknown paramwise key, unused custom key) is attributed to the
+    line that called fastopt, whichever entry point and depth raised it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    paramwise = dict(custom_keys={"nothing": dict(lr_mult=0.1)}, norm_decay_mul=0.0)
+    mmcv_cfg = dict(type="SGD", lr=0.1, weight_decay=1e-4, paramwise_cfg=paramwise)
+    engine_cfg = dict(optimizer=dict(type="SGD", lr=0.1, weight_decay=1e-4), paramwise_cfg=paramwise)
+    for build, cfg in ((fastopt.build_optimizer, mmcv_cfg), (fastopt.build_optim_wrapper, engine_cfg)):
+        with pytest.warns(UserWarning) as record:
+            line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+            build(model, copy.deepcopy(cfg))
+        ours = [w for w in record if "nothing" in str(w.message) or "norm_decay_mul" in str(w.message)]
+        assert len(ours) == 2
+        assert {(w.filename, w.lineno) for w in ours} == {(__file__, line)}
