@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
+from .errors import ConfigNotADictError
 from .registry import (
     OPTIM_WRAPPER_CONSTRUCTORS,
     OPTIM_WRAPPERS,
@@ -64,7 +65,7 @@ def build_optimizer(model: nn.Module, cfg: dict, semantics: str | Semantics | No
     ``semantics`` such as ``'mmcv==1.3.0'`` (default: the installed mmcv 1.x, else 1.7.2)."""
     _check_model(model)
     if not isinstance(cfg, dict):
-        raise TypeError(f"optimizer cfg must be a dict, got {type(cfg).__name__}")
+        raise ConfigNotADictError(f"optimizer cfg must be a dict, got {type(cfg).__name__}")
     return with_semantics(constructor_from_cfg(cfg, "mmcv"), semantics)(model)
 
 
@@ -78,5 +79,5 @@ def build_optim_wrapper(model: nn.Module, cfg: dict, semantics: str | Semantics 
     """
     _check_model(model)
     if not isinstance(cfg, dict):
-        raise TypeError(f"optim_wrapper cfg must be a dict, got {type(cfg).__name__}")
+        raise ConfigNotADictError(f"optim_wrapper cfg must be a dict, got {type(cfg).__name__}")
     return with_semantics(constructor_from_cfg(cfg, "mmengine"), semantics)(model)

@@ -36,6 +36,7 @@ from .assembly import (
     reference_layout,
 )
 from .checkpoint import ReferenceLayout
+from .errors import ConfigNotADictError, MissingOptimizerError, MissingTypeError
 from .grouping import group_params, merge_param_groups_indexed
 from .host_wrapper import build_wrapper
 from .paramwise import validate_paramwise
@@ -141,6 +142,10 @@ class _ConstructorBase:
     def optimizer_class(self, registry: Registry = OPTIMIZERS) -> Any:
         """The optimizer class the config's ``type`` names: in ``registry`` under the config's
         ``_scope_``, then in the host's registries (``fallback_optimizers``); a class as is."""
+        if "type" not in self.optimizer_cfg:
+            shown = {k: v for k, v in self.optimizer_cfg.items() if k != "params"}
+            raise MissingTypeError(f"the optimizer config must contain the key 'type' (e.g. type='SGD'), "
+                                   f"got {shown}")
         name = self.optimizer_cfg["type"]
         with within_scope(self.optimizer_cfg.get(SCOPE_KEY)):
             if isinstance(name, str) and name not in registry and self.fallback_optimizers is not None:
@@ -188,10 +193,8 @@ class DefaultOptimizerConstructor(_ConstructorBase):
                  semantics: str | Semantics | None = None) -> None:
         self.semantics = semantics  # e.g. 'mmcv==1.7.2'; None: the installed mmcv 1.x
         if not isinstance(optimizer_cfg, dict):
-            raise TypeError(f"optimizer_cfg should be a dict, but got {type(optimizer_cfg)}")
-        if "type" not in optimizer_cfg:
-            raise KeyError("optimizer_cfg must contain the key 'type', e.g. type='SGD'")
-        self.optimizer_cfg = optimizer_cfg
+            raise ConfigNotADictError(f"optimizer_cfg should be a dict, but got {type(optimizer_cfg)}")
+        self.optimizer_cfg = optimizer_cfg  # (its 'type' is read when the optimizer is built, as mmcv does)
         self.paramwise_cfg = {} if paramwise_cfg is None else paramwise_cfg
         self.base_lr = optimizer_cfg.get("lr")
         self.base_wd = optimizer_cfg.get("weight_decay")
@@ -215,15 +218,17 @@ class DefaultOptimWrapperConstructor(_ConstructorBase):
                  semantics: str | Semantics | None = None) -> None:
         self.semantics = semantics  # e.g. 'mmengine==0.10.3'; None: the installed mmengine
         if not isinstance(optim_wrapper_cfg, dict):
-            raise TypeError(f"optim_wrapper_cfg should be a dict, but got {type(optim_wrapper_cfg)}")
+            raise ConfigNotADictError(
+                f"optim_wrapper_cfg should be a dict, but got {type(optim_wrapper_cfg)}")
         if "optimizer" not in optim_wrapper_cfg:
-            raise KeyError('optim_wrapper_cfg must contain an "optimizer" config')
+            raise MissingOptimizerError('optim_wrapper_cfg must contain an "optimizer" config, e.g. '
+                                        "optimizer=dict(type='SGD', lr=0.01)")
         self.optim_wrapper_cfg = optim_wrapper_cfg.copy()
         self.optimizer_cfg = self.optim_wrapper_cfg.pop("optimizer")
-        if not isinstance(self.optimizer_cfg, dict) or "type" not in self.optimizer_cfg:
-            raise TypeError(
-                f"optim_wrapper_cfg['optimizer'] must be a dict with 'type', got {self.optimizer_cfg!r}"
-            )
+        if not isinstance(self.optimizer_cfg, dict):
+            raise ConfigNotADictError(
+                f"optim_wrapper_cfg['optimizer'] should be a dict, got {self.optimizer_cfg!r}")
+        # (its 'type' is read when the optimizer is built, as mmengine does)
         self.paramwise_cfg = {} if paramwise_cfg is None else paramwise_cfg
         self.base_lr = self.optimizer_cfg.get("lr", None)
         self.base_wd = self.optimizer_cfg.get("weight_decay", None)

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import UnknownTypeError
+
 __all__ = [
     "OPTIMIZERS",
     "OPTIMIZER_BUILDERS",
@@ -190,7 +192,7 @@ def resolve_type(obj_type: Any, registry: Registry) -> Any:
         if obj is None:
             hint = registry.closest(obj_type)
             tail = f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""
-            raise KeyError(f"{obj_type!r} is not registered in the {registry.name!r} registry{tail}")
+            raise UnknownTypeError(f"{obj_type!r} is not registered in the {registry.name!r} registry{tail}")
         return obj
     if callable(obj_type):
         return obj_type
