@@ -119,9 +119,9 @@ class _ConstructorBase:
         subclass override sees every submodule; ``__call__`` merges the result.
         """
         overridden = self.overrides_add_params
-        plan = self.plan(module, prefix, is_dcn_module, dict(self._seen(params)),
-                         recurse=not overridden)
-        plan.warn_skipped(self.paramwise_cfg.get("bypass_duplicate", False))
+        planner = self.planner()
+        plan = planner.plan(module, prefix, is_dcn_module, dict(self._seen(params)), recurse=not overridden)
+        planner.report(plan, unused_keys=False)
         params.extend(plan.per_param_groups())
         if overridden:
             dcn = dcn_types()
@@ -176,9 +176,9 @@ class _ConstructorBase:
             self.add_params(per_param, model)
             merged, into = merge_param_groups_indexed(per_param, defaults)
             return Construction(merged, defaults, None, ReferenceLayout.of_groups(per_param, into))
-        plan = self.plan(model)
-        plan.warn_skipped(self.paramwise_cfg.get("bypass_duplicate", False))
-        plan.warn_unused_keys()
+        planner = self.planner()
+        plan = planner.plan(model)
+        planner.report(plan)
         groups, group_of_param = groups_from_plan(plan, defaults)
         return Construction(groups, defaults, plan, reference_layout(plan, group_of_param, self.mmengine))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._report import warn_user
+from ._report import host_warning
 from ._rules import RULES
 
 __all__ = ["check_multiplier", "validate_paramwise", "warn_unknown_keys"]
@@ -69,11 +69,13 @@ def validate_paramwise(cfg: Any, base_lr: Any, base_wd: Any, mmengine: bool, *,
 
 
 def warn_unknown_keys(cfg: dict, mmengine: bool) -> None:
-    """A paramwise_cfg key the default constructor ignores is most likely a typo: warn."""
+    """A paramwise_cfg key the default constructor ignores is most likely a typo: warn (through
+    the host's channel, ``host_warning``)."""
     known = {"custom_keys", "bypass_duplicate", *(r.key for r in RULES if mmengine or r.mmcv)}
     for key in cfg:
         if key not in known:
             hint = difflib.get_close_matches(str(key), sorted(known), n=1)
             tail = f"; did you mean {hint[0]!r}?" if hint else ""
             api = "mmengine's" if mmengine else "mmcv 1.x's"
-            warn_user(f"paramwise_cfg key {key!r} is not used by {api} default constructor{tail}")
+            host_warning(f"paramwise_cfg key {key!r} is not used by {api} default constructor{tail}",
+                         mmengine)

@@ -10,9 +10,11 @@ import numpy as np
 from torch import nn
 
 from . import _core
-from ._report import warn_user
+from ._report import host_warning
 from ._rules import (
     BYPASS_DUP,
+    DUPLICATE,
+    FROZEN,
     HAS_WD,
     KEEP_FROZEN,
     LR_CUSTOM,
@@ -55,24 +57,31 @@ class GroupPlan:
                 out.append({"params": [p], **o})
         return out
 
-    def warn_skipped(self, bypass_duplicate: bool) -> None:
-        """Warn about shared parameters ``bypass_duplicate=True`` left out (none otherwise: a
-        frozen repeat is skipped because it is frozen, mmengine 0.10.4 on)."""
-        if not bypass_duplicate:
-            return
-        skipped = [self.table.display_name(i) for i in np.flatnonzero(self.kinds() == SKIPPED).tolist()
-                   if i in self.table.first_seen]
-        if skipped:
-            warn_user(f"{len(skipped)} shared parameter(s) skipped because bypass_duplicate=True "
-                      f"(first: {skipped[0]!r})")
+    def skip_messages(self, mmengine: bool, keep_frozen: bool, bypass_duplicate: bool) -> list[str]:
+        """What the reference says of each parameter it leaves out, in model order: a shared
+        tensor ``bypass_duplicate`` skips ('<module> is duplicate. It is skipped since
+        bypass_duplicate=True', both references) and, from mmengine 0.10.4 on, a frozen one
+        ('<name> is skipped since its requires_grad=False')."""
+        flags = self.table.flag_array()
+        out = []
+        for i in np.flatnonzero(self.kinds() == SKIPPED).tolist():
+            name = self.table.names[i]
+            if flags[i] & FROZEN:
+                if mmengine and not keep_frozen:
+                    out.append(f"{name} is skipped since its requires_grad=False")
+            elif flags[i] & DUPLICATE and bypass_duplicate:
+                module = name.rpartition(".")[0]
+                out.append(f"{module} is duplicate. It is skipped since bypass_duplicate=True")
+        return out
 
-    def warn_unused_keys(self) -> None:
-        """Warn about custom keys that match no trainable parameter (most likely typos)."""
+    def unused_keys_message(self) -> str | None:
+        """The warning for custom keys that match no trainable parameter (most likely typos)."""
         used = {sig[0] for sig in self.signatures if sig[0] >= 0}
         unused = [k for i, k in enumerate(self.keys) if i not in used]
-        if unused:
-            warn_user(f"custom_keys {unused} match no trainable parameter; check for typos "
-                      "(a key matches when it is a substring of 'prefix.name')")
+        if not unused:
+            return None
+        return (f"custom_keys {unused} match no trainable parameter; check for typos "
+                "(a key matches when it is a substring of 'prefix.name')")
 
 
 class Planner:
@@ -140,6 +149,16 @@ class Planner:
         if wd_rule:
             out["weight_decay"] = self.base_wd * self._multiplier(WD_RULES[wd_rule].key)
         return out
+
+    def report(self, plan: GroupPlan, unused_keys: bool = True) -> None:
+        """Say what the reference says of the plan's skipped parameters, and warn about unused
+        custom keys, through the host's channel (``host_warning``)."""
+        bypass = bool(self.paramwise_cfg.get("bypass_duplicate", False))
+        for message in plan.skip_messages(self.mmengine, self.semantics.keep_frozen, bypass):
+            host_warning(message, self.mmengine)
+        unused = plan.unused_keys_message() if unused_keys else None
+        if unused is not None:
+            host_warning(unused, self.mmengine)
 
     def plan(self, module: nn.Module, prefix: str = "", is_dcn_module: Any = None,
              seen: dict[int, int] | None = None, recurse: bool = True) -> GroupPlan:

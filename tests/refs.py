@@ -66,6 +66,31 @@ def mmcv_runner() -> Any:
     return mmcv.runner
 
 
+@contextlib.contextmanager
+def mmengine_log(level: int = 30) -> Iterator[list[str]]:
+    """The messages of the records mmengine's current ``MMLogger`` passes at ``level`` or above
+    (WARNING by default) inside the block; the logger's level and handlers restored after it."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, before = Keep(level), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
 def quiet_mmengine_logger() -> None:
     """Keep mmengine's one-log-line-per-parameter output out of the test log."""
     import logging
