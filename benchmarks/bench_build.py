@@ -24,7 +24,8 @@ import torch
 
 import fastopt
 from fastopt.tools import zoo
-from fastopt.tools.bench import log, machine, machine_line, mmcv_builder, mmengine_builder, time_once
+from fastopt.tools.bench import log, machine, machine_line, time_once
+from fastopt.tools.check import installed_reference
 
 TARGETS = {"big_5k": 100.0, "cascade_mask_rcnn_swin_l": 10.0}
 SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k
@@ -32,7 +33,7 @@ SCALING_LIMIT = 1.5  # fastopt's time per tensor at the largest size / at 5k
 
 def references() -> dict[str, Callable[[torch.nn.Module, dict], Any]]:
     """The reference builders that are installed: mmengine and/or mmcv 1.x."""
-    refs = {"mmengine": mmengine_builder(), "mmcv": mmcv_builder()}
+    refs = {"mmengine": installed_reference("mmengine"), "mmcv": installed_reference("mmcv")}
     for name, fn in refs.items():
         if fn is None:
             log(f"{name} not installed: skipping it")

@@ -37,8 +37,8 @@ from fastopt.tools.bench import (
     log,
     machine,
     machine_line,
-    mmengine_builder,
 )
+from fastopt.tools.check import installed_reference
 
 DEFAULT_WIDTH = {"cascade_mask_rcnn_swin_l": 0.35, "vitdet_h": 0.21}
 # fastopt must be this many times faster than each baseline (<= 1: at most 1/x slower)
@@ -55,7 +55,7 @@ def build_variants(model: torch.nn.Module, opt_cfg: dict, paramwise: dict | None
     """Every optimizer variant over the same parameters."""
     cfg = dict(optimizer=dict(opt_cfg), paramwise_cfg=paramwise)
     variants: dict[str, torch.optim.Optimizer] = {}
-    build_ref = mmengine_builder()
+    build_ref = installed_reference("mmengine")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if build_ref is not None:

@@ -13,7 +13,8 @@ import warnings
 
 import fastopt
 from fastopt.tools import zoo
-from fastopt.tools.bench import log, machine_line, mmengine_builder, time_once
+from fastopt.tools.bench import log, machine_line, time_once
+from fastopt.tools.check import installed_reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-speedup", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    ref = mmengine_builder()
+    ref = installed_reference("mmengine")
     if ref is None:
         log("mmengine is not installed: the guard cannot run")
         return 1

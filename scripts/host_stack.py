@@ -58,8 +58,12 @@ def install() -> None:
 
 if __name__ == "__main__":
     # python scripts/host_stack.py fastopt ARGS...: the fastopt command with the stand-ins in place
+    USAGE = "usage: python scripts/host_stack.py fastopt COMMAND [ARGS...]"
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(USAGE)
+        sys.exit(0)
     if len(sys.argv) < 2 or sys.argv[1] != "fastopt":
-        raise SystemExit("usage: python scripts/host_stack.py fastopt COMMAND [ARGS...]")
+        raise SystemExit(USAGE)
     install()
     from fastopt.tools.cli import main
 
