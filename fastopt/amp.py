@@ -8,7 +8,6 @@ cannot be fused."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from ._torch_compat import GRAD_SCALER, GRAD_SCALER_TYPES
 from .clip_grad import coefficient_of, native_norm_table, total_norm
+from .optim import is_fastopt_optimizer
 
 __all__ = ["amp_phase", "fused_amp_step", "scaler_settings", "update_scale"]
 
@@ -55,7 +55,7 @@ def _scaler_fusable(optimizer: Any, scaler: Any) -> bool:
     if (not isinstance(optimizer, torch.optim.Optimizer) or GRAD_SCALER is None
             or not isinstance(scaler, GRAD_SCALER_TYPES)):
         return False
-    if "grad_mult" not in inspect.signature(optimizer.step).parameters or not scaler.is_enabled():
+    if not is_fastopt_optimizer(optimizer) or not scaler.is_enabled():
         return False
     base = GRAD_SCALER
     if any(getattr(type(scaler), name) is not getattr(base, name) for name in ("unscale_", "step", "update")):

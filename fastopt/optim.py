@@ -34,7 +34,13 @@ from ._flat import FlatBuffers
 from .checkpoint import is_reference_layout, load_per_param_state_dict
 from .registry import OPTIMIZERS
 
-__all__ = ["SGD", "Adam", "AdamW"]
+__all__ = ["SGD", "Adam", "AdamW", "is_fastopt_optimizer"]
+
+
+def is_fastopt_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is one of fastopt's (it takes ``step(grad_mult=...)`` and
+    ``clip_next_step``), by its type: a look-alike (a ``Mock``) is not."""
+    return isinstance(optimizer, _FastStep)
 
 
 class _FastStep:

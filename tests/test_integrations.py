@@ -596,6 +596,30 @@ def test_mmcv_fast_fp16_hook_config() -> None:
     hook.before_run(SimpleNamespace(model=nn.Linear(2, 2), meta=None))
 
 
+def test_mmcv_hooks_take_a_look_alike_optimizer_for_what_it_is() -> None:
+    """mmcv's own hook tests hand the hooks a ``Mock`` optimizer: it has every attribute, so the
+    hooks decide by type. With a Mock, ``FastOptimizerHook`` is mmcv's hook: the gradients are
+    clipped in place by mmcv's ``clip_grad_norm_`` and nothing is handed to the Mock's step."""
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    mmcv_runner()
+    import fastopt.integrations.mmcv as plugin
+
+    model = nn.Linear(4, 4)
+    model(torch.ones(2, 4)).pow(2).sum().backward()
+    norm_before = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    optimizer = MagicMock()
+    outputs = {"loss": torch.tensor(0.0, requires_grad=True), "num_samples": 2}
+    runner = SimpleNamespace(model=model, optimizer=optimizer, outputs=outputs, log_buffer=MagicMock())
+    hook = plugin.FastOptimizerHook(grad_clip=dict(max_norm=0.01))
+    hook.after_train_iter(runner)
+    assert not optimizer.clip_next_step.called
+    norm_after = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert float(norm_before) > 0.01 and float(norm_after) == pytest.approx(0.01, rel=1e-3)
+    assert optimizer.step.called
+
+
 # ------------------------------------------------------------ what the plug-ins change in their hosts
 
 
