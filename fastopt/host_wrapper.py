@@ -12,6 +12,7 @@ as the host class wherever fastopt's optimizer is not in use.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -32,12 +33,18 @@ def _rebuilt(host: type, mixin: type) -> Any:
     return cls.__new__(cls)
 
 
+#: the wrappers whose ``step`` is running (ids): their ``_clip_grad`` hands the clip to the step
+_STEPPING: ContextVar[frozenset[int]] = ContextVar("fastopt_wrappers_stepping", default=frozenset())
+
+
 class FusedClip:
     """Mixin for a host framework's optim wrapper (mmengine's ``OptimWrapper``,
-    ``AmpOptimWrapper``, a project's own): clipping by norm with a fastopt optimizer takes one
-    native norm pass and hands the coefficient to the optimizer's next step instead of
-    multiplying the gradients; the norm is logged as the host logs it
-    (``train/grad_norm`` in mmengine's message hub). Anything else is the host's own clipping."""
+    ``AmpOptimWrapper``, a project's own): inside the host's ``step``, clipping by norm with a
+    fastopt optimizer takes one native norm pass over the gradients the optimizer's step gathers
+    and has the step kernel apply the coefficient instead of multiplying the gradients; the norm
+    is logged as the host logs it (``train/grad_norm`` in mmengine's message hub) as that step
+    reads the gradients. ``_clip_grad()`` called on its own (outside ``step``), and anything
+    else, is the host's own clipping: in place, logged at once."""
 
     optimizer: torch.optim.Optimizer
     clip_grad_kwargs: dict
@@ -45,7 +52,20 @@ class FusedClip:
     message_hub: Any
     host_class: type  # the host's class this one extends
 
+    def step(self, **kwargs: Any) -> None:
+        """The host's ``step``, its ``_clip_grad`` handing the clip to the optimizer's step."""
+        token = _STEPPING.set(_STEPPING.get() | {id(self)})
+        try:
+            super().step(**kwargs)  # type: ignore[misc]
+        finally:
+            _STEPPING.reset(token)
+
     def _clip_grad(self) -> None:
+        """Inside ``step``: the clip handed to the optimizer's step (one read of the gradients, the
+        norm logged as the step reads them). On its own: the host's ``_clip_grad`` (in place, logged now)."""
+        if id(self) not in _STEPPING.get():
+            super()._clip_grad()  # type: ignore[misc]  # called on its own: the gradients clipped now
+            return
         if getattr(self, "grad_name", None) != "grad_norm" or not hasattr(self.optimizer, "clip_next_step"):
             super()._clip_grad()  # type: ignore[misc]
             return
@@ -89,7 +109,7 @@ class FusedAmpStep(FusedClip):
                   if p.requires_grad and p.grad is not None]
 
         def unfused() -> None:
-            super(FusedAmpStep, self).step(**kwargs)  # type: ignore[misc]  # (logs its own norm)
+            super(FusedAmpStep, self).step(**kwargs)  # (FusedClip.step: logs its own norm)
 
         amp_phase(self.optimizer, self.loss_scaler, params, self.clip_grad_kwargs if clipping else None,
                   self._scale_update_param, kwargs, unfused,

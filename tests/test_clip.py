@@ -380,6 +380,56 @@ def test_mmengine_wrapper_clips_natively_and_logs_the_norm(route: str, case: str
     assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
+def test_mmengine_wrapper_clip_grad_on_its_own_logs_at_once() -> None:
+    """``_clip_grad()`` called on its own (a hook, a custom loop) on mmengine's wrapper as fastopt
+    builds it is mmengine's: the gradients clipped in place and ``train/grad_norm`` logged before
+    it returns, the same values as mmengine's own wrapper. The ``step()`` after it still clips in
+    the one fused pass (torch's clip function is not called again) and logs that norm, as
+    mmengine's second clip does; the parameters end as mmengine's."""
+    from mmengine.logging import MessageHub
+
+    from .refs import mmengine_build, quiet_mmengine_logger
+
+    build_ref = mmengine_build()
+    quiet_mmengine_logger()
+    a, b = _model(), _model()
+    MessageHub.get_instance("fastopt-test-clip-alone-reference")
+    ref = build_ref(b, dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9), clip_grad=dict(max_norm=0.05)))
+    MessageHub.get_instance("fastopt-test-clip-alone-fastopt")
+    ours = fastopt.build_optim_wrapper(a, dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9),
+                                               clip_grad=dict(max_norm=0.05)))
+    assert isinstance(ours, FusedClip) and ours.message_hub is not ref.message_hub
+    torch_clips = []
+    clip_func = ours.clip_func
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        torch_clips.append(1)
+        return clip_func(*args, **kwargs)
+
+    ours.clip_func = counted
+    for step in range(3):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        for model, wrapper in ((b, ref), (a, ours)):
+            model(x).pow(2).sum().backward()
+            wrapper._clip_grad()
+        # torch's clip on both sides: the same bits until a fused step has moved the parameters
+        tolerance = dict(rtol=0.0, atol=0.0) if step == 0 else dict(rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(ours.message_hub.get_scalar("train/grad_norm").current(),
+                                   ref.message_hub.get_scalar("train/grad_norm").current(), **tolerance)
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, **tolerance)
+        ref.step()
+        ours.step()
+        assert len(torch_clips) == step + 1  # the step clipped in its own fused pass
+        assert ours.optimizer.fastopt_tier == "native"
+        mine = ours.message_hub.get_scalar("train/grad_norm").current()
+        assert mine == pytest.approx(ref.message_hub.get_scalar("train/grad_norm").current(), rel=1e-6)
+        ref.zero_grad()
+        ours.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
 def test_mixed_in_wrappers_pickle_and_copy_as_the_host_class() -> None:
     """A host wrapper with fastopt's fusion mixed in pickles and deep-copies: the copy is of the
     same mixed class, still an instance of mmengine's class, and steps as the original does."""

@@ -72,10 +72,13 @@ def test_plain_wrapper_clip_by_value_and_momentum(no_mmengine: None) -> None:
 
 @needs_cpu_scaler
 def test_wrapper_rejects_bad_arguments(no_mmengine: None) -> None:
+    """Bad arguments raise ValueError as before, and where mmengine asserts, an AssertionError too."""
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="accumulative_counts"):
+    with pytest.raises(ValueError, match="accumulative_counts") as raised:
         fastopt.OptimWrapper(opt, accumulative_counts=0)
+    assert isinstance(raised.value, AssertionError)
     with pytest.raises(ValueError, match="clip_grad type"):
         fastopt.OptimWrapper(opt, clip_grad=dict(type="l3", max_norm=1))
-    with pytest.raises(ValueError, match="dtype must be"):
+    with pytest.raises(ValueError, match="dtype should be any of") as raised:
         fastopt.AmpOptimWrapper(opt, dtype="float8")
+    assert isinstance(raised.value, AssertionError)
