@@ -21,6 +21,7 @@ from torch import Tensor
 from ._kernels import MultOf
 from .amp import amp_phase
 from .clip_grad import NormTable, clips_all_it_steps, fused_clip_grads
+from .optim import is_fastopt_optimizer
 from .registry import OPTIM_WRAPPERS, SCOPE_KEY, mmengine_registry_get, resolve_type, within_scope
 from .wrapper import AmpOptimWrapper, OptimWrapper
 
@@ -66,7 +67,7 @@ class FusedClip:
         if id(self) not in _STEPPING.get():
             super()._clip_grad()  # type: ignore[misc]  # called on its own: the gradients clipped now
             return
-        if getattr(self, "grad_name", None) != "grad_norm" or not hasattr(self.optimizer, "clip_next_step"):
+        if getattr(self, "grad_name", None) != "grad_norm" or not is_fastopt_optimizer(self.optimizer):
             super()._clip_grad()  # type: ignore[misc]
             return
         if not clips_all_it_steps(self.optimizer):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from ._report import warn_user
 from ._torch_compat import grad_scaler
 from .amp import amp_phase, scaler_settings
 from .clip_grad import NormTable, check_clip_grad, clips_all_it_steps, fused_clip, fused_clip_grads
+from .optim import is_fastopt_optimizer
 from .registry import OPTIM_WRAPPERS
 
 __all__ = ["AmpOptimWrapper", "ClipArgumentTypeError", "MissingClipArgumentError", "NotAnOptimizerError",
@@ -228,7 +228,7 @@ class OptimWrapper:
         self._max_counts = -1  # the total number of update_params calls (initialize_count_status)
         self._remainder_counts = -1  # the calls left over after the last full accumulation
         # fastopt's optimizers take the clip coefficient into their step (one pass fewer)
-        self._fused_clip = "grad_mult" in inspect.signature(optimizer.step).parameters
+        self._fused_clip = is_fastopt_optimizer(optimizer)
         #: the gradient norm of the last clipped step (None before one, or when clipping by value)
         self.grad_norm: Tensor | None = None
         self.base_param_settings: dict | None = None
