@@ -134,3 +134,22 @@ def test_the_cases_are_errors_on_both_references() -> None:
         assert outcome(_applied(mm, engine_cfg))[1] is not None, case
         mmcv_cfg = _mmcv_cfg(optimizer, paramwise, extra)
         assert outcome(_applied(runner.build_optimizer, mmcv_cfg))[1] is not None, case
+
+
+def test_a_shared_tensor_without_bypass_duplicate() -> None:
+    """A tensor reachable twice without ``bypass_duplicate``: torch's ValueError in both
+    references (two groups hold it); fastopt's ValueError names both places."""
+    from . import models as M
+
+    mm, runner = mmengine_build(), mmcv_runner()
+    quiet_mmengine_logger()
+    paramwise = dict(bias_lr_mult=2.0, norm_decay_mult=0.0)
+    engine_cfg = dict(optimizer=dict(SGD), paramwise_cfg=paramwise)
+    mmcv_cfg = dict(SGD, paramwise_cfg=paramwise)
+    for reference, ours, cfg in ((mm, fastopt.build_optim_wrapper, engine_cfg),
+                                 (runner.build_optimizer, fastopt.build_optimizer, mmcv_cfg)):
+        ref_exc = outcome(lambda b=reference, c=cfg: b(M.SharedNet(), copy.deepcopy(c)))[1]
+        fast_exc = outcome(lambda b=ours, c=cfg: b(M.SharedNet(), copy.deepcopy(c)))[1]
+        assert isinstance(ref_exc, ValueError) and "more than one parameter group" in str(ref_exc)
+        assert fast_exc is not None
+        assert_same_error(ref_exc, fast_exc)
