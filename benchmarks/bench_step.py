@@ -7,6 +7,7 @@ backward), so no implementation can rely on cached gradient pointers.
 
     python benchmarks/bench_step.py                      # Swin-L Cascade Mask R-CNN, AdamW and SGD
     python benchmarks/bench_step.py --model vitdet_h --optimizer adamw
+    python benchmarks/bench_step.py --scale              # per-tensor cost, 400 ... 100,000 tensors
 
 Variants:
   mmengine            mmengine 0.10.7 build_optim_wrapper as is: one group per parameter
@@ -158,6 +159,67 @@ def report(fig: dict[str, Any]) -> bool:
     return ok
 
 
+def _fused_or_foreach(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """torch's AdamW arguments with ``fused=True`` where this torch steps fused on the CPU (2.4
+    on), else ``foreach=True``."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    try:
+        torch.optim.AdamW([p], **kwargs, fused=True).step()
+    except (RuntimeError, ValueError):
+        return dict(kwargs, foreach=True)
+    return dict(kwargs, fused=True)
+
+
+SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
+SCALE_ELEMENTS = 8_000_000
+
+
+def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS,
+          repeats: int = 7) -> list[dict[str, Any]]:
+    """The step's per-tensor cost: AdamW over ``elements`` elements split into N equal tensors,
+    fastopt's step over the list against fastopt's step over one tensor of the same size (and
+    torch's fused AdamW over the list), medians of interleaved repeats; per N, the times and the
+    extra time per tensor, ``(list - one) / N``."""
+    kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
+    torch_kwargs = _fused_or_foreach(kwargs)
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for n in counts:
+        numel = elements // n
+        lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)]
+                 for name in ("fastopt, list", "torch fused, list")}
+        one = [torch.nn.Parameter(torch.zeros(numel * n))]
+        for ps in (*lists.values(), one):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        variants: dict[str, torch.optim.Optimizer] = {
+            "fastopt, list": fastopt.optim.AdamW(lists["fastopt, list"], **kwargs),
+            "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
+            "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
+        }
+        times = interleaved_step_times(variants, lambda name, r: None, repeats, warmup=1,
+                                       progress=lambda msg: None)
+        listed, single = times["fastopt, list"], times["fastopt, one tensor"]
+        rows.append({"tensors": n, "list_s": listed, "one_s": single, "ratio": listed / single,
+                     "extra_per_tensor_s": (listed - single) / n,
+                     "torch_fused_list_s": times["torch fused, list"]})
+        log(f"  {n:,} tensors done")
+    return rows
+
+
+def scale_table(rows: list[dict[str, Any]]) -> str:
+    """The ``scale`` rows as a table."""
+    lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
+             f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
+             f"{'extra per tensor':>17} {'torch fused, list':>18}"]
+    for r in rows:
+        lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
+                     f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
+                     f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the step benchmark; print tables (and JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,10 +229,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run the 5k-tiny-tensor model (flat-mode target)")
     ap.add_argument("--optimizer", default="both", choices=["adamw", "sgd", "both"])
     ap.add_argument("--width", type=float, default=None, help="zoo width multiplier (default: ~30M elements)")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the per-tensor cost table: 400 ... 100,000 tensors of 8M elements in all")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
     args = ap.parse_args(argv)
+    if args.scale:
+        info = machine()
+        print(f"machine: {machine_line(info)}")
+        rows = scale(repeats=min(args.repeats, 7))
+        print(scale_table(rows))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": info, "scale": rows}, fh, indent=2)
+        return 0
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
     optimizers = ["adamw", "sgd"] if args.optimizer == "both" else [args.optimizer]
     info = machine()
