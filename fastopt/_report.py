@@ -5,23 +5,36 @@ hand-counted stack levels)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import logging
 import os
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Iterator
+from typing import Any, Callable
 
 #: the package's directory as its modules' code objects name their files
 _PACKAGE = os.path.dirname(__file__) + os.sep
 
 
+def _import_machinery(frame: Any) -> bool:
+    """A frame of importlib's bootstrap, which ``warnings.warn`` does not count in a stacklevel."""
+    name = frame.f_code.co_filename
+    return "importlib" in name and "_bootstrap" in name
+
+
 def _outside_level() -> int:
-    """The ``stacklevel`` of the innermost frame outside fastopt, seen from warn_user's caller."""
+    """The ``stacklevel`` of the innermost frame outside fastopt, seen from warn_user's caller,
+    counted as ``warnings.warn`` counts (importlib's frames skipped: a warning raised while a
+    module imports points at the user's ``import`` line)."""
     frame = sys._getframe(2)  # warn_user's caller
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back
+        while frame is not None and _import_machinery(frame):
+            frame = frame.f_back
         level += 1
     return level
 
@@ -44,9 +57,30 @@ def host_warning(message: str, mmengine: bool) -> None:
     """A warning where the host's own constructor gives its warnings: under mmengine's semantics
     with mmengine installed, mmengine's current ``MMLogger`` at WARNING (``print_log(...,
     logger='current')``, what its log file and its tests' ``assertLogs`` see); otherwise (mmcv
-    1.x warns through Python's warnings, or no host is installed) ``warn_user``."""
+    1.x warns through Python's warnings, or no host is installed) ``warn_user``; inside
+    ``held_warnings``, kept for the caller instead."""
+    held = _HELD.get()
+    if held is not None:
+        held.append(message)
+        return
     print_log = _mmengine_print_log() if mmengine else None
     if print_log is None:
         warn_user(message)
         return
     print_log(message, logger="current", level=logging.WARNING)
+
+
+_HELD: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fastopt_held_warnings",
+                                                                        default=None)
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[list[str]]:
+    """Inside the block, ``host_warning`` keeps its messages in the yielded list instead of
+    saying them: for a tool that reports them itself (explain) or builds many times (bench)."""
+    held: list[str] = []
+    token = _HELD.set(held)
+    try:
+        yield held
+    finally:
+        _HELD.reset(token)

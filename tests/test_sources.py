@@ -330,3 +330,18 @@ def test_host_optimizer_builders_resolve_through_mmcv() -> None:
         assert report.parity and report.groups_fastopt == 2, report
     finally:
         runner.OPTIMIZER_BUILDERS.module_dict.pop("FastoptTestMmcvCtor", None)
+
+
+@pytest.mark.parametrize("command", ["explain", "profile"])
+def test_json_output_stays_json_when_the_build_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      command: str) -> None:
+    """A config whose build warns (a frozen parameter mmengine leaves out, a custom key matching
+    nothing): with mmengine installed those go to its logger, whose console handler writes to
+    stdout; the commands hold them back, so --json prints JSON only."""
+    refs.mmengine_build()
+    cfg = CFG3.replace("custom_keys={'backbone': dict(lr_mult=0.1)}",
+                       "custom_keys={'backbone': dict(lr_mult=0.1), 'nosuch': dict(lr_mult=0.5)}")
+    assert cfg != CFG3
+    path = _write(tmp_path, "warns.py", cfg)
+    assert cli.main([command, path, "--json"]) == 0
+    json.loads(capsys.readouterr().out)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .._report import held_warnings
 from .._torch_compat import grad_scaler
 from ..builder import config_api
 from . import zoo
@@ -188,9 +189,10 @@ class BenchConfig:
         """fastopt's optimizer for ``model``, built with the source's API."""
         import fastopt
 
-        if self.api == "mmcv":
-            return fastopt.build_optimizer(model, copy.deepcopy(self.mmcv))
-        return fastopt.build_optim_wrapper(model, copy.deepcopy(self.engine)).optimizer
+        with held_warnings():  # (built many times: the command says nothing per build)
+            if self.api == "mmcv":
+                return fastopt.build_optimizer(model, copy.deepcopy(self.mmcv))
+            return fastopt.build_optim_wrapper(model, copy.deepcopy(self.engine)).optimizer
 
     def flat_limit(self, flat: Tensor) -> torch.optim.Optimizer:
         """torch's fused optimizer with the config's hyperparameters on one flat tensor."""
@@ -418,7 +420,8 @@ def scaling(sizes: list[int], reference_up_to: int = 5000, repeats: int = 3,
     rows = []
     for n in sizes:
         model = zoo.synthetic(n)
-        impls: dict[str, Callable[[], Any]] = {"fastopt": lambda m=model: fastopt.build_optim_wrapper(m, cfg)}
+        impls: dict[str, Callable[[], Any]] = {
+            "fastopt": lambda m=model: _held(fastopt.build_optim_wrapper, m, cfg)}
         if ref is not None and n <= reference_up_to:
             impls["mmengine"] = lambda m=model: ref(m, copy.deepcopy(cfg))
         for impl, fn in impls.items():
@@ -501,6 +504,12 @@ def plot_phase(fig_data: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _held(build: Callable[..., Any], *args: Any) -> Any:
+    """``build(*args)`` with fastopt's construction warnings held back."""
+    with held_warnings():
+        return build(*args)
+
+
 def count_full(name: str) -> tuple[int, int]:
     """(tensors, parameters) of a zoo model at full width (``zoo.counts``: known, or counted on
     the meta device)."""
@@ -512,7 +521,7 @@ def profile(model: nn.Module, cfg: dict, repeats: int = 5) -> dict[str, Any]:
     import fastopt
 
     build = fastopt.build_optim_wrapper if config_api(cfg) == "mmengine" else fastopt.build_optimizer
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), held_warnings():
         warnings.simplefilter("ignore")
         built = build(model, copy.deepcopy(cfg))
         samples = [time_once(lambda: build(model, copy.deepcopy(cfg)))[0] for _ in range(repeats)]

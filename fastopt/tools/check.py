@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import builder
+from .._report import held_warnings
 from ..grouping import group_params
 from ..semantics import resolve as resolve_semantics
 from .sources import buildable_here
@@ -93,8 +94,8 @@ _ABSENT = object()
 
 @contextlib.contextmanager
 def quiet_references() -> Iterator[None]:
-    """Keep mmengine's one-line-per-parameter log and the references' warnings out of the way
-    for the block (the logger's level and the warning filters are restored after it)."""
+    """Keep mmengine's one-line-per-parameter log, the references' warnings and fastopt's own
+    out of the way for the block (the logger's level and the warning filters are restored after it)."""
     try:
         from mmengine.logging import MMLogger
     except ImportError:
@@ -105,7 +106,7 @@ def quiet_references() -> Iterator[None]:
     if logger is not None:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), held_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import _core
 from .. import _rules as R
+from .._report import held_warnings
 from ..builder import config_api, with_semantics
 from ..constructor import DefaultOptimizerConstructor, DefaultOptimWrapperConstructor
 from ..registry import constructor_from_cfg
@@ -95,7 +96,7 @@ def explain(model: nn.Module, cfg: dict, semantics: str | Semantics | None = Non
         model = model.module
     optimizer_cls = ctor.optimizer_class()
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True):
+    with warnings.catch_warnings(record=True), held_warnings():  # (the report says what they would)
         warnings.simplefilter("always")
         built = ctor.construct(model, optimizer_cls)
     build_s = time.perf_counter() - start
