@@ -8,7 +8,8 @@ True
 
 from __future__ import annotations
 
-__all__ = ["ConfigNotADictError", "MissingOptimizerError", "MissingTypeError", "UnknownTypeError"]
+__all__ = ["ConfigNotADictError", "MissingLrError", "MissingOptimizerError", "MissingTypeError",
+           "UnknownTypeError"]
 
 
 class UnknownTypeError(KeyError, TypeError):
@@ -37,3 +38,8 @@ class MissingOptimizerError(AssertionError, KeyError):
 class ConfigNotADictError(TypeError, AttributeError):
     """An optimizer config that is not a dict (the references fail reading it as one, with an
     AttributeError)."""
+
+
+class MissingLrError(ValueError, TypeError):
+    """A rule sets a parameter's lr as a multiple of the optimizer's, and the config has no
+    ``lr`` (the references fail multiplying None: a TypeError)."""

@@ -27,6 +27,7 @@ from ._rules import (
     WD_RULES,
 )
 from ._walk import ParamTable, walk
+from .errors import MissingLrError
 from .semantics import Semantics
 
 __all__ = ["GroupPlan", "Planner"]
@@ -89,15 +90,18 @@ class Planner:
     host's semantics (mmengine's when ``mmengine``, else mmcv 1.x's)."""
 
     def __init__(self, paramwise_cfg: dict, base_lr: Any, base_wd: Any, mmengine: bool,
-                 semantics: Semantics) -> None:
+                 semantics: Semantics, config_bits: int | None = None) -> None:
         self.paramwise_cfg = paramwise_cfg
         self.base_lr = base_lr
         self.base_wd = base_wd
         self.mmengine = mmengine
         self.semantics = semantics
+        self._config_bits = config_bits  # (a constructor's own, when it decides them)
 
     def config_bits(self) -> int:
-        """The ConfigFlag bits (``_rules.py``) this config and semantics set."""
+        """The ConfigFlag bits (``_rules.py``) this config and semantics set (or those given)."""
+        if self._config_bits is not None:
+            return self._config_bits
         cfg = self.paramwise_cfg
         bits = MMENGINE if self.mmengine else 0
         if self.mmengine and self.semantics.keep_frozen:
@@ -117,7 +121,7 @@ class Planner:
 
     def _need_lr(self, why: str, param_name: str) -> Any:
         if self.base_lr is None:
-            raise ValueError(
+            raise MissingLrError(
                 f"{why} sets the lr of {param_name!r} as a multiple of the optimizer's lr, "
                 "but the optimizer config has no 'lr'"
             )

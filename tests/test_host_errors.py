@@ -49,6 +49,9 @@ CASES: list[tuple[str, Any, Any, dict]] = [
     ("a negative lr (torch's check)", dict(SGD, lr=-1.0), dict(bias_lr_mult=2.0), {}),
     ("an unknown optimizer argument", dict(SGD, no_such_argument=1), dict(bias_lr_mult=2.0), {}),
     ("nesterov without momentum (torch's check)", dict(type="SGD", lr=0.1, nesterov=True), None, {}),
+    ("no lr, bias_lr_mult", dict(type="SGD", momentum=0.9, weight_decay=1e-4), dict(bias_lr_mult=2.0), {}),
+    ("no lr, a custom key's lr_mult", dict(type="SGD", momentum=0.9, weight_decay=1e-4),
+     dict(custom_keys={"head": dict(lr_mult=0.1)}), {}),
 ]
 
 
