@@ -750,6 +750,37 @@ def test_scheduler_loading_restores_mmengines_own_function() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def test_scheduler_loading_leaves_another_librarys_wrapper_alone() -> None:
+    """Another library wraps the patched loader afterwards (``functools.wraps`` copies fastopt's
+    marker): fastopt still counts as applied, does not apply a second time over it, and refuses to
+    restore mmengine's own from under it."""
+    mmengine_build()
+    done = _run_python(textwrap.dedent("""
+        import functools
+        from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+        import fastopt.integrations.mmengine as plugin
+        fastopts = _ParamScheduler.load_state_dict
+
+        @functools.wraps(fastopts)
+        def theirs(self, state_dict):
+            return fastopts(self, state_dict)
+
+        _ParamScheduler.load_state_dict = theirs
+        assert plugin.scheduler_loading_applied()
+        plugin.apply_scheduler_loading()
+        assert vars(_ParamScheduler)["load_state_dict"] is theirs
+        try:
+            plugin.restore_scheduler_loading()
+        except RuntimeError as exc:
+            assert "another library" in str(exc)
+        else:
+            raise AssertionError("restored from under another library's wrapper")
+        assert vars(_ParamScheduler)["load_state_dict"] is theirs
+        print("ok")
+    """))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 #: api -> (plug-in module, {host registry: a name the plug-in registers there})
 PLUGIN_NAMES = {
     "mmengine": ("fastopt.integrations.mmengine", {

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import importlib
 import types
-import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
 
 from .. import optim
+from .._report import warn_user
 
 T = TypeVar("T", bound=type)
 
@@ -84,11 +84,10 @@ def register(registry: Any, cls: T, label: str) -> bool:
     taken = registry.module_dict.get(name)
     if taken is not None and not _same_definition(taken, cls):
         where = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', repr(taken))}"
-        warnings.warn(
+        warn_user(
             f"{name!r} is already registered in {label} as {where}; fastopt keeps that registration "
             f"and does not register its own {name} there (config type={name!r} builds {where}; "
-            f"fastopt's class stays usable as {cls.__module__}.{cls.__qualname__})",
-            UserWarning, stacklevel=2)
+            f"fastopt's class stays usable as {cls.__module__}.{cls.__qualname__})")
         return False
     # force only ever replaces fastopt's own earlier registration of this class (a reload)
     registry.register_module(module=cls, force=taken is not None)

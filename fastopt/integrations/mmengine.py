@@ -67,7 +67,8 @@ def _maps_reference_groups(load: Any) -> Any:
             state_dict = merged_scheduler_state(optimizer, state_dict, trailing)
         load(self, state_dict)
 
-    load_state_dict.fastopt_maps_groups = True  # type: ignore[attr-defined]
+    # marked with itself: a later library's wrapper copies the attribute (functools.wraps), not the identity
+    load_state_dict.fastopt_maps_groups = load_state_dict  # type: ignore[attr-defined]
     return load_state_dict
 
 
@@ -76,13 +77,26 @@ def _installed() -> Any:
     return vars(_ParamScheduler)["load_state_dict"]
 
 
+def _is_fastopt_loading(fn: Any) -> bool:
+    return getattr(fn, "fastopt_maps_groups", None) is fn
+
+
+def _loading_chain() -> list[Any]:
+    """The installed ``load_state_dict`` and the functions it wraps (``__wrapped__``), outermost first."""
+    chain = [_installed()]
+    while hasattr(chain[-1], "__wrapped__") and len(chain) < 64:
+        chain.append(chain[-1].__wrapped__)
+    return chain
+
+
 def scheduler_loading_applied() -> bool:
-    """True while mmengine's ``_ParamScheduler.load_state_dict`` is fastopt's group-mapping one."""
-    return getattr(_installed(), "fastopt_maps_groups", False)
+    """True while mmengine's ``_ParamScheduler.load_state_dict`` maps groups as fastopt's does
+    (fastopt's function installed, or wrapped by another library's since)."""
+    return any(map(_is_fastopt_loading, _loading_chain()))
 
 
 #: mmengine's own ``_ParamScheduler.load_state_dict`` (found under fastopt's on a reload).
-MMENGINE_LOAD_STATE_DICT = _installed().__wrapped__ if scheduler_loading_applied() else _installed()
+MMENGINE_LOAD_STATE_DICT = _installed().__wrapped__ if _is_fastopt_loading(_installed()) else _installed()
 
 
 def apply_scheduler_loading() -> None:
@@ -94,8 +108,12 @@ def apply_scheduler_loading() -> None:
 
 def restore_scheduler_loading() -> None:
     """Put mmengine's own ``_ParamScheduler.load_state_dict`` back (nothing happens when it is)."""
-    if scheduler_loading_applied():
+    if _is_fastopt_loading(_installed()):
         _ParamScheduler.load_state_dict = MMENGINE_LOAD_STATE_DICT
+    elif scheduler_loading_applied():
+        raise RuntimeError("mmengine's _ParamScheduler.load_state_dict was wrapped by another library after "
+                           "fastopt's group mapping; restoring mmengine's own would remove that wrapper too: "
+                           "undo the other wrapper first")
 
 
 apply_scheduler_loading()
