@@ -87,12 +87,15 @@ class _ConstructorBase:
 
     # -- the plan ----------------------------------------------------------------------------
     def planner(self) -> Planner:
-        """The planner for this constructor's config and semantics as they are now."""
-        return Planner(self.paramwise_cfg, self.base_lr, self.base_wd, self.mmengine, self.semantics)
+        """The planner for this constructor's config and semantics as they are now, with the bits
+        ``config_bits`` gives (a subclass that overrides it decides them)."""
+        return Planner(self.paramwise_cfg, self.base_lr, self.base_wd, self.mmengine, self.semantics,
+                       self.config_bits())
 
     def config_bits(self) -> int:
         """The ConfigFlag bits (``_rules.py``) this constructor's config and semantics set."""
-        return self.planner().config_bits()
+        default = Planner(self.paramwise_cfg, self.base_lr, self.base_wd, self.mmengine, self.semantics)
+        return default.config_bits()
 
     def plan(self, module: nn.Module, prefix: str = "", is_dcn_module: Any = None,
              seen: dict[int, int] | None = None, recurse: bool = True) -> GroupPlan:
@@ -119,9 +122,8 @@ class _ConstructorBase:
         subclass override sees every submodule; ``__call__`` merges the result.
         """
         overridden = self.overrides_add_params
-        planner = self.planner()
-        plan = planner.plan(module, prefix, is_dcn_module, dict(self._seen(params)), recurse=not overridden)
-        planner.report(plan, unused_keys=False)
+        plan = self.plan(module, prefix, is_dcn_module, dict(self._seen(params)), recurse=not overridden)
+        self.planner().report(plan, unused_keys=False)
         params.extend(plan.per_param_groups())
         if overridden:
             dcn = dcn_types()
@@ -176,9 +178,8 @@ class _ConstructorBase:
             self.add_params(per_param, model)
             merged, into = merge_param_groups_indexed(per_param, defaults)
             return Construction(merged, defaults, None, ReferenceLayout.of_groups(per_param, into))
-        planner = self.planner()
-        plan = planner.plan(model)
-        planner.report(plan)
+        plan = self.plan(model)  # (through the methods a subclass may override)
+        self.planner().report(plan)
         groups, group_of_param = groups_from_plan(plan, defaults)
         return Construction(groups, defaults, plan, reference_layout(plan, group_of_param, self.mmengine))
 

@@ -320,3 +320,21 @@ def test_warnings_point_at_the_callers_line(monkeypatch: pytest.MonkeyPatch) -> 
         ours = [w for w in record if "nothing" in str(w.message) or "norm_decay_mul" in str(w.message)]
         assert len(ours) == 2
         assert {(w.filename, w.lineno) for w in ours} == {(__file__, line)}
+
+
+def test_a_subclass_that_overrides_the_plan_hooks_decides() -> None:
+    """``config_bits`` and ``plan`` are hooks: under mmengine's semantics (where a config bit
+    switches a rule on), a subclass that drops the norm rule's bit gets groups without it."""
+    from fastopt import _rules
+
+    class NoNormRule(fastopt.DefaultOptimWrapperConstructor):
+        def config_bits(self) -> int:
+            norm = next(r.config_bit for r in _rules.RULES if r.key == "norm_decay_mult")
+            return super().config_bits() & ~norm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    cfg = dict(optimizer=dict(type="SGD", lr=0.1, weight_decay=1e-4))
+    ours = NoNormRule(copy.deepcopy(cfg), dict(norm_decay_mult=0.0))(model).optimizer
+    assert {g["weight_decay"] for g in ours.param_groups} == {1e-4}
+    default = fastopt.DefaultOptimWrapperConstructor(copy.deepcopy(cfg), dict(norm_decay_mult=0.0))(model)
+    assert {g["weight_decay"] for g in default.optimizer.param_groups} == {1e-4, 0.0}
