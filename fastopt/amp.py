@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._torch_compat import GRAD_SCALER, GRAD_SCALER_TYPES
-from .clip_grad import coefficient_of, native_norm_table, total_norm
+from .clip_grad import coefficient_of, native_norm_table, stepped_params, total_norm
 from .optim import is_fastopt_optimizer
 
 __all__ = ["amp_phase", "fused_amp_step", "scaler_settings", "update_scale"]
@@ -74,7 +74,7 @@ def fused_amp_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     where it cannot fuse (then the caller runs GradScaler's sequence)."""
     if not _scaler_fusable(optimizer, scaler):
         return None
-    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    stepped = stepped_params(optimizer)
     if not stepped:
         return None
     clipped = stepped if clip_params is None else [p for p in clip_params if p.grad is not None]

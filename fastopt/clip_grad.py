@@ -24,6 +24,7 @@ itself can differ from torch's in the last bits, because the two sum in differen
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
 
@@ -36,7 +37,8 @@ from ._kernels import DTYPE_CODES, PLAIN_TYPES, is_sharded
 from ._torch_compat import get_total_norm
 
 __all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "clip_in_next_step", "clips_all_it_steps",
-           "coefficient_of", "fused_clip", "fused_clip_grads", "native_norm_table", "steps_exactly",
+           "coefficient_of", "fused_clip", "fused_clip_grads", "host_clipped", "native_norm_table",
+           "stepped_params", "steps_exactly",
            "total_norm"]
 
 #: The arguments torch's clip functions take, by clip type.
@@ -163,13 +165,24 @@ def coefficient_of(norm: Tensor, clip_grad: dict[str, Any]) -> Tensor:
     return clip_coefficient(norm, clip_grad["max_norm"])
 
 
+def host_clipped(params: Iterable[Tensor]) -> list[Tensor]:
+    """What mmengine's and mmcv's clipping covers of ``params``: the parameters that require
+    grad and have a gradient, in order."""
+    return [p for p in params if p.requires_grad and p.grad is not None]
+
+
+def stepped_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters of ``optimizer`` that have a gradient (what its step reads), in order."""
+    return [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
 def clip_in_next_step(optimizer: torch.optim.Optimizer, params: Any, clip_grad: dict[str, Any]
                       ) -> Tensor | None:
     """Clip by norm into a fastopt optimizer's next step: the norm of every parameter in
     ``params`` that requires grad and has one (None when there is none), its coefficient
     handed to ``optimizer.clip_next_step``. What the host plug-ins do in place of torch's
     ``clip_grad_norm_``."""
-    grads_of = [p for p in params if p.requires_grad and p.grad is not None]
+    grads_of = host_clipped(params)
     if not grads_of:
         return None
     if not steps_exactly(optimizer, grads_of):  # the coefficient would reach other gradients
@@ -183,11 +196,11 @@ def clips_all_it_steps(optimizer: torch.optim.Optimizer) -> bool:
     """Whether every parameter with a gradient in ``optimizer`` requires grad: then clipping what
     requires grad (mmengine's and mmcv's rule) covers every gradient the step reads, and the
     coefficient may go into the step."""
-    return all(p.requires_grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+    return all(p.requires_grad for p in stepped_params(optimizer))
 
 
 def steps_exactly(optimizer: torch.optim.Optimizer, clipped: list[Tensor]) -> bool:
     """Whether the parameters with a gradient in ``optimizer`` are exactly ``clipped``: then a
     clip coefficient the step applies to every gradient it reads clips just those."""
-    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    stepped = stepped_params(optimizer)
     return len(stepped) == len(clipped) and {id(p) for p in stepped} == {id(p) for p in clipped}

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ._kernels import MultOf
 from .amp import amp_phase
-from .clip_grad import NormTable, clips_all_it_steps, fused_clip_grads
+from .clip_grad import NormTable, clips_all_it_steps, fused_clip_grads, host_clipped
 from .optim import is_fastopt_optimizer
 from .registry import OPTIM_WRAPPERS, SCOPE_KEY, mmengine_registry_get, resolve_type, within_scope
 from .wrapper import AmpOptimWrapper, OptimWrapper
@@ -106,8 +106,7 @@ class FusedAmpStep(FusedClip):
         if clipping and getattr(self, "grad_name", None) != "grad_norm":
             super().step(**kwargs)  # type: ignore[misc]  # clipping by value: mmengine's
             return
-        params = [p for g in self.optimizer.param_groups for p in g["params"]
-                  if p.requires_grad and p.grad is not None]
+        params = host_clipped(p for g in self.optimizer.param_groups for p in g["params"])
 
         def unfused() -> None:
             super(FusedAmpStep, self).step(**kwargs)  # (FusedClip.step: logs its own norm)

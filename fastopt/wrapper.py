@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +22,17 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._kernels import MultOf
-from ._report import warn_user
+from ._report import host_warning
 from ._torch_compat import grad_scaler
 from .amp import amp_phase, scaler_settings
-from .clip_grad import NormTable, check_clip_grad, clips_all_it_steps, fused_clip, fused_clip_grads
+from .clip_grad import (
+    NormTable,
+    check_clip_grad,
+    clips_all_it_steps,
+    fused_clip,
+    fused_clip_grads,
+    host_clipped,
+)
 from .optim import is_fastopt_optimizer
 from .registry import OPTIM_WRAPPERS
 
@@ -140,16 +146,6 @@ def _message_hub() -> Any:
 
         return MessageHub.get_current_instance()
     return ScalarHub.get_current_instance()
-
-
-def _log_warning(message: str) -> None:
-    """A warning where mmengine's wrapper logs one: mmengine's current logger, else a UserWarning."""
-    if mmengine_installed():
-        from mmengine.logging import print_log
-
-        print_log(message, logger="current", level=logging.WARNING)
-    else:
-        warn_user(message)
 
 
 # ------------------------------------------------------------------ argument checks
@@ -317,12 +313,12 @@ class OptimWrapper:
         self._inner_count = init_counts
         self._max_counts = max_counts
         if self._inner_count % self._accumulative_counts != 0:
-            _log_warning("Resumed iteration number is not divisible by `_accumulative_counts` in "
+            host_warning("Resumed iteration number is not divisible by `_accumulative_counts` in "
                          "`GradientCumulativeOptimizerHook`, which means the gradient of some iterations "
-                         "is lost and the result may be influenced slightly.")
+                         "is lost and the result may be influenced slightly.", mmengine=True)
         if _has_batch_norm(model) and self._accumulative_counts > 1:
-            _log_warning("Gradient accumulative may slightly decrease performance because the model has "
-                         "BatchNorm layers.")
+            host_warning("Gradient accumulative may slightly decrease performance because the model has "
+                         "BatchNorm layers.", mmengine=True)
         self._remainder_counts = self._max_counts % self._accumulative_counts
 
     @contextlib.contextmanager
@@ -354,8 +350,7 @@ class OptimWrapper:
     # -- clipping ----------------------------------------------------------------------------
     def _params(self) -> list[Tensor]:
         """What clipping covers, as mmengine's wrapper: parameters that require grad and have one."""
-        return [p for g in self.optimizer.param_groups for p in g.get("params", ())
-                if p.requires_grad and p.grad is not None]
+        return host_clipped(p for g in self.optimizer.param_groups for p in g.get("params", ()))
 
     def _clip_overridden(self) -> bool:
         """Whether a subclass clips with its own ``_clip_grad`` (then the step calls it, as mmengine's)."""

@@ -21,6 +21,8 @@ import torch
 from fastopt import clip_grad
 from fastopt import optim as fo
 
+from .test_optim import _isas
+
 _C = pytest.importorskip("fastopt._C")
 pytestmark = pytest.mark.skipif(not _C.openmp, reason="the native core was built without OpenMP")
 
@@ -193,19 +195,6 @@ def test_thread_argument_of_the_kernels() -> None:
 
 
 # ------------------------------------------------------------------ switching kernel builds
-
-
-def _isas() -> list[str]:
-    """The kernel builds this CPU runs."""
-    current, found = _C.cpu_isa(), []
-    for isa in ("baseline", "avx2", "avx512"):
-        try:
-            _C.set_cpu_isa(isa)
-            found.append(isa)
-        except ValueError:
-            pass
-    _C.set_cpu_isa(current)
-    return found
 
 
 class _AdamCall:

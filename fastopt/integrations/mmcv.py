@@ -39,7 +39,7 @@ from mmcv.utils import IS_NPU_AVAILABLE  # noqa: E402
 
 from .._torch_compat import grad_scaler  # noqa: E402
 from ..amp import amp_phase, scaler_settings  # noqa: E402
-from ..clip_grad import clip_in_next_step  # noqa: E402
+from ..clip_grad import clip_in_next_step, host_clipped  # noqa: E402
 from ..constructor import DefaultOptimizerConstructor  # noqa: E402
 from ..layer_decay import (  # noqa: E402
     MmcvLayerDecayOptimizerConstructor,
@@ -169,7 +169,7 @@ class FastFp16OptimizerHook(_ClipsIntoTheStep, Fp16OptimizerHook):
     def optimizer_phase(self, runner: Any) -> None:
         """The fused phase (mmcv's unscale_, clip, step and update where it cannot be fused);
         grad_norm logged and the scaler's state kept in ``runner.meta`` as mmcv does."""
-        params = [p for p in runner.model.parameters() if p.requires_grad and p.grad is not None]
+        params = host_clipped(runner.model.parameters())
 
         def log(norm: torch.Tensor) -> None:
             runner.log_buffer.update({"grad_norm": float(norm)}, runner.outputs["num_samples"])
