@@ -28,7 +28,7 @@ from .._report import held_warnings
 from .._torch_compat import grad_scaler
 from ..builder import config_api
 from . import zoo
-from .check import installed_reference
+from .check import installed_reference, quiet_reference
 from .sources import Source, SourceError, log, resolve
 
 #: fp32 bytes read + written per element by one step (AdamW: p, g, m, v in; p, m, v out)
@@ -276,17 +276,19 @@ def _references(model: nn.Module, cfg: BenchConfig, tensors: int, up_to: int,
                  f"quadratically; --reference-up-to {tensors} keeps them)")
         return {}
     out: dict[str, Callable[[], torch.optim.Optimizer]] = {}
-    ref = installed_reference("mmengine")
-    if ref is not None:
+    try:
+        ref = quiet_reference("mmengine")
+    except ImportError as exc:
+        progress(f"mmengine skipped: {exc}")
+    else:
         out["mmengine"] = lambda: ref(model, copy.deepcopy(cfg.engine)).optimizer
         out["mmengine+fused"] = lambda: ref(model, cfg.fused()).optimizer
+    try:
+        ref_mmcv = quiet_reference("mmcv")
+    except ImportError as exc:
+        progress(f"mmcv 1.x skipped: {exc}")
     else:
-        progress("mmengine not installed: skipping it")
-    ref_mmcv = installed_reference("mmcv")
-    if ref_mmcv is not None:
         out["mmcv"] = lambda: ref_mmcv(model, copy.deepcopy(cfg.mmcv))
-    else:
-        progress("mmcv 1.x not installed: skipping it")
     return out
 
 

@@ -30,7 +30,7 @@ from ..grouping import group_params
 from ..semantics import resolve as resolve_semantics
 from .sources import buildable_here
 
-__all__ = ["CheckReport", "Difference", "check", "installed_reference", "quiet_references",
+__all__ = ["CheckReport", "Difference", "check", "installed_reference", "quiet_reference", "quiet_references",
            "reference_builder", "same_value"]
 
 
@@ -141,19 +141,24 @@ def reference_builder(api: str) -> tuple[Callable[[nn.Module, dict], Any], str]:
     return import_mmcv_runner("the mmcv 1.x reference").build_optimizer, f"mmcv=={version}"
 
 
-def installed_reference(api: str) -> Callable[[nn.Module, dict], Any] | None:
-    """``reference_builder(api)``'s builder, each call run under ``quiet_references``; None when
-    that reference is not installed."""
-    try:
-        build, _ = reference_builder(api)
-    except ImportError:
-        return None
+def quiet_reference(api: str) -> Callable[[nn.Module, dict], Any]:
+    """``reference_builder(api)``'s builder, each call run under ``quiet_references``; the
+    ImportError saying why when that reference cannot be used here."""
+    build, _ = reference_builder(api)
 
     def quiet_build(model: nn.Module, cfg: dict) -> Any:
         with quiet_references():
             return build(model, cfg)
 
     return quiet_build
+
+
+def installed_reference(api: str) -> Callable[[nn.Module, dict], Any] | None:
+    """``quiet_reference(api)``, or None when that reference cannot be used here."""
+    try:
+        return quiet_reference(api)
+    except ImportError:
+        return None
 
 
 def _optimizer_of(built: Any) -> torch.optim.Optimizer:
