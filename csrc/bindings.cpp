@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "dtype.h"
+#include "gather.h"
 #include "identity.h"
 #include "matcher.h"
 #include "rules.h"
@@ -116,6 +117,24 @@ py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, c
   return py::make_tuple(out.norm, out.nonfinite);
 }
 
+// gather_rows with its outputs made here: (matched, grads, grad_ptrs, rows), the last two one
+// per gradient found; rows None when every parameter has one.
+py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
+                      py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::handle state_tensors,
+                      const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain) {
+  const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
+  py::array_t<uint64_t> grad_ptrs(n);
+  py::array_t<int64_t> rows(n);
+  fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
+                                               state_tensors, state_ptrs, methods, plain);
+  if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none());
+  const auto found = static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
+  if (found == n) return py::make_tuple(true, out.grads, grad_ptrs, py::none());
+  grad_ptrs.resize({found});
+  rows.resize({found});
+  return py::make_tuple(true, out.grads, grad_ptrs, rows);
+}
+
 // Column names of a pointer or hyperparameter table, in column order.
 py::tuple columns(std::initializer_list<std::pair<int, const char*>> named, int count) {
   py::tuple out(static_cast<std::size_t>(count));
@@ -169,6 +188,13 @@ PYBIND11_MODULE(_C, m) {
         "The length of every list of a list of lists and the address of each item, in order.");
   m.def("lists_unchanged", &fastopt::lists_unchanged, py::arg("lists"), py::arg("snapshot"),
         "Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive).");
+  m.def("gather_rows", &gather_rows, py::arg("params"), py::arg("numels"), py::arg("dtypes"),
+        py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
+        py::arg("methods"), py::arg("plain"),
+        "One pass over a plan's parameters: (True, grads, grad_ptrs, rows) when every parameter with a\n"
+        "gradient and its gradient match the plan (sizes, dtypes, contiguity, parameter and state\n"
+        "addresses): the gradients that are not None, their addresses and their rows (None: every row);\n"
+        "(False, None, None, None) at the first difference.");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -123,6 +124,9 @@ void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": null " + what + " pointer");
 }
 
+// Whether two hyperparameter rows hold the same bits (then the scalars made from them agree).
+bool same_row(const double* a, const double* b, int n) { return std::memcmp(a, b, sizeof(double) * static_cast<std::size_t>(n)) == 0; }
+
 template <typename O>
 AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double grad_scale, double grad_mult) {
   const double lr = h[kAdamLr], beta1 = h[kAdamBeta1], beta2 = h[kAdamBeta2], wd = h[kAdamWd];
@@ -186,6 +190,7 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     if (row[kAdamStep] == 0) throw std::invalid_argument("tensor " + std::to_string(i) + ": null step pointer");
   }
   // Validated: from here on nothing throws, so no counter moves unless all do.
+  double last_step = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
     const double* h = hyper + i * kAdamHypers;
@@ -201,8 +206,15 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
              ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0) |
              (grad_mult != 1.0 ? kAdamModeMult : 0);
-    t.f = adam_scalars<float>(h, fl, step, grad_scale, grad_mult);
-    t.d = adam_scalars<double>(h, fl, step, grad_scale, grad_mult);
+    if (i > 0 && fl == flags[i - 1] && step == last_step && same_row(h, h - kAdamHypers, kAdamHypers)) {
+      // the previous tensor's inputs (a group's tensors, one step count): the same scalars
+      t.f = tensors[static_cast<std::size_t>(i - 1)].f;
+      t.d = tensors[static_cast<std::size_t>(i - 1)].d;
+    } else {
+      t.f = adam_scalars<float>(h, fl, step, grad_scale, grad_mult);
+      t.d = adam_scalars<double>(h, fl, step, grad_scale, grad_mult);
+    }
+    last_step = step;
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   const Kernels* k = load_active();
@@ -228,8 +240,13 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
     t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
              ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0) |
              (grad_mult != 1.0 ? kSgdModeMult : 0);
-    t.f = sgd_scalars<float>(h, flags[i], grad_scale, grad_mult);
-    t.d = sgd_scalars<double>(h, flags[i], grad_scale, grad_mult);
+    if (i > 0 && flags[i] == flags[i - 1] && same_row(h, h - kSgdHypers, kSgdHypers)) {
+      t.f = tensors[static_cast<std::size_t>(i - 1)].f;
+      t.d = tensors[static_cast<std::size_t>(i - 1)].d;
+    } else {
+      t.f = sgd_scalars<float>(h, flags[i], grad_scale, grad_mult);
+      t.d = sgd_scalars<double>(h, flags[i], grad_scale, grad_mult);
+    }
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   const Kernels* k = load_active();

@@ -50,6 +50,9 @@ DTYPE_CODES: dict[torch.dtype, int] = {getattr(torch, k): v for k, v in _exporte
 STEP_FLAGS: dict[str, int] = _exported("STEP_FLAGS", {})
 
 GRAD = operator.attrgetter("grad")
+#: code -> torch dtype (the inverse of DTYPE_CODES), and the methods ``_C.gather_rows`` calls
+DTYPE_OBJECTS: tuple = tuple({c: d for d, c in DTYPE_CODES.items()}.get(c) for c in range(len(DTYPE_CODES)))
+GATHER_METHODS = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel)
 #: The tensor types the kernels take as they are (anything else, a DTensor, steps its local shard)
 PLAIN_TYPES: tuple[type, ...] = (torch.nn.Parameter, torch.Tensor)
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
@@ -303,6 +306,7 @@ class Plan:
                                   count=len(self.params))
         self.ptrs = np.zeros((len(self.params), len(algorithm.columns)), dtype=np.uint64)
         self.param_ptrs = [p.data_ptr() for p in locals_]
+        self.param_ptr_array = _as_uint64(self.param_ptrs)
         self.param_column = algorithm.column("param")
         self.ptrs[:, self.param_column] = _as_uint64(self.param_ptrs)
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
@@ -330,14 +334,18 @@ class Plan:
                         or not p.is_contiguous() or p.device.type != "cpu"):
                     return False
                 self.param_ptrs[i] = ptr
+                self.param_ptr_array[i] = ptr
                 self.ptrs[i, self.param_column] = ptr
         return not shares_storage([local(p) for p in self.params])  # (now sharing: a new plan)
 
-    def check_state(self, state: dict) -> bool:
+    def check_state(self, state: dict, storage_checked: bool = False) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
         dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
-        replaced (``.data = ...``). True when nothing changed."""
+        replaced (``.data = ...``; ``storage_checked``: found unmoved already). True when
+        nothing changed."""
         if self.same_state(state):
+            if storage_checked:
+                return True
             moved = self.moved_storage()
             if not moved.any():
                 return True
@@ -443,48 +451,23 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
     gathered here (before any state is created), so the norm reads no pointer twice."""
     params = plan.params
-    grads = list(map(GRAD, params))
-    # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
-    if any(g is None for g in grads):  # parameters without a gradient are skipped, as torch does
-        rows_list = [i for i, g in enumerate(grads) if g is not None]
-        if not rows_list:
-            return True
-        sel = [grads[i] for i in rows_list]
-        sel_params = [params[i] for i in rows_list]
-    else:
-        rows_list, sel, sel_params = None, grads, params
-    read = sel  # the gradients as the optimizer holds them (sharded ones too)
-    if plan.sharded:
-        sel, sel_params = [local(g) for g in sel], [local(p) for p in sel_params]
-    try:
-        contiguous = all(map(Tensor.is_contiguous, sel))
-    except RuntimeError:  # sparse layouts have no strides
-        contiguous = False
-    if not contiguous:
-        if algorithm.sparse_error is not None and any(g.layout is not torch.strided for g in sel):
-            raise RuntimeError(algorithm.sparse_error)
-        return False
-    rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
-    # Gradients and parameters of the size and dtype the table gives (a gradient left behind by
-    # a dtype move, a parameter resized or viewed as another dtype in place): else torch's path.
-    numels, dtypes = plan.numels[rows], plan.dtypes[rows]
-    if not sizes_and_dtypes_match(sel_params, numels, dtypes):
-        plan.stale = True  # the parameters changed: a new plan (the caller makes one and retries)
-        return False
-    if not sizes_and_dtypes_match(sel, numels, dtypes):
-        return False
-    # Parameters whose storage moved (p.data = ...) are re-checked before use.
-    param_ptrs = list(map(Tensor.data_ptr, sel_params))
-    cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
-    if param_ptrs != cached and not plan.accept_moved(rows.tolist(), param_ptrs):
-        plan.stale = True
-        return False
-    grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
+    found = gather(plan) if not plan.sharded else None
+    storage_checked = found is not None  # (the native pass checked the state tensors' storage)
+    if found is None:
+        found = read_rows(plan, algorithm)
+        if not isinstance(found, tuple):
+            return found
+    read, grad_ptrs, rows = found
+    if not read:
+        return True
+    rows_list = None if rows is None else rows.tolist()
+    if rows is None:
+        rows = np.arange(len(params))
     if isinstance(grad_mult, MultOf):  # sharded gradients: their norm spans every rank's shard
         norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
         value = grad_mult(read, norm_table)
         grad_mult = 1.0 if value is None else float(value)
-    unchanged = plan.check_state(state)
+    unchanged = plan.check_state(state, storage_checked)
     todo = rows[~plan.ready[rows]]
     first = None
     if len(todo):
@@ -522,6 +505,63 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     scale = 0.0 if grad_scale is None else float(grad_scale)
     algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale, grad_mult)
     return True
+
+
+def gather(plan: Plan) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | None:
+    """The gradients a step reads, their addresses and rows (None: every row), when one native
+    pass (``_C.gather_rows``) finds every parameter with a gradient, that gradient and every
+    state tensor the table points to as the plan has them; None when anything differs."""
+    matched, grads, grad_ptrs, rows = _C.gather_rows(
+        plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptr_array, plan.state_tensors,
+        plan.state_ptrs, GATHER_METHODS, PLAIN_TYPES)
+    return (grads, grad_ptrs, rows) if matched else None
+
+
+def read_rows(plan: Plan, algorithm: Algorithm
+              ) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | bool:
+    """``gather`` the long way, for whatever differs from the plan: a sparse gradient raises
+    the algorithm's error; False when torch's path must take the step (``plan.stale``: after a
+    new plan); parameters whose storage moved are taken into the plan where the kernel can
+    still step them."""
+    params = plan.params
+    grads = list(map(GRAD, params))
+    # (not `None in grads`: that would call Tensor.__eq__ on every gradient)
+    if any(g is None for g in grads):  # parameters without a gradient are skipped, as torch does
+        rows_list = [i for i, g in enumerate(grads) if g is not None]
+        if not rows_list:
+            return [], np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        sel = [grads[i] for i in rows_list]
+        sel_params = [params[i] for i in rows_list]
+    else:
+        rows_list, sel, sel_params = None, grads, params
+    read = sel  # the gradients as the optimizer holds them (sharded ones too)
+    if plan.sharded:
+        sel, sel_params = [local(g) for g in sel], [local(p) for p in sel_params]
+    try:
+        contiguous = all(map(Tensor.is_contiguous, sel))
+    except RuntimeError:  # sparse layouts have no strides
+        contiguous = False
+    if not contiguous:
+        if algorithm.sparse_error is not None and any(g.layout is not torch.strided for g in sel):
+            raise RuntimeError(algorithm.sparse_error)
+        return False
+    rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
+    # Gradients and parameters of the size and dtype the table gives (a gradient left behind by
+    # a dtype move, a parameter resized or viewed as another dtype in place): else torch's path.
+    numels, dtypes = plan.numels[rows], plan.dtypes[rows]
+    if not sizes_and_dtypes_match(sel_params, numels, dtypes):
+        plan.stale = True  # the parameters changed: a new plan (the caller makes one and retries)
+        return False
+    if not sizes_and_dtypes_match(sel, numels, dtypes):
+        return False
+    # Parameters whose storage moved (p.data = ...) are re-checked before use.
+    param_ptrs = list(map(Tensor.data_ptr, sel_params))
+    cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
+    if param_ptrs != cached and not plan.accept_moved(rows.tolist(), param_ptrs):
+        plan.stale = True
+        return False
+    grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))
+    return read, grad_ptrs, None if rows_list is None else rows
 
 
 _DTYPE = operator.attrgetter("dtype")

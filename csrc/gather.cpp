@@ -1,0 +1,138 @@
+// One pass over a plan's parameters through the Python C API: the gradient of each and the
+// checks the kernel's table relies on, with the next parameters' objects prefetched, so each
+// tensor's metadata is brought into cache once per step rather than once per check.
+#include "gather.h"
+
+#include <stdexcept>
+
+namespace py = pybind11;
+
+namespace fastopt {
+namespace {
+
+// How many parameters ahead the loop prefetches the Python objects.
+constexpr Py_ssize_t kAhead = 8;
+
+struct Methods {
+  PyObject* data_ptr;
+  PyObject* is_contiguous;
+  PyObject* numel;
+};
+
+PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
+
+bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
+  PyObject* r = call(m.data_ptr, t);
+  if (r == nullptr) return false;
+  const unsigned long long v = PyLong_AsUnsignedLongLong(r);
+  Py_DECREF(r);
+  if (PyErr_Occurred() != nullptr) return false;
+  *out = static_cast<uint64_t>(v);
+  return true;
+}
+
+bool has_numel(const Methods& m, PyObject* t, int64_t want) {
+  PyObject* r = call(m.numel, t);
+  if (r == nullptr) return false;
+  const long long v = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  return PyErr_Occurred() == nullptr && v == want;
+}
+
+bool is_contiguous(const Methods& m, PyObject* t) {
+  PyObject* r = call(m.is_contiguous, t);
+  const bool yes = r == Py_True;
+  Py_XDECREF(r);
+  return yes;
+}
+
+bool has_dtype(PyObject* t, PyObject* name, PyObject* want) {
+  PyObject* r = PyObject_GetAttr(t, name);
+  const bool yes = r == want;
+  Py_XDECREF(r);
+  return yes;
+}
+
+bool is_plain(PyObject* t, PyObject* plain) {
+  const Py_ssize_t n = PyTuple_GET_SIZE(plain);
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (reinterpret_cast<PyObject*>(Py_TYPE(t)) == PyTuple_GET_ITEM(plain, i)) return true;
+  return false;
+}
+
+void prefetch(PyObject* list, Py_ssize_t i, Py_ssize_t n) {
+  if (i < n) __builtin_prefetch(PyList_GET_ITEM(list, i));
+}
+
+template <typename T>
+const T* vector_of(const py::array_t<T>& a, Py_ssize_t n, const char* what) {
+  if (a.ndim() != 1 || a.shape(0) != n) throw std::invalid_argument(std::string("gather_rows: ") + what + " must be 1-D, one per item");
+  return a.data();
+}
+
+}  // namespace
+
+Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
+                     py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::array_t<uint64_t>& grad_ptrs,
+                     py::array_t<int64_t>& rows, py::handle state_tensors, const py::array_t<uint64_t>& state_ptrs, py::handle methods,
+                     py::handle plain) {
+  if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
+      !PyTuple_Check(plain.ptr()) || !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 3)
+    throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects, methods and plain tuples");
+  PyObject* plist = params.ptr();
+  PyObject* slist = state_tensors.ptr();
+  const Py_ssize_t n = PyList_GET_SIZE(plist);
+  const Py_ssize_t ns = PyList_GET_SIZE(slist);
+  const int64_t* numel = vector_of(numels, n, "numels");
+  const int32_t* dtype = vector_of(dtypes, n, "dtypes");
+  const uint64_t* pptr = vector_of(param_ptrs, n, "param_ptrs");
+  const uint64_t* sptr = vector_of(state_ptrs, ns, "state_ptrs");
+  if (grad_ptrs.ndim() != 1 || grad_ptrs.shape(0) != n || rows.ndim() != 1 || rows.shape(0) != n)
+    throw std::invalid_argument("gather_rows: grad_ptrs and rows must be 1-D, one per item");
+  uint64_t* gptr = grad_ptrs.mutable_data();
+  int64_t* row = rows.mutable_data();
+  const Methods m{PyTuple_GET_ITEM(methods.ptr(), 0), PyTuple_GET_ITEM(methods.ptr(), 1),
+                  PyTuple_GET_ITEM(methods.ptr(), 2)};
+  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
+  const py::str grad_name("grad");
+  const py::str dtype_name("dtype");
+  Gathered out{false, py::list()};
+  bool ok = true;
+  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(plist, i, n);
+  for (Py_ssize_t i = 0; ok && i < n; ++i) {
+    prefetch(plist, i + kAhead, n);
+    PyObject* p = PyList_GET_ITEM(plist, i);
+    PyObject* g = PyObject_GetAttr(p, grad_name.ptr());
+    if (g == nullptr) {
+      ok = false;
+      break;
+    }
+    if (g == Py_None) {
+      Py_DECREF(g);
+      continue;
+    }
+    const int32_t code = dtype[i];
+    PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects.ptr(), code) : nullptr;
+    uint64_t gp = 0;
+    uint64_t pp = 0;
+    ok = want != nullptr && is_plain(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
+         has_dtype(g, dtype_name.ptr(), want) && has_numel(m, p, numel[i]) && has_dtype(p, dtype_name.ptr(), want) &&
+         address_of(m, g, &gp) && address_of(m, p, &pp) && pp == pptr[i];
+    const Py_ssize_t k = PyList_GET_SIZE(out.grads.ptr());
+    gptr[k] = gp;
+    row[k] = static_cast<int64_t>(i);
+    if (ok && PyList_Append(out.grads.ptr(), g) != 0) ok = false;
+    Py_DECREF(g);
+  }
+  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(slist, i, ns);
+  for (Py_ssize_t j = 0; ok && j < ns; ++j) {
+    prefetch(slist, j + kAhead, ns);
+    uint64_t sp = 0;
+    ok = address_of(m, PyList_GET_ITEM(slist, j), &sp) && sp == sptr[j];
+  }
+  if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context
+  out.matched = ok;
+  return out;
+}
+
+}  // namespace fastopt

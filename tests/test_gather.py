@@ -1,0 +1,122 @@
+"""The native tier's one-pass read of a plan (``_kernels.gather`` over ``_C.gather_rows``).
+
+It either finds every gradient, parameter and state tensor as the plan has them, and then
+gives what the long way (``_kernels.read_rows``) gives, or it declines and the long way runs:
+each thing a user can change between steps makes it decline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from fastopt import _kernels as K
+from fastopt import optim as fo
+
+pytest.importorskip("fastopt._C")
+
+SHAPES = [(4, 3), (5,), (2, 2, 2), (7,), (0,)]
+
+
+def stepped(cls: type = fo.AdamW, **kw) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], K.Plan]:
+    """An optimizer after two native steps, its parameters and its plan."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    opt = cls([{"params": ps[:3]}, {"params": ps[3:], "lr": 0.01}], lr=0.02, **kw)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    plan = opt._fastopt_cache.plan
+    assert plan is not None and plan.native and opt._fastopt_tier == "native"
+    return opt, ps, plan
+
+
+@pytest.mark.parametrize("cls", [fo.SGD, fo.Adam, fo.AdamW])
+def test_gather_gives_what_the_long_way_gives(cls: type) -> None:
+    opt, ps, plan = stepped(cls, **({"momentum": 0.9} if cls is fo.SGD else {}))
+    grads = [p.grad for p in ps]
+    for missing in ([], [1], [0, 2, 4], list(range(len(ps)))):
+        for i, p in enumerate(ps):
+            p.grad = None if i in missing else grads[i]
+        fast = K.gather(plan)
+        slow = K.read_rows(plan, opt.algorithm)
+        assert fast is not None and isinstance(slow, tuple)
+        assert [id(g) for g in fast[0]] == [id(g) for g in slow[0]]
+        assert fast[1].tolist() == slow[1].tolist()
+        assert (fast[2] is None) == (slow[2] is None)
+        if fast[2] is not None:
+            assert fast[2].tolist() == slow[2].tolist() == [i for i in range(len(ps)) if i not in missing]
+
+
+def _set_grad(i: int, make: Callable[[torch.nn.Parameter], torch.Tensor]) -> Callable:
+    def edit(opt: torch.optim.Optimizer, ps: list) -> None:
+        ps[i].grad = make(ps[i])
+    return edit
+
+
+def _grad_data(i: int, make: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    def edit(opt: torch.optim.Optimizer, ps: list) -> None:
+        ps[i].grad.data = make(ps[i].grad)  # (torch's grad setter refuses these; .data does not)
+    return edit
+
+
+def _state_data(opt: torch.optim.Optimizer, ps: list) -> None:
+    t = opt.state[ps[2]]["exp_avg_sq"]
+    t.data = t.data.clone()
+
+
+def _step_data(opt: torch.optim.Optimizer, ps: list) -> None:
+    t = opt.state[ps[3]]["step"]
+    t.data = t.data.clone()
+
+
+class SubTensor(torch.Tensor):
+    """A tensor subclass (what the plan does not step as is)."""
+
+
+EDITS: dict[str, Callable[[torch.optim.Optimizer, list], None]] = {
+    "a non-contiguous gradient": _set_grad(0, lambda p: torch.zeros(3, 4).t()),
+    "a gradient of another dtype": _grad_data(1, lambda g: g.double()),
+    "a gradient of another size": _grad_data(3, lambda g: torch.zeros(8)),
+    "a gradient of a tensor subclass": _set_grad(2, lambda p: torch.zeros(p.shape).as_subclass(SubTensor)),
+    "a sparse gradient": _set_grad(1, lambda p: torch.zeros(5).to_sparse()),
+    "p.data reassigned": lambda opt, ps: setattr(ps[3], "data", ps[3].data.clone()),
+    "p.data as a shorter view at the same address": lambda opt, ps: setattr(ps[1], "data", ps[1].data[:3]),
+    "p.data in another dtype": lambda opt, ps: setattr(ps[0], "data", ps[0].data.double()),
+    "a state tensor's .data replaced": _state_data,
+    "a step counter's .data replaced": _step_data,
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_gather_declines_what_differs_from_the_plan(edit: str) -> None:
+    opt, ps, plan = stepped()
+    assert K.gather(plan) is not None
+    EDITS[edit](opt, ps)
+    assert K.gather(plan) is None
+
+
+def test_gather_finds_gradients_set_anew_of_the_same_kind() -> None:
+    opt, ps, plan = stepped()
+    before = K.gather(plan)
+    for p in ps:
+        p.grad = torch.ones(p.shape)  # new tensors, as after zero_grad(set_to_none=True) + backward
+    after = K.gather(plan)
+    assert before is not None and after is not None
+    assert after[1].tolist() == [p.grad.data_ptr() for p in ps]
+    assert all(a is p.grad for a, p in zip(after[0], ps))
+
+
+def test_gather_checks_its_arguments() -> None:
+    _, _, plan = stepped()
+    with pytest.raises(ValueError, match="one per item"):
+        K._C.gather_rows(plan.params, plan.numels[:2], plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptr_array,
+                         plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
+    with pytest.raises(TypeError):
+        K._C.gather_rows(tuple(plan.params), plan.numels, plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptr_array,
+                         plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
+    assert np.array_equal(plan.param_ptr_array, np.asarray(plan.param_ptrs, dtype=np.uint64))
