@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import gc
 import json
 import statistics
 import sys
+import tracemalloc
 from typing import Any, Callable
 
 import torch
@@ -75,12 +77,28 @@ def compare(name: str, repeats: int, refs: dict[str, Callable]) -> dict[str, Any
     return {"model": name, "tensors": tensors, "numel": zoo.count_numel(model), "results": results}
 
 
-def scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
-    """fastopt construction time on synthetic models of growing tensor count."""
+def peak_python_bytes(fn: Callable[[], Any]) -> int:
+    """The most bytes of Python heap one call had allocated at once above what was allocated
+    before it (tracemalloc; construction allocates no tensor storage)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def scaling(sizes: list[int], repeats: int, reference: Callable[[torch.nn.Module, dict], Any] | None = None,
+            reference_budget: float = 60.0) -> list[dict[str, Any]]:
+    """fastopt construction time and peak Python heap on synthetic models of growing tensor
+    count; with ``reference`` (mmengine), its time and peak too at each size where its quadratic
+    growth from the last size it ran predicts at most ``reference_budget`` seconds."""
     cfg = dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05),
                paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                                   custom_keys={"stages.0": dict(lr_mult=0.1)}))
     rows = []
+    last_ref: tuple[int, float] | None = None
     for n in sizes:
         model = zoo.synthetic(n)
         tensors = zoo.count_tensors(model)
@@ -88,8 +106,18 @@ def scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         build()
         samples = [time_once(build)[0] for _ in range(repeats)]
         t = statistics.median(samples)
-        rows.append({"tensors": tensors, "construct_s": t, "us_per_tensor": t / tensors * 1e6})
-        log(f"  synthetic {tensors:>9,} tensors: {t * 1e3:9.1f} ms")
+        row: dict[str, Any] = {"tensors": tensors, "construct_s": t, "us_per_tensor": t / tensors * 1e6,
+                               "peak_bytes": peak_python_bytes(build)}
+        if reference is not None:
+            predicted = 0.0 if last_ref is None else last_ref[1] * (tensors / last_ref[0]) ** 2
+            row["reference_predicted_s"] = predicted
+            if predicted <= reference_budget:
+                ref_build = functools.partial(reference, model, copy.deepcopy(cfg))
+                row["reference_s"] = time_once(ref_build)[0]
+                row["reference_peak_bytes"] = peak_python_bytes(ref_build)
+                last_ref = (tensors, row["reference_s"])
+        rows.append(row)
+        log(f"  synthetic {tensors:>9,} tensors: {t * 1e3:9.1f} ms, peak {row['peak_bytes'] / 1e6:8.1f} MB")
         del model, build
     return rows
 
@@ -100,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small models, fewer repeats")
     ap.add_argument("--giant", action="store_true", help="extend the scaling sweep to 1M tensors")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--reference-budget", type=float, default=60.0, metavar="S",
+                    help="in the scaling sweep, run mmengine at each size its quadratic growth "
+                         "predicts to finish within S seconds (default 60)")
     ap.add_argument("--json", metavar="PATH", help="write all figures as JSON")
     ap.add_argument("--check", action="store_true",
                     help="exit non-zero when a target (100x at 5k, 10x on Swin-L, 1.5x scaling) is missed")
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"comparing on {name} ...")
         report["comparisons"].append(compare(name, repeats, refs))
     log("scaling sweep (fastopt) ...")
-    report["scaling"] = scaling(sizes, repeats)
+    report["scaling"] = scaling(sizes, repeats, refs.get("mmengine"), args.reference_budget)
 
     print(f"\nConstruction time, median of {repeats} interleaved repeats")
     for comp in report["comparisons"]:
@@ -139,12 +170,20 @@ def main(argv: list[str] | None = None) -> int:
             ok &= ratio >= target
             print(f"  -> {ratio:.0f}x faster than mmengine ({verdict} the {target:.0f}x target)")
     base = report["scaling"][0]["us_per_tensor"]
-    print("\nfastopt scaling (mmengine API, synthetic models)")
-    print(f"  {'tensors':>10}{'time':>12}{'us/tensor':>11}{'vs 5k':>8}")
+    print("\nfastopt scaling (mmengine API, synthetic models; peak: Python heap during one build)")
+    print(f"  {'tensors':>10}{'time':>12}{'us/tensor':>11}{'vs 5k':>8}{'peak':>11}"
+          f"{'mmengine':>12}{'its peak':>11}{'fastopt faster':>16}")
     for row in report["scaling"]:
         row["per_tensor_vs_first"] = row["us_per_tensor"] / base
+        if "reference_s" in row:
+            ref = (f"{row['reference_s']:10.2f} s{row['reference_peak_bytes'] / 1e6:8.1f} MB"
+                   f"{row['reference_s'] / row['construct_s']:15.0f}x")
+        elif "reference_predicted_s" in row:
+            ref = f"{'~' + format(row['reference_predicted_s'], '.0f') + ' s, not run':>23}"
+        else:
+            ref = ""
         print(f"  {row['tensors']:>10,}{row['construct_s'] * 1e3:10.1f}ms{row['us_per_tensor']:>11.2f}"
-              f"{row['per_tensor_vs_first']:>7.2f}x")
+              f"{row['per_tensor_vs_first']:>7.2f}x{row['peak_bytes'] / 1e6:8.1f} MB{ref}")
     worst = max(r["per_tensor_vs_first"] for r in report["scaling"])
     ok &= worst <= SCALING_LIMIT
     print(f"  -> per-tensor time at most {worst:.2f}x that at 5k "

@@ -50,6 +50,16 @@ def list_addresses(lists: list[list]) -> npt.NDArray[np.uint64]:
 def lists_unchanged(lists: list[list], snapshot: npt.ArrayLike) -> bool:
     """Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive)."""
 
+def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtype_objects: tuple,
+                param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike, methods: tuple,
+                plain: tuple, checks: int = 2) -> tuple[bool, list | None, npt.NDArray[np.uint64] | None,
+                                       npt.NDArray[np.int64] | None]:
+    """One pass over a plan's parameters: (True, grads, grad_ptrs, rows) when every parameter with
+    a gradient and its gradient match the plan (sizes, dtypes, contiguity, parameter and state
+    addresses): the gradients that are not None, their addresses and rows (None: every row);
+    (False, None, None, None) at the first difference. checks=1 leaves the state tensors'
+    addresses unread, checks=0 the parameters' too (to price the checks; fastopt steps with 2)."""
+
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
 

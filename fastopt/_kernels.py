@@ -507,13 +507,14 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     return True
 
 
-def gather(plan: Plan) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | None:
+def gather(plan: Plan, checks: int = 2) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | None:
     """The gradients a step reads, their addresses and rows (None: every row), when one native
     pass (``_C.gather_rows``) finds every parameter with a gradient, that gradient and every
-    state tensor the table points to as the plan has them; None when anything differs."""
+    state tensor the table points to as the plan has them; None when anything differs.
+    (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
     matched, grads, grad_ptrs, rows = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptr_array, plan.state_tensors,
-        plan.state_ptrs, GATHER_METHODS, PLAIN_TYPES)
+        plan.state_ptrs, GATHER_METHODS, PLAIN_TYPES, checks)
     return (grads, grad_ptrs, rows) if matched else None
 
 
@@ -547,9 +548,11 @@ def read_rows(plan: Plan, algorithm: Algorithm
         return False
     rows = np.arange(len(params)) if rows_list is None else np.asarray(rows_list, dtype=np.int64)
     # Gradients and parameters of the size and dtype the table gives (a gradient left behind by
-    # a dtype move, a parameter resized or viewed as another dtype in place): else torch's path.
+    # a dtype move, a parameter resized or viewed as another dtype in place), and parameters
+    # still contiguous (one transposed in place): else torch's path.
     numels, dtypes = plan.numels[rows], plan.dtypes[rows]
-    if not sizes_and_dtypes_match(sel_params, numels, dtypes):
+    if (not sizes_and_dtypes_match(sel_params, numels, dtypes)
+            or not all(map(Tensor.is_contiguous, sel_params))):
         plan.stale = True  # the parameters changed: a new plan (the caller makes one and retries)
         return False
     if not sizes_and_dtypes_match(sel, numels, dtypes):

@@ -374,7 +374,13 @@ MORE_MUTATIONS = {
         torch.nn.Parameter(ps[1].data)),
     "a tensor lr set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("lr", torch.tensor(0.02)),
     "capturable set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("capturable", True),
+    "a parameter transposed in place": lambda opt, ps: _in_place_no_grad(ps[0].t_),
 }
+
+
+def _in_place_no_grad(fn: Callable[[], Any]) -> None:
+    with torch.no_grad():
+        fn()
 
 
 @pytest.mark.parametrize("mutation", list(MORE_MUTATIONS))

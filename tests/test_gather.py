@@ -74,6 +74,11 @@ def _step_data(opt: torch.optim.Optimizer, ps: list) -> None:
     t.data = t.data.clone()
 
 
+def _no_grad(fn: Callable[[], object]) -> None:
+    with torch.no_grad():
+        fn()
+
+
 class SubTensor(torch.Tensor):
     """A tensor subclass (what the plan does not step as is)."""
 
@@ -87,6 +92,7 @@ EDITS: dict[str, Callable[[torch.optim.Optimizer, list], None]] = {
     "p.data reassigned": lambda opt, ps: setattr(ps[3], "data", ps[3].data.clone()),
     "p.data as a shorter view at the same address": lambda opt, ps: setattr(ps[1], "data", ps[1].data[:3]),
     "p.data in another dtype": lambda opt, ps: setattr(ps[0], "data", ps[0].data.double()),
+    "a parameter transposed in place": lambda opt, ps: _no_grad(ps[0].t_),
     "a state tensor's .data replaced": _state_data,
     "a step counter's .data replaced": _step_data,
 }
@@ -101,7 +107,7 @@ def test_gather_declines_what_differs_from_the_plan(edit: str) -> None:
 
 
 def test_gather_finds_gradients_set_anew_of_the_same_kind() -> None:
-    opt, ps, plan = stepped()
+    _, ps, plan = stepped()
     before = K.gather(plan)
     for p in ps:
         p.grad = torch.ones(p.shape)  # new tensors, as after zero_grad(set_to_none=True) + backward
