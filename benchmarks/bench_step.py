@@ -178,9 +178,11 @@ SCALE_ELEMENTS = 8_000_000
 def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS,
           repeats: int = 7) -> list[dict[str, Any]]:
     """The step's per-tensor cost: AdamW over ``elements`` elements split into N equal tensors,
-    fastopt's step over the list against fastopt's step over one tensor of the same size (and
-    torch's fused AdamW over the list), medians of interleaved repeats; per N, the times and the
-    extra time per tensor, ``(list - one) / N``."""
+    fastopt's step over the list against fastopt's step over one tensor of the same size, and
+    fastopt's flat-buffer mode and torch's fused AdamW over the list, medians of interleaved
+    repeats; per N, the times and the extra time per tensor, ``(list - one) / N``. The flat
+    variant's gradients are accumulated into in place before each step (untimed), as a
+    backward does."""
     kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
     torch_kwargs = _fused_or_foreach(kwargs)
     rows = []
@@ -188,21 +190,32 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     for n in counts:
         numel = elements // n
         lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)]
-                 for name in ("fastopt, list", "torch fused, list")}
+                 for name in ("fastopt, list", "fastopt flat, list", "torch fused, list")}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=gen) * 1e-3
         variants: dict[str, torch.optim.Optimizer] = {
             "fastopt, list": fastopt.optim.AdamW(lists["fastopt, list"], **kwargs),
+            "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
             "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
         }
-        times = interleaved_step_times(variants, lambda name, r: None, repeats, warmup=1,
-                                       progress=lambda msg: None)
+        variants["fastopt flat, list"].use_flat_buffers()  # type: ignore[attr-defined]
+
+        def accumulate(name: str, r: int,
+                       flat: list[torch.nn.Parameter] = lists["fastopt flat, list"]) -> None:
+            if name == "fastopt flat, list":
+                with torch.no_grad():
+                    for p in flat:
+                        p.grad.add_(0.0)  # type: ignore[union-attr]
+
+        times = interleaved_step_times(variants, accumulate, repeats, warmup=1, progress=lambda msg: None)
+        assert variants["fastopt flat, list"].fastopt_tier == "flat"  # type: ignore[attr-defined]
         listed, single = times["fastopt, list"], times["fastopt, one tensor"]
         rows.append({"tensors": n, "list_s": listed, "one_s": single, "ratio": listed / single,
-                     "extra_per_tensor_s": (listed - single) / n,
+                     "extra_per_tensor_s": (listed - single) / n, "flat_list_s": times["fastopt flat, list"],
+                     "flat_extra_per_tensor_s": (times["fastopt flat, list"] - single) / n,
                      "torch_fused_list_s": times["torch fused, list"]})
         log(f"  {n:,} tensors done")
     return rows
@@ -212,10 +225,11 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     """The ``scale`` rows as a table."""
     lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
-             f"{'extra per tensor':>17} {'torch fused, list':>18}"]
+             f"{'extra per tensor':>17} {'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
+                     f"{r['flat_list_s'] * 1e3:>8.2f} ms {r['flat_extra_per_tensor_s'] * 1e6:>8.2f} us "
                      f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
     return "\n".join(lines)
 

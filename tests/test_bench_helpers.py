@@ -1,0 +1,63 @@
+"""The benchmark scripts' measuring pieces on small inputs: they run, their variants step the
+tiers they name, and the memory probe sees an allocation (figures themselves are never
+asserted on)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from fastopt import _kernels
+from fastopt import optim as fo
+
+ROOT = Path(__file__).parents[1]
+
+
+def script(name: str) -> ModuleType:
+    """A benchmarks/ script imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
+    bench_step = script("bench_step")
+    rows = bench_step.scale(counts=(4, 16), elements=256, repeats=1)
+    assert [r["tensors"] for r in rows] == [4, 16]
+    for r in rows:
+        for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s"):
+            assert r[key] > 0
+    table = bench_step.scale_table(rows)
+    assert "flat, list" in table and len(table.splitlines()) == 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the probe reads /proc")
+def test_peak_bytes_sees_an_allocation() -> None:
+    bench_build = script("bench_build")
+    small = bench_build.peak_bytes(lambda: None)
+    big = bench_build.peak_bytes(lambda: bytearray(64_000_000))
+    assert small is not None and big is not None
+    assert big >= 50_000_000 > small
+
+
+@pytest.mark.parametrize("mode", ["all", "identity", "none"])
+def test_check_modes_step_natively_and_restore(mode: str) -> None:
+    bench_checks = script("bench_checks")
+    saved = _kernels.gather, _kernels.Plan.check_state, _kernels.Plan.check_params
+    ps = [torch.nn.Parameter(torch.zeros(3)) for _ in range(4)]
+    opt = fo.AdamW(ps, lr=0.1)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.ones(3)
+        with bench_checks.checks(mode):
+            opt.step()
+    assert opt.fastopt_tier == "native"
+    assert (_kernels.gather, _kernels.Plan.check_state, _kernels.Plan.check_params) == saved
