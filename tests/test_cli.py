@@ -132,11 +132,13 @@ def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and "fastopt" in out
     assert {"model", "tensors", "numel", "results"} <= data.keys()
     impls = {r["impl"]: r for r in data["results"]}
-    assert {"fastopt", "torch flat limit"} <= impls.keys()
+    assert {"fastopt", "fastopt flat", "torch flat limit"} <= impls.keys()
     for r in data["results"]:
         assert {"impl", "construct_s", "step_s", "groups"} <= r.keys()
         assert r["step_s"] > 0
     assert impls["torch flat limit"]["construct_s"] is None and impls["torch flat limit"]["groups"] == 1
+    assert impls["fastopt flat"]["construct_s"] is None
+    assert impls["fastopt flat"]["groups"] == impls["fastopt"]["groups"]
     assert impls["fastopt"]["groups"] < data["tensors"]
 
 

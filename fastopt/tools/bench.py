@@ -316,7 +316,8 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
     Returns {"model", "kind", "api", "device", "optimizer", "width", "tensors", "numel",
     "repeats", "machine", "results": [{"impl", "construct_s", "step_s", "groups", "gb_per_s"},
     ...]} (construct_s is null for the flat-tensor limit, which needs no construction from a
-    config); on CUDA each result also has "state_bytes" and "step_peak_bytes".
+    config, and for fastopt's flat-buffer mode, on the CPU, over a copy of the model); on CUDA
+    each result also has "state_bytes" and "step_peak_bytes".
     """
     dev = torch.device(device)
     source, width = bench_source(source, width, numel, dev)
@@ -347,6 +348,9 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
                 construct[k].append(dt)
                 optimizers[k] = built
             progress(f"  construction: repeat {r + 1}/{repeats}")
+    flat_mode = _flat_mode(model, cfg, dev, progress)
+    if flat_mode is not None:
+        optimizers["fastopt flat"] = flat_mode[0]
     optimizers["torch flat limit"] = cfg.flat_limit(flat)
 
     # Default mode: fresh gradient tensors every step (two sets, alternated).
@@ -358,12 +362,21 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
         if k == "torch flat limit":
             flat.grad = flat_grads[r % 2]
             return
+        if k == "fastopt flat" and flat_mode is not None:
+            with torch.no_grad():  # into the buffers' views, as a backward accumulates
+                for p, g in zip(flat_mode[1], grads[r % 2]):
+                    if p.grad is not None:
+                        p.grad.copy_(g)
+            return
         for p, g in zip(trainable, grads[r % 2]):
             p.grad = g
 
     peaks: dict[str, int] = {}
     steps = interleaved_step_times(optimizers, set_grads, repeats, warmup=2 if dev.type == "cuda" else 1,
                                    progress=progress, device=dev, peaks=peaks)
+    if "fastopt flat" in optimizers and getattr(optimizers["fastopt flat"], "fastopt_tier", None) != "flat":
+        progress("fastopt flat stepped outside its buffers: left out")  # (never expected)
+        del optimizers["fastopt flat"]
     results = []
     for k, opt in optimizers.items():
         step_s = steps[k]
@@ -376,6 +389,22 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
     return {"model": source.label, "kind": source.kind, "api": cfg.api, "device": dev.type,
             "optimizer": cfg.optimizer, "width": width, "tensors": len(trainable), "numel": n_elem,
             "repeats": repeats, "machine": machine(), "results": results}
+
+
+def _flat_mode(model: nn.Module, cfg: BenchConfig, device: torch.device, progress: Callable[[str], None]
+               ) -> tuple[torch.optim.Optimizer, list[Tensor]] | None:
+    """fastopt in flat-buffer mode over a copy of ``model`` (CPU only), and the copy's trainable
+    parameters in ``model``'s order; None, with a note, where flat buffers do not take it."""
+    if device.type != "cpu":
+        return None
+    twin = copy.deepcopy(model)
+    opt = cfg.fastopt(twin)
+    try:
+        opt.use_flat_buffers()  # type: ignore[attr-defined]
+    except ValueError as exc:
+        progress(f"fastopt flat cannot lay this model out ({exc}): left out")
+        return None
+    return opt, [p for p in twin.parameters() if p.requires_grad]
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
