@@ -142,6 +142,15 @@ def test_bench_json_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert impls["fastopt"]["groups"] < data["tensors"]
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_bench_no_flat_leaves_the_flat_mode_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bench.json"
+    code, _, _ = run(capsys, "bench", "--model", "retinanet_r50_fpn", "--width", "0.05", "--repeats", "1",
+                     "--optimizer", "sgd", "--no-flat", "--json", str(path))
+    impls = {r["impl"] for r in json.loads(path.read_text())["results"]}
+    assert code == 0 and "fastopt" in impls and "fastopt flat" not in impls
+
+
 def test_bench_clip_times_the_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "phase.json"
     png = tmp_path / "phase.png"

@@ -307,8 +307,10 @@ def _generator(device: torch.device) -> torch.Generator:
 
 def compare(source: Source | str, optimizer: str | None = None, width: float | None = None,
             numel: float = DEFAULT_NUMEL, repeats: int = 5, progress: Callable[[str], None] = log,
-            device: torch.device | str = "cpu", reference_up_to: int = REFERENCE_UP_TO) -> dict[str, Any]:
-    """Construction and step time of every available implementation on one model.
+            device: torch.device | str = "cpu", reference_up_to: int = REFERENCE_UP_TO,
+            with_flat: bool = True) -> dict[str, Any]:
+    """Construction and step time of every available implementation on one model (``with_flat``:
+    fastopt's flat-buffer mode too, on the CPU, over a copy of the model).
 
     ``source``: a resolved :class:`Source`, or a source string (a bundled model is built at
     ``width``, see :func:`bench_source`; with a Source, ``width`` is only reported).
@@ -348,7 +350,7 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
                 construct[k].append(dt)
                 optimizers[k] = built
             progress(f"  construction: repeat {r + 1}/{repeats}")
-    flat_mode = _flat_mode(model, cfg, dev, progress)
+    flat_mode = _flat_mode(model, cfg, dev, progress) if with_flat else None
     if flat_mode is not None:
         optimizers["fastopt flat"] = flat_mode[0]
     optimizers["torch flat limit"] = cfg.flat_limit(flat)

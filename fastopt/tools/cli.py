@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench.log(f"wrote {args.json}")
         return 0
     report = bench.compare(source, optimizer, width=width, repeats=args.repeats, device=device,
-                           reference_up_to=up_to)
+                           reference_up_to=up_to, with_flat=not args.no_flat)
     print(f"\nmachine: {bench.machine_line(report['machine'])}")
     print(bench.compare_table(report))
     scale_rows = []
@@ -341,6 +341,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-up-to", type=int, metavar="TENSORS",
                    help="leave mmengine and mmcv out above this many tensors (their construction is "
                         "quadratic; default: fastopt.tools.bench.REFERENCE_UP_TO)")
+    p.add_argument("--no-flat", action="store_true",
+                   help="leave out fastopt's flat-buffer mode (on the CPU it steps a copy of the model: "
+                        "twice the parameter and gradient memory)")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON (docs/cli.md)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: scaling (log-log) and step bars; with "
                    "--clip, the phase's variants against the step and its floor")
