@@ -305,10 +305,9 @@ class Plan:
         self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in locals_), dtype=np.int32,
                                   count=len(self.params))
         self.ptrs = np.zeros((len(self.params), len(algorithm.columns)), dtype=np.uint64)
-        self.param_ptrs = [p.data_ptr() for p in locals_]
-        self.param_ptr_array = _as_uint64(self.param_ptrs)
+        self.param_ptrs = _as_uint64([p.data_ptr() for p in locals_])
         self.param_column = algorithm.column("param")
-        self.ptrs[:, self.param_column] = _as_uint64(self.param_ptrs)
+        self.ptrs[:, self.param_column] = self.param_ptrs
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
         self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
         # what the state looked like when the pointers were taken (see check_state)
@@ -334,7 +333,6 @@ class Plan:
                         or not p.is_contiguous() or p.device.type != "cpu"):
                     return False
                 self.param_ptrs[i] = ptr
-                self.param_ptr_array[i] = ptr
                 self.ptrs[i, self.param_column] = ptr
         return not shares_storage([local(p) for p in self.params])  # (now sharing: a new plan)
 
@@ -460,8 +458,8 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     read, grad_ptrs, rows = found
     if not read:
         return True
-    rows_list = None if rows is None else rows.tolist()
-    if rows is None:
+    every_row = rows is None
+    if every_row:
         rows = np.arange(len(params))
     if isinstance(grad_mult, MultOf):  # sharded gradients: their norm spans every rank's shard
         norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
@@ -493,7 +491,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
             return False
     if len(todo) or not unchanged:
         plan.snapshot(state)
-    ptrs = plan.ptrs[rows] if rows_list is not None else plan.ptrs.copy()
+    ptrs = plan.ptrs.copy() if every_row else plan.ptrs[rows]
     ptrs[:, algorithm.column("grad")] = grad_ptrs
     if CHECK_POINTERS:
         check_pointer_table(ptrs, rows, plan, state, algorithm)
@@ -513,7 +511,7 @@ def gather(plan: Plan, checks: int = 2) -> tuple[list[Tensor], np.ndarray, np.nd
     state tensor the table points to as the plan has them; None when anything differs.
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
     matched, grads, grad_ptrs, rows = _C.gather_rows(
-        plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptr_array, plan.state_tensors,
+        plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
         plan.state_ptrs, GATHER_METHODS, PLAIN_TYPES, checks)
     return (grads, grad_ptrs, rows) if matched else None
 
@@ -558,9 +556,9 @@ def read_rows(plan: Plan, algorithm: Algorithm
     if not sizes_and_dtypes_match(sel, numels, dtypes):
         return False
     # Parameters whose storage moved (p.data = ...) are re-checked before use.
-    param_ptrs = list(map(Tensor.data_ptr, sel_params))
-    cached = plan.param_ptrs if rows_list is None else [plan.param_ptrs[i] for i in rows_list]
-    if param_ptrs != cached and not plan.accept_moved(rows.tolist(), param_ptrs):
+    param_ptrs = np.fromiter(map(Tensor.data_ptr, sel_params), dtype=np.uint64, count=len(sel_params))
+    moved = (param_ptrs != plan.param_ptrs[rows]).any()
+    if moved and not plan.accept_moved(rows.tolist(), param_ptrs.tolist()):
         plan.stale = True
         return False
     grad_ptrs = np.fromiter(map(Tensor.data_ptr, sel), dtype=np.uint64, count=len(sel))

@@ -120,9 +120,9 @@ def test_gather_finds_gradients_set_anew_of_the_same_kind() -> None:
 def test_gather_checks_its_arguments() -> None:
     _, _, plan = stepped()
     with pytest.raises(ValueError, match="one per item"):
-        K._C.gather_rows(plan.params, plan.numels[:2], plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptr_array,
+        K._C.gather_rows(plan.params, plan.numels[:2], plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptrs,
                          plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
     with pytest.raises(TypeError):
-        K._C.gather_rows(tuple(plan.params), plan.numels, plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptr_array,
+        K._C.gather_rows(tuple(plan.params), plan.numels, plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptrs,
                          plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
-    assert np.array_equal(plan.param_ptr_array, np.asarray(plan.param_ptrs, dtype=np.uint64))
+    assert np.array_equal(plan.param_ptrs, plan.ptrs[:, plan.param_column])
