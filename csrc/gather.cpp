@@ -4,6 +4,7 @@
 #include "gather.h"
 
 #include <stdexcept>
+#include <string>
 
 namespace py = pybind11;
 
@@ -66,16 +67,17 @@ void prefetch(PyObject* list, Py_ssize_t i, Py_ssize_t n) {
 
 template <typename T>
 const T* vector_of(const py::array_t<T>& a, Py_ssize_t n, const char* what) {
-  if (a.ndim() != 1 || a.shape(0) != n) throw std::invalid_argument(std::string("gather_rows: ") + what + " must be 1-D, one per item");
+  if (a.ndim() != 1 || a.shape(0) != n)
+    throw std::invalid_argument(std::string("gather_rows: ") + what + " must be 1-D, one per item");
   return a.data();
 }
 
 }  // namespace
 
 Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
-                     py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::array_t<uint64_t>& grad_ptrs,
-                     py::array_t<int64_t>& rows, py::handle state_tensors, const py::array_t<uint64_t>& state_ptrs, py::handle methods,
-                     py::handle plain, int checks) {
+                     py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs,
+                     py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
+                     const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain, int checks) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
       !PyTuple_Check(plain.ptr()) || !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 3)
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects, methods and plain tuples");

@@ -19,18 +19,19 @@ struct Gathered {
 };
 
 // For each parameter of `params` (exact torch.Tensor / Parameter objects): its .grad, and, when
-// that is not None, checks that the gradient is a plain contiguous tensor and that gradient and
+// that is not None, checks that the gradient is a plain contiguous tensor, that gradient and
 // parameter have numels[i] elements of dtype_objects[dtypes[i]], and that the parameter is
-// contiguous and its storage starts at param_ptrs[i]; for the k-th gradient found, grad_ptrs[k] receives its address and
-// rows[k] its row. Then
-// checks that each of `state_tensors` starts at state_ptrs[j]. `methods` are torch.Tensor's
-// data_ptr, is_contiguous and numel, `plain` the plain tensor types. Stops at the first
-// difference (matched false); an exception raised by torch is cleared and reads as a difference.
-// `checks` below 2 skips the state tensors, below 1 the parameters too (to price the checks).
+// contiguous and its storage starts at param_ptrs[i]; for the k-th gradient found, grad_ptrs[k]
+// receives its address and rows[k] its row. Then checks that each of `state_tensors` starts at
+// state_ptrs[j]. `methods` are torch.Tensor's data_ptr, is_contiguous and numel, `plain` the
+// plain tensor types. Stops at the first difference (matched false); an exception raised by
+// torch is cleared and reads as a difference. `checks` below 2 skips the state tensors, below 1
+// the parameters too (to price the checks).
 Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& numels,
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,
-                     pybind11::array_t<int64_t>& rows, pybind11::handle state_tensors, const pybind11::array_t<uint64_t>& state_ptrs,
-                     pybind11::handle methods, pybind11::handle plain, int checks = 2);
+                     pybind11::array_t<int64_t>& rows, pybind11::handle state_tensors,
+                     const pybind11::array_t<uint64_t>& state_ptrs, pybind11::handle methods, pybind11::handle plain,
+                     int checks = 2);
 
 }  // namespace fastopt

@@ -125,7 +125,9 @@ void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
 }
 
 // Whether two hyperparameter rows hold the same bits (then the scalars made from them agree).
-bool same_row(const double* a, const double* b, int n) { return std::memcmp(a, b, sizeof(double) * static_cast<std::size_t>(n)) == 0; }
+bool same_row(const double* a, const double* b, int n) {
+  return std::memcmp(a, b, sizeof(double) * static_cast<std::size_t>(n)) == 0;
+}
 
 template <typename O>
 AdamScalars<O> adam_scalars(const double* h, int32_t flags, double step, double grad_scale, double grad_mult) {

@@ -4,8 +4,6 @@ asserted on)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,17 +13,14 @@ import torch
 from fastopt import _kernels
 from fastopt import optim as fo
 
+from .refs import exec_original
+
 ROOT = Path(__file__).parents[1]
 
 
 def script(name: str) -> ModuleType:
     """A benchmarks/ script imported as a module."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return exec_original(ROOT / "benchmarks" / f"{name}.py", f"bench_{name}", {})
 
 
 def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
