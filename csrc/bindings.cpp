@@ -188,6 +188,9 @@ PYBIND11_MODULE(_C, m) {
         "The length of every list of a list of lists and the address of each item, in order.");
   m.def("lists_unchanged", &fastopt::lists_unchanged, py::arg("lists"), py::arg("snapshot"),
         "Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive).");
+  m.def("read_address", &fastopt::read_address, py::arg("reader"), py::arg("tensor"),
+        "An address reader (gather_rows' methods[3]) applied to one tensor, to check it against\n"
+        "Tensor.data_ptr: the address, or RuntimeError when the reader raised.");
   m.def("gather_rows", &gather_rows, py::arg("params"), py::arg("numels"), py::arg("dtypes"),
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
         py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,

@@ -1,6 +1,8 @@
 // One pass over a plan's parameters through the Python C API: the gradient of each and the
 // checks the kernel's table relies on, with the next parameters' objects prefetched, so each
-// tensor's metadata is brought into cache once per step rather than once per check.
+// tensor's metadata is brought into cache once per step rather than once per check. Addresses
+// are read with torch's own C-level reader where this torch has one (no Python call, no int
+// object per read), and .grad/.dtype through their getters without attribute lookup.
 #include "gather.h"
 
 #include <stdexcept>
@@ -14,15 +16,36 @@ namespace {
 // How many parameters ahead the loop prefetches the Python objects.
 constexpr Py_ssize_t kAhead = 8;
 
+// How the pass reads a tensor: torch.Tensor's methods, and, where the caller found them,
+// faster ways to the same answers (see gather.h).
 struct Methods {
   PyObject* data_ptr;
   PyObject* is_contiguous;
   PyObject* numel;
+  AddressReader address;  // torch's own C-level reader, or null
+  PyObject* address_types;  // the exact types `address` reads (a tuple)
+  PyGetSetDef* grad;  // Tensor's .grad and .dtype getters, or null: attribute lookup
+  PyGetSetDef* dtype;
 };
 
 PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
 
+bool is_one_of(PyObject* t, PyObject* types) {
+  const Py_ssize_t n = PyTuple_GET_SIZE(types);
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (reinterpret_cast<PyObject*>(Py_TYPE(t)) == PyTuple_GET_ITEM(types, i)) return true;
+  return false;
+}
+
 bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
+  if (m.address != nullptr && is_one_of(t, m.address_types)) {
+    try {
+      *out = reinterpret_cast<uint64_t>(m.address(t));
+      return true;
+    } catch (...) {  // (no storage, say): a difference; the long way raises torch's error
+      return false;
+    }
+  }
   PyObject* r = call(m.data_ptr, t);
   if (r == nullptr) return false;
   const unsigned long long v = PyLong_AsUnsignedLongLong(r);
@@ -30,6 +53,13 @@ bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
   if (PyErr_Occurred() != nullptr) return false;
   *out = static_cast<uint64_t>(v);
   return true;
+}
+
+// t.<name> through the getter when `get` is set (the caller checked that it is the one
+// attribute lookup would find for t's type), else by attribute lookup.
+PyObject* attribute(PyGetSetDef* get, PyObject* t, PyObject* name) {
+  if (get != nullptr) return get->get(t, get->closure);
+  return PyObject_GetAttr(t, name);
 }
 
 bool has_numel(const Methods& m, PyObject* t, int64_t want) {
@@ -47,18 +77,23 @@ bool is_contiguous(const Methods& m, PyObject* t) {
   return yes;
 }
 
-bool has_dtype(PyObject* t, PyObject* name, PyObject* want) {
-  PyObject* r = PyObject_GetAttr(t, name);
+bool has_dtype(PyGetSetDef* get, PyObject* t, PyObject* name, PyObject* want) {
+  PyObject* r = attribute(get, t, name);
   const bool yes = r == want;
   Py_XDECREF(r);
   return yes;
 }
 
-bool is_plain(PyObject* t, PyObject* plain) {
-  const Py_ssize_t n = PyTuple_GET_SIZE(plain);
-  for (Py_ssize_t i = 0; i < n; ++i)
-    if (reinterpret_cast<PyObject*>(Py_TYPE(t)) == PyTuple_GET_ITEM(plain, i)) return true;
-  return false;
+// The getter of `descr` (a getset descriptor) when attribute lookup finds `descr` for every
+// type in `types`, else null (a type that overrides the attribute: look it up each time).
+PyGetSetDef* getter_for(PyObject* descr, PyObject* types, PyObject* name) {
+  if (descr == Py_None || Py_TYPE(descr) != &PyGetSetDescr_Type) return nullptr;
+  const Py_ssize_t n = PyTuple_GET_SIZE(types);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* type = PyTuple_GET_ITEM(types, i);
+    if (!PyType_Check(type) || _PyType_Lookup(reinterpret_cast<PyTypeObject*>(type), name) != descr) return nullptr;
+  }
+  return reinterpret_cast<PyGetSetDescrObject*>(descr)->d_getset;
 }
 
 void prefetch(PyObject* list, Py_ssize_t i, Py_ssize_t n) {
@@ -74,12 +109,24 @@ const T* vector_of(const py::array_t<T>& a, Py_ssize_t n, const char* what) {
 
 }  // namespace
 
+uint64_t read_address(uint64_t reader, py::handle t) {
+  if (reader == 0) throw std::invalid_argument("read_address: no reader");
+  try {
+    return reinterpret_cast<uint64_t>(reinterpret_cast<AddressReader>(reader)(t.ptr()));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("read_address: ") + e.what());
+  } catch (...) {
+    throw std::runtime_error("read_address: the reader raised");
+  }
+}
+
 Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
                      py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs,
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
                      const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain, int checks) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
-      !PyTuple_Check(plain.ptr()) || !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 3)
+      !PyTuple_Check(plain.ptr()) || !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 7 ||
+      !PyTuple_Check(PyTuple_GET_ITEM(methods.ptr(), 4)))
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects, methods and plain tuples");
   PyObject* plist = params.ptr();
   PyObject* slist = state_tensors.ptr();
@@ -93,18 +140,27 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     throw std::invalid_argument("gather_rows: grad_ptrs and rows must be 1-D, one per item");
   uint64_t* gptr = grad_ptrs.mutable_data();
   int64_t* row = rows.mutable_data();
-  const Methods m{PyTuple_GET_ITEM(methods.ptr(), 0), PyTuple_GET_ITEM(methods.ptr(), 1),
-                  PyTuple_GET_ITEM(methods.ptr(), 2)};
-  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
   const py::str grad_name("grad");
   const py::str dtype_name("dtype");
+  PyObject* const* mt = &PyTuple_GET_ITEM(methods.ptr(), 0);
+  const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
+  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  const Methods m{mt[0],
+                  mt[1],
+                  mt[2],
+                  reinterpret_cast<AddressReader>(reader),
+                  mt[4],
+                  getter_for(mt[5], plain.ptr(), grad_name.ptr()),
+                  getter_for(mt[6], plain.ptr(), dtype_name.ptr())};
+  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
   Gathered out{false, py::list()};
   bool ok = true;
   for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(plist, i, n);
   for (Py_ssize_t i = 0; ok && i < n; ++i) {
     prefetch(plist, i + kAhead, n);
     PyObject* p = PyList_GET_ITEM(plist, i);
-    PyObject* g = PyObject_GetAttr(p, grad_name.ptr());
+    const bool p_plain = is_one_of(p, plain.ptr());
+    PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
     if (g == nullptr) {
       ok = false;
       break;
@@ -117,10 +173,11 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects.ptr(), code) : nullptr;
     uint64_t gp = 0;
     uint64_t pp = 0;
-    ok = want != nullptr && is_plain(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
-         has_dtype(g, dtype_name.ptr(), want) && address_of(m, g, &gp) &&
-         (checks < 1 || (has_numel(m, p, numel[i]) && has_dtype(p, dtype_name.ptr(), want) && is_contiguous(m, p) &&
-                         address_of(m, p, &pp) && pp == pptr[i]));
+    ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
+         has_dtype(m.dtype, g, dtype_name.ptr(), want) && address_of(m, g, &gp) &&
+         (checks < 1 ||
+          (has_numel(m, p, numel[i]) && has_dtype(p_plain ? m.dtype : nullptr, p, dtype_name.ptr(), want) &&
+           is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
     const Py_ssize_t k = PyList_GET_SIZE(out.grads.ptr());
     gptr[k] = gp;
     row[k] = static_cast<int64_t>(i);

@@ -18,15 +18,30 @@ struct Gathered {
   pybind11::list grads;
 };
 
+// torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
+// exception for what it cannot read), as torch hands it to its own compiled kernels.
+using AddressReader = void* (*)(PyObject*);
+
+// `reader` (an AddressReader's address) applied to `t`; its C++ exceptions become Python errors.
+// For checking a reader against Tensor.data_ptr before gather_rows is handed it.
+uint64_t read_address(uint64_t reader, pybind11::handle t);
+
 // For each parameter of `params` (exact torch.Tensor / Parameter objects): its .grad, and, when
 // that is not None, checks that the gradient is a plain contiguous tensor, that gradient and
 // parameter have numels[i] elements of dtype_objects[dtypes[i]], and that the parameter is
 // contiguous and its storage starts at param_ptrs[i]; for the k-th gradient found, grad_ptrs[k]
 // receives its address and rows[k] its row. Then checks that each of `state_tensors` starts at
-// state_ptrs[j]. `methods` are torch.Tensor's data_ptr, is_contiguous and numel, `plain` the
-// plain tensor types. Stops at the first difference (matched false); an exception raised by
-// torch is cleared and reads as a difference. `checks` below 2 skips the state tensors, below 1
-// the parameters too (to price the checks).
+// state_ptrs[j].
+//
+// `methods` holds torch.Tensor's data_ptr, is_contiguous and numel, then the faster reads the
+// caller checked against them, each optional: an AddressReader's address (0: none) and the tuple
+// of exact types it reads; Tensor's .grad and .dtype getset descriptors (None: none), called
+// directly for the types in `plain` (the plain tensor types) while attribute lookup on each of
+// them finds these very descriptors.
+//
+// Stops at the first difference (matched false); an exception raised by torch is cleared and
+// reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too
+// (to price the checks).
 Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& numels,
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,

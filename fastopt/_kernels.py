@@ -50,11 +50,51 @@ DTYPE_CODES: dict[torch.dtype, int] = {getattr(torch, k): v for k, v in _exporte
 STEP_FLAGS: dict[str, int] = _exported("STEP_FLAGS", {})
 
 GRAD = operator.attrgetter("grad")
-#: code -> torch dtype (the inverse of DTYPE_CODES), and the methods ``_C.gather_rows`` calls
+#: code -> torch dtype (the inverse of DTYPE_CODES)
 DTYPE_OBJECTS: tuple = tuple({c: d for d, c in DTYPE_CODES.items()}.get(c) for c in range(len(DTYPE_CODES)))
-GATHER_METHODS = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel)
 #: The tensor types the kernels take as they are (anything else, a DTensor, steps its local shard)
 PLAIN_TYPES: tuple[type, ...] = (torch.nn.Parameter, torch.Tensor)
+
+
+def _address_reader() -> tuple[int, tuple[type, ...]]:
+    """torch's C-level data-pointer reader (the one torch's compiled CPU kernels read their
+    arguments with), and the exact tensor types it reads as ``Tensor.data_ptr`` does: (0, ())
+    when this torch has none, ``FASTOPT_DIRECT_READS=0``, or it disagrees on a probe tensor."""
+    guards = getattr(getattr(torch._C, "_dynamo", None), "guards", None)
+    reader = getattr(guards, "_torchinductor_pyobject_tensor_data_ptr", None)
+    if _C is None or type(reader) is not int or os.environ.get("FASTOPT_DIRECT_READS") == "0":
+        return 0, ()
+    base = torch.arange(8, dtype=torch.float32)
+    moved = torch.zeros(3)
+    moved.data = base[1:4]
+    probes = [base, base[3:], torch.zeros((), dtype=torch.float64), torch.zeros(5, dtype=torch.bfloat16),
+              base.view(2, 4).t(), moved]
+    try:
+        if any(_C.read_address(reader, t) != t.data_ptr() for t in probes):
+            return 0, ()
+    except RuntimeError:
+        return 0, ()
+    param = torch.nn.Parameter(base[2:5])
+    try:
+        takes_params = _C.read_address(reader, param) == param.data_ptr()
+    except RuntimeError:  # (torch releases whose reader takes exact tensors only)
+        takes_params = False
+    return reader, (torch.Tensor, torch.nn.Parameter) if takes_params else (torch.Tensor,)
+
+
+def _getset(name: str) -> Any:
+    """torch.Tensor's getset descriptor of ``name`` (None when it is something else or
+    ``FASTOPT_DIRECT_READS=0``): gather_rows calls it directly while attribute lookup finds it."""
+    found = next((k.__dict__[name] for k in Tensor.__mro__ if name in k.__dict__), None)
+    if os.environ.get("FASTOPT_DIRECT_READS") == "0" or type(found).__name__ != "getset_descriptor":
+        return None
+    return found
+
+
+#: What ``_C.gather_rows`` reads tensors with: Tensor's data_ptr, is_contiguous and numel, then
+#: the faster reads checked against them (see csrc/gather.h)
+GATHER_METHODS = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
+                  _getset("grad"), _getset("dtype"))
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before

@@ -19,6 +19,17 @@ from fastopt import optim as fo
 pytest.importorskip("fastopt._C")
 
 SHAPES = [(4, 3), (5,), (2, 2, 2), (7,), (0,)]
+#: gather_rows' reads with the faster ones left out: Tensor's methods and attribute lookup only
+METHODS_ONLY = (*K.GATHER_METHODS[:3], 0, (), None, None)
+
+
+@pytest.fixture(autouse=True, params=["direct reads", "methods only"])
+def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """Every test runs with the reads this torch allows (torch's C-level address reader, the
+    getters) and again with Tensor's methods alone, the way torch releases without them go."""
+    if request.param == "methods only":
+        monkeypatch.setattr(K, "GATHER_METHODS", METHODS_ONLY)
+    return K.GATHER_METHODS
 
 
 def stepped(cls: type = fo.AdamW, **kw) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], K.Plan]:
@@ -126,3 +137,30 @@ def test_gather_checks_its_arguments() -> None:
         K._C.gather_rows(tuple(plan.params), plan.numels, plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptrs,
                          plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
     assert np.array_equal(plan.param_ptrs, plan.ptrs[:, plan.param_column])
+
+
+def test_the_address_reader_agrees_with_data_ptr_where_torch_has_one() -> None:
+    reader, types = K._address_reader()
+    guards = getattr(torch._C._dynamo, "guards", None)
+    if not isinstance(getattr(guards, "_torchinductor_pyobject_tensor_data_ptr", None), int):
+        assert reader == 0  # (torch before 2.5 has none: Tensor.data_ptr is called)
+        return
+    assert reader != 0 and torch.Tensor in types
+    base = torch.randn(10, dtype=torch.float64)
+    for t in (base, base[7:], base.view(2, 5)[:, 1:], torch.nn.Parameter(base[2:4])):
+        if type(t) in types:
+            assert K._C.read_address(reader, t) == t.data_ptr()
+    with pytest.raises(RuntimeError, match="read_address"):
+        K._C.read_address(reader, object())  # torch's reader raises a C++ exception: it comes back
+    with pytest.raises(ValueError, match="no reader"):
+        K._C.read_address(0, base)
+
+
+def test_a_grad_attribute_overridden_on_the_type_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ps, plan = stepped()
+    stand_ins = {id(p): torch.zeros(p.shape) for p in ps}
+    monkeypatch.setattr(torch.nn.Parameter, "grad", property(lambda self: stand_ins[id(self)]), raising=False)
+    found = K.gather(plan)
+    assert found is not None
+    assert [id(g) for g in found[0]] == [id(stand_ins[id(p)]) for p in ps]
+    assert found[1].tolist() == [stand_ins[id(p)].data_ptr() for p in ps]
