@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 import fastopt
+from fastopt import _kernels
 from fastopt.tools import zoo
 from fastopt.tools.bench import (
     BYTES_PER_ELEMENT,
@@ -172,6 +173,8 @@ def _fused_or_foreach(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
+DIRECT_READS = _kernels.GATHER_METHODS  # what this torch allows (see fastopt/_kernels.py)
+METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None)
 SCALE_ELEMENTS = 8_000_000
 
 
@@ -182,21 +185,24 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     fastopt's flat-buffer mode and torch's fused AdamW over the list, medians of interleaved
     repeats; per N, the times and the extra time per tensor, ``(list - one) / N``. The flat
     variant's gradients are accumulated into in place before each step (untimed), as a
-    backward does."""
+    backward does. "methods only" is fastopt's list step reading every tensor through
+    torch.Tensor's methods, as on torch releases without the C-level address reader (before
+    2.5) or with ``FASTOPT_DIRECT_READS=0``."""
     kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
     torch_kwargs = _fused_or_foreach(kwargs)
     rows = []
     gen = torch.Generator().manual_seed(0)
     for n in counts:
         numel = elements // n
-        lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)]
-                 for name in ("fastopt, list", "fastopt flat, list", "torch fused, list")}
+        names = ("fastopt, list", "methods only, list", "fastopt flat, list", "torch fused, list")
+        lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)] for name in names}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=gen) * 1e-3
         variants: dict[str, torch.optim.Optimizer] = {
             "fastopt, list": fastopt.optim.AdamW(lists["fastopt, list"], **kwargs),
+            "methods only, list": fastopt.optim.AdamW(lists["methods only, list"], **kwargs),
             "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
             "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
@@ -205,18 +211,25 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
 
         def accumulate(name: str, r: int,
                        flat: list[torch.nn.Parameter] = lists["fastopt flat, list"]) -> None:
+            _kernels.GATHER_METHODS = METHODS_ONLY if name == "methods only, list" else DIRECT_READS
             if name == "fastopt flat, list":
                 with torch.no_grad():
                     for p in flat:
                         p.grad.add_(0.0)  # type: ignore[union-attr]
 
-        times = interleaved_step_times(variants, accumulate, repeats, warmup=1, progress=lambda msg: None)
+        try:
+            times = interleaved_step_times(variants, accumulate, repeats, warmup=1, progress=lambda msg: None)
+        finally:
+            _kernels.GATHER_METHODS = DIRECT_READS
         assert variants["fastopt flat, list"].fastopt_tier == "flat"  # type: ignore[attr-defined]
         listed, single = times["fastopt, list"], times["fastopt, one tensor"]
         rows.append({"tensors": n, "list_s": listed, "one_s": single, "ratio": listed / single,
                      "extra_per_tensor_s": (listed - single) / n, "flat_list_s": times["fastopt flat, list"],
                      "flat_extra_per_tensor_s": (times["fastopt flat, list"] - single) / n,
-                     "torch_fused_list_s": times["torch fused, list"]})
+                     "torch_fused_list_s": times["torch fused, list"],
+                     "methods_only_list_s": times["methods only, list"],
+                     "methods_only_extra_per_tensor_s": (times["methods only, list"] - single) / n,
+                     "direct_reads": bool(DIRECT_READS[3])})
         log(f"  {n:,} tensors done")
     return rows
 
@@ -225,12 +238,18 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     """The ``scale`` rows as a table."""
     lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
-             f"{'extra per tensor':>17} {'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
+             f"{'extra per tensor':>17} {'methods only':>13} {'its extra':>10} {'flat, list':>11} "
+             f"{'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
+                     f"{r['methods_only_list_s'] * 1e3:>10.2f} ms "
+                     f"{r['methods_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['flat_list_s'] * 1e3:>8.2f} ms {r['flat_extra_per_tensor_s'] * 1e6:>8.2f} us "
                      f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
+    if rows and not rows[0].get("direct_reads", True):
+        lines.append("(this torch has no C-level address reader: both fastopt list columns read through "
+                     "torch.Tensor's methods)")
     return "\n".join(lines)
 
 
