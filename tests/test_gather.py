@@ -164,3 +164,13 @@ def test_a_grad_attribute_overridden_on_the_type_is_looked_up(monkeypatch: pytes
     assert found is not None
     assert [id(g) for g in found[0]] == [id(stand_ins[id(p)]) for p in ps]
     assert found[1].tolist() == [stand_ins[id(p)].data_ptr() for p in ps]
+
+
+def test_direct_reads_can_be_turned_off() -> None:
+    import os
+    import subprocess
+    import sys
+    code = "from fastopt import _kernels as K; m = K.GATHER_METHODS; print(m[3], m[5], m[6])"
+    env = dict(os.environ, FASTOPT_DIRECT_READS="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "None", "None"]
