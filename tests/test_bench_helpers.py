@@ -59,3 +59,20 @@ def test_check_modes_step_natively_and_restore(mode: str) -> None:
             opt.step()
     assert opt.fastopt_tier == "native"
     assert (_kernels.gather, _kernels.Plan.check_state, _kernels.Plan.check_params) == saved
+
+
+def test_the_benchmarks_keep_freed_memory_and_say_so() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from fastopt.tools import bench
+    info = bench.machine()
+    assert info["allocator"] == bench.steady_allocator()
+    if sys.platform.startswith("linux") and os.environ.get("FASTOPT_BENCH_MALLOC") != "default":
+        assert info["allocator"].startswith("glibc")
+        assert "freed memory kept" in bench.machine_line(info)
+    code = "from fastopt.tools import bench; print(bench.steady_allocator())"
+    env = dict(os.environ, FASTOPT_BENCH_MALLOC="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "default"

@@ -11,11 +11,13 @@ layout is documented in docs/cli.md.
 from __future__ import annotations
 
 import copy
+import ctypes
 import gc
 import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,10 +50,36 @@ REFERENCE_UP_TO = 10_000
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")
 
 
+_ALLOCATOR: str | None = None  # what steady_allocator() put in effect, once it ran
+
+
+def steady_allocator() -> str:
+    """Keep freed memory in the process while benchmarks time steps (glibc: no trimming of the
+    heap, ``mmap`` only for blocks over 32 MB), as a training loop's heap stays large between
+    iterations: otherwise an optimizer that allocates temporaries every step (torch's unfused
+    AdamW) pays fresh page faults for them, more the more other work ran between its steps.
+    Once per process; ``FASTOPT_BENCH_MALLOC=default`` leaves the allocator as it is. Returns
+    what is in effect."""
+    global _ALLOCATOR
+    if _ALLOCATOR is None:
+        _ALLOCATOR = "default"
+        if os.environ.get("FASTOPT_BENCH_MALLOC") != "default" and sys.platform.startswith("linux"):
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):
+                mallopt = None
+            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+            if (mallopt is not None and mallopt(m_trim_threshold, 2**31 - 1) == 1
+                    and mallopt(m_mmap_threshold, 32 * 2**20) == 1):
+                _ALLOCATOR = "glibc, freed memory kept (no trim, mmap over 32 MB)"
+    return _ALLOCATOR
+
+
 def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model, vector extensions, cores, torch's threads, the
     torch version and the kernel build fastopt picked; where torch sees a GPU also its name,
-    memory and compute capability and the CUDA and cuDNN versions."""
+    memory and compute capability and the CUDA and cuDNN versions; and the allocator setting
+    the timings run under (``steady_allocator``, put in effect here)."""
     from .._core import _C
 
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -68,7 +96,8 @@ def machine() -> dict[str, Any]:
         pass
     info = {"cpu": cpu, "isa": [f for f in _ISA_FLAGS if f in flags], "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "fastopt_kernels": _C.cpu_isa() if _C is not None else "none (pure Python)"}
+            "fastopt_kernels": _C.cpu_isa() if _C is not None else "none (pure Python)",
+            "allocator": steady_allocator()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
@@ -83,6 +112,8 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     m = info or machine()
     line = (f"{m['cpu']} ({' '.join(m['isa']) or 'no AVX'}), {m['cores']} cores; torch {m['torch']} "
             f"with {m['torch_threads']} threads; fastopt kernels: {m['fastopt_kernels']}")
+    if m.get("allocator", "default") != "default":
+        line += "; freed memory kept"
     if "gpu" in m:
         line += f"; GPU: {m['gpu']} ({m['gpu_memory_gb']} GiB, sm {m['gpu_capability']}), CUDA {m['cuda']}"
     return line
@@ -139,7 +170,9 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
 
     On a CUDA ``device`` every step is timed with CUDA events after ``torch.cuda.synchronize``
     and ``peaks`` (when given) gets each optimizer's largest step peak: the bytes a step had
-    allocated at most above what was allocated before it (peak statistics reset per step)."""
+    allocated at most above what was allocated before it (peak statistics reset per step).
+    Host memory freed between steps stays in the process (``steady_allocator``)."""
+    steady_allocator()
     for k, opt in optimizers.items():
         for r in range(warmup):
             set_grads(k, r)
