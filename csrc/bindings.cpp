@@ -191,6 +191,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("read_address", &fastopt::read_address, py::arg("reader"), py::arg("tensor"),
         "An address reader (gather_rows' methods[3]) applied to one tensor, to check it against\n"
         "Tensor.data_ptr: the address, or RuntimeError when the reader raised.");
+  m.def("norm_table", &fastopt::norm_table, py::arg("tensors"), py::arg("codes"), py::arg("methods"),
+        py::arg("plain"), py::arg("strided"), py::arg("getters"), py::arg("ptrs"), py::arg("numels"),
+        py::arg("dtypes"),
+        "One pass over a list of gradients for the native norm: True with ptrs, numels and dtypes\n"
+        "filled when every one is a plain contiguous strided CPU tensor of a kernel dtype, else False.");
   m.def("gather_rows", &gather_rows, py::arg("params"), py::arg("numels"), py::arg("dtypes"),
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
         py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,

@@ -62,6 +62,15 @@ PyObject* attribute(PyGetSetDef* get, PyObject* t, PyObject* name) {
   return PyObject_GetAttr(t, name);
 }
 
+bool numel_of(const Methods& m, PyObject* t, int64_t* out) {
+  PyObject* r = call(m.numel, t);
+  if (r == nullptr) return false;
+  const long long v = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  *out = static_cast<int64_t>(v);
+  return PyErr_Occurred() == nullptr;
+}
+
 bool has_numel(const Methods& m, PyObject* t, int64_t want) {
   PyObject* r = call(m.numel, t);
   if (r == nullptr) return false;
@@ -77,7 +86,8 @@ bool is_contiguous(const Methods& m, PyObject* t) {
   return yes;
 }
 
-bool has_dtype(PyGetSetDef* get, PyObject* t, PyObject* name, PyObject* want) {
+// Whether t.<name> is the object `want` (the getter `get` when set, see attribute()).
+bool has_value(PyGetSetDef* get, PyObject* t, PyObject* name, PyObject* want) {
   PyObject* r = attribute(get, t, name);
   const bool yes = r == want;
   Py_XDECREF(r);
@@ -107,6 +117,28 @@ const T* vector_of(const py::array_t<T>& a, Py_ssize_t n, const char* what) {
   return a.data();
 }
 
+template <typename T>
+T* mutable_vector(py::array_t<T>& a, Py_ssize_t n, const char* what) {
+  if (a.ndim() != 1 || a.shape(0) != n)
+    throw std::invalid_argument(std::string("norm_table: ") + what + " must be 1-D, one per item");
+  return a.mutable_data();
+}
+
+// The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
+Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
+  PyObject* const* mt = &PyTuple_GET_ITEM(methods, 0);
+  const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
+  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  const py::str grad_name("grad");
+  return Methods{mt[0],
+                 mt[1],
+                 mt[2],
+                 reinterpret_cast<AddressReader>(reader),
+                 mt[4],
+                 getter_for(mt[5], plain, grad_name.ptr()),
+                 getter_for(mt[6], plain, dtype_name)};
+}
+
 }  // namespace
 
 uint64_t read_address(uint64_t reader, py::handle t) {
@@ -118,6 +150,44 @@ uint64_t read_address(uint64_t reader, py::handle t) {
   } catch (...) {
     throw std::runtime_error("read_address: the reader raised");
   }
+}
+
+bool norm_table(py::handle tensors, py::handle codes, py::handle methods, py::handle plain, py::handle strided,
+                py::handle getters, py::array_t<uint64_t>& ptrs, py::array_t<int64_t>& numels,
+                py::array_t<int32_t>& dtypes) {
+  if (!PyList_Check(tensors.ptr()) || !PyDict_Check(codes.ptr()) || !PyTuple_Check(plain.ptr()) ||
+      !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 7 ||
+      !PyTuple_Check(PyTuple_GET_ITEM(methods.ptr(), 4)) || !PyTuple_Check(getters.ptr()) ||
+      PyTuple_GET_SIZE(getters.ptr()) != 2)
+    throw py::type_error("norm_table: tensors must be a list, codes a dict; methods, plain and getters tuples");
+  PyObject* list = tensors.ptr();
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  uint64_t* ptr = mutable_vector(ptrs, n, "ptrs");
+  int64_t* numel = mutable_vector(numels, n, "numels");
+  int32_t* dtype = mutable_vector(dtypes, n, "dtypes");
+  const py::str dtype_name("dtype");
+  const py::str cpu_name("is_cpu");
+  const py::str layout_name("layout");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  PyGetSetDef* const is_cpu = getter_for(PyTuple_GET_ITEM(getters.ptr(), 0), plain.ptr(), cpu_name.ptr());
+  PyGetSetDef* const layout = getter_for(PyTuple_GET_ITEM(getters.ptr(), 1), plain.ptr(), layout_name.ptr());
+  bool ok = true;
+  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(list, i, n);
+  for (Py_ssize_t i = 0; ok && i < n; ++i) {
+    prefetch(list, i + kAhead, n);
+    PyObject* t = PyList_GET_ITEM(list, i);
+    ok = is_one_of(t, plain.ptr()) && has_value(is_cpu, t, cpu_name.ptr(), Py_True) &&
+         has_value(layout, t, layout_name.ptr(), strided.ptr()) && is_contiguous(m, t);
+    if (!ok) break;
+    PyObject* d = attribute(m.dtype, t, dtype_name.ptr());
+    PyObject* code = d == nullptr ? nullptr : PyDict_GetItemWithError(codes.ptr(), d);  // (borrowed)
+    Py_XDECREF(d);
+    const long c = code == nullptr ? -1 : PyLong_AsLong(code);
+    ok = c >= 0 && numel_of(m, t, &numel[i]) && address_of(m, t, &ptr[i]);
+    dtype[i] = static_cast<int32_t>(c);
+  }
+  if (PyErr_Occurred() != nullptr) PyErr_Clear();  // (a torch error reads as "not natively readable")
+  return ok;
 }
 
 Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
@@ -142,16 +212,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   int64_t* row = rows.mutable_data();
   const py::str grad_name("grad");
   const py::str dtype_name("dtype");
-  PyObject* const* mt = &PyTuple_GET_ITEM(methods.ptr(), 0);
-  const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
-  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
-  const Methods m{mt[0],
-                  mt[1],
-                  mt[2],
-                  reinterpret_cast<AddressReader>(reader),
-                  mt[4],
-                  getter_for(mt[5], plain.ptr(), grad_name.ptr()),
-                  getter_for(mt[6], plain.ptr(), dtype_name.ptr())};
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
   const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
   Gathered out{false, py::list()};
   bool ok = true;
@@ -174,9 +235,9 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     uint64_t gp = 0;
     uint64_t pp = 0;
     ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
-         has_dtype(m.dtype, g, dtype_name.ptr(), want) && address_of(m, g, &gp) &&
+         has_value(m.dtype, g, dtype_name.ptr(), want) && address_of(m, g, &gp) &&
          (checks < 1 ||
-          (has_numel(m, p, numel[i]) && has_dtype(p_plain ? m.dtype : nullptr, p, dtype_name.ptr(), want) &&
+          (has_numel(m, p, numel[i]) && has_value(p_plain ? m.dtype : nullptr, p, dtype_name.ptr(), want) &&
            is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
     const Py_ssize_t k = PyList_GET_SIZE(out.grads.ptr());
     gptr[k] = gp;

@@ -26,6 +26,17 @@ using AddressReader = void* (*)(PyObject*);
 // For checking a reader against Tensor.data_ptr before gather_rows is handed it.
 uint64_t read_address(uint64_t reader, pybind11::handle t);
 
+// What the native norm pass needs of `tensors` (a list), read in one pass with gather_rows'
+// `methods`: true when every one is of a type in `plain`, on the CPU (its is_cpu is True), of
+// layout `strided`, contiguous, and of a dtype `codes` (torch dtype -> kernel code) has; then
+// ptrs[i], numels[i] and dtypes[i] hold each one's address, numel and code. False at the first
+// that is not (the norm is left to torch); an exception raised by torch is cleared and reads as
+// false. `getters` are Tensor's is_cpu and layout getset descriptors (None: attribute lookup),
+// used like the .dtype getter in `methods`.
+bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::handle methods, pybind11::handle plain,
+                pybind11::handle strided, pybind11::handle getters, pybind11::array_t<uint64_t>& ptrs,
+                pybind11::array_t<int64_t>& numels, pybind11::array_t<int32_t>& dtypes);
+
 // For each parameter of `params` (exact torch.Tensor / Parameter objects): its .grad, and, when
 // that is not None, checks that the gradient is a plain contiguous tensor, that gradient and
 // parameter have numels[i] elements of dtype_objects[dtypes[i]], and that the parameter is

@@ -82,7 +82,7 @@ def _address_reader() -> tuple[int, tuple[type, ...]]:
     return reader, (torch.Tensor, torch.nn.Parameter) if takes_params else (torch.Tensor,)
 
 
-def _getset(name: str) -> Any:
+def getset(name: str) -> Any:
     """torch.Tensor's getset descriptor of ``name`` (None when it is something else or
     ``FASTOPT_DIRECT_READS=0``): gather_rows calls it directly while attribute lookup finds it."""
     found = next((k.__dict__[name] for k in Tensor.__mro__ if name in k.__dict__), None)
@@ -94,7 +94,7 @@ def _getset(name: str) -> Any:
 #: What ``_C.gather_rows`` reads tensors with: Tensor's data_ptr, is_contiguous and numel, then
 #: the faster reads checked against them (see csrc/gather.h)
 GATHER_METHODS = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
-                  _getset("grad"), _getset("dtype"))
+                  getset("grad"), getset("dtype"))
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before

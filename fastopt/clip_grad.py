@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import _kernels
 from ._core import _C
-from ._kernels import DTYPE_CODES, PLAIN_TYPES, is_sharded
+from ._kernels import DTYPE_CODES, PLAIN_TYPES, getset, is_sharded
 from ._torch_compat import get_total_norm
 
 __all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "clip_in_next_step", "clips_all_it_steps",
@@ -79,31 +79,28 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
 #: (pointers, sizes, dtype codes) of the gradients the native norm pass reads
 NormTable = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-_DTYPE, _IS_CPU, _LAYOUT = attrgetter("dtype"), attrgetter("is_cpu"), attrgetter("layout")
+#: Tensor's is_cpu and layout getters, which ``_C.norm_table`` calls directly where it may
+_TABLE_GETTERS = (getset("is_cpu"), getset("layout"))
 
 
 def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None:
     """What the native norm pass needs of ``grads``, or None when it does not take them: only
     plain (not sharded) contiguous CPU tensors of a kernel dtype, the 2- or inf-norm, and no
-    empty tensor for the inf-norm (which torch refuses: let it say so)."""
+    empty tensor for the inf-norm (which torch refuses: let it say so). One native pass reads
+    them all (``_C.norm_table``, with the step's own reads: see ``_kernels.GATHER_METHODS``)."""
     if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return None
-    # one C-level pass per property (this runs every step, over every gradient)
-    if (not set(map(type, grads)).issubset(PLAIN_TYPES) or not all(map(_IS_CPU, grads))
-            or set(map(_LAYOUT, grads)) != {torch.strided} or not all(map(Tensor.is_contiguous, grads))):
-        return None
-    dtypes_seen = set(map(_DTYPE, grads))
-    if not dtypes_seen <= DTYPE_CODES.keys():
-        return None
+    grads = grads if type(grads) is list else list(grads)
     n = len(grads)
-    numels = np.fromiter(map(Tensor.numel, grads), dtype=np.int64, count=n)
+    ptrs = np.empty(n, dtype=np.uint64)
+    numels = np.empty(n, dtype=np.int64)
+    dtypes = np.empty(n, dtype=np.int32)
+    if not _C.norm_table(grads, DTYPE_CODES, _kernels.GATHER_METHODS, PLAIN_TYPES, torch.strided,
+                         _TABLE_GETTERS, ptrs, numels, dtypes):
+        return None
     if norm_type == math.inf and not numels.all():
         return None
-    if len(dtypes_seen) == 1:
-        dtypes = np.full(n, DTYPE_CODES[dtypes_seen.pop()], dtype=np.int32)
-    else:
-        dtypes = np.fromiter(map(DTYPE_CODES.__getitem__, map(_DTYPE, grads)), dtype=np.int32, count=n)
-    return np.fromiter(map(Tensor.data_ptr, grads), dtype=np.uint64, count=n), numels, dtypes
+    return ptrs, numels, dtypes
 
 
 def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0,

@@ -174,3 +174,57 @@ def test_direct_reads_can_be_turned_off() -> None:
     env = dict(os.environ, FASTOPT_DIRECT_READS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "None", "None"]
+
+
+def _norm_table_by_hand(grads: list, norm_type: float):
+    """What native_norm_table must give, from torch's own accessors one by one."""
+    for g in grads:
+        if (type(g) not in K.PLAIN_TYPES or not g.is_cpu or g.layout is not torch.strided
+                or not g.is_contiguous() or g.dtype not in K.DTYPE_CODES):
+            return None
+    if norm_type == float("inf") and any(g.numel() == 0 for g in grads):
+        return None
+    codes = [K.DTYPE_CODES[g.dtype] for g in grads]
+    return [g.data_ptr() for g in grads], [g.numel() for g in grads], codes
+
+
+NORM_TABLE_CASES: dict[str, Callable[[], list]] = {
+    "float32": lambda: [torch.randn(3, 4), torch.randn(7), torch.randn(0)],
+    "mixed dtypes and views": lambda: [torch.randn(10, dtype=torch.float64)[2:],
+                                       torch.randn(4, dtype=torch.bfloat16),
+                                       torch.randn(2, 3, dtype=torch.float16),
+                                       torch.nn.Parameter(torch.randn(5))],
+    "non-contiguous": lambda: [torch.randn(3), torch.randn(3, 4).t()],
+    "sparse": lambda: [torch.randn(3), torch.zeros(5).to_sparse()],
+    "subclass": lambda: [torch.randn(3).as_subclass(SubTensor)],
+    "integer dtype": lambda: [torch.randn(3), torch.arange(4)],
+    "meta device": lambda: [torch.randn(3), torch.empty(4, device="meta")],
+    "one empty": lambda: [torch.randn(3), torch.zeros(0)],
+}
+
+
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+@pytest.mark.parametrize("case", list(NORM_TABLE_CASES))
+def test_the_norm_table_pass_reads_what_torch_reports(case: str, norm_type: float) -> None:
+    from fastopt.clip_grad import native_norm_table
+    grads = NORM_TABLE_CASES[case]()
+    want = _norm_table_by_hand(grads, norm_type)
+    got = native_norm_table(grads, norm_type)
+    assert (got is None) == (want is None)
+    if got is not None:
+        assert [a.tolist() for a in got] == [list(w) for w in want]
+    again = native_norm_table(tuple(grads), norm_type)  # (a tuple is taken too)
+    assert (again is None) == (got is None)
+
+
+def test_the_norm_table_pass_checks_its_arguments() -> None:
+    n = 2
+    out = (np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
+    grads = [torch.randn(2), torch.randn(3)]
+    reads = (K.DTYPE_CODES, K.GATHER_METHODS, K.PLAIN_TYPES, torch.strided, (None, None))
+    with pytest.raises(ValueError, match="one per item"):
+        K._C.norm_table(grads, *reads, out[0][:1], out[1], out[2])
+    with pytest.raises(TypeError):
+        K._C.norm_table(tuple(grads), *reads, *out)
+    assert K._C.norm_table(grads, *reads, *out)
+    assert out[1].tolist() == [2, 3] and out[0].tolist() == [g.data_ptr() for g in grads]
