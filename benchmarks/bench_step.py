@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import fastopt
-from fastopt import _kernels
+from fastopt import _kernels, _tiers
 from fastopt.tools import zoo
 from fastopt.tools.bench import (
     BYTES_PER_ELEMENT,
@@ -172,6 +172,29 @@ def _fused_or_foreach(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(kwargs, fused=True)
 
 
+class KernelOnly:
+    """The native kernel alone over a fastopt optimizer's pointer table as its first step left
+    it, with no tensor read (``step()`` runs the kernel only): what any step over the same list
+    costs for the memory the tensors lie in, before a per-step read or check."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        opt.step()
+        cache = opt._fastopt_caches  # type: ignore[attr-defined]
+        plan, algorithm = cache.plan, opt.algorithm  # type: ignore[attr-defined]
+        found = _kernels.gather(plan)
+        assert found is not None and found[2] is None, "every parameter has a gradient, as the plan has it"
+        ptrs = plan.ptrs.copy()
+        ptrs[:, algorithm.column("grad")] = found[1]
+        hyper, flags = _tiers.hyper_table(opt, cache)
+        self.opt = opt  # (keeps the parameters, gradients and state the table points to)
+        self.run = algorithm.run
+        self.args = (ptrs, plan.numels, plan.dtypes, flags[plan.group_of], hyper[plan.group_of], 0.0, 1.0)
+
+    def step(self) -> None:
+        """One kernel call over the table."""
+        self.run(*self.args)
+
+
 SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
 DIRECT_READS = _kernels.GATHER_METHODS  # what this torch allows (see fastopt/_kernels.py)
 METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None)
@@ -187,22 +210,26 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     variant's gradients are accumulated into in place before each step (untimed), as a
     backward does. "methods only" is fastopt's list step reading every tensor through
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
-    2.5) or with ``FASTOPT_DIRECT_READS=0``."""
+    2.5) or with ``FASTOPT_DIRECT_READS=0``. "kernel only" is the native kernel alone over the
+    list (``KernelOnly``): the part of the extra time per tensor that the memory the list's
+    tensors lie in costs any step, before a tensor is read."""
     kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
     torch_kwargs = _fused_or_foreach(kwargs)
     rows = []
     gen = torch.Generator().manual_seed(0)
     for n in counts:
         numel = elements // n
-        names = ("fastopt, list", "methods only, list", "fastopt flat, list", "torch fused, list")
+        names = ("fastopt, list", "methods only, list", "kernel only, list", "fastopt flat, list",
+                 "torch fused, list")
         lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)] for name in names}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-        variants: dict[str, torch.optim.Optimizer] = {
+        variants: dict[str, Any] = {
             "fastopt, list": fastopt.optim.AdamW(lists["fastopt, list"], **kwargs),
             "methods only, list": fastopt.optim.AdamW(lists["methods only, list"], **kwargs),
+            "kernel only, list": KernelOnly(fastopt.optim.AdamW(lists["kernel only, list"], **kwargs)),
             "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
             "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
@@ -229,6 +256,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                      "torch_fused_list_s": times["torch fused, list"],
                      "methods_only_list_s": times["methods only, list"],
                      "methods_only_extra_per_tensor_s": (times["methods only, list"] - single) / n,
+                     "kernel_only_list_s": times["kernel only, list"],
+                     "kernel_only_extra_per_tensor_s": (times["kernel only, list"] - single) / n,
                      "direct_reads": bool(DIRECT_READS[3])})
         log(f"  {n:,} tensors done")
     return rows
@@ -238,13 +267,15 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     """The ``scale`` rows as a table."""
     lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
-             f"{'extra per tensor':>17} {'methods only':>13} {'its extra':>10} {'flat, list':>11} "
-             f"{'flat extra':>11} {'torch fused, list':>18}"]
+             f"{'extra per tensor':>17} {'methods only':>13} {'its extra':>10} {'kernel only':>12} "
+             f"{'its extra':>10} {'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
                      f"{r['methods_only_list_s'] * 1e3:>10.2f} ms "
                      f"{r['methods_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
+                     f"{r['kernel_only_list_s'] * 1e3:>9.2f} ms "
+                     f"{r['kernel_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['flat_list_s'] * 1e3:>8.2f} ms {r['flat_extra_per_tensor_s'] * 1e6:>8.2f} us "
                      f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
     if rows and not rows[0].get("direct_reads", True):

@@ -28,13 +28,37 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     rows = bench_step.scale(counts=(4, 16), elements=256, repeats=1)
     assert [r["tensors"] for r in rows] == [4, 16]
     for r in rows:
-        for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s"):
+        for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s",
+                    "kernel_only_list_s"):
             assert r[key] > 0
     from fastopt import _kernels
     assert _kernels.GATHER_METHODS is bench_step.DIRECT_READS  # (the methods-only column's swap undone)
     table = bench_step.scale_table(rows)
-    assert "flat, list" in table and "methods only" in table
+    assert "flat, list" in table and "methods only" in table and "kernel only" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
+
+
+def test_kernel_only_steps_as_the_optimizer_does() -> None:
+    """The 'kernel only' column times the step fastopt's optimizer takes, less its reads."""
+    bench_step = script("bench_step")
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(5,), (3, 4), (7,)]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    made = []
+    for _ in range(2):
+        ps = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        made.append(ps)
+    opt = fo.AdamW(made[0], lr=0.1, weight_decay=0.05)
+    for _ in range(3):
+        opt.step()
+    kernel = bench_step.KernelOnly(fo.AdamW(made[1], lr=0.1, weight_decay=0.05))  # (its first step)
+    kernel.step()
+    kernel.step()
+    for a, b in zip(*made):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["exp_avg_sq"], kernel.opt.state[b]["exp_avg_sq"])
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the probe reads /proc")
