@@ -191,6 +191,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("read_address", &fastopt::read_address, py::arg("reader"), py::arg("tensor"),
         "An address reader (gather_rows' methods[3]) applied to one tensor, to check it against\n"
         "Tensor.data_ptr: the address, or RuntimeError when the reader raised.");
+  m.def("shim_read", &fastopt::shim_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"),
+        "What gather_rows' shim (methods[7]) reads of one tensor: (is_contiguous, numel, scalar type, address),\n"
+        "or None where it does not read it; to check it against Tensor's methods.");
   m.def("norm_table", &fastopt::norm_table, py::arg("tensors"), py::arg("codes"), py::arg("methods"),
         py::arg("plain"), py::arg("strided"), py::arg("getters"), py::arg("ptrs"), py::arg("numels"),
         py::arg("dtypes"),

@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -15,6 +16,18 @@ namespace {
 
 // How many parameters ahead the loop prefetches the Python objects.
 constexpr Py_ssize_t kAhead = 8;
+
+// torch's C shim for compiled code (AOTInductor's aoti_torch_* functions: an at::Tensor's address
+// in, 0 returned and the answer written on success), and where a plain tensor object holds the
+// at::Tensor they take (see gather.h). offset 0: none.
+struct Shim {
+  int32_t (*is_contiguous)(void*, bool*) = nullptr;
+  int32_t (*numel)(void*, int64_t*) = nullptr;
+  int32_t (*dtype)(void*, int32_t*) = nullptr;
+  int32_t (*data_ptr)(void*, void**) = nullptr;
+  Py_ssize_t offset = 0;
+  std::vector<int32_t> scalar_types;  // torch's scalar type of each kernel dtype code
+};
 
 // How the pass reads a tensor: torch.Tensor's methods, and, where the caller found them,
 // faster ways to the same answers (see gather.h).
@@ -26,6 +39,8 @@ struct Methods {
   PyObject* address_types;  // the exact types `address` reads (a tuple)
   PyGetSetDef* grad;  // Tensor's .grad and .dtype getters, or null: attribute lookup
   PyGetSetDef* dtype;
+  Shim shim;
+  PyObject* plain;  // the exact types the getters and the shim are used for
 };
 
 PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
@@ -37,7 +52,22 @@ bool is_one_of(PyObject* t, PyObject* types) {
   return false;
 }
 
+// The at::Tensor of `t` for the shim, or null: no shim, not a plain tensor, or (torch releases
+// whose tensor object may borrow its tensor, a flag byte before it) a borrowed one.
+void* tensor_of(const Methods& m, PyObject* t) {
+  if (m.shim.offset == 0 || !is_one_of(t, m.plain)) return nullptr;
+  char* base = reinterpret_cast<char*>(t);
+  if (m.shim.offset == 24 && base[16] != 0) return nullptr;
+  return base + m.shim.offset;
+}
+
 bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
+  if (void* h = tensor_of(m, t)) {
+    void* p = nullptr;
+    if (m.shim.data_ptr(h, &p) != 0) return false;  // (no storage, say): the long way raises torch's error
+    *out = reinterpret_cast<uint64_t>(p);
+    return true;
+  }
   if (m.address != nullptr && is_one_of(t, m.address_types)) {
     try {
       *out = reinterpret_cast<uint64_t>(m.address(t));
@@ -63,6 +93,7 @@ PyObject* attribute(PyGetSetDef* get, PyObject* t, PyObject* name) {
 }
 
 bool numel_of(const Methods& m, PyObject* t, int64_t* out) {
+  if (void* h = tensor_of(m, t)) return m.shim.numel(h, out) == 0;
   PyObject* r = call(m.numel, t);
   if (r == nullptr) return false;
   const long long v = PyLong_AsLongLong(r);
@@ -72,18 +103,31 @@ bool numel_of(const Methods& m, PyObject* t, int64_t* out) {
 }
 
 bool has_numel(const Methods& m, PyObject* t, int64_t want) {
-  PyObject* r = call(m.numel, t);
-  if (r == nullptr) return false;
-  const long long v = PyLong_AsLongLong(r);
-  Py_DECREF(r);
-  return PyErr_Occurred() == nullptr && v == want;
+  int64_t v = 0;
+  return numel_of(m, t, &v) && v == want;
 }
 
 bool is_contiguous(const Methods& m, PyObject* t) {
+  if (void* h = tensor_of(m, t)) {
+    bool yes = false;
+    return m.shim.is_contiguous(h, &yes) == 0 && yes;
+  }
   PyObject* r = call(m.is_contiguous, t);
   const bool yes = r == Py_True;
   Py_XDECREF(r);
   return yes;
+}
+
+// The kernel dtype code of t's dtype through the shim (-1: not a kernel dtype), or -2 when the
+// shim cannot read t.
+int shim_code(const Methods& m, PyObject* t) {
+  void* h = tensor_of(m, t);
+  int32_t st = 0;
+  if (h == nullptr || m.shim.dtype(h, &st) != 0) return -2;
+  const auto& types = m.shim.scalar_types;
+  for (std::size_t c = 0; c < types.size(); ++c)
+    if (types[c] == st) return static_cast<int>(c);
+  return -1;
 }
 
 // Whether t.<name> is the object `want` (the getter `get` when set, see attribute()).
@@ -92,6 +136,14 @@ bool has_value(PyGetSetDef* get, PyObject* t, PyObject* name, PyObject* want) {
   const bool yes = r == want;
   Py_XDECREF(r);
   return yes;
+}
+
+// Whether t's dtype is the kernel dtype `code` (the torch dtype `want`): through the shim where it
+// reads t, else by t.<name> (the getter `get` when set, see attribute()).
+bool has_dtype(const Methods& m, PyObject* t, PyGetSetDef* get, PyObject* name, int32_t code, PyObject* want) {
+  const int c = shim_code(m, t);
+  if (c != -2) return c == code;
+  return has_value(get, t, name, want);
 }
 
 // The getter of `descr` (a getset descriptor) when attribute lookup finds `descr` for every
@@ -125,7 +177,37 @@ T* mutable_vector(py::array_t<T>& a, Py_ssize_t n, const char* what) {
 }
 
 // The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
+// methods[7]: (is_contiguous, numel, dtype, data_ptr, offset, scalar_types), the shim's four
+// function addresses (0: none), where a plain tensor object holds its at::Tensor (0: nowhere known) and
+// torch's scalar type per kernel dtype code.
+Shim shim_of(PyObject* t) {
+  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 6 || !PyTuple_Check(PyTuple_GET_ITEM(t, 5)))
+    throw py::type_error("methods[7] must be (is_contiguous, numel, dtype, data_ptr, offset, scalar_types)");
+  uint64_t fn[4];
+  for (int i = 0; i < 4; ++i) fn[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, i));
+  const Py_ssize_t offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 4));
+  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  if (offset != 0 && offset != 16 && offset != 24)
+    throw std::invalid_argument("methods[7]: a tensor object holds its at::Tensor at 16 or 24 (0: unknown)");
+  Shim s;
+  if (offset == 0 || fn[0] == 0 || fn[1] == 0 || fn[2] == 0 || fn[3] == 0) return s;
+  s.is_contiguous = reinterpret_cast<int32_t (*)(void*, bool*)>(fn[0]);
+  s.numel = reinterpret_cast<int32_t (*)(void*, int64_t*)>(fn[1]);
+  s.dtype = reinterpret_cast<int32_t (*)(void*, int32_t*)>(fn[2]);
+  s.data_ptr = reinterpret_cast<int32_t (*)(void*, void**)>(fn[3]);
+  PyObject* types = PyTuple_GET_ITEM(t, 5);
+  for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(types); ++c) {
+    s.scalar_types.push_back(static_cast<int32_t>(PyLong_AsLong(PyTuple_GET_ITEM(types, c))));
+    if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  }
+  s.offset = offset;
+  return s;
+}
+
 Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
+  if (!PyTuple_Check(methods) || PyTuple_GET_SIZE(methods) != kMethods ||
+      !PyTuple_Check(PyTuple_GET_ITEM(methods, 4)) || !PyTuple_Check(plain))
+    throw py::type_error("methods must be a tuple of " + std::to_string(kMethods) + " (see gather.h), plain a tuple");
   PyObject* const* mt = &PyTuple_GET_ITEM(methods, 0);
   const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
   if (PyErr_Occurred() != nullptr) throw py::error_already_set();
@@ -136,10 +218,27 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  reinterpret_cast<AddressReader>(reader),
                  mt[4],
                  getter_for(mt[5], plain, grad_name.ptr()),
-                 getter_for(mt[6], plain, dtype_name)};
+                 getter_for(mt[6], plain, dtype_name),
+                 shim_of(mt[7]),
+                 plain};
 }
 
 }  // namespace
+
+py::object shim_read(py::handle methods, py::handle plain, py::handle t) {
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  void* h = tensor_of(m, t.ptr());
+  if (h == nullptr) return py::none();
+  bool contiguous = false;
+  int64_t numel = 0;
+  int32_t scalar_type = 0;
+  void* address = nullptr;
+  if (m.shim.is_contiguous(h, &contiguous) != 0 || m.shim.numel(h, &numel) != 0 ||
+      m.shim.dtype(h, &scalar_type) != 0 || m.shim.data_ptr(h, &address) != 0)
+    return py::none();
+  return py::make_tuple(contiguous, numel, scalar_type, reinterpret_cast<uint64_t>(address));
+}
 
 uint64_t read_address(uint64_t reader, py::handle t) {
   if (reader == 0) throw std::invalid_argument("read_address: no reader");
@@ -156,10 +255,8 @@ bool norm_table(py::handle tensors, py::handle codes, py::handle methods, py::ha
                 py::handle getters, py::array_t<uint64_t>& ptrs, py::array_t<int64_t>& numels,
                 py::array_t<int32_t>& dtypes) {
   if (!PyList_Check(tensors.ptr()) || !PyDict_Check(codes.ptr()) || !PyTuple_Check(plain.ptr()) ||
-      !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 7 ||
-      !PyTuple_Check(PyTuple_GET_ITEM(methods.ptr(), 4)) || !PyTuple_Check(getters.ptr()) ||
-      PyTuple_GET_SIZE(getters.ptr()) != 2)
-    throw py::type_error("norm_table: tensors must be a list, codes a dict; methods, plain and getters tuples");
+      !PyTuple_Check(getters.ptr()) || PyTuple_GET_SIZE(getters.ptr()) != 2)
+    throw py::type_error("norm_table: tensors must be a list, codes a dict; plain and getters tuples");
   PyObject* list = tensors.ptr();
   const Py_ssize_t n = PyList_GET_SIZE(list);
   uint64_t* ptr = mutable_vector(ptrs, n, "ptrs");
@@ -179,10 +276,13 @@ bool norm_table(py::handle tensors, py::handle codes, py::handle methods, py::ha
     ok = is_one_of(t, plain.ptr()) && has_value(is_cpu, t, cpu_name.ptr(), Py_True) &&
          has_value(layout, t, layout_name.ptr(), strided.ptr()) && is_contiguous(m, t);
     if (!ok) break;
-    PyObject* d = attribute(m.dtype, t, dtype_name.ptr());
-    PyObject* code = d == nullptr ? nullptr : PyDict_GetItemWithError(codes.ptr(), d);  // (borrowed)
-    Py_XDECREF(d);
-    const long c = code == nullptr ? -1 : PyLong_AsLong(code);
+    long c = shim_code(m, t);
+    if (c == -2) {
+      PyObject* d = attribute(m.dtype, t, dtype_name.ptr());
+      PyObject* code = d == nullptr ? nullptr : PyDict_GetItemWithError(codes.ptr(), d);  // (borrowed)
+      Py_XDECREF(d);
+      c = code == nullptr ? -1 : PyLong_AsLong(code);
+    }
     ok = c >= 0 && numel_of(m, t, &numel[i]) && address_of(m, t, &ptr[i]);
     dtype[i] = static_cast<int32_t>(c);
   }
@@ -195,9 +295,8 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
                      const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain, int checks) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
-      !PyTuple_Check(plain.ptr()) || !PyTuple_Check(methods.ptr()) || PyTuple_GET_SIZE(methods.ptr()) != 7 ||
-      !PyTuple_Check(PyTuple_GET_ITEM(methods.ptr(), 4)))
-    throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects, methods and plain tuples");
+      !PyTuple_Check(plain.ptr()))
+    throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects and plain tuples");
   PyObject* plist = params.ptr();
   PyObject* slist = state_tensors.ptr();
   const Py_ssize_t n = PyList_GET_SIZE(plist);
@@ -235,9 +334,9 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     uint64_t gp = 0;
     uint64_t pp = 0;
     ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
-         has_value(m.dtype, g, dtype_name.ptr(), want) && address_of(m, g, &gp) &&
+         has_dtype(m, g, m.dtype, dtype_name.ptr(), code, want) && address_of(m, g, &gp) &&
          (checks < 1 ||
-          (has_numel(m, p, numel[i]) && has_value(p_plain ? m.dtype : nullptr, p, dtype_name.ptr(), want) &&
+          (has_numel(m, p, numel[i]) && has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
            is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
     const Py_ssize_t k = PyList_GET_SIZE(out.grads.ptr());
     gptr[k] = gp;

@@ -18,6 +18,14 @@ struct Gathered {
   pybind11::list grads;
 };
 
+// Entries of gather_rows' `methods` tuple.
+constexpr Py_ssize_t kMethods = 8;
+
+// What the shim in `methods` (see gather_rows) reads of `t`: (is_contiguous, numel, scalar type,
+// address), or None when it does not read t (no shim; not of a `plain` type; a borrowed tensor; torch
+// reported an error). For checking the shim against Tensor's methods before a pass uses it.
+pybind11::object shim_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t);
+
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.
 using AddressReader = void* (*)(PyObject*);
@@ -48,7 +56,13 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // caller checked against them, each optional: an AddressReader's address (0: none) and the tuple
 // of exact types it reads; Tensor's .grad and .dtype getset descriptors (None: none), called
 // directly for the types in `plain` (the plain tensor types) while attribute lookup on each of
-// them finds these very descriptors.
+// them finds these very descriptors; and last, torch's C shim for compiled code
+// (is_contiguous, numel, dtype, data_ptr: the addresses of AOTInductor's aoti_torch_is_contiguous,
+// aoti_torch_get_numel, aoti_torch_get_dtype and aoti_torch_get_data_ptr, each 0 when absent),
+// the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0:
+// unknown) and torch's scalar type of each kernel dtype code, with which the contiguity, size,
+// dtype and address of plain tensors are read without a call into torch's Python bindings. The caller checked all of these against Tensor's
+// methods (shim_read).
 //
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too

@@ -50,6 +50,10 @@ def list_addresses(lists: list[list]) -> npt.NDArray[np.uint64]:
 def lists_unchanged(lists: list[list], snapshot: npt.ArrayLike) -> bool:
     """Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive)."""
 
+def shim_read(methods: tuple, plain: tuple, tensor: object) -> tuple[bool, int, int, int] | None:
+    """What gather_rows' shim (methods[7]) reads of one tensor: (is_contiguous, numel, scalar type, address),
+    or None where it does not read it; to check it against Tensor's methods."""
+
 def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtype_objects: tuple,
                 param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike, methods: tuple,
                 plain: tuple, checks: int = 2) -> tuple[bool, list | None, npt.NDArray[np.uint64] | None,

@@ -16,7 +16,9 @@ a change the plan did not see. ``fastopt._tiers`` picks the tier per step; ``_fl
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import glob
 import importlib
 import operator
 import os
@@ -91,10 +93,72 @@ def getset(name: str) -> Any:
     return found
 
 
+NO_SHIM: tuple = (0, 0, 0, 0, 0, ())
+_SHIM_FUNCTIONS = ("aoti_torch_is_contiguous", "aoti_torch_get_numel", "aoti_torch_get_dtype",
+                   "aoti_torch_get_data_ptr")
+
+
+def _tensor_offset(samples: list[Tensor]) -> int:
+    """Where a plain tensor object holds its ``at::Tensor`` (whose one word is the TensorImpl
+    address ``Tensor._cdata`` reports): 16, or 24 behind the flag byte of torch releases whose
+    objects may borrow their tensor (0 there: owned); 0 when neither holds for every sample."""
+    for offset in (16, 24):
+        if all(ctypes.c_uint64.from_address(id(t) + offset).value == t._cdata
+               and (offset == 16 or ctypes.c_uint8.from_address(id(t) + 16).value == 0) for t in samples):
+            return offset
+    return 0
+
+
+def _shim() -> tuple:
+    """torch's C shim for compiled code (AOTInductor's ``aoti_torch_is_contiguous``,
+    ``aoti_torch_get_numel``, ``aoti_torch_get_dtype`` and ``aoti_torch_get_data_ptr``, which
+    torch exports with C linkage),
+    where a plain tensor object holds the ``at::Tensor`` they take, and torch's scalar type per
+    kernel dtype code: the last entry of ``GATHER_METHODS`` (see csrc/gather.h). ``NO_SHIM``
+    when this torch lacks one, ``FASTOPT_DIRECT_READS=0``, or the shim disagrees with Tensor's
+    methods on a probe tensor."""
+    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
+        return NO_SHIM
+    found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
+    try:
+        lib = ctypes.CDLL(found[0])
+        functions = tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+                          for name in _SHIM_FUNCTIONS)
+    except (IndexError, OSError, AttributeError):
+        return NO_SHIM
+    base = torch.arange(12, dtype=torch.float32)
+    probes = [base, base[3:], base.view(3, 4).t(), base[::2], torch.zeros(()), torch.empty(0),
+              torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64)),
+              torch.nn.Parameter(base.view(3, 4).t()), torch.zeros(3, dtype=torch.int64),
+              *(torch.zeros(2, 2, dtype=d) for d in DTYPE_OBJECTS)]
+    offset = _tensor_offset(probes)
+    if not offset or 0 in functions:
+        return NO_SHIM
+
+    def read(t: Tensor, scalar_types: tuple) -> tuple | None:
+        return _C.shim_read((*GATHER_BASE, (*functions, offset, scalar_types)), PLAIN_TYPES, t)
+
+    try:
+        first = [read(torch.zeros(1, dtype=d), ()) for d in DTYPE_OBJECTS]
+        if None in first:
+            return NO_SHIM
+        scalar_types = tuple(r[2] for r in first)  # type: ignore[index]
+        dtype_of = dict(zip(scalar_types, DTYPE_OBJECTS))
+        for t in probes:
+            got = read(t, scalar_types)
+            if (got is None or got[:2] != (t.is_contiguous(), t.numel()) or got[3] != t.data_ptr()
+                    or dtype_of.get(got[2]) is not (t.dtype if t.dtype in DTYPE_CODES else None)):
+                return NO_SHIM
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
+        return NO_SHIM
+    return (*functions, offset, scalar_types)
+
+
 #: What ``_C.gather_rows`` reads tensors with: Tensor's data_ptr, is_contiguous and numel, then
 #: the faster reads checked against them (see csrc/gather.h)
-GATHER_METHODS = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
-                  getset("grad"), getset("dtype"))
+GATHER_BASE = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
+               getset("grad"), getset("dtype"))
+GATHER_METHODS = (*GATHER_BASE, _shim())
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before

@@ -20,15 +20,24 @@ pytest.importorskip("fastopt._C")
 
 SHAPES = [(4, 3), (5,), (2, 2, 2), (7,), (0,)]
 #: gather_rows' reads with the faster ones left out: Tensor's methods and attribute lookup only
-METHODS_ONLY = (*K.GATHER_METHODS[:3], 0, (), None, None)
+METHODS_ONLY = (*K.GATHER_METHODS[:3], 0, (), None, None, K.NO_SHIM)
 
 
-@pytest.fixture(autouse=True, params=["direct reads", "methods only"])
+#: every read this torch allows, as the package found them at import
+DIRECT = K.GATHER_METHODS
+#: the same without torch's C shim: the address reader and the getters
+NO_SHIM = (*DIRECT[:7], K.NO_SHIM)
+
+
+@pytest.fixture(autouse=True, params=["direct reads", "no shim", "methods only"])
 def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple:
-    """Every test runs with the reads this torch allows (torch's C-level address reader, the
-    getters) and again with Tensor's methods alone, the way torch releases without them go."""
+    """Every test runs with the reads this torch allows (torch's C shim, its C-level address
+    reader, the getters), again without the shim, and with Tensor's methods alone, the way
+    torch releases without them go."""
     if request.param == "methods only":
         monkeypatch.setattr(K, "GATHER_METHODS", METHODS_ONLY)
+    elif request.param == "no shim":
+        monkeypatch.setattr(K, "GATHER_METHODS", NO_SHIM)
     return K.GATHER_METHODS
 
 
@@ -170,10 +179,88 @@ def test_direct_reads_can_be_turned_off() -> None:
     import os
     import subprocess
     import sys
-    code = "from fastopt import _kernels as K; m = K.GATHER_METHODS; print(m[3], m[5], m[6])"
+    code = ("from fastopt import _kernels as K; m = K.GATHER_METHODS; "
+            "print(m[3], m[5], m[6], m[7] == K.NO_SHIM)")
     env = dict(os.environ, FASTOPT_DIRECT_READS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0", "None", "None"]
+    assert out.stdout.split() == ["0", "None", "None", "True"]
+
+
+def _exports_shim() -> bool:
+    """Whether this torch's library exports every function of the C shim the pass reads with."""
+    import ctypes
+    import glob
+    import os
+    found = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*"))
+    lib = ctypes.CDLL(sorted(found)[0])
+    return all(hasattr(lib, name) for name in K._SHIM_FUNCTIONS)
+
+
+def test_the_shim_is_used_where_torch_exports_it() -> None:
+    """A torch that exports the shim gets it (else every step pays torch's bindings again)."""
+    assert (DIRECT[7] != K.NO_SHIM) == _exports_shim()
+
+
+def _moved_data() -> torch.Tensor:
+    t = torch.zeros(3)
+    t.data = torch.arange(10.0)[2:8].view(2, 3)
+    return t
+
+
+def _a_gradient() -> torch.Tensor:
+    p = torch.nn.Parameter(torch.ones(3, 2))
+    (p * 2).sum().backward()
+    assert p.grad is not None
+    return p.grad
+
+
+SHIM_CASES: dict[str, Callable[[], torch.Tensor]] = {
+    "1-d": lambda: torch.randn(5),
+    "0-d": lambda: torch.zeros(()),
+    "empty": lambda: torch.zeros(0, 3),
+    "offset view": lambda: torch.arange(10.0)[3:],
+    "transposed": lambda: torch.randn(3, 4).t(),
+    "strided": lambda: torch.arange(10.0)[::2],
+    "size-1 dims": lambda: torch.randn(1, 4, 1),
+    "expanded": lambda: torch.randn(3, 1).expand(3, 4),
+    "parameter": lambda: torch.nn.Parameter(torch.randn(2, 3, dtype=torch.float64)),
+    "transposed parameter": lambda: torch.nn.Parameter(torch.randn(2, 3).t()),
+    "bfloat16": lambda: torch.randn(4, dtype=torch.bfloat16),
+    "float16": lambda: torch.randn(4, dtype=torch.float16),
+    "int64": lambda: torch.arange(4),
+    "bool": lambda: torch.zeros(3, dtype=torch.bool),
+    "complex": lambda: torch.zeros(3, dtype=torch.complex64),
+    ".data replaced": _moved_data,
+    "a gradient": lambda: _a_gradient(),
+    "meta": lambda: torch.empty(4, device="meta"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHIM_CASES))
+def test_the_shim_reads_what_torch_reports(case: str) -> None:
+    """Where the shim reads a tensor it gives Tensor's own answers; where it does not (None),
+    the pass reads through the bindings."""
+    if DIRECT[7] == K.NO_SHIM:
+        pytest.skip("this torch exports no shim (or FASTOPT_DIRECT_READS=0)")
+    t = SHIM_CASES[case]()
+    got = K._C.shim_read(DIRECT, K.PLAIN_TYPES, t)
+    assert got is not None
+    scalar_types = dict(zip(DIRECT[7][5], K.DTYPE_OBJECTS))
+    assert got[:2] == (t.is_contiguous(), t.numel())
+    assert got[3] == t.data_ptr()
+    assert scalar_types.get(got[2]) is (t.dtype if t.dtype in K.DTYPE_CODES else None)
+
+
+def test_the_shim_leaves_other_tensors_to_the_bindings() -> None:
+    if DIRECT[7] == K.NO_SHIM:
+        pytest.skip("this torch exports no shim (or FASTOPT_DIRECT_READS=0)")
+    assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, torch.randn(3).as_subclass(SubTensor)) is None
+    assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, torch.zeros(5).to_sparse()) is None  # (no strides)
+    assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
+    with pytest.raises(TypeError, match="methods"):
+        K._C.shim_read(DIRECT[:7], K.PLAIN_TYPES, torch.zeros(2))
+    with pytest.raises(ValueError, match="16 or 24"):
+        K._C.shim_read((*DIRECT[:7], (*DIRECT[7][:4], 8, ())), K.PLAIN_TYPES, torch.zeros(2))  # (no offset)
 
 
 def _norm_table_by_hand(grads: list, norm_type: float):
@@ -221,7 +308,7 @@ def test_the_norm_table_pass_checks_its_arguments() -> None:
     n = 2
     out = (np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
     grads = [torch.randn(2), torch.randn(3)]
-    reads = (K.DTYPE_CODES, K.GATHER_METHODS, K.PLAIN_TYPES, torch.strided, (None, None))
+    reads = (K.DTYPE_CODES, DIRECT, K.PLAIN_TYPES, torch.strided, (None, None))
     with pytest.raises(ValueError, match="one per item"):
         K._C.norm_table(grads, *reads, out[0][:1], out[1], out[2])
     with pytest.raises(TypeError):
