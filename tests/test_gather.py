@@ -240,8 +240,8 @@ SHIM_CASES: dict[str, Callable[[], torch.Tensor]] = {
 def test_the_shim_reads_what_torch_reports(case: str) -> None:
     """Where the shim reads a tensor it gives Tensor's own answers; where it does not (None),
     the pass reads through the bindings."""
-    if DIRECT[7] == K.NO_SHIM:
-        pytest.skip("this torch exports no shim (or FASTOPT_DIRECT_READS=0)")
+    if not _exports_shim():
+        pytest.skip("this torch exports no C shim (aoti_torch_is_contiguous and the rest)")
     t = SHIM_CASES[case]()
     got = K._C.shim_read(DIRECT, K.PLAIN_TYPES, t)
     assert got is not None
@@ -252,8 +252,8 @@ def test_the_shim_reads_what_torch_reports(case: str) -> None:
 
 
 def test_the_shim_leaves_other_tensors_to_the_bindings() -> None:
-    if DIRECT[7] == K.NO_SHIM:
-        pytest.skip("this torch exports no shim (or FASTOPT_DIRECT_READS=0)")
+    if not _exports_shim():
+        pytest.skip("this torch exports no C shim (aoti_torch_is_contiguous and the rest)")
     assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, torch.randn(3).as_subclass(SubTensor)) is None
     assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, torch.zeros(5).to_sparse()) is None  # (no strides)
     assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
