@@ -176,10 +176,9 @@ T* mutable_vector(py::array_t<T>& a, Py_ssize_t n, const char* what) {
   return a.mutable_data();
 }
 
-// The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
 // methods[7]: (is_contiguous, numel, dtype, data_ptr, offset, scalar_types), the shim's four
-// function addresses (0: none), where a plain tensor object holds its at::Tensor (0: nowhere known) and
-// torch's scalar type per kernel dtype code.
+// function addresses (0: none), where a plain tensor object holds its at::Tensor (0: nowhere
+// known) and torch's scalar type per kernel dtype code.
 Shim shim_of(PyObject* t) {
   if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 6 || !PyTuple_Check(PyTuple_GET_ITEM(t, 5)))
     throw py::type_error("methods[7] must be (is_contiguous, numel, dtype, data_ptr, offset, scalar_types)");
@@ -204,6 +203,7 @@ Shim shim_of(PyObject* t) {
   return s;
 }
 
+// The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
 Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
   if (!PyTuple_Check(methods) || PyTuple_GET_SIZE(methods) != kMethods ||
       !PyTuple_Check(PyTuple_GET_ITEM(methods, 4)) || !PyTuple_Check(plain))

@@ -56,13 +56,13 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // caller checked against them, each optional: an AddressReader's address (0: none) and the tuple
 // of exact types it reads; Tensor's .grad and .dtype getset descriptors (None: none), called
 // directly for the types in `plain` (the plain tensor types) while attribute lookup on each of
-// them finds these very descriptors; and last, torch's C shim for compiled code
-// (is_contiguous, numel, dtype, data_ptr: the addresses of AOTInductor's aoti_torch_is_contiguous,
+// them finds these very descriptors; and last, torch's C shim for compiled code (is_contiguous,
+// numel, dtype, data_ptr: the addresses of AOTInductor's aoti_torch_is_contiguous,
 // aoti_torch_get_numel, aoti_torch_get_dtype and aoti_torch_get_data_ptr, each 0 when absent),
-// the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0:
-// unknown) and torch's scalar type of each kernel dtype code, with which the contiguity, size,
-// dtype and address of plain tensors are read without a call into torch's Python bindings. The caller checked all of these against Tensor's
-// methods (shim_read).
+// the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown)
+// and torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
+// address of plain tensors are read without a call into torch's Python bindings. The caller
+// checked all of these against Tensor's methods (shim_read).
 //
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too

@@ -109,23 +109,28 @@ def _tensor_offset(samples: list[Tensor]) -> int:
     return 0
 
 
-def _shim() -> tuple:
-    """torch's C shim for compiled code (AOTInductor's ``aoti_torch_is_contiguous``,
-    ``aoti_torch_get_numel``, ``aoti_torch_get_dtype`` and ``aoti_torch_get_data_ptr``, which
-    torch exports with C linkage),
-    where a plain tensor object holds the ``at::Tensor`` they take, and torch's scalar type per
-    kernel dtype code: the last entry of ``GATHER_METHODS`` (see csrc/gather.h). ``NO_SHIM``
-    when this torch lacks one, ``FASTOPT_DIRECT_READS=0``, or the shim disagrees with Tensor's
-    methods on a probe tensor."""
-    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
-        return NO_SHIM
+def shim_functions() -> tuple[int, ...]:
+    """The addresses of the C shim's functions (``_SHIM_FUNCTIONS``) as this torch's
+    ``torch_cpu`` library exports them, 0 for each it lacks (all 0 without the library)."""
     found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
     try:
         lib = ctypes.CDLL(found[0])
-        functions = tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
-                          for name in _SHIM_FUNCTIONS)
-    except (IndexError, OSError, AttributeError):
+    except (IndexError, OSError):
+        return (0,) * len(_SHIM_FUNCTIONS)
+    functions = [getattr(lib, name, None) for name in _SHIM_FUNCTIONS]
+    return tuple(0 if fn is None else ctypes.cast(fn, ctypes.c_void_p).value or 0 for fn in functions)
+
+
+def _shim() -> tuple:
+    """torch's C shim for compiled code (AOTInductor's ``aoti_torch_is_contiguous``,
+    ``aoti_torch_get_numel``, ``aoti_torch_get_dtype`` and ``aoti_torch_get_data_ptr``, which
+    torch exports with C linkage), where a plain tensor object holds the ``at::Tensor`` they
+    take, and torch's scalar type per kernel dtype code: the last entry of ``GATHER_METHODS``
+    (see csrc/gather.h). ``NO_SHIM`` when this torch lacks one, ``FASTOPT_DIRECT_READS=0``, or
+    the shim disagrees with Tensor's methods on a probe tensor."""
+    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
         return NO_SHIM
+    functions = shim_functions()
     base = torch.arange(12, dtype=torch.float32)
     probes = [base, base[3:], base.view(3, 4).t(), base[::2], torch.zeros(()), torch.empty(0),
               torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64)),
