@@ -197,7 +197,7 @@ class KernelOnly:
 
 SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
 DIRECT_READS = _kernels.GATHER_METHODS  # what this torch allows (see fastopt/_kernels.py)
-METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None, _kernels.NO_SHIM)
+METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None, _kernels.NO_SHIM, _kernels.NO_LAYOUT)
 SCALE_ELEMENTS = 8_000_000
 
 

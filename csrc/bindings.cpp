@@ -194,6 +194,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("shim_read", &fastopt::shim_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"),
         "What gather_rows' shim (methods[7]) reads of one tensor: (is_contiguous, numel, scalar type, address),\n"
         "or None where it does not read it; to check it against Tensor's methods.");
+  m.def("layout_read", &fastopt::layout_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"),
+        "What gather_rows' layout (methods[8]) reads of one tensor: the addresses of its TensorImpl, storage,\n"
+        "autograd meta, gradient TensorImpl and Python object, or None; to check the layout against torch.");
   m.def("norm_table", &fastopt::norm_table, py::arg("tensors"), py::arg("codes"), py::arg("methods"),
         py::arg("plain"), py::arg("strided"), py::arg("getters"), py::arg("ptrs"), py::arg("numels"),
         py::arg("dtypes"),

@@ -1,9 +1,12 @@
 // One pass over a plan's parameters through the Python C API: the gradient of each and the
-// checks the kernel's table relies on, with the next parameters' objects prefetched, so each
-// tensor's metadata is brought into cache once per step rather than once per check. Addresses
+// checks the kernel's table relies on, with the objects of the parameters ahead prefetched
+// along torch's pointers (tensor object, TensorImpl, storage, autograd meta, gradient), so each
+// tensor's metadata is brought into cache once per step, many tensors at a time. Addresses
 // are read with torch's own C-level reader where this torch has one (no Python call, no int
 // object per read), and .grad/.dtype through their getters without attribute lookup.
 #include "gather.h"
+
+#include "prefetch.h"
 
 #include <stdexcept>
 #include <string>
@@ -14,8 +17,21 @@ namespace py = pybind11;
 namespace fastopt {
 namespace {
 
-// How many parameters ahead the loop prefetches the Python objects.
+// How many items ahead a loop prefetches the Python objects when the layout is unknown.
 constexpr Py_ssize_t kAhead = 8;
+// With the layout: how many parameters apart the stages of the gradient chain run, and how
+// many tensors apart the stages of a tensor's (object, TensorImpl, storage) run.
+constexpr Py_ssize_t kParamStage = 2;
+constexpr Py_ssize_t kTensorStage = 8;
+
+// Where torch keeps the pointers a read follows (byte offsets, see gather.h); tensor 0: unknown.
+struct Layout {
+  Py_ssize_t tensor = 0;
+  Py_ssize_t storage = 0;
+  Py_ssize_t meta = 0;
+  Py_ssize_t grad = 0;
+  Py_ssize_t pyobj = 0;
+};
 
 // torch's C shim for compiled code (AOTInductor's aoti_torch_* functions: an at::Tensor's address
 // in, 0 returned and the answer written on success), and where a plain tensor object holds the
@@ -40,7 +56,8 @@ struct Methods {
   PyGetSetDef* grad;  // Tensor's .grad and .dtype getters, or null: attribute lookup
   PyGetSetDef* dtype;
   Shim shim;
-  PyObject* plain;  // the exact types the getters and the shim are used for
+  Layout layout;
+  PyObject* plain;  // the exact types the getters, the shim and the layout are used for
 };
 
 PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
@@ -158,8 +175,71 @@ PyGetSetDef* getter_for(PyObject* descr, PyObject* types, PyObject* name) {
   return reinterpret_cast<PyGetSetDescrObject*>(descr)->d_getset;
 }
 
-void prefetch(PyObject* list, Py_ssize_t i, Py_ssize_t n) {
-  if (i < n) __builtin_prefetch(PyList_GET_ITEM(list, i));
+// The pointer at byte `offset` of the object at `base`.
+char* word(const void* base, Py_ssize_t offset) {
+  return *reinterpret_cast<char* const*>(static_cast<const char*>(base) + offset);
+}
+
+// Prefetches `lines` cache lines from p on.
+void prefetch_lines(const char* p, int lines) {
+  for (int k = 0; k < lines; ++k) prefetch(p + 64 * k);
+}
+
+// The TensorImpl of tensor object `t` (null: not a plain type, or a borrowed tensor).
+char* impl_of(const Methods& m, PyObject* t) {
+  if (!is_one_of(t, m.plain)) return nullptr;
+  if (m.layout.tensor == 24 && reinterpret_cast<char*>(t)[16] != 0) return nullptr;
+  return word(t, m.layout.tensor);
+}
+
+// The item `i` of `list`, or null outside it (its length read again: what the list holds now).
+PyObject* item(PyObject* list, Py_ssize_t i) {
+  return i >= 0 && i < PyList_GET_SIZE(list) ? PyList_GET_ITEM(list, i) : nullptr;
+}
+
+// Prefetching ahead of item i of a list of tensors read for their metadata: the objects
+// 3 stages ahead, their TensorImpls 2 ahead, their storages 1 ahead (each stage reads what the
+// one before brought in). The items' Python objects alone without the layout.
+void prefetch_tensors(const Methods& m, PyObject* list, Py_ssize_t i) {
+  if (m.layout.tensor == 0) {
+    if (PyObject* t = item(list, i + kAhead)) prefetch(t);
+    return;
+  }
+  constexpr Py_ssize_t d = kTensorStage;
+  if (PyObject* t = item(list, i + 3 * d)) prefetch(t);
+  if (PyObject* t = item(list, i + 2 * d))
+    if (char* impl = impl_of(m, t)) prefetch_lines(impl, 4);
+  if (PyObject* t = item(list, i + d))
+    if (char* impl = impl_of(m, t)) prefetch_lines(word(impl, m.layout.storage), 2);
+}
+
+// The same ahead of parameter i, along the chain its .grad read follows too: object, TensorImpl,
+// its storage and autograd meta, the gradient's TensorImpl, the gradient's storage and object.
+void prefetch_params(const Methods& m, PyObject* list, Py_ssize_t i) {
+  if (m.layout.tensor == 0) {
+    if (PyObject* t = item(list, i + kAhead)) prefetch(t);
+    return;
+  }
+  const Layout& l = m.layout;
+  constexpr Py_ssize_t d = kParamStage;
+  if (PyObject* t = item(list, i + 5 * d)) prefetch(t);
+  if (PyObject* t = item(list, i + 4 * d))
+    if (char* impl = impl_of(m, t)) prefetch_lines(impl, 4);
+  if (PyObject* t = item(list, i + 3 * d))
+    if (char* impl = impl_of(m, t)) {
+      prefetch_lines(word(impl, l.storage), 2);
+      if (char* meta = word(impl, l.meta)) prefetch(meta + l.grad);
+    }
+  if (PyObject* t = item(list, i + 2 * d))
+    if (char* impl = impl_of(m, t))
+      if (char* meta = word(impl, l.meta)) prefetch_lines(word(meta, l.grad), 4);
+  if (PyObject* t = item(list, i + d))
+    if (char* impl = impl_of(m, t))
+      if (char* meta = word(impl, l.meta))
+        if (char* grad = word(meta, l.grad)) {
+          prefetch_lines(word(grad, l.storage), 2);
+          prefetch(word(grad, l.pyobj));
+        }
 }
 
 template <typename T>
@@ -203,6 +283,21 @@ Shim shim_of(PyObject* t) {
   return s;
 }
 
+// methods[8]: (tensor, storage, meta, grad, pyobj) byte offsets, or () when unknown.
+Layout layout_of(PyObject* t) {
+  if (!PyTuple_Check(t) || (PyTuple_GET_SIZE(t) != 0 && PyTuple_GET_SIZE(t) != 5))
+    throw py::type_error("methods[8] must be (tensor, storage, meta, grad, pyobj) or ()");
+  if (PyTuple_GET_SIZE(t) == 0) return Layout{};
+  Py_ssize_t v[5];
+  for (int i = 0; i < 5; ++i) v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
+  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  if (v[0] != 16 && v[0] != 24) throw std::invalid_argument("methods[8]: a tensor object holds its at::Tensor at 16 or 24");
+  for (int i = 1; i < 5; ++i)
+    if (v[i] <= 0 || v[i] % 8 != 0 || v[i] >= 128)
+      throw std::invalid_argument("methods[8]: offsets are multiples of 8 in (0, 128)");
+  return Layout{v[0], v[1], v[2], v[3], v[4]};
+}
+
 // The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
 Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
   if (!PyTuple_Check(methods) || PyTuple_GET_SIZE(methods) != kMethods ||
@@ -220,6 +315,7 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  getter_for(mt[5], plain, grad_name.ptr()),
                  getter_for(mt[6], plain, dtype_name),
                  shim_of(mt[7]),
+                 layout_of(mt[8]),
                  plain};
 }
 
@@ -238,6 +334,19 @@ py::object shim_read(py::handle methods, py::handle plain, py::handle t) {
       m.shim.dtype(h, &scalar_type) != 0 || m.shim.data_ptr(h, &address) != 0)
     return py::none();
   return py::make_tuple(contiguous, numel, scalar_type, reinterpret_cast<uint64_t>(address));
+}
+
+py::object layout_read(py::handle methods, py::handle plain, py::handle t) {
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  if (m.layout.tensor == 0) return py::none();
+  char* impl = impl_of(m, t.ptr());
+  if (impl == nullptr) return py::none();
+  const Layout& l = m.layout;
+  char* meta = word(impl, l.meta);
+  const auto address = [](const void* p) { return reinterpret_cast<uint64_t>(p); };
+  return py::make_tuple(address(impl), address(word(impl, l.storage)), address(meta),
+                        address(meta == nullptr ? nullptr : word(meta, l.grad)), address(word(impl, l.pyobj)));
 }
 
 uint64_t read_address(uint64_t reader, py::handle t) {
@@ -269,9 +378,9 @@ bool norm_table(py::handle tensors, py::handle codes, py::handle methods, py::ha
   PyGetSetDef* const is_cpu = getter_for(PyTuple_GET_ITEM(getters.ptr(), 0), plain.ptr(), cpu_name.ptr());
   PyGetSetDef* const layout = getter_for(PyTuple_GET_ITEM(getters.ptr(), 1), plain.ptr(), layout_name.ptr());
   bool ok = true;
-  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(list, i, n);
+  for (Py_ssize_t i = -3 * kTensorStage; i < 0; ++i) prefetch_tensors(m, list, i);
   for (Py_ssize_t i = 0; ok && i < n; ++i) {
-    prefetch(list, i + kAhead, n);
+    prefetch_tensors(m, list, i);
     PyObject* t = PyList_GET_ITEM(list, i);
     ok = is_one_of(t, plain.ptr()) && has_value(is_cpu, t, cpu_name.ptr(), Py_True) &&
          has_value(layout, t, layout_name.ptr(), strided.ptr()) && is_contiguous(m, t);
@@ -315,9 +424,9 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
   Gathered out{false, py::list()};
   bool ok = true;
-  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(plist, i, n);
+  for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
   for (Py_ssize_t i = 0; ok && i < n; ++i) {
-    prefetch(plist, i + kAhead, n);
+    prefetch_params(m, plist, i);
     PyObject* p = PyList_GET_ITEM(plist, i);
     const bool p_plain = is_one_of(p, plain.ptr());
     PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
@@ -344,9 +453,9 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     if (ok && PyList_Append(out.grads.ptr(), g) != 0) ok = false;
     Py_DECREF(g);
   }
-  for (Py_ssize_t i = 0; i < kAhead; ++i) prefetch(slist, i, ns);
+  for (Py_ssize_t j = -3 * kTensorStage; ok && checks >= 2 && j < 0; ++j) prefetch_tensors(m, slist, j);
   for (Py_ssize_t j = 0; ok && checks >= 2 && j < ns; ++j) {
-    prefetch(slist, j + kAhead, ns);
+    prefetch_tensors(m, slist, j);
     uint64_t sp = 0;
     ok = address_of(m, PyList_GET_ITEM(slist, j), &sp) && sp == sptr[j];
   }

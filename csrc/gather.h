@@ -19,12 +19,18 @@ struct Gathered {
 };
 
 // Entries of gather_rows' `methods` tuple.
-constexpr Py_ssize_t kMethods = 8;
+constexpr Py_ssize_t kMethods = 9;
 
 // What the shim in `methods` (see gather_rows) reads of `t`: (is_contiguous, numel, scalar type,
 // address), or None when it does not read t (no shim; not of a `plain` type; a borrowed tensor; torch
 // reported an error). For checking the shim against Tensor's methods before a pass uses it.
 pybind11::object shim_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t);
+
+// What the layout in `methods` (see gather_rows) reads of `t`: the addresses of its TensorImpl,
+// that one's storage and autograd meta (0: none), the gradient's TensorImpl in that meta (0: no
+// meta) and t's Python object; None when there is no layout or t is not of a `plain` type (or is
+// a borrowed tensor). For checking the layout against torch before a pass prefetches along it.
+pybind11::object layout_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t);
 
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.
@@ -61,8 +67,12 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // aoti_torch_get_numel, aoti_torch_get_dtype and aoti_torch_get_data_ptr, each 0 when absent),
 // the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown)
 // and torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
-// address of plain tensors are read without a call into torch's Python bindings. The caller
-// checked all of these against Tensor's methods (shim_read).
+// address of plain tensors are read without a call into torch's Python bindings; then the
+// layout of torch's objects the pass prefetches along, (tensor, storage, meta, grad, pyobj) or
+// () when unknown: the offset of the at::Tensor in a tensor object (as for the shim), of the
+// storage, autograd meta and Python object pointers in a TensorImpl, and of the gradient in
+// autograd meta. The layout only decides what is prefetched, never what is read. The caller
+// checked all of these against torch (shim_read, layout_read).
 //
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too

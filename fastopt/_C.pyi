@@ -50,6 +50,10 @@ def list_addresses(lists: list[list]) -> npt.NDArray[np.uint64]:
 def lists_unchanged(lists: list[list], snapshot: npt.ArrayLike) -> bool:
     """Whether list_addresses(lists) equals snapshot (whose items the caller keeps alive)."""
 
+def layout_read(methods: tuple, plain: tuple, tensor: object) -> tuple[int, int, int, int, int] | None:
+    """What gather_rows' layout (methods[8]) reads of one tensor: the addresses of its TensorImpl, storage,
+    autograd meta, gradient TensorImpl and Python object, or None; to check the layout against torch."""
+
 def shim_read(methods: tuple, plain: tuple, tensor: object) -> tuple[bool, int, int, int] | None:
     """What gather_rows' shim (methods[7]) reads of one tensor: (is_contiguous, numel, scalar type, address),
     or None where it does not read it; to check it against Tensor's methods."""

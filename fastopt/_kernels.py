@@ -141,7 +141,7 @@ def _shim() -> tuple:
         return NO_SHIM
 
     def read(t: Tensor, scalar_types: tuple) -> tuple | None:
-        return _C.shim_read((*GATHER_BASE, (*functions, offset, scalar_types)), PLAIN_TYPES, t)
+        return _C.shim_read((*GATHER_BASE, (*functions, offset, scalar_types), NO_LAYOUT), PLAIN_TYPES, t)
 
     try:
         first = [read(torch.zeros(1, dtype=d), ()) for d in DTYPE_OBJECTS]
@@ -159,11 +159,64 @@ def _shim() -> tuple:
     return (*functions, offset, scalar_types)
 
 
+NO_LAYOUT: tuple = ()
+
+
+def _words(address: int, count: int) -> list[int]:
+    return [ctypes.c_uint64.from_address(address + 8 * i).value for i in range(count)]
+
+
+def _unique(candidates: list[int]) -> int:
+    return candidates[0] if len(candidates) == 1 else 0
+
+
+def _layout() -> tuple:
+    """Where torch keeps the pointers a gradient read follows, for the pass to prefetch along
+    them: (at::Tensor in a tensor object, then storage, autograd meta and Python object in a
+    TensorImpl, then the gradient in autograd meta), byte offsets, found on probe tensors by the
+    addresses torch reports (``_cdata``, ``untyped_storage()._cdata``, ``id``) and checked on
+    others (``_C.layout_read``); ``NO_LAYOUT`` when any is not found, or ``FASTOPT_DIRECT_READS=0``.
+    The layout decides what is prefetched only: a read never goes by it."""
+    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
+        return NO_LAYOUT
+    plain = torch.zeros(4)
+    with_grad = torch.nn.Parameter(torch.zeros(3))
+    with_grad.grad = torch.ones(3)
+    tensor = _tensor_offset([plain, with_grad])
+    if not tensor:
+        return NO_LAYOUT
+    span = 16  # words of a TensorImpl searched: its first 128 bytes (it is larger on every release)
+    a, b = _words(plain._cdata, span), _words(with_grad._cdata, span)
+    storage = _unique([8 * i for i in range(1, span) if a[i] == plain.untyped_storage()._cdata
+                       and b[i] == with_grad.untyped_storage()._cdata])
+    pyobj = _unique([8 * i for i in range(1, span) if a[i] & ~7 == id(plain) and b[i] & ~7 == id(with_grad)])
+    # autograd meta: the one pointer a tensor without autograd lacks
+    meta = _unique([8 * i for i in range(1, span)
+                    if a[i] == 0 and b[i] != 0 and 8 * i not in (storage, pyobj)])
+    if not (storage and pyobj and meta):
+        return NO_LAYOUT
+    grad = _unique([8 * i for i, w in enumerate(_words(b[meta // 8], 8)) if i and w == with_grad.grad._cdata])
+    if not grad:
+        return NO_LAYOUT
+    layout = (tensor, storage, meta, grad, pyobj)
+    base = torch.arange(6.0)
+    param = torch.nn.Parameter(torch.arange(6.0).view(2, 3))
+    (param * 2).sum().backward()
+    no_grad_yet = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    for t in (base, base[2:], param, no_grad_yet, torch.zeros((), dtype=torch.bfloat16), param.grad):
+        got = _C.layout_read((*GATHER_BASE, NO_SHIM, layout), PLAIN_TYPES, t)
+        meta_of = got[2] if got else 0
+        if (got is None or got[0] != t._cdata or got[1] != t.untyped_storage()._cdata or got[4] & ~7 != id(t)
+                or (t.requires_grad and not meta_of) or (t.grad is not None and got[3] != t.grad._cdata)):
+            return NO_LAYOUT
+    return layout
+
+
 #: What ``_C.gather_rows`` reads tensors with: Tensor's data_ptr, is_contiguous and numel, then
-#: the faster reads checked against them (see csrc/gather.h)
+#: the faster reads checked against them, and the layout it prefetches along (see csrc/gather.h)
 GATHER_BASE = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
                getset("grad"), getset("dtype"))
-GATHER_METHODS = (*GATHER_BASE, _shim())
+GATHER_METHODS = (*GATHER_BASE, _shim(), _layout())
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before
@@ -600,6 +653,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
             return False
     if len(todo) or not unchanged:
         plan.snapshot(state)
+    # every row: the plan's own table, whose gradient column is filled here and read by nothing else
     ptrs = plan.ptrs.copy() if every_row else plan.ptrs[rows]
     ptrs[:, algorithm.column("grad")] = grad_ptrs
     if CHECK_POINTERS:

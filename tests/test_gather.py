@@ -20,24 +20,25 @@ pytest.importorskip("fastopt._C")
 
 SHAPES = [(4, 3), (5,), (2, 2, 2), (7,), (0,)]
 #: gather_rows' reads with the faster ones left out: Tensor's methods and attribute lookup only
-METHODS_ONLY = (*K.GATHER_METHODS[:3], 0, (), None, None, K.NO_SHIM)
+METHODS_ONLY = (*K.GATHER_METHODS[:3], 0, (), None, None, K.NO_SHIM, K.NO_LAYOUT)
 
 
 #: every read this torch allows, as the package found them at import
 DIRECT = K.GATHER_METHODS
-#: the same without torch's C shim: the address reader and the getters
-NO_SHIM = (*DIRECT[:7], K.NO_SHIM)
+#: the same without torch's C shim: the address reader and the getters (prefetching as before)
+NO_SHIM = (*DIRECT[:7], K.NO_SHIM, DIRECT[8])
+#: every read, without the prefetching along torch's layout
+NO_LAYOUT = (*DIRECT[:8], K.NO_LAYOUT)
+VARIANTS = {"direct reads": DIRECT, "no prefetch": NO_LAYOUT, "no shim": NO_SHIM,
+            "methods only": METHODS_ONLY}
 
 
-@pytest.fixture(autouse=True, params=["direct reads", "no shim", "methods only"])
+@pytest.fixture(autouse=True, params=list(VARIANTS))
 def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """Every test runs with the reads this torch allows (torch's C shim, its C-level address
-    reader, the getters), again without the shim, and with Tensor's methods alone, the way
-    torch releases without them go."""
-    if request.param == "methods only":
-        monkeypatch.setattr(K, "GATHER_METHODS", METHODS_ONLY)
-    elif request.param == "no shim":
-        monkeypatch.setattr(K, "GATHER_METHODS", NO_SHIM)
+    reader, the getters, prefetching along torch's layout), again without the prefetching,
+    without the shim, and with Tensor's methods alone, the way torch releases without them go."""
+    monkeypatch.setattr(K, "GATHER_METHODS", VARIANTS[request.param])
     return K.GATHER_METHODS
 
 
@@ -180,10 +181,10 @@ def test_direct_reads_can_be_turned_off() -> None:
     import subprocess
     import sys
     code = ("from fastopt import _kernels as K; m = K.GATHER_METHODS; "
-            "print(m[3], m[5], m[6], m[7] == K.NO_SHIM)")
+            "print(m[3], m[5], m[6], m[7] == K.NO_SHIM, m[8] == K.NO_LAYOUT)")
     env = dict(os.environ, FASTOPT_DIRECT_READS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0", "None", "None", "True"]
+    assert out.stdout.split() == ["0", "None", "None", "True", "True"]
 
 
 def _exports_shim() -> bool:
@@ -253,9 +254,77 @@ def test_the_shim_leaves_other_tensors_to_the_bindings() -> None:
     assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, torch.zeros(5).to_sparse()) is None  # (no strides)
     assert K._C.shim_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
     with pytest.raises(TypeError, match="methods"):
-        K._C.shim_read(DIRECT[:7], K.PLAIN_TYPES, torch.zeros(2))
+        K._C.shim_read(DIRECT[:8], K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="16 or 24"):
-        K._C.shim_read((*DIRECT[:7], (*DIRECT[7][:4], 8, ())), K.PLAIN_TYPES, torch.zeros(2))  # (no offset)
+        no_offset = (*DIRECT[7][:4], 8, ())
+        K._C.shim_read((*DIRECT[:7], no_offset, K.NO_LAYOUT), K.PLAIN_TYPES, torch.zeros(2))
+
+
+def _grad_set_by_hand() -> torch.Tensor:
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.ones(4)
+    return p
+
+
+def _grad_from_backward() -> torch.Tensor:
+    p = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
+    (p * 3).sum().backward()
+    return p
+
+
+def _grad_gone() -> torch.Tensor:
+    p = _grad_set_by_hand()
+    p.grad = None
+    return p
+
+
+LAYOUT_CASES: dict[str, Callable[[], torch.Tensor]] = {
+    **SHIM_CASES,
+    "parameter with a gradient set": _grad_set_by_hand,
+    "parameter with a gradient from backward": _grad_from_backward,
+    "parameter whose gradient went": _grad_gone,
+    "non-leaf": lambda: torch.nn.Parameter(torch.ones(3)) * 2,
+    "detached": lambda: torch.nn.Parameter(torch.ones(3)).detach(),
+}
+
+
+def test_the_layout_is_found() -> None:
+    """The pass prefetches along torch's pointers on this torch (else every step waits on each
+    tensor's memory in turn)."""
+    assert DIRECT[8] != K.NO_LAYOUT
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_the_layout_reads_what_torch_reports(case: str) -> None:
+    """What the pass prefetches along is what torch reports: the tensor's TensorImpl, storage and
+    Python object, autograd meta where it requires grad, and its gradient's TensorImpl."""
+    if DIRECT[8] == K.NO_LAYOUT:
+        pytest.fail("no layout found on this torch (see test_the_layout_is_found)")
+    t = LAYOUT_CASES[case]()
+    got = K._C.layout_read(DIRECT, K.PLAIN_TYPES, t)
+    assert got is not None
+    impl, storage, meta, grad, pyobj = got
+    assert impl == t._cdata
+    assert storage == t.untyped_storage()._cdata
+    assert pyobj & ~7 == id(t)
+    if t.requires_grad:
+        assert meta != 0
+    if t.is_leaf and t.grad is not None:
+        assert grad == t.grad._cdata
+
+
+def test_the_layout_leaves_other_objects_alone() -> None:
+    if DIRECT[8] == K.NO_LAYOUT:
+        pytest.fail("no layout found on this torch (see test_the_layout_is_found)")
+    assert K._C.layout_read(DIRECT, K.PLAIN_TYPES, torch.randn(3).as_subclass(SubTensor)) is None
+    assert K._C.layout_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
+    assert K._C.layout_read(NO_LAYOUT, K.PLAIN_TYPES, torch.zeros(2)) is None
+    with pytest.raises(TypeError, match="methods\\[8\\]"):
+        K._C.layout_read((*DIRECT[:8], (16, 16)), K.PLAIN_TYPES, torch.zeros(2))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 44, 48)), K.PLAIN_TYPES, torch.zeros(2))
+    with pytest.raises(ValueError, match="16 or 24"):
+        K._C.layout_read((*DIRECT[:8], (8, 16, 24, 40, 48)), K.PLAIN_TYPES, torch.zeros(2))
 
 
 def _norm_table_by_hand(grads: list, norm_type: float):
