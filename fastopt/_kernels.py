@@ -471,6 +471,8 @@ class Plan:
         self.param_column = algorithm.column("param")
         self.ptrs[:, self.param_column] = self.param_ptrs
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
+        self.table: tuple | None = None  # the hyperparameter table ``rows`` was made from
+        self.rows: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int32), np.zeros((0, 0)))
         self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
         # what the state looked like when the pointers were taken (see check_state)
         self.states: list[dict] = [NO_STATE] * len(self.params)  # each row's state dict
@@ -480,6 +482,13 @@ class Plan:
         self.state_tensors: list[Tensor] = []
         self.state_rows = np.zeros(0, dtype=np.int64)
         self.state_ptrs = np.zeros(0, dtype=np.uint64)
+
+    def rows_of(self, table: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``rows_of(table, self.group_of)``, kept while the table is the same object (the
+        optimizer makes a new one whenever a group's hyperparameters change)."""
+        if self.table is not table:
+            self.table, self.rows = table, rows_of(table, self.group_of)
+        return self.rows
 
     def check_params(self, groups: list[dict]) -> bool:
         """Whether ``groups`` still hold exactly this plan's parameters, in this order."""
@@ -654,18 +663,23 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     if len(todo) or not unchanged:
         plan.snapshot(state)
     # every row: the plan's own table, whose gradient column is filled here and read by nothing else
-    ptrs = plan.ptrs.copy() if every_row else plan.ptrs[rows]
+    ptrs = plan.ptrs if every_row else plan.ptrs[rows]
     ptrs[:, algorithm.column("grad")] = grad_ptrs
     if CHECK_POINTERS:
         check_pointer_table(ptrs, rows, plan, state, algorithm)
-    group_hyper, group_flags = table
-    gi = plan.group_of[rows]
-    flags = group_flags[gi]
+    flags, hyper = plan.rows_of(table) if every_row else rows_of(table, plan.group_of[rows])
     if first is not None:
         flags = flags | np.where(first[rows], STEP_FLAGS["first_step"], 0).astype(np.int32)
     scale = 0.0 if grad_scale is None else float(grad_scale)
-    algorithm.run(ptrs, plan.numels[rows], plan.dtypes[rows], flags, group_hyper[gi], scale, grad_mult)
+    numels, dtypes = (plan.numels, plan.dtypes) if every_row else (plan.numels[rows], plan.dtypes[rows])
+    algorithm.run(ptrs, numels, dtypes, flags, hyper, scale, grad_mult)
     return True
+
+
+def rows_of(table: tuple[np.ndarray, np.ndarray], group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row flags and hyperparameters from the per-group ``table`` (``hyper_table``)."""
+    group_hyper, group_flags = table
+    return group_flags[group_of], group_hyper[group_of]
 
 
 def gather(plan: Plan, checks: int = 2) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | None:
