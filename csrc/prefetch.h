@@ -9,9 +9,9 @@ namespace fastopt {
 // prefetching of a helper like this one would silently vanish.
 inline void prefetch(const void* p) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  asm volatile("prefetcht0 (%0)" : : "r"(p));
 #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
-  asm volatile("prfm pldl1keep, %a0" : : "p"(p));
+  asm volatile("prfm pldl1keep, [%0]" : : "r"(p));
 #else
   __builtin_prefetch(p);
 #endif
