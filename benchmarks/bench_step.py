@@ -185,10 +185,10 @@ class KernelOnly:
         assert found is not None and found[2] is None, "every parameter has a gradient, as the plan has it"
         ptrs = plan.ptrs.copy()
         ptrs[:, algorithm.column("grad")] = found[1]
-        hyper, flags = _tiers.hyper_table(opt, cache)
+        flags, hyper = _kernels.rows_of(_tiers.hyper_table(opt, cache), plan.group_of)
         self.opt = opt  # (keeps the parameters, gradients and state the table points to)
         self.run = algorithm.run
-        self.args = (ptrs, plan.numels, plan.dtypes, flags[plan.group_of], hyper[plan.group_of], 0.0, 1.0)
+        self.args = (ptrs, plan.numels, plan.dtypes, flags, hyper, 0.0, 1.0)
 
     def step(self) -> None:
         """One kernel call over the table."""

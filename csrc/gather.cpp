@@ -69,14 +69,18 @@ bool is_one_of(PyObject* t, PyObject* types) {
   return false;
 }
 
-// The at::Tensor of `t` for the shim, or null: no shim, not a plain tensor, or (torch releases
-// whose tensor object may borrow its tensor, a flag byte before it) a borrowed one.
-void* tensor_of(const Methods& m, PyObject* t) {
-  if (m.shim.offset == 0 || !is_one_of(t, m.plain)) return nullptr;
+// The at::Tensor a plain tensor object holds at `offset` (16, or 24 on torch releases whose
+// tensor object may borrow its tensor, a flag byte before it), or null: offset 0 (unknown), not
+// of a `plain` type, or a borrowed one.
+char* tensor_at(PyObject* plain, Py_ssize_t offset, PyObject* t) {
+  if (offset == 0 || !is_one_of(t, plain)) return nullptr;
   char* base = reinterpret_cast<char*>(t);
-  if (m.shim.offset == 24 && base[16] != 0) return nullptr;
-  return base + m.shim.offset;
+  if (offset == 24 && base[16] != 0) return nullptr;
+  return base + offset;
 }
+
+// The at::Tensor of `t` for the shim (null: no shim, or see tensor_at).
+void* tensor_of(const Methods& m, PyObject* t) { return tensor_at(m.plain, m.shim.offset, t); }
 
 bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
   if (void* h = tensor_of(m, t)) {
@@ -187,9 +191,8 @@ void prefetch_lines(const char* p, int lines) {
 
 // The TensorImpl of tensor object `t` (null: not a plain type, or a borrowed tensor).
 char* impl_of(const Methods& m, PyObject* t) {
-  if (!is_one_of(t, m.plain)) return nullptr;
-  if (m.layout.tensor == 24 && reinterpret_cast<char*>(t)[16] != 0) return nullptr;
-  return word(t, m.layout.tensor);
+  char* tensor = tensor_at(m.plain, m.layout.tensor, t);
+  return tensor == nullptr ? nullptr : word(tensor, 0);
 }
 
 // The item `i` of `list`, or null outside it (its length read again: what the list holds now).
