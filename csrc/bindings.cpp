@@ -121,12 +121,14 @@ py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, c
 // per gradient found; rows None when every parameter has one.
 py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
                       py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::handle state_tensors,
-                      const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain, int checks) {
+                      const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
+                      const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks) {
   const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
   py::array_t<uint64_t> grad_ptrs(n);
   py::array_t<int64_t> rows(n);
   fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
-                                               state_tensors, state_ptrs, methods, plain, checks);
+                                               state_tensors, state_ptrs, state_numels, state_dtypes, methods,
+                                               plain, checks);
   if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none());
   const auto found = static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
   if (found == n) return py::make_tuple(true, out.grads, grad_ptrs, py::none());
@@ -204,12 +206,12 @@ PYBIND11_MODULE(_C, m) {
         "filled when every one is a plain contiguous strided CPU tensor of a kernel dtype, else False.");
   m.def("gather_rows", &gather_rows, py::arg("params"), py::arg("numels"), py::arg("dtypes"),
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
-        py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,
+        py::arg("state_numels"), py::arg("state_dtypes"), py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,
         "One pass over a plan's parameters: (True, grads, grad_ptrs, rows) when every parameter with a\n"
-        "gradient and its gradient match the plan (sizes, dtypes, contiguity, parameter and state\n"
+        "gradient, its gradient and every state tensor match the plan (sizes, dtypes, contiguity,\n"
         "addresses): the gradients that are not None, their addresses and their rows (None: every row);\n"
-        "(False, None, None, None) at the first difference. checks=1 leaves the state tensors'\n"
-        "addresses unread, checks=0 the parameters' too (to price the checks; fastopt steps with 2).");
+        "(False, None, None, None) at the first difference. checks=1 leaves the state tensors\n"
+        "unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "

@@ -405,7 +405,8 @@ bool norm_table(py::handle tensors, py::handle codes, py::handle methods, py::ha
 Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
                      py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs,
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
-                     const py::array_t<uint64_t>& state_ptrs, py::handle methods, py::handle plain, int checks) {
+                     const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
+                     const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
       !PyTuple_Check(plain.ptr()))
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects and plain tuples");
@@ -417,6 +418,8 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   const int32_t* dtype = vector_of(dtypes, n, "dtypes");
   const uint64_t* pptr = vector_of(param_ptrs, n, "param_ptrs");
   const uint64_t* sptr = vector_of(state_ptrs, ns, "state_ptrs");
+  const int64_t* snumel = vector_of(state_numels, ns, "state_numels");
+  const int32_t* sdtype = vector_of(state_dtypes, ns, "state_dtypes");
   if (grad_ptrs.ndim() != 1 || grad_ptrs.shape(0) != n || rows.ndim() != 1 || rows.shape(0) != n)
     throw std::invalid_argument("gather_rows: grad_ptrs and rows must be 1-D, one per item");
   uint64_t* gptr = grad_ptrs.mutable_data();
@@ -459,8 +462,14 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   for (Py_ssize_t j = -3 * kTensorStage; ok && checks >= 2 && j < 0; ++j) prefetch_tensors(m, slist, j);
   for (Py_ssize_t j = 0; ok && checks >= 2 && j < ns; ++j) {
     prefetch_tensors(m, slist, j);
+    PyObject* t = PyList_GET_ITEM(slist, j);
+    const int32_t code = sdtype[j];
+    PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects.ptr(), code) : nullptr;
     uint64_t sp = 0;
-    ok = address_of(m, PyList_GET_ITEM(slist, j), &sp) && sp == sptr[j];
+    // (an in-place resize_, as_strided_, t_ or .data = a view as another dtype keeps the address)
+    ok = want != nullptr && has_numel(m, t, snumel[j]) &&
+         has_dtype(m, t, is_one_of(t, plain.ptr()) ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
+         is_contiguous(m, t) && address_of(m, t, &sp) && sp == sptr[j];
   }
   if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context
   out.matched = ok;

@@ -55,7 +55,8 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // that is not None, checks that the gradient is a plain contiguous tensor, that gradient and
 // parameter have numels[i] elements of dtype_objects[dtypes[i]], and that the parameter is
 // contiguous and its storage starts at param_ptrs[i]; for the k-th gradient found, grad_ptrs[k]
-// receives its address and rows[k] its row. Then checks that each of `state_tensors` starts at
+// receives its address and rows[k] its row. Then checks that each of `state_tensors` is
+// contiguous, has state_numels[j] elements of dtype_objects[state_dtypes[j]] and starts at
 // state_ptrs[j].
 //
 // `methods` holds torch.Tensor's data_ptr, is_contiguous and numel, then the faster reads the
@@ -81,7 +82,8 @@ Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& 
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,
                      pybind11::array_t<int64_t>& rows, pybind11::handle state_tensors,
-                     const pybind11::array_t<uint64_t>& state_ptrs, pybind11::handle methods, pybind11::handle plain,
+                     const pybind11::array_t<uint64_t>& state_ptrs, const pybind11::array_t<int64_t>& state_numels,
+                     const pybind11::array_t<int32_t>& state_dtypes, pybind11::handle methods, pybind11::handle plain,
                      int checks = 2);
 
 }  // namespace fastopt

@@ -24,7 +24,7 @@ optimizer lay the buffers out again; a parameter that no longer lives in its buf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,18 @@ class Segment:
     seen_version: int = -1  # the gradient buffer's version after the last step or zero_grad
 
 
+def _layout_of(tensors: list[Tensor]) -> np.ndarray:
+    """Per tensor its address, number of elements, dtype and contiguity (one row each), to
+    compare with the same of another moment."""
+    out = np.empty((len(tensors), 4), dtype=np.int64)
+    out[:, 0] = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors)).view(np.int64)
+    out[:, 1] = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
+    out[:, 2] = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int64,
+                            count=len(tensors))
+    out[:, 3] = np.fromiter(map(Tensor.is_contiguous, tensors), dtype=bool, count=len(tensors))
+    return out
+
+
 def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
     return [buf[o:o + p.numel()].view_as(p) for p, o in zip(params, offsets)]
 
@@ -76,8 +88,8 @@ class FlatBuffers:
             for p in group["params"]:
                 by_dtype.setdefault(p.dtype, []).append(p)
             layout.extend((gi, group, params) for params in by_dtype.values())
-        for gi, _, params in layout:  # every refusal before any parameter is moved
-            self._check_state(state, algorithm, gi, params)
+        for gi, group, params in layout:  # every refusal before any parameter is moved
+            self._check_state(state, algorithm, gi, group, params)
         for gi, group, params in layout:
             self.segments.append(self._segment(state, algorithm, gi, group, params))
         self.ptrs = np.zeros((len(self.segments), len(algorithm.columns)), dtype=np.uint64)
@@ -100,15 +112,29 @@ class FlatBuffers:
         self.state_addresses, self.held = state_snapshot(state)
         self.views = [t for st in map(state.get, self.params, repeat(NO_STATE)) for t in st.values()
                       if isinstance(t, Tensor)]
-        self.expected = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
-                                    count=len(self.params) + len(self.views))
+        self.expected = _layout_of([*self.params, *self.views])
         self.mark()
 
     @staticmethod
-    def _check_state(opt_state: dict, algorithm: Algorithm, gi: int, params: list[Tensor]) -> None:
+    def _check_state(opt_state: dict, algorithm: Algorithm, gi: int, group: dict,
+                     params: list[Tensor]) -> None:
         """Refuse state one segment cannot hold: some parameters with state and others without,
-        or step counts that differ (a segment keeps one)."""
+        step counts that differ (a segment keeps one), a state tensor not shaped and typed as
+        its parameter, or a step counter that is not one float32 number."""
         states = [opt_state.get(p, {}) for p in params]
+        for p, st in zip(params, states):
+            for key in algorithm.buffers(group):
+                t = st.get(key)
+                if isinstance(t, Tensor) and (t.shape != p.shape or t.dtype != p.dtype):
+                    raise ValueError(
+                        f"param group {gi}: state {key!r} of a parameter of shape {tuple(p.shape)} "
+                        f"({p.dtype}) is {tuple(t.shape)} ({t.dtype}); flat buffers hold state shaped "
+                        "and typed as its parameter")
+            step = st.get("step")
+            if algorithm.step_column is not None and isinstance(step, Tensor) and (
+                    step.numel() != 1 or step.dtype != torch.float32):
+                raise ValueError(f"param group {gi}: a step counter of {step.numel()} elements of "
+                                 f"{step.dtype}; flat buffers keep one float32 count per group")
         have = [bool(s) for s in states]
         if any(have) and not all(have):
             raise ValueError(
@@ -173,18 +199,19 @@ class FlatBuffers:
             return False
         if all(seg.grad_buf._version != seg.seen_version for seg in self.segments):
             return True  # every buffer accumulated gradients: the views are in use
-        ptrs = np.fromiter(map(Tensor.data_ptr, chain(self.params, self.views)), dtype=np.uint64,
-                           count=len(self.expected))
-        moved = np.flatnonzero(ptrs != self.expected)
+        moved = np.flatnonzero((_layout_of([*self.params, *self.views]) != self.expected).any(axis=1))
         if len(moved) and moved[0] < len(self.params):
             i = int(moved[0])
             p = self.params[i]
             raise RuntimeError(
                 f"flat buffers: parameter {i} ({tuple(p.shape)}, {p.dtype}, {p.device}) no longer lives in "
-                "its buffer: the model was moved or its parameters reassigned (model.to(), p.data = ...) "
-                "after use_flat_buffers(). Call optimizer.use_flat_buffers() again to lay the buffers out "
+                "its buffer as laid out: the model was moved or its parameters reassigned, resized or "
+                "restrided (model.to(), p.data = ..., p.t_()) after use_flat_buffers(). Call "
+                "optimizer.use_flat_buffers() again to lay the buffers out "
                 "over the parameters as they are now (state is copied over), or build a new optimizer")
-        # a state dict, entry or tensor storage replaced: lay the buffers out again from the state
+        # a state dict, entry or tensor storage replaced, or a state tensor resized, restrided or
+        # retyped in place: lay the buffers out again from the state (which refuses what it cannot
+        # hold)
         return not len(moved) and _C.state_unchanged(state, self.state_addresses)
 
     def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0) -> None:

@@ -482,6 +482,8 @@ class Plan:
         self.state_tensors: list[Tensor] = []
         self.state_rows = np.zeros(0, dtype=np.int64)
         self.state_ptrs = np.zeros(0, dtype=np.uint64)
+        self.state_numels = np.zeros(0, dtype=np.int64)
+        self.state_dtypes = np.zeros(0, dtype=np.int32)
 
     def rows_of(self, table: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``rows_of(table, self.group_of)``, kept while the table is the same object (the
@@ -510,12 +512,12 @@ class Plan:
     def check_state(self, state: dict, storage_checked: bool = False) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
         dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
-        replaced (``.data = ...``; ``storage_checked``: found unmoved already). True when
-        nothing changed."""
+        replaced or its size, dtype or contiguity changed in place (``storage_checked``: found
+        unchanged already). True when nothing changed."""
         if self.same_state(state):
             if storage_checked:
                 return True
-            moved = self.moved_storage()
+            moved = self.changed_tensors()
             if not moved.any():
                 return True
             self.ready[self.state_rows[moved]] = False
@@ -525,7 +527,7 @@ class Plan:
             if (now is not then or len(now) != len(then_values)
                     or not all(map(operator.is_, now.values(), then_values))):
                 self.ready[i] = False
-        self.ready[self.state_rows[self.moved_storage()]] = False  # (.data = ... in the same interval)
+        self.ready[self.state_rows[self.changed_tensors()]] = False  # (.data = ... in the same interval)
         self._remember(state, states)
         return False
 
@@ -535,11 +537,18 @@ class Plan:
         touching no tensor."""
         return _C.state_unchanged(state, self.addresses)
 
-    def moved_storage(self) -> np.ndarray:
-        """Per state tensor the table points to, whether its storage moved since (``.data =``)."""
-        ptrs = np.fromiter(map(Tensor.data_ptr, self.state_tensors), dtype=np.uint64,
-                           count=len(self.state_tensors))
-        return ptrs != self.state_ptrs
+    def changed_tensors(self) -> np.ndarray:
+        """Per state tensor the table points to, whether its storage moved since (``.data =``)
+        or its size, dtype or contiguity changed in place (``resize_``, ``as_strided_``, ``t_``,
+        ``.data =`` a view as another dtype: the same address)."""
+        tensors = self.state_tensors
+        ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
+        numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
+        dtypes = np.fromiter((DTYPE_CODES.get(d, -1) for d in map(_DTYPE, tensors)), dtype=np.int32,
+                             count=len(tensors))
+        contiguous = np.fromiter(map(Tensor.is_contiguous, tensors), dtype=bool, count=len(tensors))
+        return ((ptrs != self.state_ptrs) | (numels != self.state_numels) | (dtypes != self.state_dtypes)
+                | ~contiguous)
 
     def _remember(self, state: dict, states: list[dict]) -> None:
         self.states = states
@@ -558,6 +567,9 @@ class Plan:
         self.state_tensors = tensors
         self.state_rows = np.asarray(owners, dtype=np.int64)
         self.state_ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
+        self.state_numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
+        self.state_dtypes = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int32,
+                                        count=len(tensors))
 
 
 def state_snapshot(state: dict) -> tuple[np.ndarray, tuple]:
@@ -689,7 +701,7 @@ def gather(plan: Plan, checks: int = 2) -> tuple[list[Tensor], np.ndarray, np.nd
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
     matched, grads, grad_ptrs, rows = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
-        plan.state_ptrs, GATHER_METHODS, PLAIN_TYPES, checks)
+        plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks)
     return (grads, grad_ptrs, rows) if matched else None
 
 
@@ -771,7 +783,10 @@ def check_pointer_table(ptrs: np.ndarray, rows: np.ndarray, plan: Plan, state: d
         for key, t in expect.items():
             got = int(ptrs[r, algorithm.column(key)])
             assert got == t.data_ptr(), f"row {i}: {key} pointer {got:#x} != {t.data_ptr():#x}"
-            if key != "step":
+            if key == "step":
+                assert t.numel() == 1 and t.dtype == torch.float32 and t.is_contiguous(), (
+                    f"row {i}: the step counter is {t.numel()} elements of {t.dtype}")
+            else:
                 assert t.numel() == plan.numels[i] and DTYPE_CODES.get(t.dtype) == plan.dtypes[i], (
                     f"row {i}: {key} has {t.numel()} elements of {t.dtype}, the table "
                     f"{plan.numels[i]} of code {plan.dtypes[i]}")

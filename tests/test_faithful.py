@@ -375,12 +375,57 @@ MORE_MUTATIONS = {
     "a tensor lr set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("lr", torch.tensor(0.02)),
     "capturable set on a group": lambda opt, ps: opt.param_groups[0].__setitem__("capturable", True),
     "a parameter transposed in place": lambda opt, ps: _in_place_no_grad(ps[0].t_),
+    # a state tensor's storage and address kept, its shape, strides or dtype changed in place
+    "a state tensor transposed in place": lambda opt, ps: _state_tensor(opt, ps[0]).t_(),
+    "a state tensor resized in place": lambda opt, ps: _state_tensor(opt, ps[1]).resize_(2),
+    "a state tensor strided in place": lambda opt, ps: _state_tensor(opt, ps[1]).as_strided_((2,), (2,)),
+    "a state tensor's .data reinterpreted as int32": lambda opt, ps: setattr(
+        _state_tensor(opt, ps[1]), "data", _state_tensor(opt, ps[1]).data.view(torch.int32)),
+    "a step counter resized in place": lambda opt, ps: _step_counter(opt, ps[1], lambda t: t.resize_(2)),
+    "a step counter's .data reinterpreted as int32": lambda opt, ps: _step_counter(
+        opt, ps[1], lambda t: setattr(t, "data", t.data.view(torch.int32))),
 }
+
+
+def _state_tensor(opt: Any, p: Any) -> torch.Tensor:
+    return opt.state[p][_buffer(opt, p)]
+
+
+def _step_counter(opt: Any, p: Any, fn: Callable[[torch.Tensor], Any]) -> None:
+    """``fn`` on p's step counter, where its state has one (Adam's, not SGD's)."""
+    if "step" in opt.state[p]:
+        fn(opt.state[p]["step"])
 
 
 def _in_place_no_grad(fn: Callable[[], Any]) -> None:
     with torch.no_grad():
         fn()
+
+
+IN_PLACE_STATE_EDITS = [m for m in MORE_MUTATIONS if m.startswith(("a state tensor ", "a step counter"))
+                        and "while the state grows" not in m]
+
+
+@pytest.mark.parametrize("mutation", IN_PLACE_STATE_EDITS)
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_flat_buffers_refuse_state_edited_in_place(name: str, mutation: str) -> None:
+    """A state tensor resized, restrided or retyped in place (its address kept) is seen when
+    the gradients bypass the buffers, and refused by name: flat buffers hold state shaped and
+    typed as its parameter, and one float32 step count."""
+    twin = Twin(name)
+    twin.ours.use_flat_buffers()
+    twin.step(2)
+    before = [p.detach().clone() for p in twin.ps]
+    MORE_MUTATIONS[mutation](twin.ours, twin.ps)
+    if name == "SGD" and "step counter" in mutation:  # (SGD keeps none: nothing changed)
+        twin.ours.step()
+        return
+    for p in twin.ps:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match=r"flat buffers (hold state shaped|keep one float32 count)"):
+        twin.ours.step()
+    for p, b in zip(twin.ps, before):
+        assert torch.equal(p.detach(), b)  # refused before anything stepped
 
 
 @pytest.mark.parametrize("mutation", list(MORE_MUTATIONS))

@@ -142,10 +142,12 @@ def test_gather_checks_its_arguments() -> None:
     _, _, plan = stepped()
     with pytest.raises(ValueError, match="one per item"):
         K._C.gather_rows(plan.params, plan.numels[:2], plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptrs,
-                         plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
+                         plan.state_tensors, plan.state_ptrs, plan.state_numels, plan.state_dtypes,
+                         K.GATHER_METHODS, K.PLAIN_TYPES)
     with pytest.raises(TypeError):
         K._C.gather_rows(tuple(plan.params), plan.numels, plan.dtypes, K.DTYPE_OBJECTS, plan.param_ptrs,
-                         plan.state_tensors, plan.state_ptrs, K.GATHER_METHODS, K.PLAIN_TYPES)
+                         plan.state_tensors, plan.state_ptrs, plan.state_numels, plan.state_dtypes,
+                         K.GATHER_METHODS, K.PLAIN_TYPES)
     assert np.array_equal(plan.param_ptrs, plan.ptrs[:, plan.param_column])
 
 
