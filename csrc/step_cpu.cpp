@@ -5,12 +5,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "chunking.h"
 #include "dtype.h"
+#include "prefetch.h"
 #include "step_kernels.h"
 
 #ifdef _OPENMP
@@ -124,6 +126,9 @@ void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": null " + what + " pointer");
 }
 
+// How many tensors ahead the Adam step prefetches the step counter it increments.
+constexpr int64_t kStepsAhead = 16;
+
 // Whether two hyperparameter rows hold the same bits (then the scalars made from them agree).
 bool same_row(const double* a, const double* b, int n) {
   return std::memcmp(a, b, sizeof(double) * static_cast<std::size_t>(n)) == 0;
@@ -179,7 +184,6 @@ void set_cpu_isa(const std::string& name) {
 void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
                    const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
                    int threads) {
-  std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
     const int32_t fl = flags[i];
@@ -192,11 +196,14 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     if (row[kAdamStep] == 0) throw std::invalid_argument("tensor " + std::to_string(i) + ": null step pointer");
   }
   // Validated: from here on nothing throws, so no counter moves unless all do.
+  std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
+  std::deque<AdamSet> sets;  // (its elements stay where they are as it grows)
   double last_step = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
     const double* h = hyper + i * kAdamHypers;
     const int32_t fl = flags[i];
+    if (i + kStepsAhead < n) prefetch(reinterpret_cast<const void*>(row[kStepsAhead * kAdamPtrs + kAdamStep]));
     // The step counter is a float32 scalar tensor, as torch keeps it.
     auto* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(row[kAdamStep]));
     *step_ptr += 1.0f;
@@ -208,14 +215,11 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
              ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0) |
              (grad_mult != 1.0 ? kAdamModeMult : 0);
-    if (i > 0 && fl == flags[i - 1] && step == last_step && same_row(h, h - kAdamHypers, kAdamHypers)) {
-      // the previous tensor's inputs (a group's tensors, one step count): the same scalars
-      t.f = tensors[static_cast<std::size_t>(i - 1)].f;
-      t.d = tensors[static_cast<std::size_t>(i - 1)].d;
-    } else {
-      t.f = adam_scalars<float>(h, fl, step, grad_scale, grad_mult);
-      t.d = adam_scalars<double>(h, fl, step, grad_scale, grad_mult);
-    }
+    // the previous tensor's inputs (a group's tensors, one step count): the same scalars
+    if (i == 0 || fl != flags[i - 1] || step != last_step || !same_row(h, h - kAdamHypers, kAdamHypers))
+      sets.push_back({adam_scalars<float>(h, fl, step, grad_scale, grad_mult),
+                      adam_scalars<double>(h, fl, step, grad_scale, grad_mult)});
+    t.s = &sets.back();
     last_step = step;
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
@@ -228,6 +232,7 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
                   int threads) {
   std::vector<SgdTensor> tensors(static_cast<std::size_t>(n));
+  std::deque<SgdSet> sets;  // (its elements stay where they are as it grows)
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t* row = ptrs + i * kSgdPtrs;
     const double* h = hyper + i * kSgdHypers;
@@ -242,13 +247,10 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
     t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
              ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0) |
              (grad_mult != 1.0 ? kSgdModeMult : 0);
-    if (i > 0 && flags[i] == flags[i - 1] && same_row(h, h - kSgdHypers, kSgdHypers)) {
-      t.f = tensors[static_cast<std::size_t>(i - 1)].f;
-      t.d = tensors[static_cast<std::size_t>(i - 1)].d;
-    } else {
-      t.f = sgd_scalars<float>(h, flags[i], grad_scale, grad_mult);
-      t.d = sgd_scalars<double>(h, flags[i], grad_scale, grad_mult);
-    }
+    if (i == 0 || flags[i] != flags[i - 1] || !same_row(h, h - kSgdHypers, kSgdHypers))
+      sets.push_back({sgd_scalars<float>(h, flags[i], grad_scale, grad_mult),
+                      sgd_scalars<double>(h, flags[i], grad_scale, grad_mult)});
+    t.s = &sets.back();
   }
   const std::vector<Chunk> chunks = make_chunks(numels, n);
   const Kernels* k = load_active();

@@ -55,20 +55,29 @@ enum SgdMode : int32_t {
 };
 constexpr int32_t kModes = 32;  // every combination of the five bits
 
+// A step's scalars in both opmath types; tensors with the same inputs (a group's tensors at one
+// step count) share one.
+template <template <typename> class Scalars>
+struct ScalarSet {
+  Scalars<float> f;
+  Scalars<double> d;
+};
+using AdamSet = ScalarSet<AdamScalars>;
+using SgdSet = ScalarSet<SgdScalars>;
+
+// One tensor of a step: small, so that a step over many small tensors reads little besides them.
 struct AdamTensor {
   const uint64_t* ptrs;  // row of the pointer table (step_cpu.h AdamPtr)
+  const AdamSet* s;      // its scalars
   int32_t dtype;
   int32_t mode;          // AdamMode bits
-  AdamScalars<float> f;
-  AdamScalars<double> d;
 };
 
 struct SgdTensor {
   const uint64_t* ptrs;  // row of the pointer table (step_cpu.h SgdPtr)
+  const SgdSet* s;
   int32_t dtype;
   int32_t mode;          // SgdMode bits
-  SgdScalars<float> f;
-  SgdScalars<double> d;
 };
 
 // One gradient of a global norm, and what one chunk of it contributes: the sum of squares
