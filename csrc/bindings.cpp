@@ -117,24 +117,27 @@ py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, c
   return py::make_tuple(out.norm, out.nonfinite);
 }
 
-// gather_rows with its outputs made here: (matched, grads, grad_ptrs, rows), the last two one
-// per gradient found; rows None when every parameter has one.
+// gather_rows with its outputs made here: (matched, grads, grad_ptrs, rows, same), grad_ptrs
+// and rows one per gradient found (rows None when every parameter has one), same None unless
+// asked (state given).
 py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
                       py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::handle state_tensors,
                       const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
-                      const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks) {
+                      const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
+                      py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel) {
   const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
   py::array_t<uint64_t> grad_ptrs(n);
   py::array_t<int64_t> rows(n);
   fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
                                                state_tensors, state_ptrs, state_numels, state_dtypes, methods,
-                                               plain, checks);
-  if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none());
+                                               plain, checks, state, snapshot, parallel);
+  const py::object same = out.same < 0 ? py::object(py::none()) : py::object(py::bool_(out.same == 1));
+  if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none(), same);
   const auto found = static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
-  if (found == n) return py::make_tuple(true, out.grads, grad_ptrs, py::none());
+  if (found == n) return py::make_tuple(true, out.grads, grad_ptrs, py::none(), same);
   grad_ptrs.resize({found});
   rows.resize({found});
-  return py::make_tuple(true, out.grads, grad_ptrs, rows);
+  return py::make_tuple(true, out.grads, grad_ptrs, rows, same);
 }
 
 // Column names of a pointer or hyperparameter table, in column order.
@@ -207,11 +210,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("gather_rows", &gather_rows, py::arg("params"), py::arg("numels"), py::arg("dtypes"),
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
         py::arg("state_numels"), py::arg("state_dtypes"), py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,
-        "One pass over a plan's parameters: (True, grads, grad_ptrs, rows) when every parameter with a\n"
-        "gradient, its gradient and every state tensor match the plan (sizes, dtypes, contiguity,\n"
+        py::arg("state") = py::none(), py::arg("snapshot") = py::array_t<uint64_t>(0), py::arg("parallel") = false,
+        "One pass over a plan's parameters: (True, grads, grad_ptrs, rows, same) when every parameter with\n"
+        "a gradient, its gradient and every state tensor match the plan (sizes, dtypes, contiguity,\n"
         "addresses): the gradients that are not None, their addresses and their rows (None: every row);\n"
-        "(False, None, None, None) at the first difference. checks=1 leaves the state tensors\n"
-        "unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).");
+        "(False, None, None, None, same) at the first difference. same: whether the state dict `state`\n"
+        "holds the objects of `snapshot` (state_unchanged), None without a state. checks=1 leaves the\n"
+        "state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).\n"
+        "parallel: a second thread may read the state meanwhile (no torch function mode may be on).");
+  m.def("last_gather_threads", &fastopt::last_gather_threads,
+        "Threads this thread's last gather_rows pass ran on (2: a second thread read the state; 0 before the first).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "

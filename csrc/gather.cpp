@@ -6,11 +6,18 @@
 // object per read), and .grad/.dtype through their getters without attribute lookup.
 #include "gather.h"
 
+#include "identity.h"
 #include "prefetch.h"
 
+#include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace py = pybind11;
 
@@ -23,6 +30,14 @@ constexpr Py_ssize_t kAhead = 8;
 // many tensors apart the stages of a tensor's (object, TensorImpl, storage) run.
 constexpr Py_ssize_t kParamStage = 2;
 constexpr Py_ssize_t kTensorStage = 8;
+// From how many parameters and state tensors on a second thread reads the state (waking it
+// costs some microseconds).
+constexpr Py_ssize_t kParallelItems = 4096;
+// How many state tensors a thread takes at a time then.
+constexpr Py_ssize_t kStateBlock = 256;
+
+// Threads of the calling thread's last gather_rows pass (last_gather_threads).
+thread_local int last_threads = 0;
 
 // Where torch keeps the pointers a read follows (byte offsets, see gather.h); tensor 0: unknown.
 struct Layout {
@@ -322,7 +337,50 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  plain};
 }
 
+// A plan's state tensors as gather_rows checks them: address, size and dtype code of each.
+struct States {
+  const uint64_t* ptrs;
+  const int64_t* numels;
+  const int32_t* dtypes;
+};
+
+// The state tensors of `list` checked in [from, to): each contiguous, of the size and dtype
+// `st` gives and at its address (an in-place resize_, as_strided_, t_ or .data = a view as
+// another dtype keeps the address). Returns the index of the first that differs, or `to`. `nogil`: only what the shim reads of plain tensors, with no Python call and no
+// reference count touched, so that a thread without the GIL may run it while the one holding it
+// runs no Python code; a tensor it cannot read that way counts as a difference.
+Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ssize_t to, const States& st,
+                        PyObject* dtype_objects, PyObject* plain, PyObject* dtype_name, bool nogil) {
+  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects);
+  for (Py_ssize_t j = from - 3 * kTensorStage; j < from; ++j) prefetch_tensors(m, list, j);
+  for (Py_ssize_t j = from; j < to; ++j) {
+    prefetch_tensors(m, list, j);
+    PyObject* t = PyList_GET_ITEM(list, j);
+    const int32_t code = st.dtypes[j];
+    uint64_t sp = 0;
+    bool ok = false;
+    if (nogil) {
+      void* h = tensor_of(m, t);
+      int64_t count = 0;
+      bool contiguous = false;
+      void* address = nullptr;
+      ok = h != nullptr && m.shim.numel(h, &count) == 0 && count == st.numels[j] && shim_code(m, t) == code &&
+           m.shim.is_contiguous(h, &contiguous) == 0 && contiguous && m.shim.data_ptr(h, &address) == 0;
+      sp = reinterpret_cast<uint64_t>(address);
+    } else {
+      PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects, code) : nullptr;
+      ok = want != nullptr && has_numel(m, t, st.numels[j]) &&
+           has_dtype(m, t, is_one_of(t, plain) ? m.dtype : nullptr, dtype_name, code, want) && is_contiguous(m, t) &&
+           address_of(m, t, &sp);
+    }
+    if (!ok || sp != st.ptrs[j]) return j;
+  }
+  return to;
+}
+
 }  // namespace
+
+int last_gather_threads() { return last_threads; }
 
 py::object shim_read(py::handle methods, py::handle plain, py::handle t) {
   const py::str dtype_name("dtype");
@@ -406,10 +464,14 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
                      py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs,
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
                      const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
-                     const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks) {
+                     const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
+                     py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
       !PyTuple_Check(plain.ptr()))
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects and plain tuples");
+  const bool want_same = !state.is_none();
+  if (want_same && (!PyDict_Check(state.ptr()) || snapshot.ndim() != 1))
+    throw py::type_error("gather_rows: state must be a dict (or None) and snapshot 1-D");
   PyObject* plist = params.ptr();
   PyObject* slist = state_tensors.ptr();
   const Py_ssize_t n = PyList_GET_SIZE(plist);
@@ -417,60 +479,111 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   const int64_t* numel = vector_of(numels, n, "numels");
   const int32_t* dtype = vector_of(dtypes, n, "dtypes");
   const uint64_t* pptr = vector_of(param_ptrs, n, "param_ptrs");
-  const uint64_t* sptr = vector_of(state_ptrs, ns, "state_ptrs");
-  const int64_t* snumel = vector_of(state_numels, ns, "state_numels");
-  const int32_t* sdtype = vector_of(state_dtypes, ns, "state_dtypes");
+  const States st{vector_of(state_ptrs, ns, "state_ptrs"), vector_of(state_numels, ns, "state_numels"),
+                  vector_of(state_dtypes, ns, "state_dtypes")};
   if (grad_ptrs.ndim() != 1 || grad_ptrs.shape(0) != n || rows.ndim() != 1 || rows.shape(0) != n)
     throw std::invalid_argument("gather_rows: grad_ptrs and rows must be 1-D, one per item");
+  const uint64_t* snap = want_same ? snapshot.data() : nullptr;
+  const auto n_snap = want_same ? static_cast<std::size_t>(snapshot.shape(0)) : std::size_t{0};
   uint64_t* gptr = grad_ptrs.mutable_data();
   int64_t* row = rows.mutable_data();
   const py::str grad_name("grad");
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
-  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects.ptr());
-  Gathered out{false, py::list()};
+  PyObject* const dtypes_of = dtype_objects.ptr();
+  const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtypes_of);
+  Gathered out{false, py::list(), -1};
+  PyObject* grads = out.grads.ptr();
+
+  // The parameters' pass (the GIL held). `strict`: a parameter whose .grad is not read by the
+  // getter (not of a plain type) counts as a difference, so that no Python code runs.
+  const auto param_pass = [&](bool strict) {
+    for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      prefetch_params(m, plist, i);
+      PyObject* p = PyList_GET_ITEM(plist, i);
+      const bool p_plain = is_one_of(p, plain.ptr());
+      if (strict && !p_plain) return false;
+      PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
+      if (g == nullptr) return false;
+      if (g == Py_None) {
+        Py_DECREF(g);
+        continue;
+      }
+      const int32_t code = dtype[i];
+      PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtypes_of, code) : nullptr;
+      uint64_t gp = 0;
+      uint64_t pp = 0;
+      bool ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
+                has_dtype(m, g, m.dtype, dtype_name.ptr(), code, want) && address_of(m, g, &gp) &&
+                (checks < 1 || (has_numel(m, p, numel[i]) &&
+                                has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
+                                is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
+      const Py_ssize_t k = PyList_GET_SIZE(grads);
+      gptr[k] = gp;
+      row[k] = static_cast<int64_t>(i);
+      if (ok && PyList_Append(grads, g) != 0) ok = false;
+      Py_DECREF(g);  // (p still holds it: nothing is freed here)
+      if (!ok) return false;
+    }
+    return true;
+  };
+
   bool ok = true;
-  for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
-  for (Py_ssize_t i = 0; ok && i < n; ++i) {
-    prefetch_params(m, plist, i);
-    PyObject* p = PyList_GET_ITEM(plist, i);
-    const bool p_plain = is_one_of(p, plain.ptr());
-    PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
-    if (g == nullptr) {
-      ok = false;
-      break;
+  Py_ssize_t states_done = 0;  // state tensors found as the plan has them, from the first on
+  bool helped = false;
+#if defined(_OPENMP) && PY_VERSION_HEX >= 0x030A0000
+  // Where the state is large, a second thread reads it (the identity walk, then the state
+  // tensors through the shim) while this one reads the parameters: the loads of two cores in
+  // flight at once. Python's collector is off meanwhile and no Python code runs here (strict
+  // pass; the caller checked that no torch function mode is on), so nothing the helper reads
+  // can change or be freed under it.
+  if (parallel && checks >= 2 && ns + n >= kParallelItems && m.shim.offset != 0 && m.grad != nullptr &&
+      m.dtype != nullptr && omp_get_max_threads() >= 2) {
+    const int collecting = PyGC_Disable();
+    int helper_same = -1;
+    // the state tensors in blocks, taken in order by whichever thread is free; the first
+    // difference found (every tensor before it is checked once both threads are done)
+    std::atomic<Py_ssize_t> next{0};
+    std::atomic<Py_ssize_t> first_bad{ns};
+    const auto share_states = [&] {
+      for (;;) {
+        const Py_ssize_t b = next.fetch_add(kStateBlock);
+        if (b >= ns || b >= first_bad.load()) return;
+        const Py_ssize_t e = std::min(b + kStateBlock, ns);
+        const Py_ssize_t bad = check_states(m, slist, b, e, st, dtypes_of, plain.ptr(), dtype_name.ptr(), true);
+        if (bad < e) {
+          Py_ssize_t seen = first_bad.load();
+          while (bad < seen && !first_bad.compare_exchange_weak(seen, bad)) {
+          }
+        }
+      }
+    };
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 1) {
+        if (want_same) helper_same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
+        helped = true;
+        share_states();
+      } else if (omp_get_thread_num() == 0) {
+        ok = param_pass(true);
+        if (ok) share_states();
+      }
     }
-    if (g == Py_None) {
-      Py_DECREF(g);
-      continue;
-    }
-    const int32_t code = dtype[i];
-    PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects.ptr(), code) : nullptr;
-    uint64_t gp = 0;
-    uint64_t pp = 0;
-    ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
-         has_dtype(m, g, m.dtype, dtype_name.ptr(), code, want) && address_of(m, g, &gp) &&
-         (checks < 1 ||
-          (has_numel(m, p, numel[i]) && has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
-           is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
-    const Py_ssize_t k = PyList_GET_SIZE(out.grads.ptr());
-    gptr[k] = gp;
-    row[k] = static_cast<int64_t>(i);
-    if (ok && PyList_Append(out.grads.ptr(), g) != 0) ok = false;
-    Py_DECREF(g);
+    if (collecting != 0) PyGC_Enable();
+    out.same = helper_same;
+    // (a failed parameter pass may leave blocks untaken: those are checked below if needed)
+    states_done = std::min(first_bad.load(), next.load());
+  } else
+#endif
+  {
+    ok = param_pass(false);
   }
-  for (Py_ssize_t j = -3 * kTensorStage; ok && checks >= 2 && j < 0; ++j) prefetch_tensors(m, slist, j);
-  for (Py_ssize_t j = 0; ok && checks >= 2 && j < ns; ++j) {
-    prefetch_tensors(m, slist, j);
-    PyObject* t = PyList_GET_ITEM(slist, j);
-    const int32_t code = sdtype[j];
-    PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects.ptr(), code) : nullptr;
-    uint64_t sp = 0;
-    // (an in-place resize_, as_strided_, t_ or .data = a view as another dtype keeps the address)
-    ok = want != nullptr && has_numel(m, t, snumel[j]) &&
-         has_dtype(m, t, is_one_of(t, plain.ptr()) ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
-         is_contiguous(m, t) && address_of(m, t, &sp) && sp == sptr[j];
-  }
+  (void)parallel;
+  last_threads = helped ? 2 : 1;
+  if (!helped && want_same) out.same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
+  if (ok && checks >= 2 && states_done < ns)
+    ok = check_states(m, slist, states_done, ns, st, dtypes_of, plain.ptr(), dtype_name.ptr(), false) == ns;
   if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context
   out.matched = ok;
   return out;

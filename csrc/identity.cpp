@@ -66,13 +66,16 @@ py::array_t<uint64_t> words_of(Walk&& walk) {
 }
 
 template <class Walk>
-bool same_as(Walk&& walk, const py::array_t<uint64_t>& snapshot) {
-  if (snapshot.ndim() != 1) throw std::invalid_argument("snapshot must be 1-D");
-  const uint64_t* expect = snapshot.data();
-  const auto n = static_cast<std::size_t>(snapshot.shape(0));
+bool same_words(Walk&& walk, const uint64_t* expect, std::size_t n) {
   std::size_t i = 0;
   const bool same = walk([&](uint64_t w) { return i < n && expect[i++] == w; });
   return same && i == n;
+}
+
+template <class Walk>
+bool same_as(Walk&& walk, const py::array_t<uint64_t>& snapshot) {
+  if (snapshot.ndim() != 1) throw std::invalid_argument("snapshot must be 1-D");
+  return same_words(walk, snapshot.data(), static_cast<std::size_t>(snapshot.shape(0)));
 }
 
 }  // namespace
@@ -87,6 +90,10 @@ bool lists_unchanged(py::handle lists, const py::array_t<uint64_t>& snapshot) {
 
 py::array_t<uint64_t> state_addresses(py::handle state) {
   return words_of([&](auto&& visit) { return walk(state, visit); });
+}
+
+bool state_matches(PyObject* state, const uint64_t* snapshot, std::size_t n) {
+  return same_words([&](auto&& visit) { return walk(state, visit); }, snapshot, n);
 }
 
 bool state_unchanged(py::handle state, const py::array_t<uint64_t>& snapshot) {

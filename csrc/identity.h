@@ -18,6 +18,11 @@ pybind11::array_t<uint64_t> state_addresses(pybind11::handle state);
 // alive, so an equal address is the same object (no other object can have it meanwhile).
 bool state_unchanged(pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot);
 
+// state_unchanged over a raw snapshot of n words: reads the dicts' entries only (no reference
+// count touched, nothing allocated, nothing raised; `state` must be a dict), so a thread that
+// does not hold the GIL may run it while the thread that does runs no Python code.
+bool state_matches(PyObject* state, const uint64_t* snapshot, std::size_t n);
+
 // The length of every list of a list of lists (param groups' parameter lists) and the address
 // of each item, in order.
 pybind11::array_t<uint64_t> list_addresses(pybind11::handle lists);

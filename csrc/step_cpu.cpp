@@ -12,7 +12,6 @@
 
 #include "chunking.h"
 #include "dtype.h"
-#include "prefetch.h"
 #include "step_kernels.h"
 
 #ifdef _OPENMP
@@ -126,9 +125,6 @@ void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": null " + what + " pointer");
 }
 
-// How many tensors ahead the Adam step prefetches the step counter it increments.
-constexpr int64_t kStepsAhead = 16;
-
 // Whether two hyperparameter rows hold the same bits (then the scalars made from them agree).
 bool same_row(const double* a, const double* b, int n) {
   return std::memcmp(a, b, sizeof(double) * static_cast<std::size_t>(n)) == 0;
@@ -203,7 +199,6 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
     const uint64_t* row = ptrs + i * kAdamPtrs;
     const double* h = hyper + i * kAdamHypers;
     const int32_t fl = flags[i];
-    if (i + kStepsAhead < n) prefetch(reinterpret_cast<const void*>(row[kStepsAhead * kAdamPtrs + kAdamStep]));
     // The step counter is a float32 scalar tensor, as torch keeps it.
     auto* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(row[kAdamStep]));
     *step_ptr += 1.0f;

@@ -7,7 +7,6 @@
 #endif
 
 #include "adam_math.h"
-#include "prefetch.h"
 #include "sgd_math.h"
 #include "step_kernels.h"
 
@@ -117,27 +116,6 @@ NormPartial run_norm(const NormTensor& t, const Chunk& c, bool inf) {
   return inf ? norm_range<S, true>(g, c.begin, c.end) : norm_range<S, false>(g, c.begin, c.end);
 }
 
-// How many chunks ahead a step loop prefetches a chunk's elements, and how many cache lines of
-// each of its arrays (a small tensor's whole range; the hardware prefetcher follows a long one).
-constexpr int64_t kChunksAhead = 4;
-constexpr int64_t kChunkLines = 8;
-
-// Prefetches the first lines of chunk c + kChunksAhead in the first `arrays` columns of its
-// tensor's pointer row (chunks past the end: nothing).
-template <typename T>
-void prefetch_chunk(const T* tensors, const Chunk* chunks, int64_t n_chunks, int64_t c, int arrays) {
-  if (c + kChunksAhead >= n_chunks) return;
-  const Chunk& ch = chunks[c + kChunksAhead];
-  const T& t = tensors[ch.tensor];
-  const int64_t size = dtype_size(t.dtype);
-  int64_t bytes = (ch.end - ch.begin) * size;
-  if (bytes > 64 * kChunkLines) bytes = 64 * kChunkLines;
-  for (int a = 0; a < arrays; ++a) {
-    const char* base = ptr<const char>(t.ptrs[a]) + ch.begin * size;
-    for (int64_t off = 0; off < bytes; off += 64) prefetch(base + off);
-  }
-}
-
 // One parallel loop over the chunks, body(c) per chunk, on a team of `threads`; static
 // schedule (the chunks are equal-sized). Returns the size of the team that ran it.
 template <typename Body>
@@ -179,7 +157,6 @@ int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks
   return parallel_chunks(n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const AdamTensor& t = tensors[ch.tensor];
-    prefetch_chunk(tensors, chunks, n_chunks, c, (t.mode & kAdamModeAmsgrad) ? 5 : 4);
     switch (t.dtype) {
       case kFloat32: run_adam<float>(t, ch); break;
       case kFloat64: run_adam<double>(t, ch); break;
@@ -193,7 +170,6 @@ int sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks, 
   return parallel_chunks(n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const SgdTensor& t = tensors[ch.tensor];
-    prefetch_chunk(tensors, chunks, n_chunks, c, (t.mode & kSgdModeMomentum) ? 3 : 2);
     switch (t.dtype) {
       case kFloat32: run_sgd<float>(t, ch); break;
       case kFloat64: run_sgd<double>(t, ch); break;

@@ -38,6 +38,7 @@ from ._torch_compat import (
     functional_parameters,
     scalar_dtype,
     sgd_keeps_unused_buffers,
+    torch_function_mode_on,
 )
 
 
@@ -509,12 +510,13 @@ class Plan:
                 self.ptrs[i, self.param_column] = ptr
         return not shares_storage([local(p) for p in self.params])  # (now sharing: a new plan)
 
-    def check_state(self, state: dict, storage_checked: bool = False) -> bool:
+    def check_state(self, state: dict, storage_checked: bool = False, same: bool | None = None) -> bool:
         """Mark rows whose state changed since their pointers were taken as not ready: a state
         dict replaced or cleared, an entry added, removed or replaced, a tensor's storage
         replaced or its size, dtype or contiguity changed in place (``storage_checked``: found
-        unchanged already). True when nothing changed."""
-        if self.same_state(state):
+        unchanged already; ``same``: ``same_state(state)`` found already). True when nothing
+        changed."""
+        if self.same_state(state) if same is None else same:
             if storage_checked:
                 return True
             moved = self.changed_tensors()
@@ -632,13 +634,16 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
     gathered here (before any state is created), so the norm reads no pointer twice."""
     params = plan.params
-    found = gather(plan) if not plan.sharded else None
-    storage_checked = found is not None  # (the native pass checked the state tensors' storage)
-    if found is None:
+    gathered = gather(plan, state=state) if not plan.sharded else None
+    storage_checked = gathered is not None  # (the native pass checked the state tensors)
+    same = None
+    if gathered is not None:
+        read, grad_ptrs, rows, same = gathered
+    else:
         found = read_rows(plan, algorithm)
         if not isinstance(found, tuple):
             return found
-    read, grad_ptrs, rows = found
+        read, grad_ptrs, rows = found
     if not read:
         return True
     every_row = rows is None
@@ -648,7 +653,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
         value = grad_mult(read, norm_table)
         grad_mult = 1.0 if value is None else float(value)
-    unchanged = plan.check_state(state, storage_checked)
+    unchanged = plan.check_state(state, storage_checked, same)
     todo = rows[~plan.ready[rows]]
     first = None
     if len(todo):
@@ -694,15 +699,19 @@ def rows_of(table: tuple[np.ndarray, np.ndarray], group_of: np.ndarray) -> tuple
     return group_flags[group_of], group_hyper[group_of]
 
 
-def gather(plan: Plan, checks: int = 2) -> tuple[list[Tensor], np.ndarray, np.ndarray | None] | None:
+def gather(plan: Plan, checks: int = 2, state: dict | None = None
+           ) -> tuple[list[Tensor], np.ndarray, np.ndarray | None, bool | None] | None:
     """The gradients a step reads, their addresses and rows (None: every row), when one native
     pass (``_C.gather_rows``) finds every parameter with a gradient, that gradient and every
-    state tensor the table points to as the plan has them; None when anything differs.
+    state tensor the table points to as the plan has them; None when anything differs. With
+    ``state``, also whether it holds the objects of the plan's snapshot (``Plan.same_state``),
+    read alongside; else None there.
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
-    matched, grads, grad_ptrs, rows = _C.gather_rows(
+    matched, grads, grad_ptrs, rows, same = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
-        plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks)
-    return (grads, grad_ptrs, rows) if matched else None
+        plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks,
+        state, plan.addresses, not torch_function_mode_on())
+    return (grads, grad_ptrs, rows, same) if matched else None
 
 
 def read_rows(plan: Plan, algorithm: Algorithm

@@ -157,3 +157,11 @@ def sgd_keeps_unused_buffers() -> bool:
     group = {"params": [p], "momentum": 0.0, "fused": None, "foreach": None, "differentiable": False}
     torch.optim.SGD._init_group(holder, group, [], [], bufs)
     return len(bufs) > 0
+
+
+_MODE_ENABLED = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+
+
+def torch_function_mode_on() -> bool:
+    """Whether a torch function mode is on (True where this torch cannot tell)."""
+    return True if _MODE_ENABLED is None else bool(_MODE_ENABLED())

@@ -491,3 +491,20 @@ def test_flat_load_of_state_it_cannot_hold_warns_and_steps_by_default() -> None:
         fresh.load_state_dict(copy.deepcopy(twin.ref.state_dict()))
     assert fresh.flat_buffers is None
     assert [float(fresh.state[p]["step"]) for p in twin.ps] == [2.0, 1.0]
+
+
+#: over 4,096 parameters and state tensors: the native pass reads the state on a second thread
+LARGE_SHAPES = SHAPES * 400
+
+
+@pytest.mark.parametrize("mutation", ["state tensor replaced", "state dict of a parameter replaced",
+                                      "state tensor's .data replaced", "state cleared", "p.data reassigned",
+                                      "a state tensor resized in place",
+                                      "a step counter's .data reinterpreted as int32"])
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_a_large_model_follows_mutations_as_torch(name: str, mutation: str) -> None:
+    twin = Twin(name, shapes=LARGE_SHAPES)
+    twin.step(2)
+    twin.both({**MUTATIONS, **MORE_MUTATIONS}[mutation])
+    twin.step(2)
+    twin.assert_same()

@@ -42,10 +42,22 @@ def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tu
     return K.GATHER_METHODS
 
 
-def stepped(cls: type = fo.AdamW, **kw) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], K.Plan]:
+#: copies of SHAPES in a large plan: over 4,096 parameters and state tensors, where a second
+#: thread reads the state while the first reads the parameters (csrc/gather.cpp)
+LARGE = 300
+
+
+@pytest.fixture(params=[1, LARGE], ids=["small", "large"])
+def copies(request: pytest.FixtureRequest) -> int:
+    """How many copies of SHAPES the optimizer steps (a small plan, and a large one)."""
+    return request.param
+
+
+def stepped(cls: type = fo.AdamW, copies: int = 1, **kw
+            ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], K.Plan]:
     """An optimizer after two native steps, its parameters and its plan."""
     gen = torch.Generator().manual_seed(0)
-    ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES * copies]
     opt = cls([{"params": ps[:3]}, {"params": ps[3:], "lr": 0.01}], lr=0.02, **kw)
     for _ in range(2):
         for p in ps:
@@ -57,8 +69,8 @@ def stepped(cls: type = fo.AdamW, **kw) -> tuple[torch.optim.Optimizer, list[tor
 
 
 @pytest.mark.parametrize("cls", [fo.SGD, fo.Adam, fo.AdamW])
-def test_gather_gives_what_the_long_way_gives(cls: type) -> None:
-    opt, ps, plan = stepped(cls, **({"momentum": 0.9} if cls is fo.SGD else {}))
+def test_gather_gives_what_the_long_way_gives(cls: type, copies: int) -> None:
+    opt, ps, plan = stepped(cls, copies, **({"momentum": 0.9} if cls is fo.SGD else {}))
     grads = [p.grad for p in ps]
     for missing in ([], [1], [0, 2, 4], list(range(len(ps)))):
         for i, p in enumerate(ps):
@@ -116,14 +128,20 @@ EDITS: dict[str, Callable[[torch.optim.Optimizer, list], None]] = {
     "a parameter transposed in place": lambda opt, ps: _no_grad(ps[0].t_),
     "a state tensor's .data replaced": _state_data,
     "a step counter's .data replaced": _step_data,
+    "a state tensor resized in place": lambda opt, ps: opt.state[ps[1]]["exp_avg"].resize_(2),
+    "a state tensor transposed in place": lambda opt, ps: opt.state[ps[0]]["exp_avg_sq"].t_(),
+    "a state tensor's .data viewed as int32": lambda opt, ps: setattr(
+        opt.state[ps[3]]["exp_avg"], "data", opt.state[ps[3]]["exp_avg"].data.view(torch.int32)),
+    "a step counter's .data viewed as int32": lambda opt, ps: setattr(
+        opt.state[ps[2]]["step"], "data", opt.state[ps[2]]["step"].data.view(torch.int32)),
 }
 
 
 @pytest.mark.parametrize("edit", list(EDITS))
-def test_gather_declines_what_differs_from_the_plan(edit: str) -> None:
-    opt, ps, plan = stepped()
+def test_gather_declines_what_differs_from_the_plan(edit: str, copies: int) -> None:
+    opt, ps, plan = stepped(copies=copies)
     assert K.gather(plan) is not None
-    EDITS[edit](opt, ps)
+    EDITS[edit](opt, ps[-len(SHAPES):] if copies > 1 else ps)  # (in the large plan: its last rows)
     assert K.gather(plan) is None
 
 
@@ -381,3 +399,65 @@ def test_the_norm_table_pass_checks_its_arguments() -> None:
         K._C.norm_table(tuple(grads), *reads, *out)
     assert K._C.norm_table(grads, *reads, *out)
     assert out[1].tolist() == [2, 3] and out[0].tolist() == [g.data_ptr() for g in grads]
+
+
+def _big_step_threads() -> int:
+    """The threads a kernel call over many chunks runs on here (OpenMP's team)."""
+    stepped(copies=LARGE)
+    return K._C.last_num_threads()
+
+
+def test_a_large_plan_reads_its_state_on_a_second_thread(reads: tuple) -> None:
+    opt, _, plan = stepped(copies=LARGE)
+    found = K.gather(plan, state=opt.state)
+    assert found is not None and found[3] is True
+    threads = K._C.last_gather_threads()
+    shim = reads[7]
+    if shim[4] != 0 and all(shim[:4]) and _big_step_threads() >= 2:
+        assert threads == 2
+    else:
+        assert threads == 1  # the second thread reads through the shim only
+    small_opt, _, small = stepped()
+    assert K.gather(small, state=small_opt.state) is not None and K._C.last_gather_threads() == 1
+
+
+def test_the_state_identity_read_alongside_sees_a_replaced_entry(copies: int) -> None:
+    opt, ps, plan = stepped(copies=copies)
+    assert K.gather(plan, state=opt.state)[3] is True
+    opt.state[ps[-2]]["exp_avg"] = opt.state[ps[-2]]["exp_avg"].clone()
+    found = K.gather(plan, state=opt.state)
+    assert found is not None and found[3] is False  # (the plan's tensors are as they were)
+    assert K.gather(plan)[3] is None  # not asked
+
+
+def test_a_torch_function_mode_keeps_the_pass_on_one_thread() -> None:
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[str] = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    opt, _, plan = stepped(copies=LARGE)
+    with Watch():
+        found = K.gather(plan, state=opt.state)
+        threads = K._C.last_gather_threads()
+    assert found is not None and threads == 1
+    assert seen  # the mode saw the reads (.grad)
+
+
+def test_a_parameter_subclass_in_a_large_plan_is_read_the_long_way() -> None:
+    opt, ps, plan = stepped(copies=LARGE)
+    ps[-1].__class__ = SubParameter  # (a plain type no more: its reads may run Python code)
+    found = K.gather(plan, state=opt.state)
+    slow = K.read_rows(plan, opt.algorithm)
+    assert isinstance(slow, tuple)
+    if found is not None:
+        assert [id(g) for g in found[0]] == [id(g) for g in slow[0]]
+        assert found[1].tolist() == slow[1].tolist()
+
+
+class SubParameter(torch.nn.Parameter):
+    """A Parameter subclass."""
