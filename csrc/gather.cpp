@@ -46,7 +46,12 @@ struct Layout {
   Py_ssize_t meta = 0;
   Py_ssize_t grad = 0;
   Py_ssize_t pyobj = 0;
+  Py_ssize_t fields = 0;  // the storage offset, then size, dtype, device, dispatch keys and flags
 };
+
+// How far past the storage offset a TensorImpl's fields that the shim reads reach (the size,
+// dtype, device, dispatch keys and the flag bits after them).
+constexpr Py_ssize_t kFieldsSpan = 40;
 
 // torch's C shim for compiled code (AOTInductor's aoti_torch_* functions: an at::Tensor's address
 // in, 0 returned and the answer written on success), and where a plain tensor object holds the
@@ -215,6 +220,17 @@ PyObject* item(PyObject* list, Py_ssize_t i) {
   return i >= 0 && i < PyList_GET_SIZE(list) ? PyList_GET_ITEM(list, i) : nullptr;
 }
 
+// Prefetches the lines of a TensorImpl the pass reads: its storage and autograd meta pointers,
+// its Python object's (`pyobj`) and the fields from the storage offset on, not the sizes and
+// strides between them.
+void prefetch_impl(const Layout& l, const char* impl, bool pyobj) {
+  prefetch(impl + l.storage);
+  prefetch(impl + l.meta);
+  if (pyobj) prefetch(impl + l.pyobj);
+  prefetch(impl + l.fields);
+  prefetch(impl + l.fields + kFieldsSpan);
+}
+
 // Prefetching ahead of item i of a list of tensors read for their metadata: the objects
 // 3 stages ahead, their TensorImpls 2 ahead, their storages 1 ahead (each stage reads what the
 // one before brought in). The items' Python objects alone without the layout.
@@ -226,7 +242,7 @@ void prefetch_tensors(const Methods& m, PyObject* list, Py_ssize_t i) {
   constexpr Py_ssize_t d = kTensorStage;
   if (PyObject* t = item(list, i + 3 * d)) prefetch(t);
   if (PyObject* t = item(list, i + 2 * d))
-    if (char* impl = impl_of(m, t)) prefetch_lines(impl, 4);
+    if (char* impl = impl_of(m, t)) prefetch_impl(m.layout, impl, false);
   if (PyObject* t = item(list, i + d))
     if (char* impl = impl_of(m, t)) prefetch_lines(word(impl, m.layout.storage), 2);
 }
@@ -242,7 +258,7 @@ void prefetch_params(const Methods& m, PyObject* list, Py_ssize_t i) {
   constexpr Py_ssize_t d = kParamStage;
   if (PyObject* t = item(list, i + 5 * d)) prefetch(t);
   if (PyObject* t = item(list, i + 4 * d))
-    if (char* impl = impl_of(m, t)) prefetch_lines(impl, 4);
+    if (char* impl = impl_of(m, t)) prefetch_impl(l, impl, false);
   if (PyObject* t = item(list, i + 3 * d))
     if (char* impl = impl_of(m, t)) {
       prefetch_lines(word(impl, l.storage), 2);
@@ -250,7 +266,8 @@ void prefetch_params(const Methods& m, PyObject* list, Py_ssize_t i) {
     }
   if (PyObject* t = item(list, i + 2 * d))
     if (char* impl = impl_of(m, t))
-      if (char* meta = word(impl, l.meta)) prefetch_lines(word(meta, l.grad), 4);
+      if (char* meta = word(impl, l.meta))
+        if (char* grad = word(meta, l.grad)) prefetch_impl(l, grad, true);
   if (PyObject* t = item(list, i + d))
     if (char* impl = impl_of(m, t))
       if (char* meta = word(impl, l.meta))
@@ -301,19 +318,19 @@ Shim shim_of(PyObject* t) {
   return s;
 }
 
-// methods[8]: (tensor, storage, meta, grad, pyobj) byte offsets, or () when unknown.
+// methods[8]: (tensor, storage, meta, grad, pyobj, fields) byte offsets, or () when unknown.
 Layout layout_of(PyObject* t) {
-  if (!PyTuple_Check(t) || (PyTuple_GET_SIZE(t) != 0 && PyTuple_GET_SIZE(t) != 5))
-    throw py::type_error("methods[8] must be (tensor, storage, meta, grad, pyobj) or ()");
+  if (!PyTuple_Check(t) || (PyTuple_GET_SIZE(t) != 0 && PyTuple_GET_SIZE(t) != 6))
+    throw py::type_error("methods[8] must be (tensor, storage, meta, grad, pyobj, fields) or ()");
   if (PyTuple_GET_SIZE(t) == 0) return Layout{};
-  Py_ssize_t v[5];
-  for (int i = 0; i < 5; ++i) v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
+  Py_ssize_t v[6];
+  for (int i = 0; i < 6; ++i) v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
   if (PyErr_Occurred() != nullptr) throw py::error_already_set();
   if (v[0] != 16 && v[0] != 24) throw std::invalid_argument("methods[8]: a tensor object holds its at::Tensor at 16 or 24");
-  for (int i = 1; i < 5; ++i)
-    if (v[i] <= 0 || v[i] % 8 != 0 || v[i] >= 128)
-      throw std::invalid_argument("methods[8]: offsets are multiples of 8 in (0, 128)");
-  return Layout{v[0], v[1], v[2], v[3], v[4]};
+  for (int i = 1; i < 6; ++i)
+    if (v[i] <= 0 || v[i] % 8 != 0 || v[i] >= (i == 5 ? 256 : 128))
+      throw std::invalid_argument("methods[8]: offsets are multiples of 8 in (0, 128), the fields' in (0, 256)");
+  return Layout{v[0], v[1], v[2], v[3], v[4], v[5]};
 }
 
 // The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
@@ -406,8 +423,10 @@ py::object layout_read(py::handle methods, py::handle plain, py::handle t) {
   const Layout& l = m.layout;
   char* meta = word(impl, l.meta);
   const auto address = [](const void* p) { return reinterpret_cast<uint64_t>(p); };
+  const auto field = [&](Py_ssize_t at) { return *reinterpret_cast<const int64_t*>(impl + l.fields + at); };
   return py::make_tuple(address(impl), address(word(impl, l.storage)), address(meta),
-                        address(meta == nullptr ? nullptr : word(meta, l.grad)), address(word(impl, l.pyobj)));
+                        address(meta == nullptr ? nullptr : word(meta, l.grad)), address(word(impl, l.pyobj)),
+                        field(0), field(8));
 }
 
 uint64_t read_address(uint64_t reader, py::handle t) {

@@ -29,8 +29,9 @@ pybind11::object shim_read(pybind11::handle methods, pybind11::handle plain, pyb
 
 // What the layout in `methods` (see gather_rows) reads of `t`: the addresses of its TensorImpl,
 // that one's storage and autograd meta (0: none), the gradient's TensorImpl in that meta (0: no
-// meta) and t's Python object; None when there is no layout or t is not of a `plain` type (or is
-// a borrowed tensor). For checking the layout against torch before a pass prefetches along it.
+// meta) and t's Python object, then the two words where the fields begin (t's storage offset
+// and size); None when there is no layout or t is not of a `plain` type (or is a borrowed
+// tensor). For checking the layout against torch before a pass prefetches along it.
 pybind11::object layout_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t);
 
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
@@ -70,11 +71,12 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown)
 // and torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
 // address of plain tensors are read without a call into torch's Python bindings; then the
-// layout of torch's objects the pass prefetches along, (tensor, storage, meta, grad, pyobj) or
-// () when unknown: the offset of the at::Tensor in a tensor object (as for the shim), of the
-// storage, autograd meta and Python object pointers in a TensorImpl, and of the gradient in
-// autograd meta. The layout only decides what is prefetched, never what is read. The caller
-// checked all of these against torch (shim_read, layout_read).
+// layout of torch's objects the pass prefetches along, (tensor, storage, meta, grad, pyobj,
+// fields) or () when unknown: the offset of the at::Tensor in a tensor object (as for the shim),
+// of the storage, autograd meta and Python object pointers in a TensorImpl, of the gradient in
+// autograd meta, and of the TensorImpl's storage offset (its size, dtype and flags follow). The
+// layout only decides what is prefetched, never what is read. The caller checked all of these
+// against torch (shim_read, layout_read).
 //
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too

@@ -174,9 +174,11 @@ def _unique(candidates: list[int]) -> int:
 def _layout() -> tuple:
     """Where torch keeps the pointers a gradient read follows, for the pass to prefetch along
     them: (at::Tensor in a tensor object, then storage, autograd meta and Python object in a
-    TensorImpl, then the gradient in autograd meta), byte offsets, found on probe tensors by the
-    addresses torch reports (``_cdata``, ``untyped_storage()._cdata``, ``id``) and checked on
-    others (``_C.layout_read``); ``NO_LAYOUT`` when any is not found, or ``FASTOPT_DIRECT_READS=0``.
+    TensorImpl, then the gradient in autograd meta, then the TensorImpl's storage offset, which
+    its size, dtype and flags follow), byte offsets, found on probe tensors by the addresses and
+    values torch reports (``_cdata``, ``untyped_storage()._cdata``, ``id``, ``storage_offset()``,
+    ``numel()``) and checked on others (``_C.layout_read``); ``NO_LAYOUT`` when any is not found,
+    or ``FASTOPT_DIRECT_READS=0``.
     The layout decides what is prefetched only: a read never goes by it."""
     if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
         return NO_LAYOUT
@@ -199,7 +201,15 @@ def _layout() -> tuple:
     grad = _unique([8 * i for i, w in enumerate(_words(b[meta // 8], 8)) if i and w == with_grad.grad._cdata])
     if not grad:
         return NO_LAYOUT
-    layout = (tensor, storage, meta, grad, pyobj)
+    # the storage offset (the size after it): the one word holding each probe view's offset
+    views = [torch.zeros(64)[7:20], torch.zeros(64, dtype=torch.float64)[3:8]]
+    # 192 bytes from each TensorImpl (its fields lie within them on every release; a word past
+    # a smaller one is the next block of the same heap)
+    words = [(_words(v._cdata, 24), [v.storage_offset(), v.numel()]) for v in views]
+    fields = _unique([8 * i for i in range(1, 23) if all(w[i:i + 2] == want for w, want in words)])
+    if not fields:
+        return NO_LAYOUT
+    layout = (tensor, storage, meta, grad, pyobj, fields)
     base = torch.arange(6.0)
     param = torch.nn.Parameter(torch.arange(6.0).view(2, 3))
     param.grad = torch.ones(2, 3, dtype=torch.float32)  # (a gradient from backward: tests/test_gather.py)
@@ -208,7 +218,8 @@ def _layout() -> tuple:
         got = _C.layout_read((*GATHER_BASE, NO_SHIM, layout), PLAIN_TYPES, t)
         meta_of = got[2] if got else 0
         if (got is None or got[0] != t._cdata or got[1] != t.untyped_storage()._cdata or got[4] & ~7 != id(t)
-                or (t.requires_grad and not meta_of) or (t.grad is not None and got[3] != t.grad._cdata)):
+                or (t.requires_grad and not meta_of) or (t.grad is not None and got[3] != t.grad._cdata)
+                or got[5:] != (t.storage_offset(), t.numel())):
             return NO_LAYOUT
     return layout
 

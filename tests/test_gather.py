@@ -323,8 +323,9 @@ def test_the_layout_reads_what_torch_reports(case: str) -> None:
     t = LAYOUT_CASES[case]()
     got = K._C.layout_read(DIRECT, K.PLAIN_TYPES, t)
     assert got is not None
-    impl, storage, meta, grad, pyobj = got
+    impl, storage, meta, grad, pyobj, offset, numel = got
     assert impl == t._cdata
+    assert (offset, numel) == (t.storage_offset(), t.numel())
     assert storage == t.untyped_storage()._cdata
     assert pyobj & ~7 == id(t)
     if t.requires_grad:
@@ -340,11 +341,13 @@ def test_the_layout_leaves_other_objects_alone() -> None:
     assert K._C.layout_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
     assert K._C.layout_read(NO_LAYOUT, K.PLAIN_TYPES, torch.zeros(2)) is None
     with pytest.raises(TypeError, match="methods\\[8\\]"):
-        K._C.layout_read((*DIRECT[:8], (16, 16)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48)), K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="multiples of 8"):
-        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 44, 48)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 44, 48, 144)), K.PLAIN_TYPES, torch.zeros(2))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48, 256)), K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="16 or 24"):
-        K._C.layout_read((*DIRECT[:8], (8, 16, 24, 40, 48)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (8, 16, 24, 40, 48, 144)), K.PLAIN_TYPES, torch.zeros(2))
 
 
 def _norm_table_by_hand(grads: list, norm_type: float):
