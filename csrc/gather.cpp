@@ -47,6 +47,7 @@ struct Layout {
   Py_ssize_t grad = 0;
   Py_ssize_t pyobj = 0;
   Py_ssize_t fields = 0;  // the storage offset, then size, dtype, device, dispatch keys and flags
+  uintptr_t undefined = 0;  // what an undefined at::Tensor (no gradient) points to
 };
 
 // How far past the storage offset a TensorImpl's fields that the shim reads reach (the size,
@@ -78,6 +79,7 @@ struct Methods {
   Shim shim;
   Layout layout;
   PyObject* plain;  // the exact types the getters, the shim and the layout are used for
+  PyGetSetDef* is_leaf;  // Tensor's .is_leaf getter while lookup finds it on every plain type, or null
 };
 
 PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
@@ -318,19 +320,22 @@ Shim shim_of(PyObject* t) {
   return s;
 }
 
-// methods[8]: (tensor, storage, meta, grad, pyobj, fields) byte offsets, or () when unknown.
+// methods[8]: (tensor, storage, meta, grad, pyobj, fields) byte offsets and the address of
+// torch's undefined tensor, or () when unknown.
 Layout layout_of(PyObject* t) {
-  if (!PyTuple_Check(t) || (PyTuple_GET_SIZE(t) != 0 && PyTuple_GET_SIZE(t) != 6))
-    throw py::type_error("methods[8] must be (tensor, storage, meta, grad, pyobj, fields) or ()");
+  if (!PyTuple_Check(t) || (PyTuple_GET_SIZE(t) != 0 && PyTuple_GET_SIZE(t) != 7))
+    throw py::type_error("methods[8] must be (tensor, storage, meta, grad, pyobj, fields, undefined) or ()");
   if (PyTuple_GET_SIZE(t) == 0) return Layout{};
   Py_ssize_t v[6];
   for (int i = 0; i < 6; ++i) v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
+  const uint64_t undefined = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, 6));
   if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  if (undefined == 0) throw std::invalid_argument("methods[8]: the undefined tensor's address is not 0");
   if (v[0] != 16 && v[0] != 24) throw std::invalid_argument("methods[8]: a tensor object holds its at::Tensor at 16 or 24");
   for (int i = 1; i < 6; ++i)
     if (v[i] <= 0 || v[i] % 8 != 0 || v[i] >= (i == 5 ? 256 : 128))
       throw std::invalid_argument("methods[8]: offsets are multiples of 8 in (0, 128), the fields' in (0, 256)");
-  return Layout{v[0], v[1], v[2], v[3], v[4], v[5]};
+  return Layout{v[0], v[1], v[2], v[3], v[4], v[5], static_cast<uintptr_t>(undefined)};
 }
 
 // The reads `methods` (gather_rows' argument) name, the getters checked for the `plain` types.
@@ -342,6 +347,11 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
   const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
   if (PyErr_Occurred() != nullptr) throw py::error_already_set();
   const py::str grad_name("grad");
+  const py::str leaf_name("is_leaf");
+  PyObject* first = PyTuple_GET_SIZE(plain) > 0 ? PyTuple_GET_ITEM(plain, 0) : nullptr;
+  PyObject* leaf = first != nullptr && PyType_Check(first)
+                       ? _PyType_Lookup(reinterpret_cast<PyTypeObject*>(first), leaf_name.ptr())
+                       : nullptr;
   return Methods{mt[0],
                  mt[1],
                  mt[2],
@@ -351,7 +361,24 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  getter_for(mt[6], plain, dtype_name),
                  shim_of(mt[7]),
                  layout_of(mt[8]),
-                 plain};
+                 plain,
+                 leaf == nullptr ? nullptr : getter_for(leaf, plain, leaf_name.ptr())};
+}
+
+// Whether reading p.grad through the getter runs no Python code: torch warns (through Python's
+// warnings) when a parameter that is not a leaf has no gradient. Its gradient is read through
+// the layout (the undefined tensor: none), and only then whether it is a leaf, by the getter
+// (C, no warning). p is of a plain type; needs the layout and the getter.
+bool reads_grad_quietly(const Methods& m, PyObject* p) {
+  char* impl = impl_of(m, p);
+  if (impl == nullptr) return false;
+  char* meta = word(impl, m.layout.meta);
+  if (meta == nullptr || reinterpret_cast<uintptr_t>(word(meta, m.layout.grad)) != m.layout.undefined)
+    return true;  // (no autograd meta: a leaf; or a gradient)
+  PyObject* leaf = m.is_leaf->get(p, m.is_leaf->closure);
+  const bool yes = leaf == Py_True;
+  Py_XDECREF(leaf);
+  return yes;
 }
 
 // A plan's state tensors as gather_rows checks them: address, size and dtype code of each.
@@ -381,8 +408,9 @@ Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ss
       int64_t count = 0;
       bool contiguous = false;
       void* address = nullptr;
-      ok = h != nullptr && m.shim.numel(h, &count) == 0 && count == st.numels[j] && shim_code(m, t) == code &&
-           m.shim.is_contiguous(h, &contiguous) == 0 && contiguous && m.shim.data_ptr(h, &address) == 0;
+      ok = h != nullptr && code >= 0 && m.shim.numel(h, &count) == 0 && count == st.numels[j] &&
+           shim_code(m, t) == code && m.shim.is_contiguous(h, &contiguous) == 0 && contiguous &&
+           m.shim.data_ptr(h, &address) == 0;
       sp = reinterpret_cast<uint64_t>(address);
     } else {
       PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects, code) : nullptr;
@@ -522,7 +550,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       prefetch_params(m, plist, i);
       PyObject* p = PyList_GET_ITEM(plist, i);
       const bool p_plain = is_one_of(p, plain.ptr());
-      if (strict && !p_plain) return false;
+      if (strict && !(p_plain && reads_grad_quietly(m, p))) return false;
       PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
       if (g == nullptr) return false;
       if (g == Py_None) {
@@ -558,7 +586,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   // pass; the caller checked that no torch function mode is on), so nothing the helper reads
   // can change or be freed under it.
   if (parallel && checks >= 2 && ns + n >= kParallelItems && m.shim.offset != 0 && m.grad != nullptr &&
-      m.dtype != nullptr && omp_get_max_threads() >= 2) {
+      m.dtype != nullptr && m.layout.tensor != 0 && m.is_leaf != nullptr && omp_get_max_threads() >= 2) {
     const int collecting = PyGC_Disable();
     int helper_same = -1;
     // the state tensors in blocks, taken in order by whichever thread is free; the first

@@ -175,7 +175,8 @@ def _layout() -> tuple:
     """Where torch keeps the pointers a gradient read follows, for the pass to prefetch along
     them: (at::Tensor in a tensor object, then storage, autograd meta and Python object in a
     TensorImpl, then the gradient in autograd meta, then the TensorImpl's storage offset, which
-    its size, dtype and flags follow), byte offsets, found on probe tensors by the addresses and
+    its size, dtype and flags follow), byte offsets, and the address of torch's undefined tensor
+    (what the gradient slot of a tensor without a gradient holds), found on probe tensors by the addresses and
     values torch reports (``_cdata``, ``untyped_storage()._cdata``, ``id``, ``storage_offset()``,
     ``numel()``) and checked on others (``_C.layout_read``); ``NO_LAYOUT`` when any is not found,
     or ``FASTOPT_DIRECT_READS=0``.
@@ -209,7 +210,12 @@ def _layout() -> tuple:
     fields = _unique([8 * i for i in range(1, 23) if all(w[i:i + 2] == want for w, want in words)])
     if not fields:
         return NO_LAYOUT
-    layout = (tensor, storage, meta, grad, pyobj, fields)
+    # what a tensor without a gradient has in its autograd meta's gradient: torch's undefined tensor
+    fresh = [torch.nn.Parameter(torch.zeros(2)) for _ in range(2)]
+    undefined = {_words(_words(f._cdata, span)[meta // 8], grad // 8 + 1)[grad // 8] for f in fresh}
+    if len(undefined) != 1 or 0 in undefined:
+        return NO_LAYOUT
+    layout = (tensor, storage, meta, grad, pyobj, fields, undefined.pop())
     base = torch.arange(6.0)
     param = torch.nn.Parameter(torch.arange(6.0).view(2, 3))
     param.grad = torch.ones(2, 3, dtype=torch.float32)  # (a gradient from backward: tests/test_gather.py)
@@ -219,7 +225,8 @@ def _layout() -> tuple:
         meta_of = got[2] if got else 0
         if (got is None or got[0] != t._cdata or got[1] != t.untyped_storage()._cdata or got[4] & ~7 != id(t)
                 or (t.requires_grad and not meta_of) or (t.grad is not None and got[3] != t.grad._cdata)
-                or got[5:] != (t.storage_offset(), t.numel())):
+                or got[5:] != (t.storage_offset(), t.numel())
+                or (meta_of and (got[3] == layout[6]) != (t.grad is None))):
             return NO_LAYOUT
     return layout
 

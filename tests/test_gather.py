@@ -7,6 +7,7 @@ each thing a user can change between steps makes it decline.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -332,6 +333,8 @@ def test_the_layout_reads_what_torch_reports(case: str) -> None:
         assert meta != 0
     if t.is_leaf and t.grad is not None:
         assert grad == t.grad._cdata
+    if meta != 0 and t.is_leaf:  # (torch's undefined tensor where there is no gradient)
+        assert (grad == DIRECT[8][6]) == (t.grad is None)
 
 
 def test_the_layout_leaves_other_objects_alone() -> None:
@@ -341,13 +344,15 @@ def test_the_layout_leaves_other_objects_alone() -> None:
     assert K._C.layout_read(DIRECT, K.PLAIN_TYPES, [1.0]) is None
     assert K._C.layout_read(NO_LAYOUT, K.PLAIN_TYPES, torch.zeros(2)) is None
     with pytest.raises(TypeError, match="methods\\[8\\]"):
-        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48, 144)), K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="multiples of 8"):
-        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 44, 48, 144)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 44, 48, 144, 1)), K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="multiples of 8"):
-        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48, 256)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48, 256, 1)), K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="16 or 24"):
-        K._C.layout_read((*DIRECT[:8], (8, 16, 24, 40, 48, 144)), K.PLAIN_TYPES, torch.zeros(2))
+        K._C.layout_read((*DIRECT[:8], (8, 16, 24, 40, 48, 144, 1)), K.PLAIN_TYPES, torch.zeros(2))
+    with pytest.raises(ValueError, match="undefined"):
+        K._C.layout_read((*DIRECT[:8], (16, 16, 24, 40, 48, 144, 0)), K.PLAIN_TYPES, torch.zeros(2))
 
 
 def _norm_table_by_hand(grads: list, norm_type: float):
@@ -416,10 +421,10 @@ def test_a_large_plan_reads_its_state_on_a_second_thread(reads: tuple) -> None:
     assert found is not None and found[3] is True
     threads = K._C.last_gather_threads()
     shim = reads[7]
-    if shim[4] != 0 and all(shim[:4]) and _big_step_threads() >= 2:
+    if shim[4] != 0 and all(shim[:4]) and reads[8] != K.NO_LAYOUT and _big_step_threads() >= 2:
         assert threads == 2
     else:
-        assert threads == 1  # the second thread reads through the shim only
+        assert threads == 1  # the second thread reads through the shim only, beside a pass with the layout
     small_opt, _, small = stepped()
     assert K.gather(small, state=small_opt.state) is not None and K._C.last_gather_threads() == 1
 
@@ -464,3 +469,22 @@ def test_a_parameter_subclass_in_a_large_plan_is_read_the_long_way() -> None:
 
 class SubParameter(torch.nn.Parameter):
     """A Parameter subclass."""
+
+
+def test_a_non_leaf_parameter_without_a_gradient_is_read_as_torch_reads_it(copies: int) -> None:
+    """Reading .grad of a parameter that is no leaf and has no gradient warns through Python's
+    warnings, which may run Python code: a large plan's pass, whose second thread relies on no
+    Python code running, leaves it to the long way; the step warns as torch's does either way."""
+    opt, ps, plan = stepped(copies=copies)
+    p = ps[-2]
+    p.grad = None
+    p.requires_grad_(False)
+    p.add_(torch.ones(p.shape, requires_grad=True))  # (an in-place op that records: no leaf now)
+    assert not p.is_leaf
+    if copies > 1 and K._C.last_gather_threads() == 2:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert K.gather(plan) is None
+        assert not seen  # no getter call that warns inside the pass
+    with pytest.warns(UserWarning, match="not a leaf"):
+        opt.step()
