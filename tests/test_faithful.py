@@ -381,7 +381,9 @@ MORE_MUTATIONS = {
     "a state tensor strided in place": lambda opt, ps: _state_tensor(opt, ps[1]).as_strided_((2,), (2,)),
     "a state tensor's .data reinterpreted as int32": lambda opt, ps: setattr(
         _state_tensor(opt, ps[1]), "data", _state_tensor(opt, ps[1]).data.view(torch.int32)),
-    "a step counter resized in place": lambda opt, ps: _step_counter(opt, ps[1], lambda t: t.resize_(2)),
+    # (filled: the element a resize adds is uninitialised memory, different on the two sides)
+    "a step counter resized in place": lambda opt, ps: _step_counter(
+        opt, ps[1], lambda t: t.resize_(2).fill_(3.0)),
     "a step counter's .data reinterpreted as int32": lambda opt, ps: _step_counter(
         opt, ps[1], lambda t: setattr(t, "data", t.data.view(torch.int32))),
 }
