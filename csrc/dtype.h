@@ -8,9 +8,6 @@ namespace fastopt {
 
 enum DType : int32_t { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3, kNumDTypes = 4 };
 
-// Bytes per element of a storage type.
-constexpr int64_t dtype_size(int32_t d) { return d == kFloat64 ? 8 : d == kFloat32 ? 4 : 2; }
-
 // The conversion helpers and kernels are compiled once per instruction set
 // (step_kernels.cpp); internal linkage keeps each copy to its own object file.
 namespace {

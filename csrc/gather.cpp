@@ -390,9 +390,10 @@ struct States {
 
 // The state tensors of `list` checked in [from, to): each contiguous, of the size and dtype
 // `st` gives and at its address (an in-place resize_, as_strided_, t_ or .data = a view as
-// another dtype keeps the address). Returns the index of the first that differs, or `to`. `nogil`: only what the shim reads of plain tensors, with no Python call and no
-// reference count touched, so that a thread without the GIL may run it while the one holding it
-// runs no Python code; a tensor it cannot read that way counts as a difference.
+// another dtype keeps the address). Returns the index of the first that differs, or `to`.
+// `nogil`: only what the shim reads of plain tensors, with no Python call and no reference count
+// touched, so that a thread without the GIL may run it while the one holding it runs no Python
+// code; a tensor it cannot read that way counts as a difference.
 Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ssize_t to, const States& st,
                         PyObject* dtype_objects, PyObject* plain, PyObject* dtype_name, bool nogil) {
   const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects);

@@ -40,6 +40,7 @@ from ._kernels import (
     param_addresses,
     params_unchanged,
     state_snapshot,
+    tensor_layout,
 )
 
 
@@ -57,18 +58,6 @@ class Segment:
     step: Tensor | None = None
     first: bool = False  # SGD: momentum buffers start as a copy of the gradient
     seen_version: int = -1  # the gradient buffer's version after the last step or zero_grad
-
-
-def _layout_of(tensors: list[Tensor]) -> np.ndarray:
-    """Per tensor its address, number of elements, dtype and contiguity (one row each), to
-    compare with the same of another moment."""
-    out = np.empty((len(tensors), 4), dtype=np.int64)
-    out[:, 0] = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors)).view(np.int64)
-    out[:, 1] = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
-    out[:, 2] = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int64,
-                            count=len(tensors))
-    out[:, 3] = np.fromiter(map(Tensor.is_contiguous, tensors), dtype=bool, count=len(tensors))
-    return out
 
 
 def _views(buf: Tensor, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
@@ -112,7 +101,7 @@ class FlatBuffers:
         self.state_addresses, self.held = state_snapshot(state)
         self.views = [t for st in map(state.get, self.params, repeat(NO_STATE)) for t in st.values()
                       if isinstance(t, Tensor)]
-        self.expected = _layout_of([*self.params, *self.views])
+        self.expected = tensor_layout([*self.params, *self.views])
         self.mark()
 
     @staticmethod
@@ -199,7 +188,7 @@ class FlatBuffers:
             return False
         if all(seg.grad_buf._version != seg.seen_version for seg in self.segments):
             return True  # every buffer accumulated gradients: the views are in use
-        moved = np.flatnonzero((_layout_of([*self.params, *self.views]) != self.expected).any(axis=1))
+        moved = np.flatnonzero((tensor_layout([*self.params, *self.views]) != self.expected).any(axis=1))
         if len(moved) and moved[0] < len(self.params):
             i = int(moved[0])
             p = self.params[i]

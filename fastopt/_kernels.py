@@ -561,14 +561,9 @@ class Plan:
         """Per state tensor the table points to, whether its storage moved since (``.data =``)
         or its size, dtype or contiguity changed in place (``resize_``, ``as_strided_``, ``t_``,
         ``.data =`` a view as another dtype: the same address)."""
-        tensors = self.state_tensors
-        ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
-        numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
-        dtypes = np.fromiter((DTYPE_CODES.get(d, -1) for d in map(_DTYPE, tensors)), dtype=np.int32,
-                             count=len(tensors))
-        contiguous = np.fromiter(map(Tensor.is_contiguous, tensors), dtype=bool, count=len(tensors))
-        return ((ptrs != self.state_ptrs) | (numels != self.state_numels) | (dtypes != self.state_dtypes)
-                | ~contiguous)
+        now = tensor_layout(self.state_tensors)
+        return ((now[:, 0] != self.state_ptrs.view(np.int64)) | (now[:, 1] != self.state_numels)
+                | (now[:, 2] != self.state_dtypes) | (now[:, 3] == 0))
 
     def _remember(self, state: dict, states: list[dict]) -> None:
         self.states = states
@@ -590,6 +585,18 @@ class Plan:
         self.state_numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
         self.state_dtypes = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int32,
                                         count=len(tensors))
+
+
+def tensor_layout(tensors: list[Tensor]) -> np.ndarray:
+    """Per tensor its address, number of elements, dtype code (-1: none of the kernels') and
+    contiguity (1 or 0), one row each, to compare with the same of another moment."""
+    out = np.empty((len(tensors), 4), dtype=np.int64)
+    out[:, 0] = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors)).view(np.int64)
+    out[:, 1] = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
+    out[:, 2] = np.fromiter((DTYPE_CODES.get(d, -1) for d in map(_DTYPE, tensors)), dtype=np.int64,
+                            count=len(tensors))
+    out[:, 3] = np.fromiter(map(Tensor.is_contiguous, tensors), dtype=bool, count=len(tensors))
+    return out
 
 
 def state_snapshot(state: dict) -> tuple[np.ndarray, tuple]:
