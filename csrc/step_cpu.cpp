@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -164,6 +166,97 @@ SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale, dou
   return s;
 }
 
+// ---- a step's per-tensor preparation ---------------------------------------------------
+
+// From how many tensors a step prepares them (validation, step counters, records, chunks) on
+// its team rather than on the calling thread alone: the step counters and pointer rows of many
+// small tensors are cold memory, read faster by two threads, while waking the team for a few
+// tensors costs more than it saves.
+constexpr int64_t kTeamPrepare = 1024;
+
+// The chunks of a tensor of `numel` elements (see chunking.h).
+int64_t chunks_of(int64_t numel) { return numel > 0 ? (numel + kChunkElems - 1) / kChunkElems : 0; }
+
+// Runs body(s) for every s < segments on a team of `team` threads (1: on the calling thread).
+// body must not throw.
+template <typename Body>
+void for_segments(int segments, int team, const Body& body) {
+  if (team <= 1) {
+    for (int s = 0; s < segments; ++s) body(s);
+    return;
+  }
+#pragma omp parallel num_threads(team)
+  {
+#ifdef _OPENMP
+    const int first = omp_get_thread_num(), stride = omp_get_num_threads();
+#else
+    const int first = 0, stride = 1;
+#endif
+    for (int s = first; s < segments; s += stride) body(s);
+  }
+}
+
+// What a step hands its kernel: a record per tensor, the scalar sets they point into (a list
+// per segment), and the chunks.
+template <typename Tensor, typename Set>
+struct Prepared {
+  std::unique_ptr<Tensor[]> tensors;
+  std::vector<std::deque<Set>> sets;  // (a deque's elements stay where they are as it grows)
+  std::unique_ptr<Chunk[]> chunks;
+  int64_t n_chunks = 0;
+};
+
+// Prepares a step over n tensors, cut into contiguous segments, one per thread of the team
+// (the calling thread alone below kTeamPrepare tensors): validate(i) throws what is wrong with
+// row i; only once every row passed, fill(lo, hi, sets, tensors) fills the records of rows
+// [lo, hi) with scalar sets kept in `sets`, and the chunks are laid out in row order, as
+// make_chunks lays them. Throws row errors for the first bad row (nothing written then), or
+// bad_alloc when a set list could not grow (the rows filled by then have stepped counters).
+template <typename Tensor, typename Set, typename Validate, typename Fill>
+Prepared<Tensor, Set> prepare_step(int64_t n, const int64_t* numels, int threads, const Validate& validate,
+                                   const Fill& fill) {
+  const int team = n >= kTeamPrepare ? team_size(threads, static_cast<std::size_t>(n)) : 1;
+  const int segments = std::max(team, 1);  // (fixed here: the segments do not depend on the team OpenMP gives)
+  const auto lo = [&](int s) { return n * s / segments; };
+  std::vector<int64_t> bad(static_cast<std::size_t>(segments), n), offsets(static_cast<std::size_t>(segments) + 1, 0);
+  for_segments(segments, team, [&](int s) {
+    int64_t count = 0;
+    for (int64_t i = lo(s); i < lo(s + 1); ++i) {
+      try {
+        validate(i);
+      } catch (...) {
+        bad[static_cast<std::size_t>(s)] = i;
+        return;
+      }
+      count += chunks_of(numels[i]);
+    }
+    offsets[static_cast<std::size_t>(s) + 1] = count;
+  });
+  const int64_t first_bad = *std::min_element(bad.begin(), bad.end());
+  if (first_bad < n) validate(first_bad);  // throws that row's error
+  for (int s = 0; s < segments; ++s) offsets[static_cast<std::size_t>(s) + 1] += offsets[static_cast<std::size_t>(s)];
+  Prepared<Tensor, Set> out;
+  out.n_chunks = offsets.back();
+  out.tensors.reset(new Tensor[static_cast<std::size_t>(std::max<int64_t>(n, 1))]);
+  out.chunks.reset(new Chunk[static_cast<std::size_t>(std::max<int64_t>(out.n_chunks, 1))]);
+  out.sets.resize(static_cast<std::size_t>(segments));
+  // Validated: from here on only a set list's growth can throw.
+  std::atomic<bool> failed{false};
+  for_segments(segments, team, [&](int s) {
+    try {
+      fill(lo(s), lo(s + 1), out.sets[static_cast<std::size_t>(s)], out.tensors.get());
+    } catch (...) {
+      failed = true;
+      return;
+    }
+    Chunk* c = out.chunks.get() + offsets[static_cast<std::size_t>(s)];
+    for (int64_t i = lo(s); i < lo(s + 1); ++i)
+      for (int64_t b = 0; b < numels[i]; b += kChunkElems) *c++ = {i, b, std::min(b + kChunkElems, numels[i])};
+  });
+  if (failed) throw std::bad_alloc();
+  return out;
+}
+
 }  // namespace
 
 const char* cpu_isa() { return load_active()->name; }
@@ -180,77 +273,77 @@ void set_cpu_isa(const std::string& name) {
 void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
                    const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
                    int threads) {
-  for (int64_t i = 0; i < n; ++i) {
+  const auto validate = [&](int64_t i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
-    const int32_t fl = flags[i];
     check_dtype(dtypes[i], i);
     check_ptr(row[kAdamParam], numels[i], i, "param");
     check_ptr(row[kAdamGrad], numels[i], i, "grad");
     check_ptr(row[kAdamExpAvg], numels[i], i, "exp_avg");
     check_ptr(row[kAdamExpAvgSq], numels[i], i, "exp_avg_sq");
-    if (fl & kAmsgrad) check_ptr(row[kAdamMaxExpAvgSq], numels[i], i, "max_exp_avg_sq");
+    if (flags[i] & kAmsgrad) check_ptr(row[kAdamMaxExpAvgSq], numels[i], i, "max_exp_avg_sq");
     if (row[kAdamStep] == 0) throw std::invalid_argument("tensor " + std::to_string(i) + ": null step pointer");
-  }
-  // Validated: from here on nothing throws, so no counter moves unless all do.
-  std::vector<AdamTensor> tensors(static_cast<std::size_t>(n));
-  std::deque<AdamSet> sets;  // (its elements stay where they are as it grows)
-  double last_step = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t* row = ptrs + i * kAdamPtrs;
-    const double* h = hyper + i * kAdamHypers;
-    const int32_t fl = flags[i];
-    // The step counter is a float32 scalar tensor, as torch keeps it.
-    auto* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(row[kAdamStep]));
-    *step_ptr += 1.0f;
-    const double step = static_cast<double>(*step_ptr);
-    AdamTensor& t = tensors[static_cast<std::size_t>(i)];
-    t.ptrs = row;
-    t.dtype = dtypes[i];
-    const bool wd = h[kAdamWd] != 0.0;
-    t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
-             ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0) |
-             (grad_mult != 1.0 ? kAdamModeMult : 0);
-    // the previous tensor's inputs (a group's tensors, one step count): the same scalars
-    if (i == 0 || fl != flags[i - 1] || step != last_step || !same_row(h, h - kAdamHypers, kAdamHypers))
-      sets.push_back({adam_scalars<float>(h, fl, step, grad_scale, grad_mult),
-                      adam_scalars<double>(h, fl, step, grad_scale, grad_mult)});
-    t.s = &sets.back();
-    last_step = step;
-  }
-  const std::vector<Chunk> chunks = make_chunks(numels, n);
+  };
+  const auto fill = [&](int64_t lo, int64_t hi, std::deque<AdamSet>& sets, AdamTensor* tensors) {
+    double last_step = 0.0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint64_t* row = ptrs + i * kAdamPtrs;
+      const double* h = hyper + i * kAdamHypers;
+      const int32_t fl = flags[i];
+      // The step counter is a float32 scalar tensor, as torch keeps it.
+      auto* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(row[kAdamStep]));
+      *step_ptr += 1.0f;
+      const double step = static_cast<double>(*step_ptr);
+      AdamTensor& t = tensors[i];
+      t.ptrs = row;
+      t.dtype = dtypes[i];
+      const bool wd = h[kAdamWd] != 0.0;
+      t.mode = ((wd && !(fl & kDecoupledWd)) ? kAdamModeL2 : 0) | ((wd && (fl & kDecoupledWd)) ? kAdamModeDecoupled : 0) |
+               ((fl & kAmsgrad) ? kAdamModeAmsgrad : 0) | (grad_scale > 0 ? kAdamModeScale : 0) |
+               (grad_mult != 1.0 ? kAdamModeMult : 0);
+      // the previous tensor's inputs (a group's tensors, one step count): the same scalars
+      if (i == lo || fl != flags[i - 1] || step != last_step || !same_row(h, h - kAdamHypers, kAdamHypers))
+        sets.push_back({adam_scalars<float>(h, fl, step, grad_scale, grad_mult),
+                        adam_scalars<double>(h, fl, step, grad_scale, grad_mult)});
+      t.s = &sets.back();
+      last_step = step;
+    }
+  };
+  const auto prep = prepare_step<AdamTensor, AdamSet>(n, numels, threads, validate, fill);
   const Kernels* k = load_active();
-  last_team = k->adam(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
-                      team_size(threads, chunks.size()));
+  last_team = k->adam(prep.tensors.get(), prep.chunks.get(), prep.n_chunks,
+                      team_size(threads, static_cast<std::size_t>(prep.n_chunks)));
 }
 
 void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes,
                   const int32_t* flags, const double* hyper, double grad_scale, double grad_mult,
                   int threads) {
-  std::vector<SgdTensor> tensors(static_cast<std::size_t>(n));
-  std::deque<SgdSet> sets;  // (its elements stay where they are as it grows)
-  for (int64_t i = 0; i < n; ++i) {
+  const auto validate = [&](int64_t i) {
     const uint64_t* row = ptrs + i * kSgdPtrs;
-    const double* h = hyper + i * kSgdHypers;
     check_dtype(dtypes[i], i);
     check_ptr(row[kSgdParam], numels[i], i, "param");
     check_ptr(row[kSgdGrad], numels[i], i, "grad");
-    const bool momentum = h[kSgdMomentum] != 0.0;
-    if (momentum) check_ptr(row[kSgdBuf], numels[i], i, "momentum_buffer");
-    SgdTensor& t = tensors[static_cast<std::size_t>(i)];
-    t.ptrs = row;
-    t.dtype = dtypes[i];
-    t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
-             ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0) |
-             (grad_mult != 1.0 ? kSgdModeMult : 0);
-    if (i == 0 || flags[i] != flags[i - 1] || !same_row(h, h - kSgdHypers, kSgdHypers))
-      sets.push_back({sgd_scalars<float>(h, flags[i], grad_scale, grad_mult),
-                      sgd_scalars<double>(h, flags[i], grad_scale, grad_mult)});
-    t.s = &sets.back();
-  }
-  const std::vector<Chunk> chunks = make_chunks(numels, n);
+    if (hyper[i * kSgdHypers + kSgdMomentum] != 0.0) check_ptr(row[kSgdBuf], numels[i], i, "momentum_buffer");
+  };
+  const auto fill = [&](int64_t lo, int64_t hi, std::deque<SgdSet>& sets, SgdTensor* tensors) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const double* h = hyper + i * kSgdHypers;
+      const bool momentum = h[kSgdMomentum] != 0.0;
+      SgdTensor& t = tensors[i];
+      t.ptrs = ptrs + i * kSgdPtrs;
+      t.dtype = dtypes[i];
+      t.mode = (h[kSgdWd] != 0.0 ? kSgdModeWd : 0) | (momentum ? kSgdModeMomentum : 0) |
+               ((momentum && (flags[i] & kNesterov)) ? kSgdModeNesterov : 0) | (grad_scale > 0 ? kSgdModeScale : 0) |
+               (grad_mult != 1.0 ? kSgdModeMult : 0);
+      if (i == lo || flags[i] != flags[i - 1] || !same_row(h, h - kSgdHypers, kSgdHypers))
+        sets.push_back({sgd_scalars<float>(h, flags[i], grad_scale, grad_mult),
+                        sgd_scalars<double>(h, flags[i], grad_scale, grad_mult)});
+      t.s = &sets.back();
+    }
+  };
+  const auto prep = prepare_step<SgdTensor, SgdSet>(n, numels, threads, validate, fill);
   const Kernels* k = load_active();
-  last_team = k->sgd(tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
-                     team_size(threads, chunks.size()));
+  last_team = k->sgd(prep.tensors.get(), prep.chunks.get(), prep.n_chunks,
+                     team_size(threads, static_cast<std::size_t>(prep.n_chunks)));
 }
 
 GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const int32_t* dtypes, bool inf,

@@ -280,3 +280,124 @@ def test_set_cpu_isa_contract() -> None:
             assert _C.cpu_isa() == isa
     finally:
         _C.set_cpu_isa(current)
+
+
+# ------------------------------------------------------------------ many tensors on the team
+
+#: more tensors than the step prepares on the calling thread alone (step_cpu.cpp kTeamPrepare)
+MANY = 2_500
+
+
+class _AdamTable:
+    """``_C.adam_step``'s tables over ``MANY`` tensors: mostly small, some empty, one of several
+    chunks; runs of three hyperparameter rows and flag sets, and step counters in runs of equal
+    counts whose changes fall on and beside the rows where a team of 2 or 3 splits the list."""
+
+    def __init__(self, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        sizes = [int(s) for s in torch.randint(0, 40, (MANY,), generator=gen)]
+        sizes[7], sizes[MANY // 2] = 70_001, 0
+        self.tensors = []
+        for n in sizes:
+            p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+            m, v = torch.randn(n, generator=gen) * 0.1, torch.rand(n, generator=gen) * 0.01
+            self.tensors.append({"param": p, "grad": g, "exp_avg": m, "exp_avg_sq": v,
+                                 "max_exp_avg_sq": v.clone(), "step": torch.zeros(())})
+        counts = [3.0] * MANY
+        for cut in (MANY // 3, MANY // 2, MANY // 2 + 1, 2 * MANY // 3 - 1):
+            counts[cut:] = [c + 1.0 for c in counts[cut:]]
+        for t, c in zip(self.tensors, counts):
+            t["step"].fill_(c)
+        rows = [dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1),
+                dict(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.0),
+                dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05)]
+        which = [(i // 97) % 3 for i in range(MANY)]
+        self.hyper = np.array([[rows[w][h] for h in _C.ADAM_HYPERS] for w in which])
+        f = _C.STEP_FLAGS
+        flag_sets = [f["decoupled_weight_decay"], f["amsgrad"], f["amsgrad"] | f["maximize"]]
+        self.flags = np.array([flag_sets[(i // 131) % 3] for i in range(MANY)], np.int32)
+        self.numels = np.array(sizes, np.int64)
+        self.dtypes = np.zeros(MANY, np.int32)
+        self.ptrs = np.array([[t[c].data_ptr() for c in _C.ADAM_COLUMNS] for t in self.tensors], np.uint64)
+
+    def values(self) -> list[torch.Tensor]:
+        """Every tensor of the table, step counters included."""
+        return [t[c] for t in self.tensors for c in _C.ADAM_COLUMNS]
+
+    def step(self, rows: slice = slice(None), threads: int = 2) -> None:
+        """One ``_C.adam_step`` call over ``rows``."""
+        _C.adam_step(self.ptrs[rows], self.numels[rows], self.dtypes[rows], self.flags[rows],
+                     self.hyper[rows], 0.0, 0.75, num_threads=threads)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_many_tensors_step_as_each_alone(threads: int) -> None:
+    """A call over more tensors than the calling thread prepares alone (records, scalar sets and
+    step counters made by the team, in segments): the same bits as one call per tensor, and as
+    the call on one thread."""
+    alone, one, team = _AdamTable(), _AdamTable(), _AdamTable()
+    for i in range(MANY):
+        alone.step(slice(i, i + 1), threads=1)
+    one.step(threads=1)
+    assert _C.last_num_threads() == 1
+    team.step(threads=threads)
+    assert _C.last_num_threads() == threads
+    for a, b, c in zip(alone.values(), one.values(), team.values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_many_tensors_a_bad_row_moves_nothing() -> None:
+    """The team validates every row before any step counter moves: a bad row anywhere (the first
+    one reported) leaves every tensor as it was."""
+    table = _AdamTable()
+    before = [t.clone() for t in table.values()]
+    col = {c: i for i, c in enumerate(_C.ADAM_COLUMNS)}
+    good = table.ptrs.copy()
+    for bad_rows, message in (([2_000], "tensor 2000: null grad pointer"),
+                              ([2_400, 300], "tensor 300: null grad pointer"),
+                              ([MANY - 1], "tensor 2499: null grad pointer")):
+        table.ptrs = good.copy()
+        table.ptrs[bad_rows, col["grad"]] = 0
+        with pytest.raises(ValueError, match=message):
+            table.step()
+    table.ptrs = good
+    table.dtypes[1_900] = 9
+    with pytest.raises(ValueError, match="tensor 1900: unsupported dtype code 9"):
+        table.step()
+    table.dtypes[1_900] = 0
+    table.ptrs[2_222, col["step"]] = 0
+    with pytest.raises(ValueError, match="tensor 2222: null step pointer"):
+        table.step()
+    for a, b in zip(before, table.values()):
+        assert torch.equal(a, b)
+
+
+def test_many_sgd_tensors_on_the_team() -> None:
+    """SGD over many tensors: a null momentum buffer far down the list refused before anything
+    moves; then the same bits on one thread and on two."""
+    gen = torch.Generator().manual_seed(4)
+    sizes = [int(s) for s in torch.randint(1, 50, (MANY,), generator=gen)]
+
+    def table() -> tuple[list[torch.Tensor], np.ndarray]:
+        g = torch.Generator().manual_seed(5)
+        ts = [torch.randn(3 * n, generator=g) for n in sizes]
+        ptrs = np.array([[t.data_ptr() + 4 * n * k for k in range(3)] for t, n in zip(ts, sizes)], np.uint64)
+        return ts, ptrs
+
+    rows = [dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=1e-4),
+            dict(lr=0.05, momentum=0.0, dampening=0.0, weight_decay=0.0)]
+    hyper = np.array([[rows[(i // 50) % 2][h] for h in _C.SGD_HYPERS] for i in range(MANY)])
+    flags = np.array([_C.STEP_FLAGS["nesterov"] if i % 7 else 0 for i in range(MANY)], np.int32)
+    numels, dtypes = np.array(sizes, np.int64), np.zeros(MANY, np.int32)
+    (one, p1), (team, p2) = table(), table()
+    before = [t.clone() for t in team]
+    bad = p2.copy()
+    bad[1_610, 2] = 0  # (row 1610 has momentum)
+    with pytest.raises(ValueError, match="tensor 1610: null momentum_buffer pointer"):
+        _C.sgd_step(bad, numels, dtypes, flags, hyper, 0.0, 1.0, num_threads=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, team))
+    _C.sgd_step(p1, numels, dtypes, flags, hyper, 0.0, 1.0, num_threads=1)
+    _C.sgd_step(p2, numels, dtypes, flags, hyper, 0.0, 1.0, num_threads=2)
+    assert _C.last_num_threads() == 2
+    assert all(torch.equal(a, b) for a, b in zip(one, team))
+    assert not all(torch.equal(a, b) for a, b in zip(before, team))

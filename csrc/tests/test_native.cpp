@@ -123,9 +123,20 @@ void ref_adam(std::vector<T>& p, std::vector<T>& g, std::vector<T>& m, std::vect
   }
 }
 
+// Sizes around the vector widths and the chunk size.
+const std::vector<int64_t> kAdamSizes = {0, 1, 15, 16, 17, 32767, 32768, 32769, 70001};
+
+// More tensors than a step prepares on the calling thread alone (the team prepares them in
+// segments), small and of many sizes, one of several chunks.
+std::vector<int64_t> many_sizes() {
+  std::vector<int64_t> sizes(2000);
+  for (std::size_t t = 0; t < sizes.size(); ++t) sizes[t] = static_cast<int64_t>(t % 37);
+  sizes[1001] = 70001;
+  return sizes;
+}
+
 template <typename T>
-void test_adam_dtype(int32_t code) {
-  const std::vector<int64_t> sizes = {0, 1, 15, 16, 17, 32767, 32768, 32769, 70001};
+void test_adam_dtype(int32_t code, const std::vector<int64_t>& sizes = kAdamSizes) {
   const auto n = static_cast<int64_t>(sizes.size());
   std::vector<std::vector<T>> p(sizes.size()), g(sizes.size()), m(sizes.size()), v(sizes.size());
   std::vector<std::vector<T>> rp, rg, rm, rv;
@@ -373,6 +384,7 @@ void test_kernels_every_isa() {
     }
     test_adam_dtype<float>(0);
     test_adam_dtype<double>(1);
+    test_adam_dtype<float>(0, many_sizes());
     test_sgd_all_dtypes();
     test_grad_norm_all_dtypes();
   }
