@@ -32,7 +32,7 @@ constexpr Py_ssize_t kParamStage = 2;
 constexpr Py_ssize_t kTensorStage = 8;
 // From how many parameters and state tensors on a second thread reads the state (waking it
 // costs some microseconds).
-constexpr Py_ssize_t kParallelItems = 2048;
+constexpr Py_ssize_t kParallelItems = 512;
 // How many state tensors a thread takes at a time then.
 constexpr Py_ssize_t kStateBlock = 256;
 
