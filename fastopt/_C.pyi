@@ -59,14 +59,22 @@ def shim_read(methods: tuple, plain: tuple, tensor: object) -> tuple[bool, int, 
     or None where it does not read it; to check it against Tensor's methods."""
 
 def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtype_objects: tuple,
-                param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike, methods: tuple,
-                plain: tuple, checks: int = 2) -> tuple[bool, list | None, npt.NDArray[np.uint64] | None,
-                                       npt.NDArray[np.int64] | None]:
-    """One pass over a plan's parameters: (True, grads, grad_ptrs, rows) when every parameter with
-    a gradient and its gradient match the plan (sizes, dtypes, contiguity, parameter and state
-    addresses): the gradients that are not None, their addresses and rows (None: every row);
-    (False, None, None, None) at the first difference. checks=1 leaves the state tensors'
-    addresses unread, checks=0 the parameters' too (to price the checks; fastopt steps with 2)."""
+                param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike,
+                state_numels: npt.ArrayLike, state_dtypes: npt.ArrayLike, methods: tuple, plain: tuple,
+                checks: int = 2, state: dict | None = None, snapshot: npt.ArrayLike = ...,
+                parallel: bool = False) -> tuple[bool, list | None, npt.NDArray[np.uint64] | None,
+                                                 npt.NDArray[np.int64] | None, bool | None]:
+    """One pass over a plan's parameters: (True, grads, grad_ptrs, rows, same) when every parameter
+    with a gradient, its gradient and every state tensor match the plan (sizes, dtypes,
+    contiguity, addresses): the gradients that are not None, their addresses and rows (None:
+    every row); (False, None, None, None, same) at the first difference. same: whether ``state``
+    holds the objects of ``snapshot`` (state_unchanged), None without a state. checks=1 leaves
+    the state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps
+    with 2). parallel: a second thread may read the state meanwhile (no torch function mode on)."""
+
+def last_gather_threads() -> int:
+    """Threads this thread's last gather_rows pass ran on (2: a second thread read the state; 0
+    before the first)."""
 
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
