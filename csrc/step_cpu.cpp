@@ -174,9 +174,6 @@ SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale, dou
 // tensors costs more than it saves.
 constexpr int64_t kTeamPrepare = 1024;
 
-// The chunks of a tensor of `numel` elements (see chunking.h).
-int64_t chunks_of(int64_t numel) { return numel > 0 ? (numel + kChunkElems - 1) / kChunkElems : 0; }
-
 // Runs body(s) for every s < segments on a team of `team` threads (1: on the calling thread).
 // body must not throw.
 template <typename Body>
@@ -249,9 +246,7 @@ Prepared<Tensor, Set> prepare_step(int64_t n, const int64_t* numels, int threads
       failed = true;
       return;
     }
-    Chunk* c = out.chunks.get() + offsets[static_cast<std::size_t>(s)];
-    for (int64_t i = lo(s); i < lo(s + 1); ++i)
-      for (int64_t b = 0; b < numels[i]; b += kChunkElems) *c++ = {i, b, std::min(b + kChunkElems, numels[i])};
+    lay_chunks(numels, lo(s), lo(s + 1), out.chunks.get() + offsets[static_cast<std::size_t>(s)]);
   });
   if (failed) throw std::bad_alloc();
   return out;
