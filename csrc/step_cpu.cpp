@@ -14,6 +14,7 @@
 
 #include "chunking.h"
 #include "dtype.h"
+#include "prepare.h"
 #include "step_kernels.h"
 
 #ifdef _OPENMP
@@ -106,17 +107,6 @@ const Kernels* load_active() { return active().load(std::memory_order_acquire); 
 // Threads of the calling thread's last parallel loop (last_num_threads).
 thread_local int last_team = 0;
 
-// The team a call's loop asks for: `threads` (<= 0: OpenMP's default), at most one per chunk.
-int team_size(int threads, std::size_t n_chunks) {
-#ifdef _OPENMP
-  const int want = threads > 0 ? threads : omp_get_max_threads();
-#else
-  const int want = threads > 0 ? threads : 1;
-#endif
-  const std::size_t cap = std::max<std::size_t>(n_chunks, 1);
-  return static_cast<std::size_t>(want) < cap ? want : static_cast<int>(cap);
-}
-
 void check_dtype(int32_t d, int64_t tensor) {
   if (d < 0 || d >= kNumDTypes)
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": unsupported dtype code " + std::to_string(d));
@@ -164,92 +154,6 @@ SgdScalars<O> sgd_scalars(const double* h, int32_t flags, double grad_scale, dou
   s.sign = (flags & kMaximize) ? O(-1) : O(1);
   s.first = (flags & kFirstStep) != 0;
   return s;
-}
-
-// ---- a step's per-tensor preparation ---------------------------------------------------
-
-// From how many tensors a step prepares them (validation, step counters, records, chunks) on
-// its team rather than on the calling thread alone: the step counters and pointer rows of many
-// small tensors are cold memory, read faster by two threads, while waking the team for a few
-// tensors costs more than it saves.
-constexpr int64_t kTeamPrepare = 1024;
-
-// Runs body(s) for every s < segments on a team of `team` threads (1: on the calling thread).
-// body must not throw.
-template <typename Body>
-void for_segments(int segments, int team, const Body& body) {
-  if (team <= 1) {
-    for (int s = 0; s < segments; ++s) body(s);
-    return;
-  }
-#pragma omp parallel num_threads(team)
-  {
-#ifdef _OPENMP
-    const int first = omp_get_thread_num(), stride = omp_get_num_threads();
-#else
-    const int first = 0, stride = 1;
-#endif
-    for (int s = first; s < segments; s += stride) body(s);
-  }
-}
-
-// What a step hands its kernel: a record per tensor, the scalar sets they point into (a list
-// per segment), and the chunks.
-template <typename Tensor, typename Set>
-struct Prepared {
-  std::unique_ptr<Tensor[]> tensors;
-  std::vector<std::deque<Set>> sets;  // (a deque's elements stay where they are as it grows)
-  std::unique_ptr<Chunk[]> chunks;
-  int64_t n_chunks = 0;
-};
-
-// Prepares a step over n tensors, cut into contiguous segments, one per thread of the team
-// (the calling thread alone below kTeamPrepare tensors): validate(i) throws what is wrong with
-// row i; only once every row passed, fill(lo, hi, sets, tensors) fills the records of rows
-// [lo, hi) with scalar sets kept in `sets`, and the chunks are laid out in row order, as
-// make_chunks lays them. Throws row errors for the first bad row (nothing written then), or
-// bad_alloc when a set list could not grow (the rows filled by then have stepped counters).
-template <typename Tensor, typename Set, typename Validate, typename Fill>
-Prepared<Tensor, Set> prepare_step(int64_t n, const int64_t* numels, int threads, const Validate& validate,
-                                   const Fill& fill) {
-  const int team = n >= kTeamPrepare ? team_size(threads, static_cast<std::size_t>(n)) : 1;
-  const int segments = std::max(team, 1);  // (fixed here: the segments do not depend on the team OpenMP gives)
-  const auto lo = [&](int s) { return n * s / segments; };
-  std::vector<int64_t> bad(static_cast<std::size_t>(segments), n), offsets(static_cast<std::size_t>(segments) + 1, 0);
-  for_segments(segments, team, [&](int s) {
-    int64_t count = 0;
-    for (int64_t i = lo(s); i < lo(s + 1); ++i) {
-      try {
-        validate(i);
-      } catch (...) {
-        bad[static_cast<std::size_t>(s)] = i;
-        return;
-      }
-      count += chunks_of(numels[i]);
-    }
-    offsets[static_cast<std::size_t>(s) + 1] = count;
-  });
-  const int64_t first_bad = *std::min_element(bad.begin(), bad.end());
-  if (first_bad < n) validate(first_bad);  // throws that row's error
-  for (int s = 0; s < segments; ++s) offsets[static_cast<std::size_t>(s) + 1] += offsets[static_cast<std::size_t>(s)];
-  Prepared<Tensor, Set> out;
-  out.n_chunks = offsets.back();
-  out.tensors.reset(new Tensor[static_cast<std::size_t>(std::max<int64_t>(n, 1))]);
-  out.chunks.reset(new Chunk[static_cast<std::size_t>(std::max<int64_t>(out.n_chunks, 1))]);
-  out.sets.resize(static_cast<std::size_t>(segments));
-  // Validated: from here on only a set list's growth can throw.
-  std::atomic<bool> failed{false};
-  for_segments(segments, team, [&](int s) {
-    try {
-      fill(lo(s), lo(s + 1), out.sets[static_cast<std::size_t>(s)], out.tensors.get());
-    } catch (...) {
-      failed = true;
-      return;
-    }
-    lay_chunks(numels, lo(s), lo(s + 1), out.chunks.get() + offsets[static_cast<std::size_t>(s)]);
-  });
-  if (failed) throw std::bad_alloc();
-  return out;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #endif
 
 #include "adam_math.h"
+#include "partition.h"
 #include "sgd_math.h"
 #include "step_kernels.h"
 
@@ -116,10 +117,11 @@ NormPartial run_norm(const NormTensor& t, const Chunk& c, bool inf) {
   return inf ? norm_range<S, true>(g, c.begin, c.end) : norm_range<S, false>(g, c.begin, c.end);
 }
 
-// One parallel loop over the chunks, body(c) per chunk, on a team of `threads`; static
-// schedule (the chunks are equal-sized). Returns the size of the team that ran it.
+// One parallel loop over the chunks, body(c) per chunk, on a team of `threads`: each thread
+// takes a contiguous run of chunks of about equal cost (first_chunk_of). Returns the size of
+// the team that ran it.
 template <typename Body>
-int parallel_chunks(int64_t n_chunks, int threads, const Body& body) {
+int parallel_chunks(const Chunk* chunks, int64_t n_chunks, int threads, const Body& body) {
   int team = 1;
 #ifndef _OPENMP
   (void)threads;
@@ -127,10 +129,13 @@ int parallel_chunks(int64_t n_chunks, int threads, const Body& body) {
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
-    if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+    const int t = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int t = 0, size = 1;
 #endif
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < n_chunks; ++c) body(c);
+    if (t == 0) team = size;
+    const int64_t end = first_chunk_of(chunks, n_chunks, t + 1, size);
+    for (int64_t c = first_chunk_of(chunks, n_chunks, t, size); c < end; ++c) body(c);
   }
   return team;
 }
@@ -141,7 +146,7 @@ namespace FASTOPT_ISA {
 
 int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,
                 NormPartial* partials, int threads) {
-  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const NormTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -154,7 +159,7 @@ int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks
 }
 
 int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
-  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const AdamTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -167,7 +172,7 @@ int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks
 }
 
 int sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
-  return parallel_chunks(n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const SgdTensor& t = tensors[ch.tensor];
     switch (t.dtype) {

@@ -11,11 +11,13 @@
 
 namespace fastopt {
 
-// A contiguous range of one tensor (see chunking.h).
+// A contiguous range of one tensor, and the cost of every chunk up to and including it (see
+// chunking.h): the threads of a loop take contiguous runs of chunks of equal cost.
 struct Chunk {
   int64_t tensor;
   int64_t begin;
   int64_t end;
+  int64_t upto;
 };
 
 template <typename O>

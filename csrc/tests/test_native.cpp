@@ -15,7 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include "../chunking.h"
 #include "../matcher.h"
+#include "../partition.h"
+#include "../prepare.h"
 #include "../rules.h"
 #include "../step_cpu.h"
 
@@ -340,6 +343,75 @@ void test_thread_counts() {
   CHECK(fastopt::last_num_threads() == 1, "one chunk ran on %d threads", fastopt::last_num_threads());
 }
 
+// The threads of a chunk loop take contiguous runs of chunks of about equal cost, also where
+// the short chunks gather in one part of the list (a detector's norms and biases): each run
+// within one chunk's cost of an equal share, every chunk taken once, in order; equal chunks
+// split as evenly by count.
+void test_partition() {
+  std::vector<int64_t> sizes(600, 100);
+  sizes.insert(sizes.end(), 40, 3 * fastopt::kChunkElems + 5);
+  sizes.insert(sizes.end(), 3, 0);
+  const std::vector<fastopt::Chunk> chunks = fastopt::make_chunks(sizes.data(), static_cast<int64_t>(sizes.size()));
+  const auto n = static_cast<int64_t>(chunks.size());
+  int64_t total = 0, largest = 0;
+  for (const auto& c : chunks) {
+    const int64_t cost = c.end - c.begin + fastopt::kChunkStartCost;
+    total += cost;
+    largest = std::max(largest, cost);
+    CHECK(c.upto == total, "chunk %lld: cost so far %lld, recorded %lld", static_cast<long long>(&c - chunks.data()),
+          static_cast<long long>(total), static_cast<long long>(c.upto));
+  }
+  for (int team : {1, 2, 3, 4, 7}) {
+    int64_t prev = 0;
+    for (int t = 0; t < team; ++t) {
+      const int64_t lo = fastopt::first_chunk_of(chunks.data(), n, t, team);
+      const int64_t hi = fastopt::first_chunk_of(chunks.data(), n, t + 1, team);
+      CHECK(lo == prev && hi >= lo, "team %d: thread %d takes [%lld, %lld) after %lld", team, t,
+            static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(prev));
+      const int64_t cost = (hi > 0 ? chunks[static_cast<std::size_t>(hi - 1)].upto : 0) -
+                           (lo > 0 ? chunks[static_cast<std::size_t>(lo - 1)].upto : 0);
+      CHECK(std::llabs(cost * team - total) <= largest * team, "team %d: thread %d's cost %lld of %lld", team, t,
+            static_cast<long long>(cost), static_cast<long long>(total));
+      prev = hi;
+    }
+    CHECK(prev == n, "team %d: the runs end at %lld of %lld chunks", team, static_cast<long long>(prev),
+          static_cast<long long>(n));
+  }
+  // a step's preparation on a team of 3 lays the same chunks and costs, segment after segment
+  struct Row {
+    int64_t i;
+  };
+  std::vector<int64_t> many(3 * fastopt::kTeamPrepare);
+  for (std::size_t i = 0; i < many.size(); ++i) many[i] = i < 200 ? 70001 : static_cast<int64_t>(i % 37);
+  const auto laid = fastopt::make_chunks(many.data(), static_cast<int64_t>(many.size()));
+  const auto prep = fastopt::prepare_step<Row, int>(
+      static_cast<int64_t>(many.size()), many.data(), 3, [](int64_t) {},
+      [](int64_t lo, int64_t hi, std::deque<int>&, Row* rows) {
+        for (int64_t i = lo; i < hi; ++i) rows[i].i = i;
+      });
+  CHECK(prep.n_chunks == static_cast<int64_t>(laid.size()), "the team laid %lld chunks, make_chunks %zu",
+        static_cast<long long>(prep.n_chunks), laid.size());
+  for (std::size_t c = 0; c < laid.size() && static_cast<int64_t>(c) < prep.n_chunks; ++c) {
+    const fastopt::Chunk& a = prep.chunks[c];
+    const fastopt::Chunk& b = laid[c];
+    if (a.tensor != b.tensor || a.begin != b.begin || a.end != b.end || a.upto != b.upto) {
+      CHECK(false, "chunk %zu: the team's (%lld, %lld, %lld, cost %lld), make_chunks' (%lld, %lld, %lld, cost %lld)", c,
+            static_cast<long long>(a.tensor), static_cast<long long>(a.begin), static_cast<long long>(a.end),
+            static_cast<long long>(a.upto), static_cast<long long>(b.tensor), static_cast<long long>(b.begin),
+            static_cast<long long>(b.end), static_cast<long long>(b.upto));
+      break;
+    }
+  }
+  const std::vector<int64_t> equal(1000, 77);
+  const auto even = fastopt::make_chunks(equal.data(), 1000);
+  for (int team : {2, 3, 8})
+    for (int t = 0; t <= team; ++t) {
+      const int64_t first = fastopt::first_chunk_of(even.data(), 1000, t, team);
+      CHECK(std::llabs(first - 1000LL * t / team) <= 1, "equal chunks, team %d: thread %d starts at %lld", team, t,
+            static_cast<long long>(first));
+    }
+}
+
 void test_switch_isa_while_stepping() {
   // One thread steps on one thread each call while another switches instruction sets: each
   // call runs on one whole build, and every build gives the same bits.
@@ -398,6 +470,7 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::string, void (*)()>> tests = {
       {"matcher", test_matcher}, {"assign", test_assign}, {"kernels", test_kernels_every_isa},
       {"bad_input", test_rejects_bad_input}, {"threads", test_thread_counts},
+      {"partition", test_partition},
       {"switch_isa", test_switch_isa_while_stepping}};
   const std::vector<std::string> wanted(argv + 1, argv + argc);
   for (const auto& [name, test] : tests)
