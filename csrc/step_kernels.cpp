@@ -8,6 +8,7 @@
 
 #include "adam_math.h"
 #include "partition.h"
+#include "prefetch.h"
 #include "sgd_math.h"
 #include "step_kernels.h"
 
@@ -117,9 +118,33 @@ NormPartial run_norm(const NormTensor& t, const Chunk& c, bool inf) {
   return inf ? norm_range<S, true>(g, c.begin, c.end) : norm_range<S, false>(g, c.begin, c.end);
 }
 
-// One parallel loop over the chunks, body(c) per chunk, on a team of `threads`: each thread
-// takes a contiguous run of chunks of about equal cost (first_chunk_of). Returns the size of
-// the team that ran it.
+// How many chunks ahead a thread touches the first lines of each array of a chunk, and how
+// many lines: a small tensor's arrays lie on pages of their own, and the first touch of each
+// costs a page walk and a miss before any prefetcher runs ahead; begun four chunks early they
+// overlap the chunks between (AdamW over 100,000 tensors of 80 elements: the kernel alone
+// 13.6 -> 12.1 ms; 40,000 of 200: 9.3 -> 8.9 ms; 4,000 of 2,000 and one chunk ahead: no change).
+constexpr int64_t kAheadChunks = 4;
+constexpr int64_t kAheadLines = 2;
+
+// Touches the first kAheadLines lines of the first `arrays` arrays of chunk c (their addresses
+// in the tensor's pointer row; 0: no array), if c is before `end`.
+template <typename T>
+void prefetch_chunk(const T* tensors, const Chunk* chunks, int64_t c, int64_t end, int arrays) {
+  if (c >= end) return;
+  const Chunk& ch = chunks[c];
+  const T& t = tensors[ch.tensor];
+  const int64_t size = t.dtype == kFloat64 ? 8 : t.dtype == kFloat32 ? 4 : 2;
+  const int64_t bytes = (ch.end - ch.begin) * size;
+  for (int a = 0; a < arrays; ++a) {
+    if (t.ptrs[a] == 0) continue;
+    const char* first = reinterpret_cast<const char*>(static_cast<uintptr_t>(t.ptrs[a])) + ch.begin * size;
+    for (int64_t k = 0; k < kAheadLines && 64 * k < bytes; ++k) prefetch(first + 64 * k);
+  }
+}
+
+// One parallel loop over the chunks, body(c, end) per chunk, on a team of `threads`: each
+// thread takes a contiguous run of chunks of about equal cost (first_chunk_of), `end` the end
+// of its run. Returns the size of the team that ran it.
 template <typename Body>
 int parallel_chunks(const Chunk* chunks, int64_t n_chunks, int threads, const Body& body) {
   int team = 1;
@@ -135,7 +160,7 @@ int parallel_chunks(const Chunk* chunks, int64_t n_chunks, int threads, const Bo
 #endif
     if (t == 0) team = size;
     const int64_t end = first_chunk_of(chunks, n_chunks, t + 1, size);
-    for (int64_t c = first_chunk_of(chunks, n_chunks, t, size); c < end; ++c) body(c);
+    for (int64_t c = first_chunk_of(chunks, n_chunks, t, size); c < end; ++c) body(c, end);
   }
   return team;
 }
@@ -146,7 +171,7 @@ namespace FASTOPT_ISA {
 
 int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks, bool inf,
                 NormPartial* partials, int threads) {
-  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c, int64_t) {
     const Chunk& ch = chunks[c];
     const NormTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -159,7 +184,8 @@ int norm_chunks(const NormTensor* tensors, const Chunk* chunks, int64_t n_chunks
 }
 
 int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
-  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c, int64_t end) {
+    prefetch_chunk(tensors, chunks, c + kAheadChunks, end, 4);  // param, grad, exp_avg, exp_avg_sq
     const Chunk& ch = chunks[c];
     const AdamTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
@@ -172,7 +198,8 @@ int adam_chunks(const AdamTensor* tensors, const Chunk* chunks, int64_t n_chunks
 }
 
 int sgd_chunks(const SgdTensor* tensors, const Chunk* chunks, int64_t n_chunks, int threads) {
-  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c) {
+  return parallel_chunks(chunks, n_chunks, threads, [&](int64_t c, int64_t end) {
+    prefetch_chunk(tensors, chunks, c + kAheadChunks, end, 3);  // param, grad, momentum buffer
     const Chunk& ch = chunks[c];
     const SgdTensor& t = tensors[ch.tensor];
     switch (t.dtype) {
