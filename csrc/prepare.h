@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "chunking.h"
+#include "partition.h"
 #include "step_kernels.h"
 
 #ifdef _OPENMP
@@ -47,12 +48,8 @@ void for_segments(int segments, int team, const Body& body) {
   }
 #pragma omp parallel num_threads(team)
   {
-#ifdef _OPENMP
-    const int first = omp_get_thread_num(), stride = omp_get_num_threads();
-#else
-    const int first = 0, stride = 1;
-#endif
-    for (int s = first; s < segments; s += stride) body(s);
+    const TeamPosition at = team_position();
+    for (int s = at.thread; s < segments; s += at.size) body(s);
   }
 }
 

@@ -2,10 +2,6 @@
 // (FASTOPT_ISA names the namespace; see step_kernels.h and CMakeLists.txt).
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "adam_math.h"
 #include "partition.h"
 #include "prefetch.h"
@@ -153,14 +149,10 @@ int parallel_chunks(const Chunk* chunks, int64_t n_chunks, int threads, const Bo
 #endif
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), size = omp_get_num_threads();
-#else
-    const int t = 0, size = 1;
-#endif
-    if (t == 0) team = size;
-    const int64_t end = first_chunk_of(chunks, n_chunks, t + 1, size);
-    for (int64_t c = first_chunk_of(chunks, n_chunks, t, size); c < end; ++c) body(c, end);
+    const TeamPosition at = team_position();
+    if (at.thread == 0) team = at.size;
+    const int64_t end = first_chunk_of(chunks, n_chunks, at.thread + 1, at.size);
+    for (int64_t c = first_chunk_of(chunks, n_chunks, at.thread, at.size); c < end; ++c) body(c, end);
   }
   return team;
 }
