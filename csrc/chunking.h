@@ -29,7 +29,7 @@ inline int64_t chunks_of(int64_t numel, int64_t chunk = kChunkElems) { return nu
 
 // What the chunks of a tensor of `numel` elements cost in all (see Chunk::upto).
 inline int64_t cost_of(int64_t numel, int64_t chunk = kChunkElems) {
-  return numel + chunks_of(numel, chunk) * kChunkStartCost;
+  return numel > 0 ? numel + chunks_of(numel, chunk) * kChunkStartCost : 0;
 }
 
 // Writes the chunks of tensors [from, to) at `out`, in order, the cost of the chunks before

@@ -2,6 +2,7 @@
 #pragma once
 
 namespace fastopt {
+namespace {  // internal linkage: each instruction-set build keeps its own copy (see step_kernels.h)
 
 // Prefetches the cache line of p into every cache level (p may be null or anything: a prefetch
 // never faults). An instruction the optimizer must keep: GCC takes a function whose only effect
@@ -17,4 +18,5 @@ inline void prefetch(const void* p) {
 #endif
 }
 
+}  // namespace
 }  // namespace fastopt

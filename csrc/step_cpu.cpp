@@ -112,6 +112,11 @@ void check_dtype(int32_t d, int64_t tensor) {
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": unsupported dtype code " + std::to_string(d));
 }
 
+void check_numel(int64_t numel, int64_t tensor) {
+  if (numel < 0)
+    throw std::invalid_argument("tensor " + std::to_string(tensor) + ": negative size " + std::to_string(numel));
+}
+
 void check_ptr(uint64_t p, int64_t numel, int64_t tensor, const char* what) {
   if (p == 0 && numel > 0)
     throw std::invalid_argument("tensor " + std::to_string(tensor) + ": null " + what + " pointer");
@@ -175,6 +180,7 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
   const auto validate = [&](int64_t i) {
     const uint64_t* row = ptrs + i * kAdamPtrs;
     check_dtype(dtypes[i], i);
+    check_numel(numels[i], i);
     check_ptr(row[kAdamParam], numels[i], i, "param");
     check_ptr(row[kAdamGrad], numels[i], i, "grad");
     check_ptr(row[kAdamExpAvg], numels[i], i, "exp_avg");
@@ -219,6 +225,7 @@ void sgd_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const 
   const auto validate = [&](int64_t i) {
     const uint64_t* row = ptrs + i * kSgdPtrs;
     check_dtype(dtypes[i], i);
+    check_numel(numels[i], i);
     check_ptr(row[kSgdParam], numels[i], i, "param");
     check_ptr(row[kSgdGrad], numels[i], i, "grad");
     if (hyper[i * kSgdHypers + kSgdMomentum] != 0.0) check_ptr(row[kSgdBuf], numels[i], i, "momentum_buffer");
@@ -250,6 +257,7 @@ GradNorm grad_norm_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, c
   std::vector<NormTensor> tensors(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     check_dtype(dtypes[i], i);
+    check_numel(numels[i], i);
     check_ptr(ptrs[i], numels[i], i, "grad");
     tensors[static_cast<std::size_t>(i)] = {ptrs[i], dtypes[i]};
   }

@@ -365,6 +365,10 @@ def test_many_tensors_a_bad_row_moves_nothing() -> None:
     with pytest.raises(ValueError, match="tensor 1900: unsupported dtype code 9"):
         table.step()
     table.dtypes[1_900] = 0
+    size, table.numels[2_100] = table.numels[2_100], -5  # (it would skew the team's split of the chunks)
+    with pytest.raises(ValueError, match="tensor 2100: negative size -5"):
+        table.step()
+    table.numels[2_100] = size
     table.ptrs[2_222, col["step"]] = 0
     with pytest.raises(ValueError, match="tensor 2222: null step pointer"):
         table.step()
