@@ -17,10 +17,6 @@
 #include "prepare.h"
 #include "step_kernels.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace fastopt {
 
 namespace {
