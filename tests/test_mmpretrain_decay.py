@@ -687,21 +687,35 @@ def pretrain_configs(draw: st.DrawFn) -> dict:
 
 
 RANDOM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: The same examples drawn the same way every run, for the check that they exercise the rules:
+#: the share of a random run's examples that split the parameters varies from run to run
+#: (45-87% seen), while a drift of the generator shows on a fixed sample as well.
+FIXED = settings(RANDOM, derandomize=True, database=None)
 
 
-@RANDOM
-@given(model=pretrain_models(), cfg=pretrain_configs())
-def _random_examples(model: nn.Module, cfg: dict) -> None:
+def _example(model: nn.Module, cfg: dict) -> None:
     ref, fast, ref_calls, fast_calls = _both(model, cfg)
     if same_outcome(ref, fast):
         assert differences(ref[0], fast[0], _names(model)) == []
         assert fast_calls == ref_calls
 
 
+_random_examples = RANDOM(given(model=pretrain_models(), cfg=pretrain_configs())(_example))
+_fixed_examples = FIXED(given(model=pretrain_models(), cfg=pretrain_configs())(_example))
+
+
 def test_random_models_and_configs_match_mmpretrain() -> None:
     """Random layouts, depth rules and configs: the original's groups (every key, type, name,
     and the same get_layer_depth calls), or both raise the same error."""
     _original()
-    with tally("random models vs MMPretrain's LearningRateDecayOptimWrapperConstructor") as t:
+    with tally("random models vs MMPretrain's LearningRateDecayOptimWrapperConstructor"):
         _random_examples()
+
+
+def test_a_fixed_sample_matches_mmpretrain_and_exercises_the_rules() -> None:
+    """The same on a fixed sample of the generator's examples, most of which split the
+    parameters (where the rules can go wrong): a drifted generator fails here."""
+    _original()
+    with tally("fixed sample vs MMPretrain's LearningRateDecayOptimWrapperConstructor") as t:
+        _fixed_examples()
     t.require(0.5)
