@@ -217,9 +217,9 @@ PYBIND11_MODULE(_C, m) {
         "(False, None, None, None, same) at the first difference. same: whether the state dict `state`\n"
         "holds the objects of `snapshot` (state_unchanged), None without a state. checks=1 leaves the\n"
         "state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).\n"
-        "parallel: a second thread may read the state meanwhile (no torch function mode may be on).");
+        "parallel: a second thread may read parameters and state alongside (no torch function mode may be on).");
   m.def("last_gather_threads", &fastopt::last_gather_threads,
-        "Threads this thread's last gather_rows pass ran on (2: a second thread read the state; 0 before the first).");
+        "Threads this thread's last gather_rows pass ran on (2: a second thread read alongside; 0 before the first).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "

@@ -30,11 +30,12 @@ constexpr Py_ssize_t kAhead = 8;
 // many tensors apart the stages of a tensor's (object, TensorImpl, storage) run.
 constexpr Py_ssize_t kParamStage = 2;
 constexpr Py_ssize_t kTensorStage = 8;
-// From how many parameters and state tensors on a second thread reads the state (waking it
+// From how many parameters and state tensors on two threads read them (waking the second
 // costs some microseconds).
 constexpr Py_ssize_t kParallelItems = 512;
-// How many state tensors a thread takes at a time then.
+// How many state tensors, and how many parameters, a thread takes at a time then.
 constexpr Py_ssize_t kStateBlock = 256;
+constexpr Py_ssize_t kParamBlock = 128;
 
 // Threads of the calling thread's last gather_rows pass (last_gather_threads).
 thread_local int last_threads = 0;
@@ -79,7 +80,6 @@ struct Methods {
   Shim shim;
   Layout layout;
   PyObject* plain;  // the exact types the getters, the shim and the layout are used for
-  PyGetSetDef* is_leaf;  // Tensor's .is_leaf getter while lookup finds it on every plain type, or null
 };
 
 PyObject* call(PyObject* fn, PyObject* t) { return PyObject_Vectorcall(fn, &t, 1, nullptr); }
@@ -347,11 +347,6 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
   const uint64_t reader = PyLong_AsUnsignedLongLong(mt[3]);
   if (PyErr_Occurred() != nullptr) throw py::error_already_set();
   const py::str grad_name("grad");
-  const py::str leaf_name("is_leaf");
-  PyObject* first = PyTuple_GET_SIZE(plain) > 0 ? PyTuple_GET_ITEM(plain, 0) : nullptr;
-  PyObject* leaf = first != nullptr && PyType_Check(first)
-                       ? _PyType_Lookup(reinterpret_cast<PyTypeObject*>(first), leaf_name.ptr())
-                       : nullptr;
   return Methods{mt[0],
                  mt[1],
                  mt[2],
@@ -361,24 +356,7 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  getter_for(mt[6], plain, dtype_name),
                  shim_of(mt[7]),
                  layout_of(mt[8]),
-                 plain,
-                 leaf == nullptr ? nullptr : getter_for(leaf, plain, leaf_name.ptr())};
-}
-
-// Whether reading p.grad through the getter runs no Python code: torch warns (through Python's
-// warnings) when a parameter that is not a leaf has no gradient. Its gradient is read through
-// the layout (the undefined tensor: none), and only then whether it is a leaf, by the getter
-// (C, no warning). p is of a plain type; needs the layout and the getter.
-bool reads_grad_quietly(const Methods& m, PyObject* p) {
-  char* impl = impl_of(m, p);
-  if (impl == nullptr) return false;
-  char* meta = word(impl, m.layout.meta);
-  if (meta == nullptr || reinterpret_cast<uintptr_t>(word(meta, m.layout.grad)) != m.layout.undefined)
-    return true;  // (no autograd meta: a leaf; or a gradient)
-  PyObject* leaf = m.is_leaf->get(p, m.is_leaf->closure);
-  const bool yes = leaf == Py_True;
-  Py_XDECREF(leaf);
-  return yes;
+                 plain};
 }
 
 // A plan's state tensors as gather_rows checks them: address, size and dtype code of each.
@@ -543,20 +521,15 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   Gathered out{false, py::list(), -1};
   PyObject* grads = out.grads.ptr();
 
-  // The parameters' pass (the GIL held). `strict`: a parameter whose .grad is not read by the
-  // getter (not of a plain type) counts as a difference, so that no Python code runs.
-  const auto param_pass = [&](bool strict) {
-    for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      prefetch_params(m, plist, i);
+  // Parameter i's gradient and checks, the GIL held: false at a difference.
+  const auto read_param = [&](Py_ssize_t i) {
       PyObject* p = PyList_GET_ITEM(plist, i);
       const bool p_plain = is_one_of(p, plain.ptr());
-      if (strict && !(p_plain && reads_grad_quietly(m, p))) return false;
       PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
       if (g == nullptr) return false;
       if (g == Py_None) {
         Py_DECREF(g);
-        continue;
+        return true;
       }
       const int32_t code = dtype[i];
       PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtypes_of, code) : nullptr;
@@ -572,7 +545,15 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       row[k] = static_cast<int64_t>(i);
       if (ok && PyList_Append(grads, g) != 0) ok = false;
       Py_DECREF(g);  // (p still holds it: nothing is freed here)
-      if (!ok) return false;
+      return ok;
+  };
+
+  // The parameters' pass on this thread alone.
+  const auto param_pass = [&] {
+    for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      prefetch_params(m, plist, i);
+      if (!read_param(i)) return false;
     }
     return true;
   };
@@ -581,15 +562,62 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   Py_ssize_t states_done = 0;  // state tensors found as the plan has them, from the first on
   bool helped = false;
 #if defined(_OPENMP) && PY_VERSION_HEX >= 0x030A0000
-  // Where the state is large, a second thread reads it (the identity walk, then the state
-  // tensors through the shim) while this one reads the parameters: the loads of two cores in
-  // flight at once. Python's collector is off meanwhile and no Python code runs here (strict
-  // pass; the caller checked that no torch function mode is on), so nothing the helper reads
-  // can change or be freed under it.
+  // Where there are many tensors, two threads read them: first the parameters in blocks, each
+  // thread taking the next free one, then the state tensors the same way (and one thread the
+  // identity walk first), the loads of two cores in flight at once. Neither calls into Python
+  // or touches a reference count: a parameter is read here only when its gradient is a plain
+  // tensor whose Python object torch already made (found along the layout, and taken only when
+  // that object holds that very gradient), and only through the shim; every other parameter
+  // (no gradient, a gradient without its Python object yet, anything not plain) is read
+  // afterwards, in order, by this thread alone, the long way. Python's collector is off
+  // meanwhile and this thread runs no Python code (the caller checked that no torch function
+  // mode is on), so nothing either thread reads can change or be freed under it.
   if (parallel && checks >= 2 && ns + n >= kParallelItems && m.shim.offset != 0 && m.grad != nullptr &&
-      m.dtype != nullptr && m.layout.tensor != 0 && m.is_leaf != nullptr && omp_get_max_threads() >= 2) {
+      m.dtype != nullptr && m.layout.tensor != 0 && omp_get_max_threads() >= 2) {
     const int collecting = PyGC_Disable();
     int helper_same = -1;
+    // per parameter: the gradient object found (null: read afterwards, the long way) and its address
+    std::vector<PyObject*> found(static_cast<std::size_t>(n), nullptr);
+    std::vector<uint64_t> found_ptr(static_cast<std::size_t>(n), 0);
+    const Layout& l = m.layout;
+    const auto quick_param = [&](Py_ssize_t i) {
+      PyObject* p = PyList_GET_ITEM(plist, i);
+      char* impl = impl_of(m, p);
+      char* meta = impl == nullptr ? nullptr : word(impl, l.meta);
+      if (meta == nullptr) return;
+      char* grad = word(meta, l.grad);
+      if (reinterpret_cast<uintptr_t>(grad) == l.undefined) return;
+      auto* g = reinterpret_cast<PyObject*>(word(grad, l.pyobj));
+      if (g == nullptr || (reinterpret_cast<uintptr_t>(g) & 7) != 0 || impl_of(m, g) != grad) return;
+      const int32_t code = dtype[i];
+      void* gh = tensor_of(m, g);
+      void* ph = tensor_of(m, p);
+      int64_t gn = 0, pn = 0;
+      bool gc = false, pc = false;
+      void* ga = nullptr;
+      void* pa = nullptr;
+      if (gh == nullptr || ph == nullptr || code < 0 || m.shim.numel(gh, &gn) != 0 || gn != numel[i] ||
+          shim_code(m, g) != code || m.shim.is_contiguous(gh, &gc) != 0 || !gc || m.shim.data_ptr(gh, &ga) != 0 ||
+          m.shim.numel(ph, &pn) != 0 || pn != numel[i] || shim_code(m, p) != code ||
+          m.shim.is_contiguous(ph, &pc) != 0 || !pc || m.shim.data_ptr(ph, &pa) != 0 ||
+          reinterpret_cast<uint64_t>(pa) != pptr[i])
+        return;  // (the long way finds the difference, or torch's error)
+      found_ptr[static_cast<std::size_t>(i)] = reinterpret_cast<uint64_t>(ga);
+      found[static_cast<std::size_t>(i)] = g;
+    };
+    std::atomic<Py_ssize_t> next_param{0};
+    const auto share_params = [&] {
+      for (;;) {
+        const Py_ssize_t b = next_param.fetch_add(kParamBlock);
+        if (b >= n) return;
+        const Py_ssize_t e = std::min(b + kParamBlock, n);
+        for (Py_ssize_t i = b - 5 * kParamStage; i < b; ++i) prefetch_params(m, plist, i);
+        for (Py_ssize_t i = b; i < e; ++i) {
+          prefetch_params(m, plist, i);
+          quick_param(i);
+        }
+      }
+    };
     // the state tensors in blocks, taken in order by whichever thread is free; the first
     // difference found (every tensor before it is checked once both threads are done)
     std::atomic<Py_ssize_t> next{0};
@@ -612,20 +640,38 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       if (omp_get_thread_num() == 1) {
         if (want_same) helper_same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
         helped = true;
-        share_states();
-      } else if (omp_get_thread_num() == 0) {
-        ok = param_pass(true);
-        if (ok) share_states();
       }
+      share_params();
+      share_states();
     }
     if (collecting != 0) PyGC_Enable();
     out.same = helper_same;
-    // (a failed parameter pass may leave blocks untaken: those are checked below if needed)
     states_done = std::min(first_bad.load(), next.load());
+    // In row order: the gradients found, and the long way for every other parameter (which may
+    // run Python code: the objects found are held first, so none is freed meanwhile).
+    for (PyObject* g : found) Py_XINCREF(g);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* g = found[static_cast<std::size_t>(i)];
+      if (g == nullptr) {
+        if (!read_param(i)) {
+          ok = false;
+          break;
+        }
+        continue;
+      }
+      const Py_ssize_t k = PyList_GET_SIZE(grads);
+      gptr[k] = found_ptr[static_cast<std::size_t>(i)];
+      row[k] = static_cast<int64_t>(i);
+      if (PyList_Append(grads, g) != 0) {
+        ok = false;
+        break;
+      }
+    }
+    for (PyObject* g : found) Py_XDECREF(g);
   } else
 #endif
   {
-    ok = param_pass(false);
+    ok = param_pass();
   }
   (void)parallel;
   last_threads = helped ? 2 : 1;

@@ -82,7 +82,7 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too
 // (to price the checks). When `state` is a dict, also finds whether it holds the objects of
 // `snapshot` (state_unchanged; Gathered::same). `parallel`: the caller allows a second thread
-// to read the state meanwhile (no torch function mode is on; see gather.cpp).
+// to read parameters and state alongside (no torch function mode is on; see gather.cpp).
 Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& numels,
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,
@@ -91,8 +91,8 @@ Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& 
                      const pybind11::array_t<int32_t>& state_dtypes, pybind11::handle methods, pybind11::handle plain,
                      int checks, pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot, bool parallel);
 
-// Threads the calling thread's last gather_rows pass ran on: 2 when a second thread read the
-// state, 1 otherwise (0 before the first).
+// Threads the calling thread's last gather_rows pass ran on: 2 when a second thread read
+// alongside, 1 otherwise (0 before the first).
 int last_gather_threads();
 
 }  // namespace fastopt

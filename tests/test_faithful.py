@@ -495,7 +495,7 @@ def test_flat_load_of_state_it_cannot_hold_warns_and_steps_by_default() -> None:
     assert [float(fresh.state[p]["step"]) for p in twin.ps] == [2.0, 1.0]
 
 
-#: over 4,096 parameters and state tensors: the native pass reads the state on a second thread
+#: over 4,096 parameters and state tensors: the native pass reads them on two threads
 LARGE_SHAPES = SHAPES * 400
 
 

@@ -43,8 +43,8 @@ def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tu
     return K.GATHER_METHODS
 
 
-#: copies of SHAPES in a large plan: over 4,096 parameters and state tensors, where a second
-#: thread reads the state while the first reads the parameters (csrc/gather.cpp)
+#: copies of SHAPES in a large plan: over 4,096 parameters and state tensors, which two threads
+#: read, the parameters first, then the state (csrc/gather.cpp)
 LARGE = 300
 
 
@@ -155,6 +155,25 @@ def test_gather_finds_gradients_set_anew_of_the_same_kind() -> None:
     assert before is not None and after is not None
     assert after[1].tolist() == [p.grad.data_ptr() for p in ps]
     assert all(a is p.grad for a, p in zip(after[0], ps))
+
+
+def test_gradients_from_backward_are_read_as_the_getter_gives_them(copies: int) -> None:
+    """Gradients a backward left (no Python object made yet for them) beside ones set from
+    Python and parameters without a gradient: the pass gives the objects, addresses and rows
+    the long way gives, in row order, on one thread or two."""
+    opt, ps, plan = stepped(copies=copies)
+    ps[1].grad = None
+    for p in ps[::3]:
+        p.grad = None
+    sum((p * (i + 1)).sum() for i, p in enumerate(ps[::3])).backward()
+    fast = K.gather(plan)
+    slow = K.read_rows(plan, opt.algorithm)
+    assert fast is not None and isinstance(slow, tuple)
+    grads = [p.grad for p in ps if p.grad is not None]
+    assert [id(g) for g in fast[0]] == [id(g) for g in slow[0]] == [id(g) for g in grads]
+    assert fast[1].tolist() == slow[1].tolist() == [g.data_ptr() for g in grads]
+    assert fast[2].tolist() == slow[2].tolist() == [i for i, p in enumerate(ps) if p.grad is not None]
+    assert torch.equal(ps[3].grad, torch.full(ps[3].shape, 2.0))
 
 
 def test_gather_checks_its_arguments() -> None:
@@ -415,16 +434,19 @@ def _big_step_threads() -> int:
     return K._C.last_num_threads()
 
 
-def test_a_large_plan_reads_its_state_on_a_second_thread(reads: tuple) -> None:
-    opt, _, plan = stepped(copies=LARGE)
+def two_threads(reads: tuple) -> bool:
+    """Whether a large plan's pass runs on two threads with these reads (the second thread reads
+    through the shim and along the layout only) on this machine."""
+    shim = reads[7]
+    return shim[4] != 0 and all(shim[:4]) and reads[8] != K.NO_LAYOUT and _big_step_threads() >= 2
+
+
+def test_a_large_plan_is_read_on_two_threads(reads: tuple) -> None:
+    opt, ps, plan = stepped(copies=LARGE)
     found = K.gather(plan, state=opt.state)
     assert found is not None and found[3] is True
-    threads = K._C.last_gather_threads()
-    shim = reads[7]
-    if shim[4] != 0 and all(shim[:4]) and reads[8] != K.NO_LAYOUT and _big_step_threads() >= 2:
-        assert threads == 2
-    else:
-        assert threads == 1  # the second thread reads through the shim only, beside a pass with the layout
+    assert [id(g) for g in found[0]] == [id(p.grad) for p in ps] and found[2] is None
+    assert K._C.last_gather_threads() == (2 if two_threads(reads) else 1)
     small_opt, _, small = stepped()
     assert K.gather(small, state=small_opt.state) is not None and K._C.last_gather_threads() == 1
 
@@ -471,20 +493,24 @@ class SubParameter(torch.nn.Parameter):
     """A Parameter subclass."""
 
 
-def test_a_non_leaf_parameter_without_a_gradient_is_read_as_torch_reads_it(copies: int) -> None:
+def test_a_non_leaf_parameter_without_a_gradient_is_read_as_torch_reads_it(copies: int, reads: tuple) -> None:
     """Reading .grad of a parameter that is no leaf and has no gradient warns through Python's
-    warnings, which may run Python code: a large plan's pass, whose second thread relies on no
-    Python code running, leaves it to the long way; the step warns as torch's does either way."""
+    warnings, which may run Python code: a large plan's two threads leave it to the calling
+    thread's read in row order once both are done, which warns as torch's getter does and skips
+    the row; the step warns as torch's does either way."""
     opt, ps, plan = stepped(copies=copies)
     p = ps[-2]
     p.grad = None
     p.requires_grad_(False)
     p.add_(torch.ones(p.shape, requires_grad=True))  # (an in-place op that records: no leaf now)
     assert not p.is_leaf
-    if copies > 1 and K._C.last_gather_threads() == 2:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            assert K.gather(plan) is None
-        assert not seen  # no getter call that warns inside the pass
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        found = K.gather(plan)
+    assert found is not None and found[2] is not None
+    assert len(ps) - 2 not in found[2].tolist() and len(found[2]) == len(ps) - 1
+    assert [id(g) for g in found[0]] == [id(q.grad) for q in ps if q is not p]
+    assert any("not a leaf" in str(w.message) for w in seen)
+    assert K._C.last_gather_threads() == (2 if copies > 1 and two_threads(reads) else 1)
     with pytest.warns(UserWarning, match="not a leaf"):
         opt.step()
