@@ -359,12 +359,39 @@ Methods methods_of(PyObject* methods, PyObject* plain, PyObject* dtype_name) {
                  plain};
 }
 
+// body(i) for the parameters of `list` in [from, to), prefetching ahead along them
+// (prefetch_params); false at the first body that returns false.
+template <typename Body>
+bool walk_params(const Methods& m, PyObject* list, Py_ssize_t from, Py_ssize_t to, const Body& body) {
+  for (Py_ssize_t i = from - 5 * kParamStage; i < from; ++i) prefetch_params(m, list, i);
+  for (Py_ssize_t i = from; i < to; ++i) {
+    prefetch_params(m, list, i);
+    if (!body(i)) return false;
+  }
+  return true;
+}
+
 // A plan's state tensors as gather_rows checks them: address, size and dtype code of each.
 struct States {
   const uint64_t* ptrs;
   const int64_t* numels;
   const int32_t* dtypes;
 };
+
+// Whether the shim reads `t` as contiguous, of `numel` elements and of kernel dtype `code`, and
+// where it starts (in *address). Only what the shim reads of plain tensors, with no Python call
+// and no reference count touched (see check_states); false where the shim cannot read t.
+bool shim_matches(const Methods& m, PyObject* t, int64_t numel, int32_t code, uint64_t* address) {
+  void* h = tensor_of(m, t);
+  int64_t count = 0;
+  bool contiguous = false;
+  void* at = nullptr;
+  if (h == nullptr || code < 0 || m.shim.numel(h, &count) != 0 || count != numel || shim_code(m, t) != code ||
+      m.shim.is_contiguous(h, &contiguous) != 0 || !contiguous || m.shim.data_ptr(h, &at) != 0)
+    return false;
+  *address = reinterpret_cast<uint64_t>(at);
+  return true;
+}
 
 // The state tensors of `list` checked in [from, to): each contiguous, of the size and dtype
 // `st` gives and at its address (an in-place resize_, as_strided_, t_ or .data = a view as
@@ -383,14 +410,7 @@ Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ss
     uint64_t sp = 0;
     bool ok = false;
     if (nogil) {
-      void* h = tensor_of(m, t);
-      int64_t count = 0;
-      bool contiguous = false;
-      void* address = nullptr;
-      ok = h != nullptr && code >= 0 && m.shim.numel(h, &count) == 0 && count == st.numels[j] &&
-           shim_code(m, t) == code && m.shim.is_contiguous(h, &contiguous) == 0 && contiguous &&
-           m.shim.data_ptr(h, &address) == 0;
-      sp = reinterpret_cast<uint64_t>(address);
+      ok = shim_matches(m, t, st.numels[j], code, &sp);
     } else {
       PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects, code) : nullptr;
       ok = want != nullptr && has_numel(m, t, st.numels[j]) &&
@@ -521,41 +541,38 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   Gathered out{false, py::list(), -1};
   PyObject* grads = out.grads.ptr();
 
-  // Parameter i's gradient and checks, the GIL held: false at a difference.
-  const auto read_param = [&](Py_ssize_t i) {
-      PyObject* p = PyList_GET_ITEM(plist, i);
-      const bool p_plain = is_one_of(p, plain.ptr());
-      PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
-      if (g == nullptr) return false;
-      if (g == Py_None) {
-        Py_DECREF(g);
-        return true;
-      }
-      const int32_t code = dtype[i];
-      PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtypes_of, code) : nullptr;
-      uint64_t gp = 0;
-      uint64_t pp = 0;
-      bool ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) && has_numel(m, g, numel[i]) &&
-                has_dtype(m, g, m.dtype, dtype_name.ptr(), code, want) && address_of(m, g, &gp) &&
-                (checks < 1 || (has_numel(m, p, numel[i]) &&
-                                has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
-                                is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i]));
-      const Py_ssize_t k = PyList_GET_SIZE(grads);
-      gptr[k] = gp;
-      row[k] = static_cast<int64_t>(i);
-      if (ok && PyList_Append(grads, g) != 0) ok = false;
-      Py_DECREF(g);  // (p still holds it: nothing is freed here)
-      return ok;
+  // Appends gradient g of row i, which starts at `address`, to the gradients read: false where
+  // the list could not grow.
+  const auto take = [&](Py_ssize_t i, PyObject* g, uint64_t address) {
+    const Py_ssize_t k = PyList_GET_SIZE(grads);
+    gptr[k] = address;
+    row[k] = static_cast<int64_t>(i);
+    return PyList_Append(grads, g) == 0;
   };
 
-  // The parameters' pass on this thread alone.
-  const auto param_pass = [&] {
-    for (Py_ssize_t i = -5 * kParamStage; i < 0; ++i) prefetch_params(m, plist, i);
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      prefetch_params(m, plist, i);
-      if (!read_param(i)) return false;
+  // Parameter i's gradient and checks, the GIL held: false at a difference.
+  const auto read_param = [&](Py_ssize_t i) {
+    PyObject* p = PyList_GET_ITEM(plist, i);
+    const bool p_plain = is_one_of(p, plain.ptr());
+    PyObject* g = attribute(p_plain ? m.grad : nullptr, p, grad_name.ptr());
+    if (g == nullptr) return false;
+    if (g == Py_None) {
+      Py_DECREF(g);
+      return true;
     }
-    return true;
+    const int32_t code = dtype[i];
+    PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtypes_of, code) : nullptr;
+    uint64_t gp = 0;
+    uint64_t pp = 0;
+    const bool ok = want != nullptr && is_one_of(g, plain.ptr()) && is_contiguous(m, g) &&
+                    has_numel(m, g, numel[i]) && has_dtype(m, g, m.dtype, dtype_name.ptr(), code, want) &&
+                    address_of(m, g, &gp) &&
+                    (checks < 1 || (has_numel(m, p, numel[i]) &&
+                                    has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
+                                    is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i])) &&
+                    take(i, g, gp);
+    Py_DECREF(g);  // (p still holds it: nothing is freed here)
+    return ok;
   };
 
   bool ok = true;
@@ -580,42 +597,31 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     std::vector<PyObject*> found(static_cast<std::size_t>(n), nullptr);
     std::vector<uint64_t> found_ptr(static_cast<std::size_t>(n), 0);
     const Layout& l = m.layout;
+    // (true always: a parameter not read here is read afterwards)
     const auto quick_param = [&](Py_ssize_t i) {
       PyObject* p = PyList_GET_ITEM(plist, i);
       char* impl = impl_of(m, p);
       char* meta = impl == nullptr ? nullptr : word(impl, l.meta);
-      if (meta == nullptr) return;
+      if (meta == nullptr) return true;
       char* grad = word(meta, l.grad);
-      if (reinterpret_cast<uintptr_t>(grad) == l.undefined) return;
+      if (reinterpret_cast<uintptr_t>(grad) == l.undefined) return true;
       auto* g = reinterpret_cast<PyObject*>(word(grad, l.pyobj));
-      if (g == nullptr || (reinterpret_cast<uintptr_t>(g) & 7) != 0 || impl_of(m, g) != grad) return;
-      const int32_t code = dtype[i];
-      void* gh = tensor_of(m, g);
-      void* ph = tensor_of(m, p);
-      int64_t gn = 0, pn = 0;
-      bool gc = false, pc = false;
-      void* ga = nullptr;
-      void* pa = nullptr;
-      if (gh == nullptr || ph == nullptr || code < 0 || m.shim.numel(gh, &gn) != 0 || gn != numel[i] ||
-          shim_code(m, g) != code || m.shim.is_contiguous(gh, &gc) != 0 || !gc || m.shim.data_ptr(gh, &ga) != 0 ||
-          m.shim.numel(ph, &pn) != 0 || pn != numel[i] || shim_code(m, p) != code ||
-          m.shim.is_contiguous(ph, &pc) != 0 || !pc || m.shim.data_ptr(ph, &pa) != 0 ||
-          reinterpret_cast<uint64_t>(pa) != pptr[i])
-        return;  // (the long way finds the difference, or torch's error)
-      found_ptr[static_cast<std::size_t>(i)] = reinterpret_cast<uint64_t>(ga);
+      if (g == nullptr || (reinterpret_cast<uintptr_t>(g) & 7) != 0 || impl_of(m, g) != grad) return true;
+      uint64_t ga = 0;
+      uint64_t pa = 0;
+      if (!shim_matches(m, g, numel[i], dtype[i], &ga) || !shim_matches(m, p, numel[i], dtype[i], &pa) ||
+          pa != pptr[i])
+        return true;  // (the long way finds the difference, or torch's error)
+      found_ptr[static_cast<std::size_t>(i)] = ga;
       found[static_cast<std::size_t>(i)] = g;
+      return true;
     };
     std::atomic<Py_ssize_t> next_param{0};
     const auto share_params = [&] {
       for (;;) {
         const Py_ssize_t b = next_param.fetch_add(kParamBlock);
         if (b >= n) return;
-        const Py_ssize_t e = std::min(b + kParamBlock, n);
-        for (Py_ssize_t i = b - 5 * kParamStage; i < b; ++i) prefetch_params(m, plist, i);
-        for (Py_ssize_t i = b; i < e; ++i) {
-          prefetch_params(m, plist, i);
-          quick_param(i);
-        }
+        walk_params(m, plist, b, std::min(b + kParamBlock, n), quick_param);
       }
     };
     // the state tensors in blocks, taken in order by whichever thread is free; the first
@@ -659,10 +665,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
         }
         continue;
       }
-      const Py_ssize_t k = PyList_GET_SIZE(grads);
-      gptr[k] = found_ptr[static_cast<std::size_t>(i)];
-      row[k] = static_cast<int64_t>(i);
-      if (PyList_Append(grads, g) != 0) {
+      if (!take(i, g, found_ptr[static_cast<std::size_t>(i)])) {
         ok = false;
         break;
       }
@@ -671,7 +674,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   } else
 #endif
   {
-    ok = param_pass();
+    ok = walk_params(m, plist, 0, n, read_param);
   }
   (void)parallel;
   last_threads = helped ? 2 : 1;
