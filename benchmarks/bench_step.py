@@ -212,7 +212,10 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
     2.5) or with ``FASTOPT_DIRECT_READS=0``. "kernel only" is the native kernel alone over the
     list (``KernelOnly``): the part of the extra time per tensor that the memory the list's
-    tensors lie in costs any step, before a tensor is read."""
+    tensors lie in costs any step, before a tensor is read. "from backward" is fastopt's list
+    step with gradients a backward left, as a training loop has them: ``zero_grad()`` (to None)
+    and a backward before each step (untimed), so each step reads new gradients that have no
+    Python object yet."""
     kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
     torch_kwargs = _fused_or_foreach(kwargs)
     rows = []
@@ -220,7 +223,7 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     for n in counts:
         numel = elements // n
         names = ("fastopt, list", "methods only, list", "kernel only, list", "fastopt flat, list",
-                 "torch fused, list")
+                 "torch fused, list", "from backward, list")
         lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)] for name in names}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
@@ -232,13 +235,18 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
             "kernel only, list": KernelOnly(fastopt.optim.AdamW(lists["kernel only, list"], **kwargs)),
             "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
+            "from backward, list": fastopt.optim.AdamW(lists["from backward, list"], **kwargs),
             "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
         }
         variants["fastopt flat, list"].use_flat_buffers()  # type: ignore[attr-defined]
 
-        def accumulate(name: str, r: int,
-                       flat: list[torch.nn.Parameter] = lists["fastopt flat, list"]) -> None:
+        def accumulate(name: str, r: int, flat: list[torch.nn.Parameter] = lists["fastopt flat, list"],
+                       backward: Any = variants["from backward, list"]) -> None:
             _kernels.GATHER_METHODS = METHODS_ONLY if name == "methods only, list" else DIRECT_READS
+            if name == "from backward, list":
+                backward.zero_grad(set_to_none=True)
+                params = backward.param_groups[0]["params"]
+                torch.stack([p.sum() for p in params]).mul(1e-3).sum().backward()
             if name == "fastopt flat, list":
                 with torch.no_grad():
                     for p in flat:
@@ -258,6 +266,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                      "methods_only_extra_per_tensor_s": (times["methods only, list"] - single) / n,
                      "kernel_only_list_s": times["kernel only, list"],
                      "kernel_only_extra_per_tensor_s": (times["kernel only, list"] - single) / n,
+                     "backward_list_s": times["from backward, list"],
+                     "backward_extra_per_tensor_s": (times["from backward, list"] - single) / n,
                      "direct_reads": bool(DIRECT_READS[3])})
         log(f"  {n:,} tensors done")
     return rows
@@ -267,11 +277,14 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     """The ``scale`` rows as a table."""
     lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
-             f"{'extra per tensor':>17} {'methods only':>13} {'its extra':>10} {'kernel only':>12} "
+             f"{'extra per tensor':>17} {'from backward':>14} {'its extra':>10} "
+             f"{'methods only':>13} {'its extra':>10} {'kernel only':>12} "
              f"{'its extra':>10} {'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
+                     f"{r['backward_list_s'] * 1e3:>11.2f} ms "
+                     f"{r['backward_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['methods_only_list_s'] * 1e3:>10.2f} ms "
                      f"{r['methods_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['kernel_only_list_s'] * 1e3:>9.2f} ms "

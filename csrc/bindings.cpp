@@ -117,27 +117,38 @@ py::tuple grad_norm(const Array<uint64_t>& ptrs, const Array<int64_t>& numels, c
   return py::make_tuple(out.norm, out.nonfinite);
 }
 
-// gather_rows with its outputs made here: (matched, grads, grad_ptrs, rows, same), grad_ptrs
-// and rows one per gradient found (rows None when every parameter has one), same None unless
-// asked (state given).
+// gather_rows with its outputs made here: (matched, grads, grad_ptrs, rows, same), grads the
+// gradients' objects or `held` (which holds them), grad_ptrs and rows one per gradient found
+// (rows None when every parameter has one), same None unless asked (state given).
 py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, const py::array_t<int32_t>& dtypes,
                       py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::handle state_tensors,
                       const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
                       const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
-                      py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel) {
+                      py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, py::handle held,
+                      py::handle buffers) {
   const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
-  py::array_t<uint64_t> grad_ptrs(n);
-  py::array_t<int64_t> rows(n);
+  const bool given = !buffers.is_none();
+  if (given && (!PyTuple_Check(buffers.ptr()) || PyTuple_GET_SIZE(buffers.ptr()) != 2 ||
+                !py::array_t<uint64_t>::check_(buffers[py::int_(0)]) || !py::array_t<int64_t>::check_(buffers[py::int_(1)])))
+    throw py::type_error("gather_rows: buffers must be (uint64 array, int64 array) or None");
+  py::array_t<uint64_t> grad_ptrs = given ? buffers[py::int_(0)].cast<py::array_t<uint64_t>>() : py::array_t<uint64_t>(n);
+  py::array_t<int64_t> rows = given ? buffers[py::int_(1)].cast<py::array_t<int64_t>>() : py::array_t<int64_t>(n);
   fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
                                                state_tensors, state_ptrs, state_numels, state_dtypes, methods,
-                                               plain, checks, state, snapshot, parallel);
+                                               plain, checks, state, snapshot, parallel, held);
   const py::object same = out.same < 0 ? py::object(py::none()) : py::object(py::bool_(out.same == 1));
   if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none(), same);
-  const auto found = static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
-  if (found == n) return py::make_tuple(true, out.grads, grad_ptrs, py::none(), same);
+  const auto found = out.held ? static_cast<py::ssize_t>(out.count)
+                              : static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
+  const py::object grads = out.held ? py::reinterpret_borrow<py::object>(held) : py::object(out.grads);
+  if (found == n) return py::make_tuple(true, grads, grad_ptrs, py::none(), same);
+  if (given) {  // (views of the caller's buffers)
+    const py::slice first(0, found, 1);
+    return py::make_tuple(true, grads, grad_ptrs[first], rows[first], same);
+  }
   grad_ptrs.resize({found});
   rows.resize({found});
-  return py::make_tuple(true, out.grads, grad_ptrs, rows, same);
+  return py::make_tuple(true, grads, grad_ptrs, rows, same);
 }
 
 // Column names of a pointer or hyperparameter table, in column order.
@@ -199,6 +210,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("shim_read", &fastopt::shim_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"),
         "What gather_rows' shim (methods[7]) reads of one tensor: (is_contiguous, numel, scalar type, address),\n"
         "or None where it does not read it; to check it against Tensor's methods.");
+  py::class_<fastopt::HeldGrads>(m, "HeldGrads",
+                                  "A plan's gradient holder: slots in which gather_rows holds the gradients it "
+                                  "read (len: how many) until release().")
+      .def("__len__", [](const fastopt::HeldGrads& h) { return h.count; })
+      .def("release", &fastopt::HeldGrads::release, "Let go of every gradient held.");
+  m.def("held_grads", &fastopt::held_grads, py::arg("methods"), py::arg("plain"), py::arg("rows"),
+        "A HeldGrads of `rows` slots for gather_rows' methods, or None where they cannot hold tensors.");
+  m.def("hold_read", &fastopt::hold_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"), py::arg("during"),
+        "Holds a plain tensor in a HeldGrads slot (methods' shim and layout) and reads its address through it:\n"
+        "(during() called meanwhile, the address), or None where it cannot; to check the slots against torch.");
   m.def("layout_read", &fastopt::layout_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"),
         "What gather_rows' layout (methods[8]) reads of one tensor: the addresses of its TensorImpl, storage,\n"
         "autograd meta, gradient TensorImpl and Python object, or None; to check the layout against torch.");
@@ -211,13 +232,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
         py::arg("state_numels"), py::arg("state_dtypes"), py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,
         py::arg("state") = py::none(), py::arg("snapshot") = py::array_t<uint64_t>(0), py::arg("parallel") = false,
+        py::arg("held") = py::none(), py::arg("buffers") = py::none(),
         "One pass over a plan's parameters: (True, grads, grad_ptrs, rows, same) when every parameter with\n"
         "a gradient, its gradient and every state tensor match the plan (sizes, dtypes, contiguity,\n"
         "addresses): the gradients that are not None, their addresses and their rows (None: every row);\n"
         "(False, None, None, None, same) at the first difference. same: whether the state dict `state`\n"
         "holds the objects of `snapshot` (state_unchanged), None without a state. checks=1 leaves the\n"
         "state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).\n"
-        "parallel: a second thread may read parameters and state alongside (no torch function mode may be on).");
+        "parallel: no torch function mode is on (a second thread may read alongside, a gradient be read\n"
+        "without its getter). held: a HeldGrads (held_grads) in which gradients are held instead of\n"
+        "by their objects where they can be; grads is then that HeldGrads. buffers: (grad_ptrs, rows) arrays\n"
+        "of one entry per parameter to fill (what is returned are views of them), else new ones.");
   m.def("last_gather_threads", &fastopt::last_gather_threads,
         "Threads this thread's last gather_rows pass ran on (2: a second thread read alongside; 0 before the first).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");

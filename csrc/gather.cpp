@@ -63,6 +63,7 @@ struct Shim {
   int32_t (*numel)(void*, int64_t*) = nullptr;
   int32_t (*dtype)(void*, int32_t*) = nullptr;
   int32_t (*data_ptr)(void*, void**) = nullptr;
+  HeldGrads::Assign assign = nullptr;  // at::Tensor assignment (null: none)
   Py_ssize_t offset = 0;
   std::vector<int32_t> scalar_types;  // torch's scalar type of each kernel dtype code
 };
@@ -161,10 +162,9 @@ bool is_contiguous(const Methods& m, PyObject* t) {
   return yes;
 }
 
-// The kernel dtype code of t's dtype through the shim (-1: not a kernel dtype), or -2 when the
-// shim cannot read t.
-int shim_code(const Methods& m, PyObject* t) {
-  void* h = tensor_of(m, t);
+// The kernel dtype code of at::Tensor h's dtype through the shim (-1: not a kernel dtype), or
+// -2 when the shim cannot read it (h null included).
+int code_at(const Methods& m, void* h) {
   int32_t st = 0;
   if (h == nullptr || m.shim.dtype(h, &st) != 0) return -2;
   const auto& types = m.shim.scalar_types;
@@ -172,6 +172,9 @@ int shim_code(const Methods& m, PyObject* t) {
     if (types[c] == st) return static_cast<int>(c);
   return -1;
 }
+
+// The same of tensor object t (-2: see tensor_of).
+int shim_code(const Methods& m, PyObject* t) { return code_at(m, tensor_of(m, t)); }
 
 // Whether t.<name> is the object `want` (the getter `get` when set, see attribute()).
 bool has_value(PyGetSetDef* get, PyObject* t, PyObject* name, PyObject* want) {
@@ -293,12 +296,16 @@ T* mutable_vector(py::array_t<T>& a, Py_ssize_t n, const char* what) {
   return a.mutable_data();
 }
 
-// methods[7]: (is_contiguous, numel, dtype, data_ptr, offset, scalar_types), the shim's four
-// function addresses (0: none), where a plain tensor object holds its at::Tensor (0: nowhere
-// known) and torch's scalar type per kernel dtype code.
+// methods[7]: (is_contiguous, numel, dtype, data_ptr, offset, scalar_types, handles), the shim's
+// four function addresses (0: none), where a plain tensor object holds its at::Tensor (0:
+// nowhere known), torch's scalar type per kernel dtype code, and (assign_tensors,) or ().
 Shim shim_of(PyObject* t) {
-  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 6 || !PyTuple_Check(PyTuple_GET_ITEM(t, 5)))
-    throw py::type_error("methods[7] must be (is_contiguous, numel, dtype, data_ptr, offset, scalar_types)");
+  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 7 || !PyTuple_Check(PyTuple_GET_ITEM(t, 5)) ||
+      !PyTuple_Check(PyTuple_GET_ITEM(t, 6)) ||
+      PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 6)) > 1)
+    throw py::type_error(
+        "methods[7] must be (is_contiguous, numel, dtype, data_ptr, offset, scalar_types, handles), handles "
+        "(assign_tensors,) or ()");
   uint64_t fn[4];
   for (int i = 0; i < 4; ++i) fn[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, i));
   const Py_ssize_t offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 4));
@@ -315,6 +322,12 @@ Shim shim_of(PyObject* t) {
   for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(types); ++c) {
     s.scalar_types.push_back(static_cast<int32_t>(PyLong_AsLong(PyTuple_GET_ITEM(types, c))));
     if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  }
+  PyObject* handles = PyTuple_GET_ITEM(t, 6);
+  if (PyTuple_GET_SIZE(handles) == 1) {
+    const uint64_t assign = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(handles, 0));
+    if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+    s.assign = reinterpret_cast<HeldGrads::Assign>(assign);
   }
   s.offset = offset;
   return s;
@@ -378,19 +391,24 @@ struct States {
   const int32_t* dtypes;
 };
 
-// Whether the shim reads `t` as contiguous, of `numel` elements and of kernel dtype `code`, and
-// where it starts (in *address). Only what the shim reads of plain tensors, with no Python call
-// and no reference count touched (see check_states); false where the shim cannot read t.
-bool shim_matches(const Methods& m, PyObject* t, int64_t numel, int32_t code, uint64_t* address) {
-  void* h = tensor_of(m, t);
+// Whether the shim reads at::Tensor `h` as contiguous, of `numel` elements and of kernel dtype
+// `code`, and where it starts (in *address). Only what the shim reads, with no Python call and
+// no reference count touched (see check_states); false where the shim cannot read h (null
+// included).
+bool matches_at(const Methods& m, void* h, int64_t numel, int32_t code, uint64_t* address) {
   int64_t count = 0;
   bool contiguous = false;
   void* at = nullptr;
-  if (h == nullptr || code < 0 || m.shim.numel(h, &count) != 0 || count != numel || shim_code(m, t) != code ||
+  if (h == nullptr || code < 0 || m.shim.numel(h, &count) != 0 || count != numel || code_at(m, h) != code ||
       m.shim.is_contiguous(h, &contiguous) != 0 || !contiguous || m.shim.data_ptr(h, &at) != 0)
     return false;
   *address = reinterpret_cast<uint64_t>(at);
   return true;
+}
+
+// The same of tensor object t (false: see tensor_of).
+bool shim_matches(const Methods& m, PyObject* t, int64_t numel, int32_t code, uint64_t* address) {
+  return matches_at(m, tensor_of(m, t), numel, code, address);
 }
 
 // The state tensors of `list` checked in [from, to): each contiguous, of the size and dtype
@@ -424,7 +442,47 @@ Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ss
 
 }  // namespace
 
+void HeldGrads::release() {
+  // (the TensorImpls' reference counts prefetched some slots ahead: they are cold by now)
+  constexpr std::size_t ahead = 16;
+  const std::size_t n = slots_.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i + ahead < n && slots_[i + ahead] != undefined_) prefetch(reinterpret_cast<const char*>(slots_[i + ahead]));
+    if (slots_[i] != undefined_) assign_(&undefined_, &slots_[i]);
+  }
+  std::vector<PyObject*> objects;
+  objects.swap(objects_);
+  for (PyObject* o : objects) Py_DECREF(o);
+  count = 0;
+  busy = false;
+}
+
+py::object held_grads(py::handle methods, py::handle plain, std::size_t rows) {
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  if (m.shim.assign == nullptr || m.shim.offset == 0 || m.layout.tensor == 0) return py::none();
+  return py::cast(std::make_unique<HeldGrads>(m.shim.assign, m.layout.undefined, rows));
+}
+
+void HeldGrads::keep_object(PyObject* object) {
+  Py_INCREF(object);
+  objects_.push_back(object);
+}
+
 int last_gather_threads() { return last_threads; }
+
+py::object hold_read(py::handle methods, py::handle plain, py::handle t, py::handle during) {
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  void* at = tensor_of(m, t.ptr());
+  if (at == nullptr || m.shim.assign == nullptr || m.layout.tensor == 0) return py::none();
+  HeldGrads held(m.shim.assign, m.layout.undefined, 1);
+  if (!held.keep(0, at)) return py::none();
+  const py::object seen = py::reinterpret_borrow<py::object>(during)();
+  void* address = nullptr;
+  if (m.shim.data_ptr(held.slot(0), &address) != 0) return py::none();
+  return py::make_tuple(seen, reinterpret_cast<uint64_t>(address));
+}
 
 py::object shim_read(py::handle methods, py::handle plain, py::handle t) {
   const py::str dtype_name("dtype");
@@ -511,7 +569,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
                      const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
                      const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
-                     py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel) {
+                     py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, py::handle held_by) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
       !PyTuple_Check(plain.ptr()))
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects and plain tuples");
@@ -538,16 +596,42 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
   PyObject* const dtypes_of = dtype_objects.ptr();
   const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtypes_of);
-  Gathered out{false, py::list(), -1};
+  // Gradients read without the getter where no torch function mode could see the .grad read
+  // (`parallel`), and held in the caller's slots instead of by Python objects where it gave some.
+  const bool quick = parallel && checks >= 2 && m.shim.offset != 0 && m.grad != nullptr && m.dtype != nullptr &&
+                     m.layout.tensor != 0;
+  HeldGrads* held = nullptr;
+  if (!held_by.is_none()) {
+    held = py::cast<HeldGrads*>(held_by);
+    if (held->rows() != static_cast<std::size_t>(n))
+      throw std::invalid_argument("gather_rows: held must have one slot per parameter");
+    if (!quick || held->busy)
+      held = nullptr;
+    else
+      held->busy = true;
+  }
+  const bool hold = held != nullptr;
+  Gathered out{false, py::list(), hold, 0, -1};
   PyObject* grads = out.grads.ptr();
 
-  // Appends gradient g of row i, which starts at `address`, to the gradients read: false where
-  // the list could not grow.
+  // Records gradient g of row i, which starts at `address`, as read (appended to the list, or
+  // counted where `hold`, held already): false where the list could not grow. Rows are taken in
+  // order, so the k-th gradient's entries overwrite nothing of a row after it.
   const auto take = [&](Py_ssize_t i, PyObject* g, uint64_t address) {
-    const Py_ssize_t k = PyList_GET_SIZE(grads);
+    const auto k = hold ? static_cast<Py_ssize_t>(out.count) : PyList_GET_SIZE(grads);
     gptr[k] = address;
     row[k] = static_cast<int64_t>(i);
-    return PyList_Append(grads, g) == 0;
+    if (!hold) return PyList_Append(grads, g) == 0;
+    ++out.count;
+    return true;
+  };
+
+  // Keeps gradient object g of row i (plain, checked) alive in `held`: in its slot, or where
+  // the shim cannot read g, by the object itself.
+  const auto hold_object = [&](Py_ssize_t i, PyObject* g) {
+    void* at = tensor_of(m, g);
+    if (at == nullptr || !held->keep(static_cast<std::size_t>(i), at)) held->keep_object(g);
+    return true;
   };
 
   // Parameter i's gradient and checks, the GIL held: false at a difference.
@@ -570,58 +654,80 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
                     (checks < 1 || (has_numel(m, p, numel[i]) &&
                                     has_dtype(m, p, p_plain ? m.dtype : nullptr, dtype_name.ptr(), code, want) &&
                                     is_contiguous(m, p) && address_of(m, p, &pp) && pp == pptr[i])) &&
-                    take(i, g, gp);
+                    (!hold || hold_object(i, g)) && take(i, g, gp);
     Py_DECREF(g);  // (p still holds it: nothing is freed here)
     return ok;
   };
 
+  // Parameter i read along the layout and through the shim alone: no Python call, no reference
+  // count touched but torch's own atomic one of a gradient held, nothing allocated (so a thread
+  // without the GIL may run it while the one holding it runs no Python code). Returns how:
+  // found (the gradient's address in gptr[i]; held in its slot where `hold`, else its Python
+  // object in objects[i]), none (no autograd meta: a leaf, whose .grad is None), or long (read
+  // it the long way: no Python object where one is wanted, not plain, a difference, or a
+  // non-leaf's warning to give).
+  enum How : uint8_t { kLong = 0, kFound = 1, kNone = 2 };
+  const Layout& l = m.layout;
+  const auto quick_param = [&](Py_ssize_t i, PyObject** objects) -> How {
+    PyObject* p = PyList_GET_ITEM(plist, i);
+    char* impl = impl_of(m, p);
+    if (impl == nullptr) return kLong;
+    char* meta = word(impl, l.meta);
+    if (meta == nullptr) return kNone;
+    char* grad = word(meta, l.grad);
+    if (reinterpret_cast<uintptr_t>(grad) == l.undefined) return kLong;  // (the getter warns for a non-leaf)
+    void* at = meta + l.grad;  // the gradient's at::Tensor
+    // its Python object: none yet (a plain tensor made by autograd; taken only where `hold`), or
+    // one of a plain type that holds this very gradient (older torch tags the pointer's low bits)
+    auto* g = reinterpret_cast<PyObject*>(word(grad, l.pyobj));
+    if (g == nullptr ? !hold : (reinterpret_cast<uintptr_t>(g) & 7) != 0 || impl_of(m, g) != grad) return kLong;
+    uint64_t ga = 0;
+    uint64_t pa = 0;
+    if (!matches_at(m, at, numel[i], dtype[i], &ga) || !shim_matches(m, p, numel[i], dtype[i], &pa) ||
+        pa != pptr[i])
+      return kLong;  // (the long way finds the difference, or torch's error)
+    if (hold ? !held->keep(static_cast<std::size_t>(i), at) : false) return kLong;
+    if (!hold) objects[i] = g;
+    gptr[i] = ga;
+    return kFound;
+  };
+
+  // Row i after quick_param said `how`, in row order, the GIL held: false at a difference.
+  const auto finish = [&](Py_ssize_t i, How how, PyObject* const* objects) {
+    if (how == kLong) return read_param(i);
+    if (how == kNone) return true;
+    return take(i, hold ? nullptr : objects[i], gptr[i]);
+  };
+
   bool ok = true;
   Py_ssize_t states_done = 0;  // state tensors found as the plan has them, from the first on
-  bool helped = false;
+  bool helped = false;  // a second thread read alongside
+  bool read = false;  // the parameters read already
 #if defined(_OPENMP) && PY_VERSION_HEX >= 0x030A0000
   // Where there are many tensors, two threads read them: first the parameters in blocks, each
   // thread taking the next free one, then the state tensors the same way (and one thread the
   // identity walk first), the loads of two cores in flight at once. Neither calls into Python
-  // or touches a reference count: a parameter is read here only when its gradient is a plain
-  // tensor whose Python object torch already made (found along the layout, and taken only when
-  // that object holds that very gradient), and only through the shim; every other parameter
-  // (no gradient, a gradient without its Python object yet, anything not plain) is read
-  // afterwards, in order, by this thread alone, the long way. Python's collector is off
-  // meanwhile and this thread runs no Python code (the caller checked that no torch function
-  // mode is on), so nothing either thread reads can change or be freed under it.
-  if (parallel && checks >= 2 && ns + n >= kParallelItems && m.shim.offset != 0 && m.grad != nullptr &&
-      m.dtype != nullptr && m.layout.tensor != 0 && omp_get_max_threads() >= 2) {
+  // or touches a Python reference count: parameters are read along the layout through the shim
+  // alone (quick_param), and every one it leaves is read afterwards, in order, by this thread
+  // alone, the long way. Python's collector is off meanwhile and this thread runs no Python code
+  // (the caller checked that no torch function mode is on), so nothing either thread reads can
+  // change or be freed under it.
+  if (quick && ns + n >= kParallelItems && omp_get_max_threads() >= 2) {
     const int collecting = PyGC_Disable();
     int helper_same = -1;
-    // per parameter: the gradient object found (null: read afterwards, the long way) and its address
-    std::vector<PyObject*> found(static_cast<std::size_t>(n), nullptr);
-    std::vector<uint64_t> found_ptr(static_cast<std::size_t>(n), 0);
-    const Layout& l = m.layout;
-    // (true always: a parameter not read here is read afterwards)
-    const auto quick_param = [&](Py_ssize_t i) {
-      PyObject* p = PyList_GET_ITEM(plist, i);
-      char* impl = impl_of(m, p);
-      char* meta = impl == nullptr ? nullptr : word(impl, l.meta);
-      if (meta == nullptr) return true;
-      char* grad = word(meta, l.grad);
-      if (reinterpret_cast<uintptr_t>(grad) == l.undefined) return true;
-      auto* g = reinterpret_cast<PyObject*>(word(grad, l.pyobj));
-      if (g == nullptr || (reinterpret_cast<uintptr_t>(g) & 7) != 0 || impl_of(m, g) != grad) return true;
-      uint64_t ga = 0;
-      uint64_t pa = 0;
-      if (!shim_matches(m, g, numel[i], dtype[i], &ga) || !shim_matches(m, p, numel[i], dtype[i], &pa) ||
-          pa != pptr[i])
-        return true;  // (the long way finds the difference, or torch's error)
-      found_ptr[static_cast<std::size_t>(i)] = ga;
-      found[static_cast<std::size_t>(i)] = g;
-      return true;
-    };
+    // per row: how it was read, and where not `hold` the gradient's object
+    std::vector<uint8_t> scratch(hold ? 0 : static_cast<std::size_t>(n));
+    std::vector<PyObject*> objects(hold ? 0 : static_cast<std::size_t>(n), nullptr);
+    uint8_t* how = hold ? held->how() : scratch.data();
     std::atomic<Py_ssize_t> next_param{0};
     const auto share_params = [&] {
       for (;;) {
         const Py_ssize_t b = next_param.fetch_add(kParamBlock);
         if (b >= n) return;
-        walk_params(m, plist, b, std::min(b + kParamBlock, n), quick_param);
+        walk_params(m, plist, b, std::min(b + kParamBlock, n), [&](Py_ssize_t i) {
+          how[i] = quick_param(i, objects.data());
+          return true;
+        });
       }
     };
     // the state tensors in blocks, taken in order by whichever thread is free; the first
@@ -651,37 +757,33 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       share_states();
     }
     if (collecting != 0) PyGC_Enable();
+    read = true;
     out.same = helper_same;
     states_done = std::min(first_bad.load(), next.load());
     // In row order: the gradients found, and the long way for every other parameter (which may
-    // run Python code: the objects found are held first, so none is freed meanwhile).
-    for (PyObject* g : found) Py_XINCREF(g);
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      PyObject* g = found[static_cast<std::size_t>(i)];
-      if (g == nullptr) {
-        if (!read_param(i)) {
-          ok = false;
-          break;
-        }
-        continue;
-      }
-      if (!take(i, g, found_ptr[static_cast<std::size_t>(i)])) {
-        ok = false;
-        break;
-      }
-    }
-    for (PyObject* g : found) Py_XDECREF(g);
-  } else
+    // run Python code: the gradients found are held first, so none is freed meanwhile).
+    for (PyObject* g : objects) Py_XINCREF(g);
+    for (Py_ssize_t i = 0; ok && i < n; ++i) ok = finish(i, static_cast<How>(how[i]), objects.data());
+    for (PyObject* g : objects) Py_XDECREF(g);
+  }
 #endif
-  {
+  if (read) {
+  } else if (hold) {  // one thread: each parameter the quick way where it can, else the long way
+    ok = walk_params(m, plist, 0, n, [&](Py_ssize_t i) { return finish(i, quick_param(i, nullptr), nullptr); });
+  } else {
     ok = walk_params(m, plist, 0, n, read_param);
   }
-  (void)parallel;
   last_threads = helped ? 2 : 1;
   if (!helped && want_same) out.same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
   if (ok && checks >= 2 && states_done < ns)
     ok = check_states(m, slist, states_done, ns, st, dtypes_of, plain.ptr(), dtype_name.ptr(), false) == ns;
   if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context
+  if (hold) {
+    if (ok)
+      held->count = out.count;
+    else
+      held->release();
+  }
   out.matched = ok;
   return out;
 }

@@ -4,18 +4,67 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 namespace fastopt {
 
+// A plan's gradient holder: at::Tensor slots of its own, one per parameter (one word each,
+// torch's undefined tensor while empty), in which a gather_rows pass holds the gradients it
+// read instead of by their Python objects (torch's C shim assigns them, aoti_torch_assign_tensors:
+// a reference taken, nothing allocated), and the pass's per-row scratch; made once per plan, so
+// a step allocates nothing in proportion to its tensors. Released after the kernel has run
+// (release(), or when this object goes), the GIL held: the last reference to a gradient may
+// free its Python object.
+class HeldGrads {
+ public:
+  using Assign = int32_t (*)(void*, void*);  // (source at::Tensor, destination at::Tensor)
+  HeldGrads(Assign assign, uintptr_t undefined, std::size_t rows)
+      : assign_(assign), undefined_(undefined), slots_(rows, undefined), how_(rows, 0) {}
+  HeldGrads(const HeldGrads&) = delete;
+  HeldGrads& operator=(const HeldGrads&) = delete;
+  ~HeldGrads() { release(); }
+  // Holds at::Tensor `at` in slot i (empty; threads may fill distinct slots at once): false
+  // where the shim reported an error (nothing held).
+  bool keep(std::size_t i, void* at) { return assign_(at, &slots_[i]) == 0; }
+  // Keeps `object` (a gradient's Python object, a new reference is taken) alive instead.
+  void keep_object(PyObject* object);
+  // Empties every slot and drops the objects kept; count 0, not busy.
+  void release();
+  // Slot i, an at::Tensor.
+  void* slot(std::size_t i) { return &slots_[i]; }
+  std::size_t rows() const { return slots_.size(); }
+  // One byte of scratch per row for a pass.
+  uint8_t* how() { return how_.data(); }
+  // How many gradients the last pass read (0 once released).
+  std::size_t count = 0;
+  // Whether a pass holds gradients here that have not been released (a pass that finds its
+  // holder in use, a step within a step, holds by Python objects instead).
+  bool busy = false;
+
+ private:
+  Assign assign_;
+  uintptr_t undefined_;  // an undefined at::Tensor: what an emptied slot is assigned
+  std::vector<uintptr_t> slots_;
+  std::vector<uint8_t> how_;
+  std::vector<PyObject*> objects_;
+};
+
+// A HeldGrads of `rows` slots for gather_rows' `methods`, or None where they cannot hold
+// tensors (no shim assignment, no layout).
+pybind11::object held_grads(pybind11::handle methods, pybind11::handle plain, std::size_t rows);
+
 // What gather_rows found: whether every row matched the plan (else the caller checks the long
 // way), and the gradients that are not None, in row order (their addresses and rows are in
-// the first len(grads) entries of gather_rows' grad_ptrs and rows).
+// the first entries of gather_rows' grad_ptrs and rows): their Python objects in `grads`, or,
+// where they were held in the caller's HeldGrads, `held` true and their number in `count`.
 struct Gathered {
   bool matched;
   pybind11::list grads;
+  bool held;
+  std::size_t count;
   int same;  // whether the state held the snapshot's objects (1, 0; -1: not asked)
 };
 
@@ -33,6 +82,13 @@ pybind11::object shim_read(pybind11::handle methods, pybind11::handle plain, pyb
 // and size); None when there is no layout or t is not of a `plain` type (or is a borrowed
 // tensor). For checking the layout against torch before a pass prefetches along it.
 pybind11::object layout_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t);
+
+// Holds `t` (a plain tensor) in a HeldGrads slot through the shim and layout in `methods` and
+// reads its address through that slot; calls `during` while holding it and returns (during's
+// result, the address), or None where the shim cannot hold t. For checking the slots against
+// torch (one more reference while held: t._use_count() one higher) before gather_rows uses them.
+pybind11::object hold_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t,
+                           pybind11::handle during);
 
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.
@@ -68,28 +124,35 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // them finds these very descriptors; and last, torch's C shim for compiled code (is_contiguous,
 // numel, dtype, data_ptr: the addresses of AOTInductor's aoti_torch_is_contiguous,
 // aoti_torch_get_numel, aoti_torch_get_dtype and aoti_torch_get_data_ptr, each 0 when absent),
-// the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown)
-// and torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
-// address of plain tensors are read without a call into torch's Python bindings; then the
-// layout of torch's objects the pass prefetches along, (tensor, storage, meta, grad, pyobj,
-// fields) or () when unknown: the offset of the at::Tensor in a tensor object (as for the shim),
-// of the storage, autograd meta and Python object pointers in a TensorImpl, of the gradient in
-// autograd meta, and of the TensorImpl's storage offset (its size, dtype and flags follow). The
-// layout only decides what is prefetched, never what is read. The caller checked all of these
-// against torch (shim_read, layout_read).
+// the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown),
+// torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
+// address of plain tensors are read without a call into torch's Python bindings, and the
+// address of aoti_torch_assign_tensors as (assign,), or () (see `objects`); then the layout of torch's objects, (tensor, storage, meta, grad, pyobj, fields,
+// undefined) or () when unknown: the offset of the at::Tensor in a tensor object (as for the
+// shim), of the storage, autograd meta and Python object pointers in a TensorImpl, of the
+// gradient in autograd meta, and of the TensorImpl's storage offset (its size, dtype and flags
+// follow), and what an undefined gradient points to. The pass prefetches along the layout and
+// finds gradients along it, a gradient then read through the shim only. The caller checked all
+// of these against torch (shim_read, layout_read, hold_read).
 //
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too
 // (to price the checks). When `state` is a dict, also finds whether it holds the objects of
-// `snapshot` (state_unchanged; Gathered::same). `parallel`: the caller allows a second thread
-// to read parameters and state alongside (no torch function mode is on; see gather.cpp).
+// `snapshot` (state_unchanged; Gathered::same). `parallel`: no torch function mode is on, so a
+// second thread may read parameters and state alongside and a gradient may be read without
+// its .grad getter (see gather.cpp). `held` (a HeldGrads of one slot per parameter, or None):
+// the caller needs the gradients' Python objects for nothing but keeping them alive, so where
+// a gradient can be read without its getter it is held there instead (what it held before is
+// released first), and one that has no Python object yet (a gradient from backward) is read
+// without making one.
 Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& numels,
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,
                      pybind11::array_t<int64_t>& rows, pybind11::handle state_tensors,
                      const pybind11::array_t<uint64_t>& state_ptrs, const pybind11::array_t<int64_t>& state_numels,
                      const pybind11::array_t<int32_t>& state_dtypes, pybind11::handle methods, pybind11::handle plain,
-                     int checks, pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot, bool parallel);
+                     int checks, pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot, bool parallel,
+                     pybind11::handle held);
 
 // Threads the calling thread's last gather_rows pass ran on: 2 when a second thread read
 // alongside, 1 otherwise (0 before the first).

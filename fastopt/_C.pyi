@@ -1,5 +1,7 @@
 """Typed stub of ``fastopt._C``, the native core (csrc/bindings.cpp)."""
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -62,15 +64,36 @@ def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtyp
                 param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike,
                 state_numels: npt.ArrayLike, state_dtypes: npt.ArrayLike, methods: tuple, plain: tuple,
                 checks: int = 2, state: dict | None = None, snapshot: npt.ArrayLike = ...,
-                parallel: bool = False) -> tuple[bool, list | None, npt.NDArray[np.uint64] | None,
-                                                 npt.NDArray[np.int64] | None, bool | None]:
+                parallel: bool = False, held: HeldGrads | None = None,
+                buffers: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] | None = None,
+                ) -> tuple[bool, list | HeldGrads | None, npt.NDArray[np.uint64] | None,
+                           npt.NDArray[np.int64] | None, bool | None]:
     """One pass over a plan's parameters: (True, grads, grad_ptrs, rows, same) when every parameter
     with a gradient, its gradient and every state tensor match the plan (sizes, dtypes,
     contiguity, addresses): the gradients that are not None, their addresses and rows (None:
     every row); (False, None, None, None, same) at the first difference. same: whether ``state``
     holds the objects of ``snapshot`` (state_unchanged), None without a state. checks=1 leaves
     the state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps
-    with 2). parallel: a second thread may read the state meanwhile (no torch function mode on)."""
+    with 2). parallel: no torch function mode is on (a second thread may read alongside, a
+    gradient be read without its getter). held: a HeldGrads (held_grads) in which gradients are
+    held instead of by their objects where they can be; grads is then that HeldGrads. buffers:
+    (grad_ptrs, rows) arrays of one entry per parameter to fill (views of them are returned)."""
+
+class HeldGrads:
+    """A plan's gradient holder: slots in which gather_rows holds the gradients it read (len:
+    how many) until release()."""
+
+    def __len__(self) -> int: ...
+    def release(self) -> None:
+        """Let go of every gradient held."""
+
+def held_grads(methods: tuple, plain: tuple, rows: int) -> HeldGrads | None:
+    """A HeldGrads of ``rows`` slots for gather_rows' methods, or None where they cannot hold tensors."""
+
+def hold_read(methods: tuple, plain: tuple, tensor: object,
+              during: Callable[[], object]) -> tuple[object, int] | None:
+    """Holds a plain tensor in a HeldGrads slot and reads its address through it: (during() called
+    meanwhile, the address), or None where it cannot; to check the slots against torch."""
 
 def last_gather_threads() -> int:
     """Threads this thread's last gather_rows pass ran on (2: a second thread read the state; 0

@@ -22,7 +22,7 @@ import glob
 import importlib
 import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -94,9 +94,11 @@ def getset(name: str) -> Any:
     return found
 
 
-NO_SHIM: tuple = (0, 0, 0, 0, 0, ())
+NO_SHIM: tuple = (0, 0, 0, 0, 0, (), ())
 _SHIM_FUNCTIONS = ("aoti_torch_is_contiguous", "aoti_torch_get_numel", "aoti_torch_get_dtype",
                    "aoti_torch_get_data_ptr")
+# (optional) at::Tensor assignment, with which a gather holds gradients (see _holding)
+_HOLD_FUNCTIONS = ("aoti_torch_assign_tensors",)
 
 
 def _tensor_offset(samples: list[Tensor]) -> int:
@@ -110,15 +112,15 @@ def _tensor_offset(samples: list[Tensor]) -> int:
     return 0
 
 
-def shim_functions() -> tuple[int, ...]:
-    """The addresses of the C shim's functions (``_SHIM_FUNCTIONS``) as this torch's
-    ``torch_cpu`` library exports them, 0 for each it lacks (all 0 without the library)."""
+def shim_functions(names: tuple[str, ...] = _SHIM_FUNCTIONS) -> tuple[int, ...]:
+    """The addresses of the C shim's functions ``names`` as this torch's ``torch_cpu`` library
+    exports them, 0 for each it lacks (all 0 without the library)."""
     found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
     try:
         lib = ctypes.CDLL(found[0])
     except (IndexError, OSError):
-        return (0,) * len(_SHIM_FUNCTIONS)
-    functions = [getattr(lib, name, None) for name in _SHIM_FUNCTIONS]
+        return (0,) * len(names)
+    functions = [getattr(lib, name, None) for name in names]
     return tuple(0 if fn is None else ctypes.cast(fn, ctypes.c_void_p).value or 0 for fn in functions)
 
 
@@ -126,9 +128,10 @@ def _shim() -> tuple:
     """torch's C shim for compiled code (AOTInductor's ``aoti_torch_is_contiguous``,
     ``aoti_torch_get_numel``, ``aoti_torch_get_dtype`` and ``aoti_torch_get_data_ptr``, which
     torch exports with C linkage), where a plain tensor object holds the ``at::Tensor`` they
-    take, and torch's scalar type per kernel dtype code: the last entry of ``GATHER_METHODS``
-    (see csrc/gather.h). ``NO_SHIM`` when this torch lacks one, ``FASTOPT_DIRECT_READS=0``, or
-    the shim disagrees with Tensor's methods on a probe tensor."""
+    take and torch's scalar type per kernel dtype code, for the next to last entry of
+    ``GATHER_METHODS`` (see csrc/gather.h; ``_holding`` adds the last part). ``NO_SHIM`` when
+    this torch lacks one, ``FASTOPT_DIRECT_READS=0``, or the shim disagrees with Tensor's methods
+    on a probe tensor."""
     if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
         return NO_SHIM
     functions = shim_functions()
@@ -142,7 +145,7 @@ def _shim() -> tuple:
         return NO_SHIM
 
     def read(t: Tensor, scalar_types: tuple) -> tuple | None:
-        return _C.shim_read((*GATHER_BASE, (*functions, offset, scalar_types), NO_LAYOUT), PLAIN_TYPES, t)
+        return _C.shim_read((*GATHER_BASE, (*functions, offset, scalar_types, ()), NO_LAYOUT), PLAIN_TYPES, t)
 
     try:
         first = [read(torch.zeros(1, dtype=d), ()) for d in DTYPE_OBJECTS]
@@ -157,7 +160,7 @@ def _shim() -> tuple:
                 return NO_SHIM
     except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
         return NO_SHIM
-    return (*functions, offset, scalar_types)
+    return (*functions, offset, scalar_types, ())
 
 
 NO_LAYOUT: tuple = ()
@@ -235,7 +238,36 @@ def _layout() -> tuple:
 #: the faster reads checked against them, and the layout it prefetches along (see csrc/gather.h)
 GATHER_BASE = (Tensor.data_ptr, Tensor.is_contiguous, Tensor.numel, *_address_reader(),
                getset("grad"), getset("dtype"))
-GATHER_METHODS = (*GATHER_BASE, _shim(), _layout())
+
+
+def _holding(shim: tuple, layout: tuple) -> tuple:
+    """``shim`` with the at::Tensor assignment of torch's C shim (``aoti_torch_assign_tensors``),
+    with which a gather holds gradients in slots of its own instead of by their Python objects
+    (csrc/gather.h, ``HeldGrads``); ``shim`` as it is when there is no shim or no layout, this
+    torch lacks the function, or a slot does not hold its tensor on a probe (one more use of it
+    while held, as many as before after, its address read through the slot)."""
+    if shim == NO_SHIM or layout == NO_LAYOUT:
+        return shim
+    assign = shim_functions(_HOLD_FUNCTIONS)
+    if 0 in assign:
+        return shim
+    holding = (*shim[:-1], assign)
+    methods = (*GATHER_BASE, holding, layout)
+    probes = [torch.arange(6.0)[2:], torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64)),
+              torch.zeros((), dtype=torch.bfloat16)]
+    try:
+        for t in probes:
+            before = t._use_count()
+            got = _C.hold_read(methods, PLAIN_TYPES, t, t._use_count)
+            if got != (before + 1, t.data_ptr()) or t._use_count() != before:
+                return shim
+    except (AttributeError, TypeError, RuntimeError):  # (a torch without Tensor._use_count)
+        return shim
+    return holding
+
+
+_LAYOUT = _layout()
+GATHER_METHODS = (*GATHER_BASE, _holding(_shim(), _LAYOUT), _LAYOUT)
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 #: Check every pointer the native kernel is handed against the tensors it came from, before
@@ -490,6 +522,7 @@ class Plan:
         self.param_column = algorithm.column("param")
         self.ptrs[:, self.param_column] = self.param_ptrs
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
+        self.every_row = np.arange(len(self.params))
         self.table: tuple | None = None  # the hyperparameter table ``rows`` was made from
         self.rows: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int32), np.zeros((0, 0)))
         self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
@@ -503,6 +536,17 @@ class Plan:
         self.state_ptrs = np.zeros(0, dtype=np.uint64)
         self.state_numels = np.zeros(0, dtype=np.int64)
         self.state_dtypes = np.zeros(0, dtype=np.int32)
+        # what a gather fills: gradient addresses and rows, and the holder of the gradients read
+        n = len(self.params)
+        self.buffers = (np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64))
+        self.grad_holder: Any = False  # (False: not made yet; None: this torch cannot hold tensors)
+
+    def holder(self) -> Any:
+        """The plan's ``_C.HeldGrads`` (made on first use), or None where gradients cannot be
+        held without their Python objects."""
+        if self.grad_holder is False:
+            self.grad_holder = _C.held_grads(GATHER_METHODS, PLAIN_TYPES, len(self.params))
+        return self.grad_holder
 
     def rows_of(self, table: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``rows_of(table, self.group_of)``, kept while the table is the same object (the
@@ -658,8 +702,21 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     The caller has checked that ``groups`` hold the plan's parameters (``Plan.check_params``);
     the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
     gathered here (before any state is created), so the norm reads no pointer twice."""
+    # (the gradients' objects only where a multiplier is worked out from them)
+    gathered = gather(plan, state=state, objects=isinstance(grad_mult, MultOf)) if not plan.sharded else None
+    try:
+        return _native_step(plan, groups, state, algorithm, table, grad_scale, grad_mult, gathered)
+    finally:
+        if gathered is not None and not isinstance(gathered[0], list):
+            gathered[0].release()  # (the gradients it held: the kernel has read them)
+
+
+def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
+                 table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None,
+                 grad_mult: float | MultOf, gathered: tuple | None) -> bool:
+    """``native_step`` once the native pass has read the plan (``gathered``, None where it
+    could not)."""
     params = plan.params
-    gathered = gather(plan, state=state) if not plan.sharded else None
     storage_checked = gathered is not None  # (the native pass checked the state tensors)
     same = None
     if gathered is not None:
@@ -673,13 +730,15 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         return True
     every_row = rows is None
     if every_row:
-        rows = np.arange(len(params))
+        rows = plan.every_row
     if isinstance(grad_mult, MultOf):  # sharded gradients: their norm spans every rank's shard
         norm_table = None if plan.sharded else (grad_ptrs, plan.numels[rows], plan.dtypes[rows])
         value = grad_mult(read, norm_table)
         grad_mult = 1.0 if value is None else float(value)
     unchanged = plan.check_state(state, storage_checked, same)
-    todo = rows[~plan.ready[rows]]
+    # (no array of the size of the plan is made where every row is ready: a step allocates
+    # nothing per tensor where nothing changed)
+    todo = NO_ROWS if plan.ready.all() else rows[~plan.ready[rows]]
     first = None
     if len(todo):
         first = np.zeros(len(params), dtype=bool)
@@ -718,24 +777,32 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     return True
 
 
+NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
 def rows_of(table: tuple[np.ndarray, np.ndarray], group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row flags and hyperparameters from the per-group ``table`` (``hyper_table``)."""
     group_hyper, group_flags = table
     return group_flags[group_of], group_hyper[group_of]
 
 
-def gather(plan: Plan, checks: int = 2, state: dict | None = None
-           ) -> tuple[list[Tensor], np.ndarray, np.ndarray | None, bool | None] | None:
+def gather(plan: Plan, checks: int = 2, state: dict | None = None, objects: bool = True
+           ) -> tuple[Sized, np.ndarray, np.ndarray | None, bool | None] | None:
     """The gradients a step reads, their addresses and rows (None: every row), when one native
     pass (``_C.gather_rows``) finds every parameter with a gradient, that gradient and every
     state tensor the table points to as the plan has them; None when anything differs. With
     ``state``, also whether it holds the objects of the plan's snapshot (``Plan.same_state``),
-    read alongside; else None there.
+    read alongside; else None there. The gradients come as a list of tensors, or with
+    ``objects=False`` possibly as the plan's ``_C.HeldGrads`` (their number; it holds them until
+    ``release()``, which the caller owes once the kernel has read them): then no Python object
+    is made for a gradient from backward. The addresses and rows may be views of the plan's
+    buffers, good until its next gather.
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
     matched, grads, grad_ptrs, rows, same = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
         plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks,
-        state, plan.addresses, not torch_function_mode_on())
+        state, plan.addresses, not torch_function_mode_on(), None if objects else plan.holder(),
+        plan.buffers)
     return (grads, grad_ptrs, rows, same) if matched else None
 
 

@@ -29,12 +29,13 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert [r["tensors"] for r in rows] == [4, 16]
     for r in rows:
         for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s",
-                    "kernel_only_list_s"):
+                    "kernel_only_list_s", "backward_list_s"):
             assert r[key] > 0
     from fastopt import _kernels
     assert _kernels.GATHER_METHODS is bench_step.DIRECT_READS  # (the methods-only column's swap undone)
     table = bench_step.scale_table(rows)
     assert "flat, list" in table and "methods only" in table and "kernel only" in table
+    assert "from backward" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
 

@@ -7,7 +7,9 @@ each thing a user can change between steps makes it decline.
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -296,7 +298,7 @@ def test_the_shim_leaves_other_tensors_to_the_bindings() -> None:
     with pytest.raises(TypeError, match="methods"):
         K._C.shim_read(DIRECT[:8], K.PLAIN_TYPES, torch.zeros(2))
     with pytest.raises(ValueError, match="16 or 24"):
-        no_offset = (*DIRECT[7][:4], 8, ())
+        no_offset = (*DIRECT[7][:4], 8, (), ())
         K._C.shim_read((*DIRECT[:7], no_offset, K.NO_LAYOUT), K.PLAIN_TYPES, torch.zeros(2))
 
 
@@ -514,3 +516,91 @@ def test_a_non_leaf_parameter_without_a_gradient_is_read_as_torch_reads_it(copie
     assert K._C.last_gather_threads() == (2 if copies > 1 and two_threads(reads) else 1)
     with pytest.warns(UserWarning, match="not a leaf"):
         opt.step()
+
+
+def holds(reads: tuple) -> bool:
+    """Whether a pass with these reads holds the gradients it reads in the plan's holder (the
+    shim assigns tensors and the layout is known) rather than by their Python objects."""
+    shim = reads[7]
+    return bool(shim[6]) and all(shim[:4]) and shim[4] != 0 and reads[8] != K.NO_LAYOUT
+
+
+def _tensor_objects() -> int:
+    """How many plain tensor objects Python holds now."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is torch.Tensor)
+
+
+def test_the_holder_is_used_where_torch_can_assign_tensors() -> None:
+    can = 0 not in K.shim_functions(K._HOLD_FUNCTIONS)
+    assert holds(DIRECT) == (can and DIRECT[7] != K.NO_SHIM and DIRECT[8] != K.NO_LAYOUT)
+    assert K._holding(DIRECT[7], K.NO_LAYOUT) == DIRECT[7]  # (no layout: no undefined tensor for slots)
+    assert K._holding(K.NO_SHIM, DIRECT[8]) == K.NO_SHIM
+
+
+@pytest.mark.parametrize("cls", [fo.SGD, fo.AdamW])
+def test_a_held_pass_gives_what_the_long_way_gives(cls: type, copies: int, reads: tuple) -> None:
+    """Gradients from backward (no Python object made for them yet), gradients set from Python
+    and parameters without one: a pass that may hold them in the plan's slots gives the
+    addresses and rows the long way gives, and where it holds them, makes no Python object."""
+    opt, ps, plan = stepped(cls, copies, **({"momentum": 0.9} if cls is fo.SGD else {}))
+    for p in ps[::3]:
+        p.grad = None
+    from_backward = ps[1::3]
+    for p in from_backward:
+        p.grad = None
+    sum((p * (i + 1)).sum() for i, p in enumerate(from_backward)).backward()
+    before = _tensor_objects()
+    fast = K.gather(plan, state=opt.state, objects=False)
+    made = _tensor_objects() - before
+    assert fast is not None
+    try:
+        slow = K.read_rows(plan, opt.algorithm)
+        assert isinstance(slow, tuple)
+        assert fast[1].tolist() == slow[1].tolist() == [g.data_ptr() for g in slow[0]]
+        assert fast[2].tolist() == slow[2].tolist() == [i for i, p in enumerate(ps) if p.grad is not None]
+        assert len(fast[0]) == len(slow[0])
+        if holds(reads) and plan.holder() is not None:
+            assert isinstance(fast[0], K._C.HeldGrads) and made == 0
+        else:
+            assert [id(g) for g in fast[0]] == [id(g) for g in slow[0]]
+    finally:
+        if isinstance(fast[0], K._C.HeldGrads):
+            fast[0].release()
+    for p in from_backward:  # (the same, asking for the objects: the getter makes them)
+        p.grad = None
+    sum((p * (i + 1)).sum() for i, p in enumerate(from_backward)).backward()
+    before = _tensor_objects()
+    objects = K.gather(plan, state=opt.state)
+    assert objects is not None and isinstance(objects[0], list)
+    assert _tensor_objects() - before == len(from_backward)
+
+
+def test_the_holder_keeps_the_gradients_until_released(copies: int, reads: tuple) -> None:
+    """While the plan's holder holds the gradients, each has one more user, and one dropped by
+    its parameter meanwhile lives on; a pass that finds the holder in use holds by objects; a
+    step lets go of what it held once its kernel ran."""
+    opt, ps, plan = stepped(copies=copies)
+    grads = [p.grad for p in ps]
+    uses = [g._use_count() for g in grads]
+    fast = K.gather(plan, objects=False)
+    assert fast is not None
+    if not (holds(reads) and plan.holder() is not None):
+        assert isinstance(fast[0], list) and [id(g) for g in fast[0]] == [id(g) for g in grads]
+        return
+    assert isinstance(fast[0], K._C.HeldGrads) and len(fast[0]) == len(ps)
+    assert [g._use_count() for g in grads] == [u + 1 for u in uses]
+    again = K.gather(plan, objects=False)  # (the holder in use: a step within a step, say)
+    assert again is not None and isinstance(again[0], list)
+    assert [id(g) for g in again[0]] == [id(g) for g in grads]
+    dropped = weakref.ref(grads[0])
+    grads[0] = None
+    ps[0].grad = None
+    del again
+    assert dropped() is not None  # (held)
+    fast[0].release()
+    assert dropped() is None and len(fast[0]) == 0
+    assert [g._use_count() for g in grads[1:]] == uses[1:]
+    ps[0].grad = torch.zeros(ps[0].shape)
+    opt.step()
+    assert [g._use_count() for g in grads[1:]] == uses[1:]
