@@ -201,12 +201,23 @@ METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None, _kernels.NO_SHIM, _kernels
 SCALE_ELEMENTS = 8_000_000
 
 
+def repeats_at(tensors: int, repeats: int) -> int:
+    """Repeats of the scale table's row of ``tensors`` tensors: at least 41 up to 400 tensors and
+    21 up to 4,000, whose steps are short and whose differences are a few percent of them (a
+    row of 7 moved by 0.3 ms between runs at 400), ``repeats`` beyond."""
+    if tensors <= 400:
+        return max(repeats, 41)
+    if tensors <= 4_000:
+        return max(repeats, 21)
+    return repeats
+
+
 def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS,
           repeats: int = 7) -> list[dict[str, Any]]:
     """The step's per-tensor cost: AdamW over ``elements`` elements split into N equal tensors,
     fastopt's step over the list against fastopt's step over one tensor of the same size, and
     fastopt's flat-buffer mode and torch's fused AdamW over the list, medians of interleaved
-    repeats; per N, the times and the extra time per tensor, ``(list - one) / N``. The flat
+    repeats (``repeats_at``); per N, the times and the extra time per tensor, ``(list - one) / N``. The flat
     variant's gradients are accumulated into in place before each step (untimed), as a
     backward does. "methods only" is fastopt's list step reading every tensor through
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
@@ -253,7 +264,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                         p.grad.add_(0.0)  # type: ignore[union-attr]
 
         try:
-            times = interleaved_step_times(variants, accumulate, repeats, warmup=1, progress=lambda msg: None)
+            times = interleaved_step_times(variants, accumulate, repeats_at(n, repeats), warmup=1,
+                                           progress=lambda msg: None)
         finally:
             _kernels.GATHER_METHODS = DIRECT_READS
         assert variants["fastopt flat, list"].fastopt_tier == "flat"  # type: ignore[attr-defined]
