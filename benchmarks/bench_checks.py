@@ -45,7 +45,7 @@ def checks(mode: str) -> Iterator[None]:
     trusted: only the gradients read)."""
     saved = _kernels.Plan.check_params, _kernels.Plan.check_state, _kernels.gather
 
-    def gradients_only(plan: Any, checks: int = 0, state: Any = None, objects: bool = True) -> Any:
+    def gradients_only(plan: Any, checks: int = 0, state: Any = None, holder: Any = None) -> Any:
         return saved[2](plan, checks=0)  # (no state: the identity walk is priced apart)
 
     if mode == "none":

@@ -129,8 +129,9 @@ py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, con
   const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
   const bool given = !buffers.is_none();
   if (given && (!PyTuple_Check(buffers.ptr()) || PyTuple_GET_SIZE(buffers.ptr()) != 2 ||
-                !py::array_t<uint64_t>::check_(buffers[py::int_(0)]) || !py::array_t<int64_t>::check_(buffers[py::int_(1)])))
-    throw py::type_error("gather_rows: buffers must be (uint64 array, int64 array) or None");
+                !py::array_t<uint64_t, py::array::c_style>::check_(buffers[py::int_(0)]) ||
+                !py::array_t<int64_t, py::array::c_style>::check_(buffers[py::int_(1)])))
+    throw py::type_error("gather_rows: buffers must be (uint64 array, int64 array), C-contiguous, or None");
   py::array_t<uint64_t> grad_ptrs = given ? buffers[py::int_(0)].cast<py::array_t<uint64_t>>() : py::array_t<uint64_t>(n);
   py::array_t<int64_t> rows = given ? buffers[py::int_(1)].cast<py::array_t<int64_t>>() : py::array_t<int64_t>(n);
   fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
@@ -214,7 +215,10 @@ PYBIND11_MODULE(_C, m) {
                                   "A plan's gradient holder: slots in which gather_rows holds the gradients it "
                                   "read (len: how many) until release().")
       .def("__len__", [](const fastopt::HeldGrads& h) { return h.count; })
-      .def("release", &fastopt::HeldGrads::release, "Let go of every gradient held.");
+      .def("release", &fastopt::HeldGrads::release, "Let go of every gradient held.")
+      .def_property_readonly(
+          "busy", [](const fastopt::HeldGrads& h) { return h.busy; },
+          "Whether a pass holds gradients here that have not been released.");
   m.def("held_grads", &fastopt::held_grads, py::arg("methods"), py::arg("plain"), py::arg("rows"),
         "A HeldGrads of `rows` slots for gather_rows' methods, or None where they cannot hold tensors.");
   m.def("hold_read", &fastopt::hold_read, py::arg("methods"), py::arg("plain"), py::arg("tensor"), py::arg("during"),

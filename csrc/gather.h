@@ -142,9 +142,9 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // second thread may read parameters and state alongside and a gradient may be read without
 // its .grad getter (see gather.cpp). `held` (a HeldGrads of one slot per parameter, or None):
 // the caller needs the gradients' Python objects for nothing but keeping them alive, so where
-// a gradient can be read without its getter it is held there instead (what it held before is
-// released first), and one that has no Python object yet (a gradient from backward) is read
-// without making one.
+// a gradient can be read without its getter it is held there instead (a holder in use, busy,
+// is left alone: the pass holds by objects then), and one that has no Python object yet (a
+// gradient from backward) is read without making one.
 Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& numels,
                      const pybind11::array_t<int32_t>& dtypes, pybind11::handle dtype_objects,
                      const pybind11::array_t<uint64_t>& param_ptrs, pybind11::array_t<uint64_t>& grad_ptrs,

@@ -83,6 +83,7 @@ class HeldGrads:
     """A plan's gradient holder: slots in which gather_rows holds the gradients it read (len:
     how many) until release()."""
 
+    busy: bool  # (read-only) whether a pass holds gradients here that have not been released
     def __len__(self) -> int: ...
     def release(self) -> None:
         """Let go of every gradient held."""

@@ -702,13 +702,17 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
     The caller has checked that ``groups`` hold the plan's parameters (``Plan.check_params``);
     the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
     gathered here (before any state is created), so the norm reads no pointer twice."""
-    # (the gradients' objects only where a multiplier is worked out from them)
-    gathered = gather(plan, state=state, objects=isinstance(grad_mult, MultOf)) if not plan.sharded else None
+    # The gradients held in the plan's holder, not by their objects, unless a multiplier is
+    # worked out from them or the holder is in use (a step within this plan's step).
+    holder = None if plan.sharded or isinstance(grad_mult, MultOf) else plan.holder()
+    if holder is not None and holder.busy:
+        holder = None
     try:
+        gathered = gather(plan, state=state, holder=holder) if not plan.sharded else None
         return _native_step(plan, groups, state, algorithm, table, grad_scale, grad_mult, gathered)
     finally:
-        if gathered is not None and not isinstance(gathered[0], list):
-            gathered[0].release()  # (the gradients it held: the kernel has read them)
+        if holder is not None:
+            holder.release()  # (what it held, the kernel has read; also after an error)
 
 
 def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
@@ -786,23 +790,24 @@ def rows_of(table: tuple[np.ndarray, np.ndarray], group_of: np.ndarray) -> tuple
     return group_flags[group_of], group_hyper[group_of]
 
 
-def gather(plan: Plan, checks: int = 2, state: dict | None = None, objects: bool = True
+def gather(plan: Plan, checks: int = 2, state: dict | None = None, holder: Any = None
            ) -> tuple[Sized, np.ndarray, np.ndarray | None, bool | None] | None:
     """The gradients a step reads, their addresses and rows (None: every row), when one native
     pass (``_C.gather_rows``) finds every parameter with a gradient, that gradient and every
     state tensor the table points to as the plan has them; None when anything differs. With
     ``state``, also whether it holds the objects of the plan's snapshot (``Plan.same_state``),
-    read alongside; else None there. The gradients come as a list of tensors, or with
-    ``objects=False`` possibly as the plan's ``_C.HeldGrads`` (their number; it holds them until
-    ``release()``, which the caller owes once the kernel has read them): then no Python object
-    is made for a gradient from backward. The addresses and rows may be views of the plan's
-    buffers, good until its next gather.
+    read alongside; else None there. The gradients come as a list of tensors, or, given the
+    plan's ``holder`` (``Plan.holder``) not in use, possibly as that holder (their number; it
+    holds them until ``release()``, which the caller owes, in a ``finally``, once the kernel has
+    read them): then no Python object is made for a gradient from backward, and the addresses
+    and rows are views of the plan's buffers, good until the holder's release.
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
+    mine = holder is not None and not holder.busy  # (in use: a read within a read, which holds nothing)
     matched, grads, grad_ptrs, rows, same = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
         plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks,
-        state, plan.addresses, not torch_function_mode_on(), None if objects else plan.holder(),
-        plan.buffers)
+        state, plan.addresses, not torch_function_mode_on(), holder if mine else None,
+        plan.buffers if mine else None)
     return (grads, grad_ptrs, rows, same) if matched else None
 
 

@@ -534,8 +534,10 @@ def _tensor_objects() -> int:
 def test_the_holder_is_used_where_torch_can_assign_tensors() -> None:
     can = 0 not in K.shim_functions(K._HOLD_FUNCTIONS)
     assert holds(DIRECT) == (can and DIRECT[7] != K.NO_SHIM and DIRECT[8] != K.NO_LAYOUT)
-    assert K._holding(DIRECT[7], K.NO_LAYOUT) == DIRECT[7]  # (no layout: no undefined tensor for slots)
+    unheld = (*DIRECT[7][:6], ())
+    assert K._holding(unheld, K.NO_LAYOUT) == unheld  # (no layout: no undefined tensor for the slots)
     assert K._holding(K.NO_SHIM, DIRECT[8]) == K.NO_SHIM
+    assert (K._holding(unheld, DIRECT[8]) == DIRECT[7]) == (can and DIRECT[8] != K.NO_LAYOUT)
 
 
 @pytest.mark.parametrize("cls", [fo.SGD, fo.AdamW])
@@ -551,7 +553,7 @@ def test_a_held_pass_gives_what_the_long_way_gives(cls: type, copies: int, reads
         p.grad = None
     sum((p * (i + 1)).sum() for i, p in enumerate(from_backward)).backward()
     before = _tensor_objects()
-    fast = K.gather(plan, state=opt.state, objects=False)
+    fast = K.gather(plan, state=opt.state, holder=plan.holder())
     made = _tensor_objects() - before
     assert fast is not None
     try:
@@ -582,17 +584,21 @@ def test_the_holder_keeps_the_gradients_until_released(copies: int, reads: tuple
     step lets go of what it held once its kernel ran."""
     opt, ps, plan = stepped(copies=copies)
     grads = [p.grad for p in ps]
-    uses = [g._use_count() for g in grads]
-    fast = K.gather(plan, objects=False)
-    assert fast is not None
-    if not (holds(reads) and plan.holder() is not None):
-        assert isinstance(fast[0], list) and [id(g) for g in fast[0]] == [id(g) for g in grads]
+    if not (holds(reads) and plan.holder() is not None):  # (no holder: objects, as before)
+        fast = K.gather(plan, holder=plan.holder())
+        assert fast is not None and isinstance(fast[0], list)
+        assert [id(g) for g in fast[0]] == [id(g) for g in grads]
         return
+    uses = [g._use_count() for g in grads]  # (a torch without it makes no holder: see _holding)
+    fast = K.gather(plan, holder=plan.holder())
+    assert fast is not None
     assert isinstance(fast[0], K._C.HeldGrads) and len(fast[0]) == len(ps)
     assert [g._use_count() for g in grads] == [u + 1 for u in uses]
-    again = K.gather(plan, objects=False)  # (the holder in use: a step within a step, say)
+    addresses = fast[1].tolist()
+    again = K.gather(plan, holder=plan.holder())  # (the holder in use: a step within a step, say)
     assert again is not None and isinstance(again[0], list)
     assert [id(g) for g in again[0]] == [id(g) for g in grads]
+    assert fast[1].tolist() == addresses  # (the read within left the first one's rows alone)
     dropped = weakref.ref(grads[0])
     grads[0] = None
     ps[0].grad = None
@@ -604,3 +610,55 @@ def test_the_holder_keeps_the_gradients_until_released(copies: int, reads: tuple
     ps[0].grad = torch.zeros(ps[0].shape)
     opt.step()
     assert [g._use_count() for g in grads[1:]] == uses[1:]
+
+
+def _from_backward(ps: list) -> None:
+    for p in ps:
+        p.grad = None
+    sum((p * 2).sum() for p in ps).backward()
+
+
+def test_held_gradients_from_backward_are_let_go(copies: int, reads: tuple) -> None:
+    """A gradient a backward left, held without a Python object: one more user while held, as
+    many as before once released, after a step, after a step that raised, and after a pass
+    that declined."""
+    opt, ps, plan = stepped(copies=copies)
+    if not hasattr(torch.Tensor, "_use_count"):  # (_holding cannot check the slots: no holder)
+        assert plan.holder() is None
+        _from_backward(ps)
+        opt.step()
+        return
+    _from_backward(ps)
+    held = plan.holder()
+    fast = K.gather(plan, holder=held)
+    assert fast is not None
+    uses = [p.grad._use_count() for p in ps]  # (the getter makes the objects only now)
+    if isinstance(fast[0], K._C.HeldGrads):
+        assert holds(reads) and held.busy
+        fast[0].release()
+        assert not held.busy and [p.grad._use_count() for p in ps] == [u - 1 for u in uses]
+    else:
+        assert not (holds(reads) and held is not None)
+    uses = [p.grad._use_count() for p in ps]
+    _from_backward(ps)
+    opt.step()
+    assert [p.grad._use_count() for p in ps] == uses
+
+    def fails(*args: object) -> None:
+        raise RuntimeError("kernel")
+
+    _from_backward(ps)
+    algorithm = opt.algorithm
+    object.__setattr__(algorithm, "run", fails)
+    try:
+        with pytest.raises(RuntimeError, match="kernel"):
+            opt.step()
+    finally:
+        object.__delattr__(algorithm, "run")
+    assert [p.grad._use_count() for p in ps] == uses
+    assert held is None or not held.busy
+    _from_backward(ps)
+    EDITS["a non-contiguous gradient"](opt, ps)  # (the first row's gradient: the pass declines)
+    assert K.gather(plan, holder=held) is None
+    assert held is None or (not held.busy and len(held) == 0)
+    assert [p.grad._use_count() for p in ps[1:]] == uses[1:]
