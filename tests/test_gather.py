@@ -532,12 +532,13 @@ def _tensor_objects() -> int:
 
 
 def test_the_holder_is_used_where_torch_can_assign_tensors() -> None:
-    can = 0 not in K.shim_functions(K._HOLD_FUNCTIONS)
+    # (the slots are checked with Tensor._use_count: a torch without it gets no holder)
+    can = 0 not in K.shim_functions(K._HOLD_FUNCTIONS) and hasattr(torch.Tensor, "_use_count")
     assert holds(DIRECT) == (can and DIRECT[7] != K.NO_SHIM and DIRECT[8] != K.NO_LAYOUT)
     unheld = (*DIRECT[7][:6], ())
     assert K._holding(unheld, K.NO_LAYOUT) == unheld  # (no layout: no undefined tensor for the slots)
     assert K._holding(K.NO_SHIM, DIRECT[8]) == K.NO_SHIM
-    assert (K._holding(unheld, DIRECT[8]) == DIRECT[7]) == (can and DIRECT[8] != K.NO_LAYOUT)
+    assert K._holding(unheld, DIRECT[8]) == (DIRECT[7] if holds(DIRECT) else unheld)
 
 
 @pytest.mark.parametrize("cls", [fo.SGD, fo.AdamW])
