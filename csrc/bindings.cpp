@@ -139,7 +139,7 @@ py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, con
                                                plain, checks, state, snapshot, parallel, held);
   const py::object same = out.same < 0 ? py::object(py::none()) : py::object(py::bool_(out.same == 1));
   if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none(), same);
-  const auto found = out.held ? static_cast<py::ssize_t>(out.count)
+  const auto found = out.held ? static_cast<py::ssize_t>(py::cast<fastopt::HeldGrads*>(held)->count)
                               : static_cast<py::ssize_t>(PyList_GET_SIZE(out.grads.ptr()));
   const py::object grads = out.held ? py::reinterpret_borrow<py::object>(held) : py::object(out.grads);
   if (found == n) return py::make_tuple(true, grads, grad_ptrs, py::none(), same);

@@ -440,6 +440,10 @@ Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ss
   return to;
 }
 
+// Whether `m` can hold tensors in HeldGrads slots: the shim's assignment, and the layout (whose
+// undefined tensor an empty slot holds).
+bool can_hold(const Methods& m) { return m.shim.assign != nullptr && m.shim.offset != 0 && m.layout.tensor != 0; }
+
 }  // namespace
 
 void HeldGrads::release() {
@@ -460,7 +464,7 @@ void HeldGrads::release() {
 py::object held_grads(py::handle methods, py::handle plain, std::size_t rows) {
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
-  if (m.shim.assign == nullptr || m.shim.offset == 0 || m.layout.tensor == 0) return py::none();
+  if (!can_hold(m)) return py::none();
   return py::cast(std::make_unique<HeldGrads>(m.shim.assign, m.layout.undefined, rows));
 }
 
@@ -475,7 +479,7 @@ py::object hold_read(py::handle methods, py::handle plain, py::handle t, py::han
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
   void* at = tensor_of(m, t.ptr());
-  if (at == nullptr || m.shim.assign == nullptr || m.layout.tensor == 0) return py::none();
+  if (at == nullptr || !can_hold(m)) return py::none();
   HeldGrads held(m.shim.assign, m.layout.undefined, 1);
   if (!held.keep(0, at)) return py::none();
   const py::object seen = py::reinterpret_borrow<py::object>(during)();
@@ -611,18 +615,18 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       held->busy = true;
   }
   const bool hold = held != nullptr;
-  Gathered out{false, py::list(), hold, 0, -1};
+  Gathered out{false, py::list(), hold, -1};
   PyObject* grads = out.grads.ptr();
 
   // Records gradient g of row i, which starts at `address`, as read (appended to the list, or
   // counted where `hold`, held already): false where the list could not grow. Rows are taken in
   // order, so the k-th gradient's entries overwrite nothing of a row after it.
   const auto take = [&](Py_ssize_t i, PyObject* g, uint64_t address) {
-    const auto k = hold ? static_cast<Py_ssize_t>(out.count) : PyList_GET_SIZE(grads);
+    const auto k = hold ? static_cast<Py_ssize_t>(held->count) : PyList_GET_SIZE(grads);
     gptr[k] = address;
     row[k] = static_cast<int64_t>(i);
     if (!hold) return PyList_Append(grads, g) == 0;
-    ++out.count;
+    ++held->count;
     return true;
   };
 
@@ -767,23 +771,16 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     for (PyObject* g : objects) Py_XDECREF(g);
   }
 #endif
-  if (read) {
-  } else if (hold) {  // one thread: each parameter the quick way where it can, else the long way
+  if (!read && hold)  // one thread: each parameter the quick way where it can, else the long way
     ok = walk_params(m, plist, 0, n, [&](Py_ssize_t i) { return finish(i, quick_param(i, nullptr), nullptr); });
-  } else {
+  else if (!read)
     ok = walk_params(m, plist, 0, n, read_param);
-  }
   last_threads = helped ? 2 : 1;
   if (!helped && want_same) out.same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
   if (ok && checks >= 2 && states_done < ns)
     ok = check_states(m, slist, states_done, ns, st, dtypes_of, plain.ptr(), dtype_name.ptr(), false) == ns;
   if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context
-  if (hold) {
-    if (ok)
-      held->count = out.count;
-    else
-      held->release();
-  }
+  if (hold && !ok) held->release();
   out.matched = ok;
   return out;
 }

@@ -59,12 +59,11 @@ pybind11::object held_grads(pybind11::handle methods, pybind11::handle plain, st
 // What gather_rows found: whether every row matched the plan (else the caller checks the long
 // way), and the gradients that are not None, in row order (their addresses and rows are in
 // the first entries of gather_rows' grad_ptrs and rows): their Python objects in `grads`, or,
-// where they were held in the caller's HeldGrads, `held` true and their number in `count`.
+// where they were held in the caller's HeldGrads, `held` true (their number is its count).
 struct Gathered {
   bool matched;
   pybind11::list grads;
   bool held;
-  std::size_t count;
   int same;  // whether the state held the snapshot's objects (1, 0; -1: not asked)
 };
 
@@ -127,8 +126,8 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // the offset at which a plain tensor object holds the at::Tensor they take (16 or 24; 0: unknown),
 // torch's scalar type of each kernel dtype code, with which the contiguity, size, dtype and
 // address of plain tensors are read without a call into torch's Python bindings, and the
-// address of aoti_torch_assign_tensors as (assign,), or () (see `objects`); then the layout of torch's objects, (tensor, storage, meta, grad, pyobj, fields,
-// undefined) or () when unknown: the offset of the at::Tensor in a tensor object (as for the
+// address of aoti_torch_assign_tensors as (assign,), or () (see `held`); then the layout of
+// torch's objects, (tensor, storage, meta, grad, pyobj, fields, undefined) or () when unknown: the offset of the at::Tensor in a tensor object (as for the
 // shim), of the storage, autograd meta and Python object pointers in a TensorImpl, of the
 // gradient in autograd meta, and of the TensorImpl's storage offset (its size, dtype and flags
 // follow), and what an undefined gradient points to. The pass prefetches along the layout and

@@ -525,6 +525,12 @@ def holds(reads: tuple) -> bool:
     return bool(shim[6]) and all(shim[:4]) and shim[4] != 0 and reads[8] != K.NO_LAYOUT
 
 
+def _from_backward(ps: list) -> None:
+    """New gradients for ``ps`` from a backward (no Python object made for them yet)."""
+    for p in ps:
+        p.grad = None
+    sum((p * 2).sum() for p in ps).backward()
+
 def _tensor_objects() -> int:
     """How many plain tensor objects Python holds now."""
     gc.collect()
@@ -550,9 +556,7 @@ def test_a_held_pass_gives_what_the_long_way_gives(cls: type, copies: int, reads
     for p in ps[::3]:
         p.grad = None
     from_backward = ps[1::3]
-    for p in from_backward:
-        p.grad = None
-    sum((p * (i + 1)).sum() for i, p in enumerate(from_backward)).backward()
+    _from_backward(from_backward)
     before = _tensor_objects()
     fast = K.gather(plan, state=opt.state, holder=plan.holder())
     made = _tensor_objects() - before
@@ -570,9 +574,7 @@ def test_a_held_pass_gives_what_the_long_way_gives(cls: type, copies: int, reads
     finally:
         if isinstance(fast[0], K._C.HeldGrads):
             fast[0].release()
-    for p in from_backward:  # (the same, asking for the objects: the getter makes them)
-        p.grad = None
-    sum((p * (i + 1)).sum() for i, p in enumerate(from_backward)).backward()
+    _from_backward(from_backward)  # (the same, asking for the objects: the getter makes them)
     before = _tensor_objects()
     objects = K.gather(plan, state=opt.state)
     assert objects is not None and isinstance(objects[0], list)
@@ -611,12 +613,6 @@ def test_the_holder_keeps_the_gradients_until_released(copies: int, reads: tuple
     ps[0].grad = torch.zeros(ps[0].shape)
     opt.step()
     assert [g._use_count() for g in grads[1:]] == uses[1:]
-
-
-def _from_backward(ps: list) -> None:
-    for p in ps:
-        p.grad = None
-    sum((p * 2).sum() for p in ps).backward()
 
 
 def test_held_gradients_from_backward_are_let_go(copies: int, reads: tuple) -> None:
