@@ -27,6 +27,7 @@ import sys
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 import fastopt
@@ -195,6 +196,31 @@ class KernelOnly:
         self.run(*self.args)
 
 
+class KernelContiguous(KernelOnly):
+    """The native kernel alone over copies of the same list laid back to back: one float32 buffer
+    per array of the table (parameters, gradients, each state tensor), each tensor's slice at the
+    offset of the sizes before it, the step counters the list's own. Against "kernel only" (the
+    same sizes where torch allocated them), the part of the kernel's extra time per tensor that
+    comes from where the list's tensors lie rather than from their number."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        super().__init__(opt)
+        ptrs, numels = self.args[0], self.args[1]
+        algorithm = opt.algorithm  # type: ignore[attr-defined]
+        params = [p for g in opt.param_groups for p in g["params"]]
+        offsets = np.concatenate([[0], np.cumsum(numels)[:-1]]).astype(np.uint64)
+        self.buffers: dict[str, torch.Tensor] = {}
+        for col, key in enumerate(algorithm.columns):
+            if key == "step" or not ptrs[:, col].any():
+                continue  # (the step counters stay where they are; a column of no array)
+            found = [p if key == "param" else p.grad if key == "grad" else opt.state[p][key] for p in params]
+            if any(t.dtype != torch.float32 for t in found):
+                raise ValueError("KernelContiguous lays out float32 tensors only")
+            buf = torch.cat([t.detach().reshape(-1) for t in found])  # (the list's values)
+            ptrs[:, col] = np.uint64(buf.data_ptr()) + offsets * np.uint64(buf.element_size())
+            self.buffers[key] = buf
+
+
 SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
 DIRECT_READS = _kernels.GATHER_METHODS  # what this torch allows (see fastopt/_kernels.py)
 METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None, _kernels.NO_SHIM, _kernels.NO_LAYOUT)
@@ -223,7 +249,11 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
     2.5) or with ``FASTOPT_DIRECT_READS=0``. "kernel only" is the native kernel alone over the
     list (``KernelOnly``): the part of the extra time per tensor that the memory the list's
-    tensors lie in costs any step, before a tensor is read. "from backward" is fastopt's list
+    tensors lie in costs any step, before a tensor is read (against the one-tensor step, whose time
+    includes the step's fixed Python work); "contiguous" the same kernel over copies of the list
+    laid back to back (``KernelContiguous``), and "layout" the difference of the two kernels per
+    tensor, ``(kernel only - contiguous) / N``: what the places torch gave the list's tensors cost
+    the kernel. "from backward" is fastopt's list
     step with gradients a backward left, as a training loop has them: ``zero_grad()`` (to None)
     and a backward before each step (untimed), so each step reads new gradients that have no
     Python object yet."""
@@ -233,8 +263,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     gen = torch.Generator().manual_seed(0)
     for n in counts:
         numel = elements // n
-        names = ("fastopt, list", "methods only, list", "kernel only, list", "fastopt flat, list",
-                 "torch fused, list", "from backward, list")
+        names = ("fastopt, list", "methods only, list", "kernel only, list", "kernel only, contiguous",
+                 "fastopt flat, list", "torch fused, list", "from backward, list")
         lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)] for name in names}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
@@ -244,6 +274,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
             "fastopt, list": fastopt.optim.AdamW(lists["fastopt, list"], **kwargs),
             "methods only, list": fastopt.optim.AdamW(lists["methods only, list"], **kwargs),
             "kernel only, list": KernelOnly(fastopt.optim.AdamW(lists["kernel only, list"], **kwargs)),
+            "kernel only, contiguous": KernelContiguous(
+                fastopt.optim.AdamW(lists["kernel only, contiguous"], **kwargs)),
             "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
             "from backward, list": fastopt.optim.AdamW(lists["from backward, list"], **kwargs),
@@ -278,6 +310,9 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                      "methods_only_extra_per_tensor_s": (times["methods only, list"] - single) / n,
                      "kernel_only_list_s": times["kernel only, list"],
                      "kernel_only_extra_per_tensor_s": (times["kernel only, list"] - single) / n,
+                     "kernel_contiguous_s": times["kernel only, contiguous"],
+                     "layout_per_tensor_s":
+                         (times["kernel only, list"] - times["kernel only, contiguous"]) / n,
                      "backward_list_s": times["from backward, list"],
                      "backward_extra_per_tensor_s": (times["from backward, list"] - single) / n,
                      "direct_reads": bool(DIRECT_READS[3])})
@@ -291,7 +326,8 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
              f"{'extra per tensor':>17} {'from backward':>14} {'its extra':>10} "
              f"{'methods only':>13} {'its extra':>10} {'kernel only':>12} "
-             f"{'its extra':>10} {'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
+             f"{'its extra':>10} {'contiguous':>11} {'layout':>10} {'flat, list':>11} {'flat extra':>11} "
+             f"{'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
@@ -301,6 +337,8 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['methods_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['kernel_only_list_s'] * 1e3:>9.2f} ms "
                      f"{r['kernel_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
+                     f"{r['kernel_contiguous_s'] * 1e3:>8.2f} ms "
+                     f"{r['layout_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['flat_list_s'] * 1e3:>8.2f} ms {r['flat_extra_per_tensor_s'] * 1e6:>8.2f} us "
                      f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
     if rows and not rows[0].get("direct_reads", True):

@@ -29,12 +29,13 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert [r["tensors"] for r in rows] == [4, 16]
     for r in rows:
         for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s",
-                    "kernel_only_list_s", "backward_list_s"):
+                    "kernel_only_list_s", "kernel_contiguous_s", "backward_list_s"):
             assert r[key] > 0
     from fastopt import _kernels
     assert _kernels.GATHER_METHODS is bench_step.DIRECT_READS  # (the methods-only column's swap undone)
     table = bench_step.scale_table(rows)
     assert "flat, list" in table and "methods only" in table and "kernel only" in table
+    assert "contiguous" in table
     assert "from backward" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
@@ -60,6 +61,41 @@ def test_kernel_only_steps_as_the_optimizer_does() -> None:
     for a, b in zip(*made):
         assert torch.equal(a, b)
         assert torch.equal(opt.state[a]["exp_avg_sq"], kernel.opt.state[b]["exp_avg_sq"])
+
+
+def test_kernel_contiguous_steps_copies_laid_back_to_back() -> None:
+    """The 'contiguous' column steps copies of the list, one buffer per array with each tensor's
+    slice after the one before, as fastopt's optimizer steps the list itself."""
+    bench_step = script("bench_step")
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(5,), (3, 4), (7,)]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    made = []
+    for _ in range(2):
+        ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        made.append(ps)
+    with torch.no_grad():
+        for a, b in zip(*made):
+            b.copy_(a)
+    opt = fo.AdamW(made[0], lr=0.1, weight_decay=0.05)
+    for _ in range(3):
+        opt.step()
+    kernel = bench_step.KernelContiguous(fo.AdamW(made[1], lr=0.1, weight_decay=0.05))  # (its first step)
+    assert set(kernel.buffers) == {"param", "grad", "exp_avg", "exp_avg_sq"}
+    ptrs, numels = kernel.args[0], kernel.args[1]
+    param_column = kernel.opt.algorithm.column("param")
+    assert list(ptrs[1:, param_column] - ptrs[:-1, param_column]) == [4 * int(n) for n in numels[:-1]]
+    kernel.step()
+    kernel.step()
+    at = 0
+    for a, b in zip(made[0], made[1]):
+        n = a.numel()
+        assert torch.equal(kernel.buffers["param"][at:at + n], a.detach().reshape(-1))
+        assert torch.equal(kernel.buffers["exp_avg_sq"][at:at + n], opt.state[a]["exp_avg_sq"].reshape(-1))
+        assert torch.equal(kernel.opt.state[b]["step"], opt.state[a]["step"])
+        at += n
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the probe reads /proc")
