@@ -270,6 +270,21 @@ _LAYOUT = _layout()
 GATHER_METHODS = (*GATHER_BASE, _holding(_shim(), _LAYOUT), _LAYOUT)
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
+
+def read_path(methods: tuple | None = None) -> str:
+    """How the step's gradient pass reads tensors on this torch, in a few words (benchmark
+    headers): along torch's layout through its C shim (gradients held without Python objects
+    where torch can assign tensors), through the shim alone, through torch's C-level address
+    reader, or through Tensor's methods. ``methods``: ``GATHER_METHODS`` as it is now."""
+    if methods is None:
+        methods = GATHER_METHODS
+    shim, layout = methods[7], methods[8]
+    if shim[4] and layout:
+        return "layout + C shim" + (", gradients held" if shim[6] else "")
+    if shim[4]:
+        return "C shim"
+    return "C address reader" if methods[3] else "Tensor methods"
+
 #: Check every pointer the native kernel is handed against the tensors it came from, before
 #: each call (``FASTOPT_CHECK_POINTERS=1``; the test suite turns it on).
 CHECK_POINTERS = os.environ.get("FASTOPT_CHECK_POINTERS") == "1"

@@ -659,3 +659,23 @@ def test_held_gradients_from_backward_are_let_go(copies: int, reads: tuple) -> N
     assert K.gather(plan, holder=held) is None
     assert held is None or (not held.busy and len(held) == 0)
     assert [p.grad._use_count() for p in ps[1:]] == uses[1:]
+
+
+def test_the_read_path_names_what_the_methods_allow() -> None:
+    """``read_path`` (benchmark headers) says which reads a methods tuple gives the pass, and
+    says "gradients held" where a plan on this torch gets a holder."""
+    base = (*K.GATHER_BASE[:3], 0, (), None, None)
+    assert K.read_path((*base, K.NO_SHIM, K.NO_LAYOUT)) == "Tensor methods"
+    reader = (*base[:3], 1, *base[4:])
+    assert K.read_path((*reader, K.NO_SHIM, K.NO_LAYOUT)) == "C address reader"
+    shim = (1, 1, 1, 1, 16, (), ())
+    assert K.read_path((*base, shim, K.NO_LAYOUT)) == "C shim"
+    layout = (16, 16, 24, 40, 48, 144, 1)
+    assert K.read_path((*base, shim, layout)) == "layout + C shim"
+    assert K.read_path((*base, (*shim[:-1], (1,)), layout)) == "layout + C shim, gradients held"
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(3)
+    opt = fo.AdamW([p])
+    opt.step()
+    plan = opt._fastopt_caches.plan  # type: ignore[attr-defined]
+    assert ("gradients held" in K.read_path()) == (plan.holder() is not None)

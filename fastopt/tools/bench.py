@@ -77,9 +77,11 @@ def steady_allocator() -> str:
 
 def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model, vector extensions, cores, torch's threads, the
-    torch version and the kernel build fastopt picked; where torch sees a GPU also its name,
+    torch version, the kernel build fastopt picked and how its step reads tensors on this torch
+    (``_kernels.read_path``); where torch sees a GPU also its name,
     memory and compute capability and the CUDA and cuDNN versions; and the allocator setting
     the timings run under (``steady_allocator``, put in effect here)."""
+    from .. import _kernels
     from .._core import _C
 
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -97,6 +99,7 @@ def machine() -> dict[str, Any]:
     info = {"cpu": cpu, "isa": [f for f in _ISA_FLAGS if f in flags], "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "fastopt_kernels": _C.cpu_isa() if _C is not None else "none (pure Python)",
+            "fastopt_reads": _kernels.read_path() if _C is not None else "none (pure Python)",
             "allocator": steady_allocator()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -111,7 +114,8 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     """``machine()`` in one line, for the head of a benchmark's output."""
     m = info or machine()
     line = (f"{m['cpu']} ({' '.join(m['isa']) or 'no AVX'}), {m['cores']} cores; torch {m['torch']} "
-            f"with {m['torch_threads']} threads; fastopt kernels: {m['fastopt_kernels']}")
+            f"with {m['torch_threads']} threads; fastopt kernels: {m['fastopt_kernels']}; "
+            f"reads: {m.get('fastopt_reads', '?')}")
     if m.get("allocator", "default") != "default":
         line += "; freed memory kept"
     if "gpu" in m:
