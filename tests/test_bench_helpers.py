@@ -40,21 +40,31 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
 
-def test_kernel_only_steps_as_the_optimizer_does() -> None:
-    """The 'kernel only' column times the step fastopt's optimizer takes, less its reads."""
-    bench_step = script("bench_step")
-    gen = torch.Generator().manual_seed(3)
+def twin_lists(seed: int, random_values: bool
+               ) -> tuple[torch.optim.Optimizer, list[list[torch.nn.Parameter]]]:
+    """Two lists of three parameters of mixed shapes with the same values (ones, or random ones)
+    and the same gradients: the first stepped three times by fastopt's AdamW (returned), the
+    second left for a bench helper."""
+    gen = torch.Generator().manual_seed(seed)
     shapes = [(5,), (3, 4), (7,)]
     grads = [torch.randn(s, generator=gen) for s in shapes]
+    values = [torch.randn(s, generator=gen) if random_values else torch.ones(s) for s in shapes]
     made = []
     for _ in range(2):
-        ps = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
+        ps = [torch.nn.Parameter(v.clone()) for v in values]
         for p, g in zip(ps, grads):
             p.grad = g.clone()
         made.append(ps)
     opt = fo.AdamW(made[0], lr=0.1, weight_decay=0.05)
     for _ in range(3):
         opt.step()
+    return opt, made
+
+
+def test_kernel_only_steps_as_the_optimizer_does() -> None:
+    """The 'kernel only' column times the step fastopt's optimizer takes, less its reads."""
+    bench_step = script("bench_step")
+    opt, made = twin_lists(3, random_values=False)
     kernel = bench_step.KernelOnly(fo.AdamW(made[1], lr=0.1, weight_decay=0.05))  # (its first step)
     kernel.step()
     kernel.step()
@@ -67,21 +77,7 @@ def test_kernel_contiguous_steps_copies_laid_back_to_back() -> None:
     """The 'contiguous' column steps copies of the list, one buffer per array with each tensor's
     slice after the one before, as fastopt's optimizer steps the list itself."""
     bench_step = script("bench_step")
-    gen = torch.Generator().manual_seed(5)
-    shapes = [(5,), (3, 4), (7,)]
-    grads = [torch.randn(s, generator=gen) for s in shapes]
-    made = []
-    for _ in range(2):
-        ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-        for p, g in zip(ps, grads):
-            p.grad = g.clone()
-        made.append(ps)
-    with torch.no_grad():
-        for a, b in zip(*made):
-            b.copy_(a)
-    opt = fo.AdamW(made[0], lr=0.1, weight_decay=0.05)
-    for _ in range(3):
-        opt.step()
+    opt, made = twin_lists(5, random_values=True)
     kernel = bench_step.KernelContiguous(fo.AdamW(made[1], lr=0.1, weight_decay=0.05))  # (its first step)
     assert set(kernel.buffers) == {"param", "grad", "exp_avg", "exp_avg_sq"}
     ptrs, numels = kernel.args[0], kernel.args[1]
