@@ -124,7 +124,8 @@ py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, con
                       py::handle dtype_objects, const py::array_t<uint64_t>& param_ptrs, py::handle state_tensors,
                       const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
                       const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
-                      py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, py::handle held,
+                      py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, int threads,
+                      py::handle held,
                       py::handle buffers) {
   const py::ssize_t n = numels.ndim() == 1 ? numels.shape(0) : 0;
   const bool given = !buffers.is_none();
@@ -136,7 +137,7 @@ py::tuple gather_rows(py::handle params, const py::array_t<int64_t>& numels, con
   py::array_t<int64_t> rows = given ? buffers[py::int_(1)].cast<py::array_t<int64_t>>() : py::array_t<int64_t>(n);
   fastopt::Gathered out = fastopt::gather_rows(params, numels, dtypes, dtype_objects, param_ptrs, grad_ptrs, rows,
                                                state_tensors, state_ptrs, state_numels, state_dtypes, methods,
-                                               plain, checks, state, snapshot, parallel, held);
+                                               plain, checks, state, snapshot, parallel, threads, held);
   const py::object same = out.same < 0 ? py::object(py::none()) : py::object(py::bool_(out.same == 1));
   if (!out.matched) return py::make_tuple(false, py::none(), py::none(), py::none(), same);
   const auto found = out.held ? static_cast<py::ssize_t>(py::cast<fastopt::HeldGrads*>(held)->count)
@@ -236,19 +237,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype_objects"), py::arg("param_ptrs"), py::arg("state_tensors"), py::arg("state_ptrs"),
         py::arg("state_numels"), py::arg("state_dtypes"), py::arg("methods"), py::arg("plain"), py::arg("checks") = 2,
         py::arg("state") = py::none(), py::arg("snapshot") = py::array_t<uint64_t>(0), py::arg("parallel") = false,
-        py::arg("held") = py::none(), py::arg("buffers") = py::none(),
+        py::arg("threads") = 2, py::arg("held") = py::none(), py::arg("buffers") = py::none(),
         "One pass over a plan's parameters: (True, grads, grad_ptrs, rows, same) when every parameter with\n"
         "a gradient, its gradient and every state tensor match the plan (sizes, dtypes, contiguity,\n"
         "addresses): the gradients that are not None, their addresses and their rows (None: every row);\n"
         "(False, None, None, None, same) at the first difference. same: whether the state dict `state`\n"
         "holds the objects of `snapshot` (state_unchanged), None without a state. checks=1 leaves the\n"
         "state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps with 2).\n"
-        "parallel: no torch function mode is on (a second thread may read alongside, a gradient be read\n"
-        "without its getter). held: a HeldGrads (held_grads) in which gradients are held instead of\n"
+        "parallel: no torch function mode is on (other threads, up to `threads` in all, may read alongside;\n"
+        "a gradient may be read without its getter). held: a HeldGrads (held_grads) in which gradients are held instead of\n"
         "by their objects where they can be; grads is then that HeldGrads. buffers: (grad_ptrs, rows) arrays\n"
         "of one entry per parameter to fill (what is returned are views of them), else new ones.");
   m.def("last_gather_threads", &fastopt::last_gather_threads,
-        "Threads this thread's last gather_rows pass ran on (2: a second thread read alongside; 0 before the first).");
+        "Threads this thread's last gather_rows pass ran on (1: the calling thread alone; 0 before the first).");
   m.def("cpu_isa", &fastopt::cpu_isa, "Instruction set of the step kernels in use (avx512, avx2, baseline).");
   m.def("set_cpu_isa", &fastopt::set_cpu_isa, py::arg("name"),
         "Use another built-in kernel build (baseline, avx2, avx512) if this CPU supports it. Safe while "

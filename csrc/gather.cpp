@@ -30,9 +30,10 @@ constexpr Py_ssize_t kAhead = 8;
 // many tensors apart the stages of a tensor's (object, TensorImpl, storage) run.
 constexpr Py_ssize_t kParamStage = 2;
 constexpr Py_ssize_t kTensorStage = 8;
-// From how many parameters and state tensors on two threads read them (waking the second
-// costs some microseconds).
+// From how many parameters and state tensors several threads read them (waking a team costs
+// some microseconds), and how many items each thread of the team should have at least.
 constexpr Py_ssize_t kParallelItems = 512;
+constexpr Py_ssize_t kItemsPerThread = kParallelItems / 2;
 // How many state tensors, and how many parameters, a thread takes at a time then.
 constexpr Py_ssize_t kStateBlock = 256;
 constexpr Py_ssize_t kParamBlock = 128;
@@ -573,7 +574,8 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
                      py::array_t<uint64_t>& grad_ptrs, py::array_t<int64_t>& rows, py::handle state_tensors,
                      const py::array_t<uint64_t>& state_ptrs, const py::array_t<int64_t>& state_numels,
                      const py::array_t<int32_t>& state_dtypes, py::handle methods, py::handle plain, int checks,
-                     py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, py::handle held_by) {
+                     py::handle state, const py::array_t<uint64_t>& snapshot, bool parallel, int threads,
+                     py::handle held_by) {
   if (!PyList_Check(params.ptr()) || !PyList_Check(state_tensors.ptr()) || !PyTuple_Check(dtype_objects.ptr()) ||
       !PyTuple_Check(plain.ptr()))
     throw py::type_error("gather_rows: params and state_tensors must be lists; dtype_objects and plain tuples");
@@ -705,18 +707,19 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
 
   bool ok = true;
   Py_ssize_t states_done = 0;  // state tensors found as the plan has them, from the first on
-  bool helped = false;  // a second thread read alongside
+  int team = 1;  // threads that read
   bool read = false;  // the parameters read already
 #if defined(_OPENMP) && PY_VERSION_HEX >= 0x030A0000
-  // Where there are many tensors, two threads read them: first the parameters in blocks, each
-  // thread taking the next free one, then the state tensors the same way (and one thread the
-  // identity walk first), the loads of two cores in flight at once. Neither calls into Python
-  // or touches a Python reference count: parameters are read along the layout through the shim
-  // alone (quick_param), and every one it leaves is read afterwards, in order, by this thread
-  // alone, the long way. Python's collector is off meanwhile and this thread runs no Python code
-  // (the caller checked that no torch function mode is on), so nothing either thread reads can
-  // change or be freed under it.
-  if (quick && ns + n >= kParallelItems && omp_get_max_threads() >= 2) {
+  // Where there are many tensors, a team of up to `threads` reads them (one thread per
+  // kItemsPerThread items at most): first the parameters in blocks, each thread taking the next
+  // free one, then the state tensors the same way (and thread 1 the identity walk first), the
+  // loads of every core in flight at once. No thread calls into Python or touches a Python
+  // reference count: parameters are read along the layout through the shim alone (quick_param),
+  // and every one it leaves is read afterwards, in order, by this thread alone, the long way.
+  // Python's collector is off meanwhile and this thread runs no Python code (the caller checked
+  // that no torch function mode is on), so nothing the team reads can change or be freed under it.
+  const int want = static_cast<int>(std::min<Py_ssize_t>(threads, (ns + n) / kItemsPerThread));
+  if (quick && ns + n >= kParallelItems && want >= 2) {
     const int collecting = PyGC_Disable();
     int helper_same = -1;
     // per row: how it was read, and where not `hold` the gradient's object
@@ -735,7 +738,7 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
       }
     };
     // the state tensors in blocks, taken in order by whichever thread is free; the first
-    // difference found (every tensor before it is checked once both threads are done)
+    // difference found (every tensor before it is checked once the team is done)
     std::atomic<Py_ssize_t> next{0};
     std::atomic<Py_ssize_t> first_bad{ns};
     const auto share_states = [&] {
@@ -751,12 +754,10 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
         }
       }
     };
-#pragma omp parallel num_threads(2)
+#pragma omp parallel num_threads(want)
     {
-      if (omp_get_thread_num() == 1) {
-        if (want_same) helper_same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
-        helped = true;
-      }
+      if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+      if (omp_get_thread_num() == 1 && want_same) helper_same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
       share_params();
       share_states();
     }
@@ -775,8 +776,8 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
     ok = walk_params(m, plist, 0, n, [&](Py_ssize_t i) { return finish(i, quick_param(i, nullptr), nullptr); });
   else if (!read)
     ok = walk_params(m, plist, 0, n, read_param);
-  last_threads = helped ? 2 : 1;
-  if (!helped && want_same) out.same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
+  last_threads = team;
+  if (team < 2 && want_same) out.same = state_matches(state.ptr(), snap, n_snap) ? 1 : 0;
   if (ok && checks >= 2 && states_done < ns)
     ok = check_states(m, slist, states_done, ns, st, dtypes_of, plain.ptr(), dtype_name.ptr(), false) == ns;
   if (PyErr_Occurred() != nullptr) PyErr_Clear();  // the long way raises it again, in context

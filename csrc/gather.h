@@ -137,9 +137,9 @@ bool norm_table(pybind11::handle tensors, pybind11::handle codes, pybind11::hand
 // Stops at the first difference (matched false); an exception raised by torch is cleared and
 // reads as a difference. `checks` below 2 skips the state tensors, below 1 the parameters too
 // (to price the checks). When `state` is a dict, also finds whether it holds the objects of
-// `snapshot` (state_unchanged; Gathered::same). `parallel`: no torch function mode is on, so a
-// second thread may read parameters and state alongside and a gradient may be read without
-// its .grad getter (see gather.cpp). `held` (a HeldGrads of one slot per parameter, or None):
+// `snapshot` (state_unchanged; Gathered::same). `parallel`: no torch function mode is on, so
+// other threads (up to `threads` in all) may read parameters and state alongside and a gradient
+// may be read without its .grad getter (see gather.cpp). `held` (a HeldGrads of one slot per parameter, or None):
 // the caller needs the gradients' Python objects for nothing but keeping them alive, so where
 // a gradient can be read without its getter it is held there instead (a holder in use, busy,
 // is left alone: the pass holds by objects then), and one that has no Python object yet (a
@@ -151,10 +151,10 @@ Gathered gather_rows(pybind11::handle params, const pybind11::array_t<int64_t>& 
                      const pybind11::array_t<uint64_t>& state_ptrs, const pybind11::array_t<int64_t>& state_numels,
                      const pybind11::array_t<int32_t>& state_dtypes, pybind11::handle methods, pybind11::handle plain,
                      int checks, pybind11::handle state, const pybind11::array_t<uint64_t>& snapshot, bool parallel,
-                     pybind11::handle held);
+                     int threads, pybind11::handle held);
 
-// Threads the calling thread's last gather_rows pass ran on: 2 when a second thread read
-// alongside, 1 otherwise (0 before the first).
+// Threads the calling thread's last gather_rows pass ran on: the team that read alongside, 1
+// when the calling thread read alone (0 before the first).
 int last_gather_threads();
 
 }  // namespace fastopt

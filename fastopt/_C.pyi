@@ -64,7 +64,7 @@ def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtyp
                 param_ptrs: npt.ArrayLike, state_tensors: list, state_ptrs: npt.ArrayLike,
                 state_numels: npt.ArrayLike, state_dtypes: npt.ArrayLike, methods: tuple, plain: tuple,
                 checks: int = 2, state: dict | None = None, snapshot: npt.ArrayLike = ...,
-                parallel: bool = False, held: HeldGrads | None = None,
+                parallel: bool = False, threads: int = 2, held: HeldGrads | None = None,
                 buffers: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] | None = None,
                 ) -> tuple[bool, list | HeldGrads | None, npt.NDArray[np.uint64] | None,
                            npt.NDArray[np.int64] | None, bool | None]:
@@ -74,10 +74,11 @@ def gather_rows(params: list, numels: npt.ArrayLike, dtypes: npt.ArrayLike, dtyp
     every row); (False, None, None, None, same) at the first difference. same: whether ``state``
     holds the objects of ``snapshot`` (state_unchanged), None without a state. checks=1 leaves
     the state tensors unread, checks=0 the parameters too (to price the checks; fastopt steps
-    with 2). parallel: no torch function mode is on (a second thread may read alongside, a
-    gradient be read without its getter). held: a HeldGrads (held_grads) in which gradients are
-    held instead of by their objects where they can be; grads is then that HeldGrads. buffers:
-    (grad_ptrs, rows) arrays of one entry per parameter to fill (views of them are returned)."""
+    with 2). parallel: no torch function mode is on (other threads, up to ``threads`` in all,
+    may read alongside; a gradient may be read without its getter). held: a HeldGrads
+    (held_grads) in which gradients are held instead of by their objects where they can be;
+    grads is then that HeldGrads. buffers: (grad_ptrs, rows) arrays of one entry per parameter
+    to fill (views of them are returned)."""
 
 class HeldGrads:
     """A plan's gradient holder: slots in which gather_rows holds the gradients it read (len:
@@ -97,8 +98,8 @@ def hold_read(methods: tuple, plain: tuple, tensor: object,
     meanwhile, the address), or None where it cannot; to check the slots against torch."""
 
 def last_gather_threads() -> int:
-    """Threads this thread's last gather_rows pass ran on (2: a second thread read the state; 0
-    before the first)."""
+    """Threads this thread's last gather_rows pass ran on (1: the calling thread alone; 0 before
+    the first)."""
 
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""

@@ -815,14 +815,15 @@ def gather(plan: Plan, checks: int = 2, state: dict | None = None, holder: Any =
     plan's ``holder`` (``Plan.holder``) not in use, possibly as that holder (their number; it
     holds them until ``release()``, which the caller owes, in a ``finally``, once the kernel has
     read them): then no Python object is made for a gradient from backward, and the addresses
-    and rows are views of the plan's buffers, good until the holder's release.
+    and rows are views of the plan's buffers, good until the holder's release. A large plan is
+    read on up to ``torch.get_num_threads()`` threads, as the kernel steps it.
     (``checks`` < 2 prices the checks in benchmarks/bench_checks.py: never for a step.)"""
     mine = holder is not None and not holder.busy  # (in use: a read within a read, which holds nothing)
     matched, grads, grad_ptrs, rows, same = _C.gather_rows(
         plan.params, plan.numels, plan.dtypes, DTYPE_OBJECTS, plan.param_ptrs, plan.state_tensors,
         plan.state_ptrs, plan.state_numels, plan.state_dtypes, GATHER_METHODS, PLAIN_TYPES, checks,
-        state, plan.addresses, not torch_function_mode_on(), holder if mine else None,
-        plan.buffers if mine else None)
+        state, plan.addresses, not torch_function_mode_on(), torch.get_num_threads(),
+        holder if mine else None, plan.buffers if mine else None)
     return (grads, grad_ptrs, rows, same) if matched else None
 
 

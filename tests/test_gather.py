@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -436,21 +436,83 @@ def _big_step_threads() -> int:
     return K._C.last_num_threads()
 
 
-def two_threads(reads: tuple) -> bool:
-    """Whether a large plan's pass runs on two threads with these reads (the second thread reads
-    through the shim and along the layout only) on this machine."""
+def reading_team(reads: tuple, plan: K.Plan) -> int:
+    """The threads a pass over ``plan`` runs on with these reads (threads besides the calling one
+    read through the shim and along the layout only) on this machine: one per 256 parameters and
+    state tensors from 512 on, up to torch's thread count where OpenMP runs teams."""
     shim = reads[7]
-    return shim[4] != 0 and all(shim[:4]) and reads[8] != K.NO_LAYOUT and _big_step_threads() >= 2
+    if not (shim[4] != 0 and all(shim[:4]) and reads[8] != K.NO_LAYOUT):
+        return 1
+    threads = torch.get_num_threads()
+    if threads >= 2 and _big_step_threads() < 2:
+        return 1  # (a build without OpenMP)
+    team = min(threads, (len(plan.params) + len(plan.state_tensors)) // 256)
+    return team if team >= 2 else 1
 
 
-def test_a_large_plan_is_read_on_two_threads(reads: tuple) -> None:
+def test_a_large_plan_is_read_by_a_team(reads: tuple) -> None:
     opt, ps, plan = stepped(copies=LARGE)
     found = K.gather(plan, state=opt.state)
     assert found is not None and found[3] is True
     assert [id(g) for g in found[0]] == [id(p.grad) for p in ps] and found[2] is None
-    assert K._C.last_gather_threads() == (2 if two_threads(reads) else 1)
+    assert K._C.last_gather_threads() == reading_team(reads, plan)
     small_opt, _, small = stepped()
     assert K.gather(small, state=small_opt.state) is not None and K._C.last_gather_threads() == 1
+
+
+@pytest.fixture(params=[1, 3, 5], ids=["1 thread", "3 threads", "5 threads"])
+def torch_threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """torch's thread count set to 1, 3 and 5 (more threads than this machine may have cores:
+    the team is what OpenMP gives, whatever it runs on), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_a_team_of_any_size_reads_what_the_long_way_reads(reads: tuple, torch_threads: int) -> None:
+    """A large plan's pass on teams of 1, 3 and 5 threads: the gradients, addresses and rows the
+    long way gives; a parameter without a gradient, a gradient of another size and a state tensor
+    moved elsewhere found wherever they lie among the blocks the threads take (first, middle,
+    last); and a step over the team the same as over one thread."""
+    opt, ps, plan = stepped(copies=LARGE)
+    team = reading_team(reads, plan)
+    found = K.gather(plan, state=opt.state)
+    assert found is not None and found[3] is True and K._C.last_gather_threads() == team
+    for at in (0, len(ps) // 2, len(ps) - 2):  # (the last parameter is empty: (0,))
+        grad = ps[at].grad
+        ps[at].grad = None
+        found = K.gather(plan, state=opt.state)
+        slow = K.read_rows(plan, opt.algorithm)
+        assert found is not None and isinstance(slow, tuple)
+        assert [id(g) for g in found[0]] == [id(g) for g in slow[0]]
+        assert found[1].tolist() == slow[1].tolist() and found[2].tolist() == slow[2].tolist()
+        assert at not in found[2].tolist()
+        ps[at].grad = grad.clone()
+        ps[at].grad.data = torch.zeros(grad.numel() + 1)  # (torch's grad setter refuses it; .data not)
+        assert K.gather(plan, state=opt.state) is None
+        ps[at].grad = grad
+        exp_avg = opt.state[ps[at]]["exp_avg"]
+        kept = exp_avg.detach()  # (another tensor on the same storage)
+        exp_avg.set_(exp_avg.clone())  # (the same object, its storage elsewhere)
+        assert K.gather(plan, state=opt.state) is None
+        exp_avg.set_(kept)
+        assert K.gather(plan, state=opt.state) is not None
+    # the step over the team as over one thread
+    torch.set_num_threads(1)
+    alone, ps_alone, _ = stepped(copies=LARGE)
+    torch.set_num_threads(torch_threads)
+    gen = torch.Generator().manual_seed(7)
+    for p, q in zip(ps, ps_alone):
+        q.grad = torch.randn(p.shape, generator=gen)
+        p.grad = q.grad.clone()
+    opt.step()
+    assert K._C.last_gather_threads() == team
+    torch.set_num_threads(1)
+    alone.step()
+    torch.set_num_threads(torch_threads)
+    for p, q in zip(ps, ps_alone):
+        assert torch.equal(p, q) and torch.equal(opt.state[p]["exp_avg_sq"], alone.state[q]["exp_avg_sq"])
 
 
 def test_the_state_identity_read_alongside_sees_a_replaced_entry(copies: int) -> None:
@@ -513,7 +575,7 @@ def test_a_non_leaf_parameter_without_a_gradient_is_read_as_torch_reads_it(copie
     assert len(ps) - 2 not in found[2].tolist() and len(found[2]) == len(ps) - 1
     assert [id(g) for g in found[0]] == [id(q.grad) for q in ps if q is not p]
     assert any("not a leaf" in str(w.message) for w in seen)
-    assert K._C.last_gather_threads() == (2 if copies > 1 and two_threads(reads) else 1)
+    assert K._C.last_gather_threads() == (reading_team(reads, plan) if copies > 1 else 1)
     with pytest.warns(UserWarning, match="not a leaf"):
         opt.step()
 
