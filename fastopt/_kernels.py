@@ -316,9 +316,13 @@ class Algorithm:
     hypers: tuple[str, ...]  # hyperparameter columns
     row: Callable[[dict], tuple[dict[str, float], int]]  # a group's hyperparameters and flags
     buffers: Callable[[dict], tuple[str, ...]]  # per-element state tensors a group's params carry
-    prepare: Callable[[dict, Tensor, dict], tuple[dict[str, Tensor], bool]]
-    # ^ (optimizer state, p, group) -> state tensors to point to, and whether this is their
-    #   first step (created here; the kernel initialises them); raises Fallback for unusual state
+    prepare: Callable[..., tuple[dict[str, Tensor], bool]]
+    # ^ (optimizer state, p, group, made=None) -> state tensors to point to, and whether this is
+    #   their first step (created here, or taken from `made`, premade_state's tensors for p; the
+    #   kernel initialises them); raises Fallback for unusual state
+    fresh: Callable[[dict, Tensor, dict], tuple[tuple[str, str], ...]]
+    # ^ (optimizer state, p, group) -> the state tensors prepare would make for p now, in the
+    #   order the plan keeps them, and of what kind (premade_state's KINDS); touches nothing
     structure: Callable[[dict], Any]  # group settings that decide which state exists
     flat_first: Callable[[dict, bool], bool]  # flat mode: first step initialises state?
     torch_group_step: Callable[..., None]  # (optimizer, group, fused, grad_scale, found_inf)
@@ -359,7 +363,8 @@ def _sgd_row(group: dict) -> tuple[dict[str, float], int]:
     return values, _flag("maximize", group["maximize"]) | _flag("nesterov", group["nesterov"])
 
 
-def _sgd_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+def _sgd_prepare(opt_state: dict, p: Tensor, group: dict, made: dict[str, Tensor] | None = None
+                 ) -> tuple[dict[str, Tensor], bool]:
     if group["momentum"] == 0:
         if sgd_keeps_unused_buffers():  # as torch's own SGD on this release
             opt_state[p].setdefault("momentum_buffer", None)
@@ -370,8 +375,18 @@ def _sgd_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Ten
         if buf.shape != p.shape or buf.dtype != p.dtype or not local(buf).is_contiguous():
             raise Fallback  # an unusual buffer: torch's path handles this parameter
         return {"momentum_buffer": buf}, False
-    buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+    buf = made["momentum_buffer"] if made else torch.empty_like(p, memory_format=torch.contiguous_format)
+    state["momentum_buffer"] = buf
     return {"momentum_buffer": buf}, True  # the kernel copies the gradient in
+
+
+def _sgd_fresh(opt_state: dict, p: Tensor, group: dict) -> tuple[tuple[str, str], ...]:
+    if group["momentum"] == 0:
+        return ()
+    state = opt_state.get(p)
+    if state is not None and (not isinstance(state, dict) or state.get("momentum_buffer") is not None):
+        return ()
+    return (("momentum_buffer", "empty"),)  # (the kernel copies the gradient in)
 
 
 def _adam_row(group: dict, decoupled: bool = False) -> tuple[dict[str, float], int]:
@@ -389,13 +404,14 @@ def _adam_buffers(group: dict) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
 
-def _adam_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Tensor], bool]:
+def _adam_prepare(opt_state: dict, p: Tensor, group: dict, made: dict[str, Tensor] | None = None
+                  ) -> tuple[dict[str, Tensor], bool]:
     keys = _adam_buffers(group)
     state = opt_state[p]
     if len(state) == 0:  # as torch's first step: a float32 step counter, zero moments
-        state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+        state["step"] = made["step"] if made else torch.tensor(0.0, dtype=scalar_dtype())
         for key in keys:
-            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[key] = made[key] if made else torch.zeros_like(p, memory_format=torch.preserve_format)
     tensors = {key: state[key] for key in keys}
     step = state["step"]
     if (not isinstance(step, Tensor) or step.device.type != "cpu" or step.numel() != 1
@@ -404,6 +420,65 @@ def _adam_prepare(opt_state: dict, p: Tensor, group: dict) -> tuple[dict[str, Te
                    for t in tensors.values())):
         raise Fallback
     return {**tensors, "step": step}, False
+
+
+def _adam_fresh(opt_state: dict, p: Tensor, group: dict) -> tuple[tuple[str, str], ...]:
+    state = opt_state.get(p)
+    if state is not None and (not isinstance(state, dict) or len(state) != 0):
+        return ()
+    return (*((key, "zeros") for key in _adam_buffers(group)), ("step", "step"))  # (the plan's order)
+
+
+#: What premade_state makes of each kind: the zeros ``zeros_like(p)`` makes (p's strides), the
+#: uninitialised contiguous tensor ``empty_like(p, memory_format=torch.contiguous_format)``
+#: makes, or a zero step counter as ``torch.tensor(0.0, dtype=scalar_dtype())``.
+KINDS = ("zeros", "empty", "step")
+
+
+def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], groups: list[dict]
+                  ) -> dict[int, dict[str, Tensor]]:
+    """The state tensors that ``algorithm.prepare`` would make for ``params`` (in ``groups``),
+    made for all of them at once, by index into ``params``: first every tensor's object and
+    metadata (empty tensors, one after another in the order a step reads them), then their
+    elements, a key at a time. Each is the tensor ``prepare`` would make (``KINDS``), but the
+    metadata a step reads of it lies together rather than between the tensors' elements, and
+    each key's elements follow one another: a step over many small tensors reads the state
+    and streams it faster. Only for plain CPU parameters and with no torch function mode on (a
+    device context would change what the factories make); empty where nothing is made."""
+    if torch_function_mode_on():
+        return {}
+    wants = []
+    for i, (p, group) in enumerate(zip(params, groups)):
+        if type(p) in PLAIN_TYPES and p.device.type == "cpu":
+            keys = algorithm.fresh(opt_state, p, group)
+            if keys:
+                wants.append((i, p, keys))
+    if len(wants) < 2:
+        return {}
+    step_dtype = scalar_dtype()
+    made = {i: {key: torch.empty(0, dtype=step_dtype if kind == "step" else p.dtype) for key, kind in keys}
+            for i, p, keys in wants}
+    zeros: list[Tensor] = []
+    for key, kind in dict.fromkeys(k for _, _, keys in wants for k in keys):
+        for i, p, _ in wants:
+            t = made[i].get(key)
+            if t is None:
+                continue
+            if kind == "step":
+                t.resize_(())
+            else:
+                t.resize_(p.shape)
+                if kind == "zeros" and t.stride() != p.stride():  # (zeros_like keeps a dense p's strides)
+                    t.as_strided_(p.shape, p.stride())
+            if kind != "empty":
+                zeros.append(t)
+    zero_all = getattr(torch, "_foreach_zero_", None)  # (one call for all; else one each)
+    if zero_all is not None and zeros:
+        zero_all(zeros)
+    else:
+        for t in zeros:
+            t.zero_()
+    return made
 
 
 def _functional(name: str) -> Callable[..., None]:
@@ -454,13 +529,13 @@ def _adam_torch(torch_class: type, functional: Callable[..., None], takes_decoup
 SGD = Algorithm(
     name="SGD", kernel="sgd_step", columns=_exported("SGD_COLUMNS", ()), hypers=_exported("SGD_HYPERS", ()),
     row=_sgd_row, buffers=lambda g: ("momentum_buffer",) if g["momentum"] != 0 else (),
-    prepare=_sgd_prepare, structure=lambda g: g["momentum"] != 0,
+    prepare=_sgd_prepare, fresh=_sgd_fresh, structure=lambda g: g["momentum"] != 0,
     flat_first=lambda g, had_state: g["momentum"] != 0 and not had_state, torch_group_step=_sgd_torch,
     functional="sgd")
 
 _ADAM_COMMON: dict[str, Any] = dict(
     kernel="adam_step", columns=_exported("ADAM_COLUMNS", ()), hypers=_exported("ADAM_HYPERS", ()),
-    buffers=_adam_buffers, prepare=_adam_prepare, structure=lambda g: bool(g["amsgrad"]),
+    buffers=_adam_buffers, prepare=_adam_prepare, fresh=_adam_fresh, structure=lambda g: bool(g["amsgrad"]),
     flat_first=lambda g, had_state: False,
     sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead")
 
@@ -762,10 +837,13 @@ def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
     if len(todo):
         first = np.zeros(len(params), dtype=bool)
         created: list[tuple[dict, dict[str, Tensor]]] = []  # buffers the kernel would fill
+        rows_todo = todo.tolist()
+        row_groups = [groups[g] for g in plan.group_of[todo].tolist()]
+        made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups)
         try:
-            for i in todo.tolist():
+            for k, (i, group) in enumerate(zip(rows_todo, row_groups)):
                 p = params[i]
-                tensors, first[i] = algorithm.prepare(state, p, groups[int(plan.group_of[i])])
+                tensors, first[i] = algorithm.prepare(state, p, group, made.get(k))
                 if first[i]:
                     created.append((state[p], tensors))
                 for key, t in tensors.items():

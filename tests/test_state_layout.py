@@ -1,0 +1,155 @@
+"""State made for many parameters at once (``_kernels.premade_state``): every tensor as torch's
+own first step makes it, the step's tensors the ones made together, and torch's result where
+only some of the parameters can be stepped natively."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fastopt import _kernels
+from fastopt import optim as fo
+
+pytest.importorskip("fastopt._C")
+
+CASES = {
+    "SGD": (fo.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "Adam": (fo.Adam, torch.optim.Adam, dict(lr=0.05, weight_decay=0.01)),
+    "AdamW amsgrad": (fo.AdamW, torch.optim.AdamW, dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+}
+
+
+def odd_params() -> list[torch.nn.Parameter]:
+    """Parameters whose state is easy to make wrong: a scalar, an empty one, one whose dense
+    strides are not the contiguous ones (channels-last over a single channel), other dtypes."""
+    gen = torch.Generator().manual_seed(0)
+    ts = [torch.randn(4, 3, generator=gen), torch.randn((), generator=gen), torch.zeros(0),
+          torch.randn(4, 1, 3, 3, generator=gen).to(memory_format=torch.channels_last),
+          torch.randn(6, generator=gen, dtype=torch.float64),
+          torch.randn(5, generator=gen).to(torch.bfloat16),
+          torch.randn(2, 2, 2, generator=gen)]
+    assert all(t.is_contiguous() for t in ts) and ts[3].stride() == (9, 1, 3, 1)
+    return [torch.nn.Parameter(t) for t in ts]
+
+
+def tensor_facts(t: torch.Tensor) -> tuple:
+    return (type(t), t.dtype, t.device, t.shape, t.stride(), t.storage_offset(), t.is_contiguous(),
+            t.untyped_storage().nbytes(), t.requires_grad)
+
+
+def steps(name: str, n: int = 2, **extra: Any) -> tuple[Any, Any, list, list]:
+    """fastopt's and torch's optimizer over equal copies of ``odd_params``, ``n`` steps each
+    with equal contiguous gradients."""
+    ours_cls, ref_cls, opts = CASES[name]
+    ps = odd_params()
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    assert [q.stride() for q in qs] == [p.stride() for p in ps]
+    ours, ref = ours_cls(ps, **opts, **extra), ref_cls(qs, foreach=False, **opts)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.grad, q.grad = g.to(p.dtype), g.to(q.dtype)
+        ours.step()
+        ref.step()
+    return ours, ref, ps, qs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_state_made_together_is_the_state_torch_makes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    premade = _kernels.premade_state
+
+    def spy(*args: Any) -> dict:
+        calls.append(premade(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(_kernels, "premade_state", spy)
+    ours, ref, ps, qs = steps(name)
+    assert ours.fastopt_tier == "native"
+    assert len(calls) == 1 and len(calls[0]) == len(ps)  # (made once, for every parameter)
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        mine, theirs = ours.state[p], ref.state[q]
+        assert list(mine) == list(theirs)  # (the keys, in torch's order)
+        for key, t in theirs.items():
+            assert mine[key] is calls[0][i][key], (i, key)  # the tensors made together are stepped
+            assert tensor_facts(mine[key]) == tensor_facts(t), (i, key)
+            torch.testing.assert_close(mine[key], t)  # (tolerances by dtype)
+        torch.testing.assert_close(p, q)
+
+
+def made_by_factory(kind: str, p: torch.Tensor) -> torch.Tensor:
+    """What the factory a kind stands for makes for ``p``."""
+    if kind == "zeros":
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+    if kind == "empty":
+        return torch.empty_like(p, memory_format=torch.contiguous_format)
+    assert kind == "step"
+    return torch.tensor(0.0, dtype=_kernels.scalar_dtype())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_kind_is_the_tensor_its_factory_makes(name: str) -> None:
+    ours_cls, _, opts = CASES[name]
+    ps = odd_params()
+    opt = ours_cls(ps, **opts)
+    group = opt.param_groups[0]
+    made = _kernels.premade_state(opt.algorithm, opt.state, ps, [group] * len(ps))
+    assert len(made) == len(ps) and not opt.state  # (nothing put into the state)
+    for i, p in enumerate(ps):
+        kinds = dict(opt.algorithm.fresh(opt.state, p, group))
+        assert list(made[i]) == list(kinds)
+        for key, kind in kinds.items():
+            want = made_by_factory(kind, p)
+            assert tensor_facts(made[i][key]) == tensor_facts(want), (i, key)
+            if kind != "empty":
+                assert torch.equal(made[i][key], want), (i, key)
+
+
+def test_nothing_is_made_together_under_a_torch_function_mode() -> None:
+    ps = odd_params()
+    opt = fo.AdamW(ps, lr=0.1)
+    with torch.device("cpu"):  # (a device context is a torch function mode)
+        assert _kernels.premade_state(opt.algorithm, opt.state, ps, opt.param_groups * len(ps)) == {}
+    assert _kernels.premade_state(opt.algorithm, opt.state, ps, opt.param_groups * len(ps)) != {}
+
+
+def test_parameters_with_state_get_none_made() -> None:
+    ps = odd_params()
+    opt = fo.Adam(ps, lr=0.1)
+    opt.state[ps[0]]["step"] = torch.tensor(3.0)
+    made = _kernels.premade_state(opt.algorithm, opt.state, ps, opt.param_groups * len(ps))
+    assert 0 not in made and set(made) == set(range(1, len(ps)))
+    assert list(opt.state) == [ps[0]]  # (asking touched no other parameter's entry)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_parameter_only_torch_can_step_among_new_ones(name: str) -> None:
+    """State made together for the parameters before it, then torch's path for the step: the
+    same parameters and state as torch's."""
+    ours_cls, ref_cls, opts = CASES[name]
+    gen = torch.Generator().manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(5, 4, generator=gen)) for _ in range(4)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours, ref = ours_cls(ps, **opts), ref_cls(qs, foreach=False, **opts)
+    buffer = "momentum_buffer" if name == "SGD" else "exp_avg"
+    for opt, ts in ((ours, ps), (ref, qs)):  # a transposed buffer: only torch's path takes it
+        opt.state[ts[2]][buffer] = torch.zeros(4, 5).t()
+        if name != "SGD":
+            opt.state[ts[2]].update(step=torch.tensor(0.0), exp_avg_sq=torch.zeros(5, 4))
+            if opts.get("amsgrad"):
+                opt.state[ts[2]]["max_exp_avg_sq"] = torch.zeros(5, 4)
+    for _ in range(3):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert list(ours.state[p]) == list(ref.state[q])
+        for key, t in ref.state[q].items():
+            assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
+            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
