@@ -456,22 +456,30 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
     if len(wants) < 2:
         return {}
     step_dtype = scalar_dtype()
-    made = {i: {key: torch.empty(0, dtype=step_dtype if kind == "step" else p.dtype) for key, kind in keys}
-            for i, p, keys in wants}
+    bases: dict[torch.dtype, Tensor] = {}  # an empty tensor per dtype: new_empty(0) is the cheap factory
+    made: dict[int, dict[str, Tensor]] = {}
+    by_key: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}  # (key, kind): (tensor, parameter)
+    for i, p, keys in wants:  # the objects and metadata, in the order a step reads them
+        row = made[i] = {}
+        for key, kind in keys:
+            dtype = step_dtype if kind == "step" else p.dtype
+            base = bases.get(dtype)
+            if base is None:
+                base = bases[dtype] = torch.empty(0, dtype=dtype)
+            t = row[key] = base.new_empty(0)
+            by_key.setdefault((key, kind), []).append((t, p))
     zeros: list[Tensor] = []
-    for key, kind in dict.fromkeys(k for _, _, keys in wants for k in keys):
-        for i, p, _ in wants:
-            t = made[i].get(key)
-            if t is None:
-                continue
-            if kind == "step":
+    for (_, kind), pairs in by_key.items():  # then the elements, a key at a time
+        if kind == "step":
+            for t, _ in pairs:
                 t.resize_(())
-            else:
+        else:
+            for t, p in pairs:
                 t.resize_(p.shape)
                 if kind == "zeros" and t.stride() != p.stride():  # (zeros_like keeps a dense p's strides)
                     t.as_strided_(p.shape, p.stride())
-            if kind != "empty":
-                zeros.append(t)
+        if kind != "empty":
+            zeros.extend(t for t, _ in pairs)
     zero_all = getattr(torch, "_foreach_zero_", None)  # (one call for all; else one each)
     if zero_all is not None and zeros:
         zero_all(zeros)
