@@ -221,6 +221,19 @@ class KernelContiguous(KernelOnly):
             self.buffers[key] = buf
 
 
+def state_made_per_parameter(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` after a first step that made its state one parameter at a time, each tensor's
+    metadata between the elements of those before it (as before ``_kernels.premade_state``
+    made a step's state together): against "fastopt, list", what the state's layout costs."""
+    made_together = _kernels.premade_state
+    _kernels.premade_state = lambda *args: {}
+    try:
+        opt.step()
+    finally:
+        _kernels.premade_state = made_together
+    return opt
+
+
 SCALE_COUNTS = (400, 4_000, 40_000, 100_000)
 DIRECT_READS = _kernels.GATHER_METHODS  # what this torch allows (see fastopt/_kernels.py)
 METHODS_ONLY = (*DIRECT_READS[:3], 0, (), None, None, _kernels.NO_SHIM, _kernels.NO_LAYOUT)
@@ -243,7 +256,10 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     """The step's per-tensor cost: AdamW over ``elements`` elements split into N equal tensors,
     fastopt's step over the list against fastopt's step over one tensor of the same size, and
     fastopt's flat-buffer mode and torch's fused AdamW over the list, medians of interleaved
-    repeats (``repeats_at``); per N, the times and the extra time per tensor, ``(list - one) / N``. The flat
+    repeats (``repeats_at``; the order rotated by one each repeat, so that every variant follows
+    every other as often: the list step no longer always follows torch's fused step, nor the
+    one-tensor step the flat one); per N, the times and the extra time per tensor,
+    ``(list - one) / N``. The flat
     variant's gradients are accumulated into in place before each step (untimed), as a
     backward does. "methods only" is fastopt's list step reading every tensor through
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
@@ -256,7 +272,9 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     the kernel. "from backward" is fastopt's list
     step with gradients a backward left, as a training loop has them: ``zero_grad()`` (to None)
     and a backward before each step (untimed), so each step reads new gradients that have no
-    Python object yet."""
+    Python object yet. "state per parameter" is fastopt's list step over state its first step
+    made one parameter at a time (``state_made_per_parameter``), where fastopt's step makes the
+    state of all parameters together (``_kernels.premade_state``)."""
     kwargs = {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"}
     torch_kwargs = _fused_or_foreach(kwargs)
     rows = []
@@ -264,7 +282,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     for n in counts:
         numel = elements // n
         names = ("fastopt, list", "methods only, list", "kernel only, list", "kernel only, contiguous",
-                 "fastopt flat, list", "torch fused, list", "from backward, list")
+                 "fastopt flat, list", "torch fused, list", "from backward, list",
+                 "state per parameter, list")
         lists = {name: [torch.nn.Parameter(torch.zeros(numel)) for _ in range(n)] for name in names}
         one = [torch.nn.Parameter(torch.zeros(numel * n))]
         for ps in (*lists.values(), one):
@@ -279,6 +298,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
             "fastopt flat, list": fastopt.optim.AdamW(lists["fastopt flat, list"], **kwargs),
             "fastopt, one tensor": fastopt.optim.AdamW(one, **kwargs),
             "from backward, list": fastopt.optim.AdamW(lists["from backward, list"], **kwargs),
+            "state per parameter, list": state_made_per_parameter(
+                fastopt.optim.AdamW(lists["state per parameter, list"], **kwargs)),
             "torch fused, list": torch.optim.AdamW(lists["torch fused, list"], **torch_kwargs),
         }
         variants["fastopt flat, list"].use_flat_buffers()  # type: ignore[attr-defined]
@@ -297,7 +318,7 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
 
         try:
             times = interleaved_step_times(variants, accumulate, repeats_at(n, repeats), warmup=1,
-                                           progress=lambda msg: None)
+                                           progress=lambda msg: None, rotate=True)
         finally:
             _kernels.GATHER_METHODS = DIRECT_READS
         assert variants["fastopt flat, list"].fastopt_tier == "flat"  # type: ignore[attr-defined]
@@ -315,6 +336,8 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                          (times["kernel only, list"] - times["kernel only, contiguous"]) / n,
                      "backward_list_s": times["from backward, list"],
                      "backward_extra_per_tensor_s": (times["from backward, list"] - single) / n,
+                     "per_parameter_list_s": times["state per parameter, list"],
+                     "per_parameter_extra_per_tensor_s": (times["state per parameter, list"] - single) / n,
                      "direct_reads": bool(DIRECT_READS[3])})
         log(f"  {n:,} tensors done")
     return rows
@@ -326,8 +349,8 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
              f"{'extra per tensor':>17} {'from backward':>14} {'its extra':>10} "
              f"{'methods only':>13} {'its extra':>10} {'kernel only':>12} "
-             f"{'its extra':>10} {'contiguous':>11} {'layout':>10} {'flat, list':>11} {'flat extra':>11} "
-             f"{'torch fused, list':>18}"]
+             f"{'its extra':>10} {'contiguous':>11} {'layout':>10} {'state per param':>16} {'its extra':>10} "
+             f"{'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
@@ -339,6 +362,8 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['kernel_only_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['kernel_contiguous_s'] * 1e3:>8.2f} ms "
                      f"{r['layout_per_tensor_s'] * 1e6:>7.2f} us "
+                     f"{r['per_parameter_list_s'] * 1e3:>13.2f} ms "
+                     f"{r['per_parameter_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['flat_list_s'] * 1e3:>8.2f} ms {r['flat_extra_per_tensor_s'] * 1e6:>8.2f} us "
                      f"{r['torch_fused_list_s'] * 1e3:>15.1f} ms")
     if rows and not rows[0].get("direct_reads", True):

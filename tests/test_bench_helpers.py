@@ -29,14 +29,14 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert [r["tensors"] for r in rows] == [4, 16]
     for r in rows:
         for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s",
-                    "kernel_only_list_s", "kernel_contiguous_s", "backward_list_s"):
+                    "kernel_only_list_s", "kernel_contiguous_s", "backward_list_s", "per_parameter_list_s"):
             assert r[key] > 0
     from fastopt import _kernels
     assert _kernels.GATHER_METHODS is bench_step.DIRECT_READS  # (the methods-only column's swap undone)
     table = bench_step.scale_table(rows)
     assert "flat, list" in table and "methods only" in table and "kernel only" in table
     assert "contiguous" in table
-    assert "from backward" in table
+    assert "from backward" in table and "state per param" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
 
@@ -92,6 +92,49 @@ def test_kernel_contiguous_steps_copies_laid_back_to_back() -> None:
         assert torch.equal(kernel.buffers["exp_avg_sq"][at:at + n], opt.state[a]["exp_avg_sq"].reshape(-1))
         assert torch.equal(kernel.opt.state[b]["step"], opt.state[a]["step"])
         at += n
+
+
+def test_state_made_per_parameter_steps_as_the_optimizer_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 'state per parameter' column's first step makes no state together, and its steps
+    are the optimizer's."""
+    bench_step = script("bench_step")
+    opt, made = twin_lists(7, random_values=True)
+    calls = []
+    premade = _kernels.premade_state
+
+    def spy(*args: object) -> dict:
+        calls.append(args)
+        return premade(*args)
+
+    monkeypatch.setattr(_kernels, "premade_state", spy)
+    other = bench_step.state_made_per_parameter(fo.AdamW(made[1], lr=0.1, weight_decay=0.05))
+    assert calls == [] and _kernels.premade_state is spy  # (made one at a time; the factory put back)
+    other.step()
+    other.step()
+    for a, b in zip(*made):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["exp_avg"], other.state[b]["exp_avg"])
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_interleaved_steps_rotate_their_order(rotate: bool) -> None:
+    from fastopt.tools.bench import interleaved_step_times
+
+    order: list[str] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self) -> None:
+            order.append(self.name)
+
+    times = interleaved_step_times({k: Recorder(k) for k in "abc"}, lambda name, r: None,  # type: ignore[misc]
+                                   repeats=4, warmup=1, progress=lambda msg: None, rotate=rotate)
+    assert set(times) == set("abc")
+    assert order[:3] == list("abc")  # (the warmup)
+    rounds = ["".join(order[3 + 3 * r:6 + 3 * r]) for r in range(4)]
+    assert rounds == (["abc", "bca", "cab", "abc"] if rotate else ["abc"] * 4)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the probe reads /proc")

@@ -168,9 +168,11 @@ def _timed_step(step: Callable[[], Any], device: torch.device | None) -> tuple[f
 def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
                            set_grads: Callable[[str, int], None], repeats: int, warmup: int = 1,
                            progress: Callable[[str], None] = log, device: torch.device | None = None,
-                           peaks: dict[str, int] | None = None) -> dict[str, float]:
+                           peaks: dict[str, int] | None = None, rotate: bool = False) -> dict[str, float]:
     """Median step time of each optimizer; repeats interleaved, ``set_grads(name, r)`` before
-    every step (outside the timing), ``warmup`` untimed steps first (state creation).
+    every step (outside the timing), ``warmup`` untimed steps first (state creation). With
+    ``rotate`` repeat r starts at the r-th optimizer (in turn), so that each one follows every
+    other in some repeats rather than always the same one, whose footprint it would inherit.
 
     On a CUDA ``device`` every step is timed with CUDA events after ``torch.cuda.synchronize``
     and ``peaks`` (when given) gets each optimizer's largest step peak: the bytes a step had
@@ -182,8 +184,11 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
             set_grads(k, r)
             opt.step()
     steps: dict[str, list[float]] = {k: [] for k in optimizers}
+    names = list(optimizers)
     for r in range(repeats):
-        for k, opt in optimizers.items():
+        start = r % len(names) if rotate and names else 0
+        for k in names[start:] + names[:start]:
+            opt = optimizers[k]
             set_grads(k, r)
             dt, peak = _timed_step(opt.step, device)
             steps[k].append(dt)
