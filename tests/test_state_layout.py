@@ -69,12 +69,14 @@ def test_state_made_together_is_the_state_torch_makes(name: str, monkeypatch: py
     monkeypatch.setattr(_kernels, "premade_state", spy)
     ours, ref, ps, qs = steps(name)
     assert ours.fastopt_tier == "native"
-    assert len(calls) == 1 and len(calls[0]) == len(ps)  # (made once, for every parameter)
+    # (made once, for every parameter; nothing where this torch cannot tell whether a torch
+    # function mode is on)
+    assert len(calls) == 1 and len(calls[0]) == (0 if _kernels.torch_function_mode_on() else len(ps))
     for i, (p, q) in enumerate(zip(ps, qs)):
         mine, theirs = ours.state[p], ref.state[q]
         assert list(mine) == list(theirs)  # (the keys, in torch's order)
         for key, t in theirs.items():
-            assert mine[key] is calls[0][i][key], (i, key)  # the tensors made together are stepped
+            assert not calls[0] or mine[key] is calls[0][i][key], (i, key)  # the tensors made together
             assert tensor_facts(mine[key]) == tensor_facts(t), (i, key)
             torch.testing.assert_close(mine[key], t)  # (tolerances by dtype)
         torch.testing.assert_close(p, q)
@@ -90,6 +92,7 @@ def made_by_factory(kind: str, p: torch.Tensor) -> torch.Tensor:
     return torch.tensor(0.0, dtype=_kernels.scalar_dtype())
 
 
+@pytest.mark.skipif(_kernels.torch_function_mode_on(), reason="this torch cannot tell whether a mode is on")
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_kind_is_the_tensor_its_factory_makes(name: str) -> None:
     ours_cls, _, opts = CASES[name]
@@ -108,6 +111,7 @@ def test_each_kind_is_the_tensor_its_factory_makes(name: str) -> None:
                 assert torch.equal(made[i][key], want), (i, key)
 
 
+@pytest.mark.skipif(_kernels.torch_function_mode_on(), reason="this torch cannot tell whether a mode is on")
 def test_nothing_is_made_together_under_a_torch_function_mode() -> None:
     ps = odd_params()
     opt = fo.AdamW(ps, lr=0.1)
@@ -116,6 +120,7 @@ def test_nothing_is_made_together_under_a_torch_function_mode() -> None:
     assert _kernels.premade_state(opt.algorithm, opt.state, ps, opt.param_groups * len(ps)) != {}
 
 
+@pytest.mark.skipif(_kernels.torch_function_mode_on(), reason="this torch cannot tell whether a mode is on")
 def test_parameters_with_state_get_none_made() -> None:
     ps = odd_params()
     opt = fo.Adam(ps, lr=0.1)
