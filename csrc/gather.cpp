@@ -787,3 +787,56 @@ Gathered gather_rows(py::handle params, const py::array_t<int64_t>& numels, cons
 }
 
 }  // namespace fastopt
+
+namespace fastopt {
+
+namespace {
+
+// Calls torch's bump on at::Tensor `at`; torch's error becomes a runtime_error carrying its
+// message without the C++ backtrace torch appends.
+void bump_one(VersionBump bump, void* at) {
+  try {
+    bump(at);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    const std::size_t cut = what.find("\nException raised from");
+    throw std::runtime_error(cut == std::string::npos ? what : what.substr(0, cut));
+  } catch (...) {
+    throw std::runtime_error("bump_versions: torch's version bump raised");
+  }
+}
+
+}  // namespace
+
+py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain, uint64_t bump) {
+  if (!PyList_Check(tensors.ptr())) throw py::type_error("bump_versions: tensors must be a list");
+  if (bump == 0) throw std::invalid_argument("bump_versions: no bump function");
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  const Py_ssize_t offset = m.shim.offset != 0 ? m.shim.offset : m.layout.tensor;
+  const auto fn = reinterpret_cast<VersionBump>(bump);
+  PyObject* list = tensors.ptr();
+  py::list left;
+  // objects two stages ahead, their TensorImpls' first lines one stage ahead
+  constexpr Py_ssize_t d = kTensorStage;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+    if (PyObject* t = item(list, i + 2 * d)) prefetch(t);
+    if (PyObject* t = item(list, i + d))
+      if (char* at = tensor_at(m.plain, offset, t)) prefetch_lines(word(at, 0), 2);
+    PyObject* t = PyList_GET_ITEM(list, i);
+    if (char* at = tensor_at(m.plain, offset, t)) {
+      bump_one(fn, at);
+    } else {
+      left.append(t);
+    }
+  }
+  return left;
+}
+
+void bump_held(HeldGrads& held, uint64_t bump) {
+  if (bump == 0) throw std::invalid_argument("bump_held: no bump function");
+  const auto fn = reinterpret_cast<VersionBump>(bump);
+  for (std::size_t i = 0; i < held.count; ++i) bump_one(fn, held.slot(i));
+}
+
+}  // namespace fastopt

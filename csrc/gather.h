@@ -89,6 +89,23 @@ pybind11::object layout_read(pybind11::handle methods, pybind11::handle plain, p
 pybind11::object hold_read(pybind11::handle methods, pybind11::handle plain, pybind11::handle t,
                            pybind11::handle during);
 
+// torch's version-counter bump, torch::autograd::impl::bump_version (an at::Tensor's address in),
+// as torch exports it; it throws torch's C++ error for a tensor that cannot change in place (an
+// inference tensor outside inference mode).
+using VersionBump = void (*)(void*);
+
+// Counts one in-place change in the version counter of each tensor of `tensors` (a list), as
+// torch's in-place ops do, through `bump` (a VersionBump's address) on the at::Tensor a plain
+// tensor object holds (where the shim or layout of `methods` says); returns, in order, the ones
+// it does not reach that way (not of a `plain` type, a borrowed tensor; every one where methods
+// know no at::Tensor offset), for the caller to bump through torch. torch's error becomes a
+// RuntimeError at the first tensor that raises it (the ones before it bumped).
+pybind11::list bump_versions(pybind11::handle tensors, pybind11::handle methods, pybind11::handle plain,
+                             uint64_t bump);
+
+// The same for the gradients `held` holds.
+void bump_held(HeldGrads& held, uint64_t bump);
+
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.
 using AddressReader = void* (*)(PyObject*);

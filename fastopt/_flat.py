@@ -37,6 +37,7 @@ from ._kernels import (
     NO_STATE,
     STEP_FLAGS,
     Algorithm,
+    bump_versions,
     param_addresses,
     params_unchanged,
     state_snapshot,
@@ -203,8 +204,10 @@ class FlatBuffers:
         # hold)
         return not len(moved) and _C.state_unchanged(state, self.state_addresses)
 
-    def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0) -> None:
-        """One kernel call over every segment, with the groups' current hyperparameters."""
+    def step(self, groups: list[dict], grad_scale: float, grad_mult: float = 1.0,
+             clipped: bool = False) -> None:
+        """One kernel call over every segment, with the groups' current hyperparameters
+        (``clipped``: ``grad_mult`` stands for torch's in-place clip)."""
         self.sync_grads()
         rows = [self.algorithm.hyper_row(g) for g in groups]
         group_of = self.group_of.tolist()
@@ -212,6 +215,12 @@ class FlatBuffers:
         hyper = hyper.reshape(-1, len(self.algorithm.hypers))
         flags = np.array([rows[g][1] | (STEP_FLAGS["first_step"] if seg.first else 0)
                           for g, seg in zip(group_of, self.segments)], dtype=np.int32)
+        # every parameter changes in place, counted as torch's in-place ops count it; so do the
+        # gradients under a loss scale, counted where torch's in-place clip would have counted it
+        # (each is a view of its buffer and shares its version counter)
+        bump_versions(self.params)
+        if grad_scale and clipped:
+            bump_versions([seg.grad_buf for seg in self.segments])
         self.algorithm.run(self.ptrs, self.numels, self.dtypes, flags, hyper, grad_scale, grad_mult)
         for seg in self.segments:
             seg.first = False

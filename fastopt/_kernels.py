@@ -36,6 +36,7 @@ from ._torch_compat import (
     DTensor,
     functional_kwargs,
     functional_parameters,
+    increment_versions,
     scalar_dtype,
     sgd_keeps_unused_buffers,
     torch_function_mode_on,
@@ -268,6 +269,69 @@ def _holding(shim: tuple, layout: tuple) -> tuple:
 
 _LAYOUT = _layout()
 GATHER_METHODS = (*GATHER_BASE, _holding(_shim(), _LAYOUT), _LAYOUT)
+
+
+class _ProbeTensor(torch.Tensor):
+    """A tensor subclass: bump_versions hands such tensors back rather than bump them."""
+
+
+#: torch::autograd::impl::bump_version as releases export it (taking at::Tensor, or at::TensorBase)
+_BUMP_SYMBOLS = ("_ZN5torch8autograd4impl12bump_versionERKN2at6TensorE",
+                 "_ZN5torch8autograd4impl12bump_versionERKN2at10TensorBaseE")
+
+
+def _bump_function(methods: tuple = GATHER_METHODS) -> int:
+    """The address of torch's version-counter bump (``torch::autograd::impl::bump_version``), with
+    which ``_C.bump_versions`` counts the kernels' in-place changes; 0 where this torch does not
+    export it, ``FASTOPT_DIRECT_READS=0``, or it does not act as torch's ``increment_version`` on
+    probe tensors (every probe, its views' base with it, one version up; an inference tensor
+    refused; a tensor of another type handed back): ``increment_versions`` does it then."""
+    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
+        return 0
+    found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
+    try:
+        lib = ctypes.CDLL(found[0])
+    except (IndexError, OSError):
+        return 0
+    fn = next((getattr(lib, s) for s in _BUMP_SYMBOLS if hasattr(lib, s)), None)
+    if fn is None:
+        return 0
+    bump = ctypes.cast(fn, ctypes.c_void_p).value or 0
+    base = torch.arange(6.0)
+    param = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    param.grad = torch.ones(2, 3, dtype=torch.float64)
+    probes = [base, base[2:], param, param.grad, torch.zeros((), dtype=torch.bfloat16)]
+    other = torch.zeros(2).as_subclass(_ProbeTensor)
+    with torch.inference_mode():
+        inference = torch.zeros(2)
+    try:
+        before = [t._version for t in probes]
+        left = _C.bump_versions([*probes, other], methods, PLAIN_TYPES, bump)
+        # base and base[2:] share one counter: two up each
+        want = [v + (2 if i < 2 else 1) for i, v in enumerate(before)]
+        if [t._version for t in probes] != want or len(left) != 1 or left[0] is not other:
+            return 0
+        _C.bump_versions([inference], methods, PLAIN_TYPES, bump)
+        return 0  # (an inference tensor must be refused, as torch's in-place ops refuse it)
+    except RuntimeError as e:
+        return bump if "inference" in str(e).lower() and "Exception raised from" not in str(e) else 0
+    except (AttributeError, TypeError, ValueError):  # (an extension built without it)
+        return 0
+
+
+BUMP_VERSION = _bump_function()
+
+
+def bump_versions(tensors: list[Tensor]) -> None:
+    """Count one in-place change in each of ``tensors``' version counters, as torch's in-place
+    ops do (autograd then refuses a backward through a value the step changed, and an inference
+    tensor outside inference mode raises torch's error): through torch's own bump in one native
+    pass where found, else through ``torch.autograd.graph.increment_version``."""
+    left = _C.bump_versions(tensors, GATHER_METHODS, PLAIN_TYPES, BUMP_VERSION) if BUMP_VERSION else tensors
+    if left:
+        increment_versions(left)
+
+
 NO_STATE: dict = {}  # what ``state.get`` gives a parameter without state (never written)
 
 
@@ -794,12 +858,14 @@ class MultOf:
 
 def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
                 table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None,
-                grad_mult: float | MultOf = 1.0) -> bool:
+                grad_mult: float | MultOf = 1.0, clipped: bool = False) -> bool:
     """Step every group in one kernel call. True: done; False: nothing done, torch's path must
     run this step (``plan.native`` or ``plan.stale`` then say whether the next may try again).
     The caller has checked that ``groups`` hold the plan's parameters (``Plan.check_params``);
     the state is checked here. A ``MultOf`` multiplier is worked out from the gradients
-    gathered here (before any state is created), so the norm reads no pointer twice."""
+    gathered here (before any state is created), so the norm reads no pointer twice.
+    ``clipped``: the multiplier stands for torch's in-place clip (whose change of the gradients
+    their version counters count)."""
     # The gradients held in the plan's holder, not by their objects, unless a multiplier is
     # worked out from them or the holder is in use (a step within this plan's step).
     holder = None if plan.sharded or isinstance(grad_mult, MultOf) else plan.holder()
@@ -807,7 +873,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
         holder = None
     try:
         gathered = gather(plan, state=state, holder=holder) if not plan.sharded else None
-        return _native_step(plan, groups, state, algorithm, table, grad_scale, grad_mult, gathered)
+        return _native_step(plan, groups, state, algorithm, table, grad_scale, grad_mult, gathered, clipped)
     finally:
         if holder is not None:
             holder.release()  # (what it held, the kernel has read; also after an error)
@@ -815,7 +881,7 @@ def native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorith
 
 def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorithm,
                  table: tuple[np.ndarray, np.ndarray], grad_scale: Tensor | None,
-                 grad_mult: float | MultOf, gathered: tuple | None) -> bool:
+                 grad_mult: float | MultOf, gathered: tuple | None, clipped: bool = False) -> bool:
     """``native_step`` once the native pass has read the plan (``gathered``, None where it
     could not)."""
     params = plan.params
@@ -878,8 +944,26 @@ def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
         flags = flags | np.where(first[rows], STEP_FLAGS["first_step"], 0).astype(np.int32)
     scale = 0.0 if grad_scale is None else float(grad_scale)
     numels, dtypes = (plan.numels, plan.dtypes) if every_row else (plan.numels[rows], plan.dtypes[rows])
+    # the kernel writes the gradients back under a loss scale: counted where torch's in-place
+    # clip would have counted it (GradScaler's unscale_ counts nothing)
+    bump_stepped(params if every_row else [params[i] for i in rows.tolist()],
+                 read if grad_scale is not None and clipped else None)
     algorithm.run(ptrs, numels, dtypes, flags, hyper, scale, grad_mult)
     return True
+
+
+def bump_stepped(params: list[Tensor], grads: Sized | None = None) -> None:
+    """Before a kernel changes ``params`` in place (and ``grads``, a list or the plan's holder):
+    count it in their version counters, as torch's in-place ops would (a sharded parameter's
+    in its own counter, not its local shard's, as torch's step on it does)."""
+    if grads is None or isinstance(grads, list):
+        bump_versions(params if grads is None else params + grads)
+        return
+    bump_versions(params)
+    if BUMP_VERSION:
+        _C.bump_held(grads, BUMP_VERSION)
+    else:
+        bump_versions([g for g in map(GRAD, params) if g is not None])
 
 
 NO_ROWS = np.zeros(0, dtype=np.int64)

@@ -112,7 +112,7 @@ def flat_tier(opt: Any, args: StepArgs) -> bool:
     flat = checked_flat(opt, args.cache)
     mult = mult_value(opt, args.grad_mult)
     flat.step(opt.param_groups, 0.0 if args.grad_scale is None else float(args.grad_scale),
-              1.0 if mult is None else float(mult))
+              1.0 if mult is None else float(mult), clipped=args.grad_mult is not None)
     return True
 
 
@@ -129,7 +129,7 @@ def native_tier(opt: Any, args: StepArgs) -> bool:
         mult = args.grad_mult
         native_mult = mult if isinstance(mult, K.MultOf) else (1.0 if mult is None else float(mult))
         if K.native_step(plan, opt.param_groups, opt.state, opt.algorithm, hyper_table(opt, args.cache),
-                         args.grad_scale, native_mult):
+                         args.grad_scale, native_mult, clipped=mult is not None):
             return True
         if not plan.stale:
             return False
@@ -177,6 +177,10 @@ def torch_fused_tier(opt: Any, args: StepArgs) -> bool:
                 st["step"] = step.to(device=p.device, dtype=torch.float32)
     for g in groups:
         opt.algorithm.torch_group_step(opt, g, True, grad_scale, args.found_inf)
+    # what the default path's in-place ops count, which torch's fused kernels do not count on
+    # every release: the parameters stepped, and the gradients where a clip changed them
+    stepped = [p for g in groups for p in g["params"] if p.grad is not None]
+    K.bump_stepped(stepped, [p.grad for p in stepped] if mult is not None else None)
     return True
 
 

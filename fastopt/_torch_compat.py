@@ -165,3 +165,29 @@ _MODE_ENABLED = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 def torch_function_mode_on() -> bool:
     """Whether a torch function mode is on (True where this torch cannot tell)."""
     return True if _MODE_ENABLED is None else bool(_MODE_ENABLED())
+
+
+def _increment_takes_lists() -> bool:
+    try:
+        torch._C._increment_version([torch.zeros(1), torch.zeros(1)])
+    except TypeError:  # (releases whose increment takes one tensor)
+        return False
+    return True
+
+
+_INCREMENT_TAKES_LISTS = _increment_takes_lists()
+
+
+def increment_versions(tensors: list[Tensor]) -> None:
+    """torch's ``increment_version`` over ``tensors`` (one call where this torch takes a list);
+    an inference tensor outside inference mode, which it skips, raises torch's own error first,
+    as an in-place op on it does."""
+    if not torch.is_inference_mode_enabled():
+        for t in tensors:
+            if t.is_inference():
+                t.copy_(t)  # (refused before it runs; were it let through, it changes nothing)
+    if _INCREMENT_TAKES_LISTS:
+        torch._C._increment_version(tensors)
+    else:
+        for t in tensors:
+            torch._C._increment_version(t)
