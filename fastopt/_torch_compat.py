@@ -170,7 +170,7 @@ def torch_function_mode_on() -> bool:
 def _increment_takes_lists() -> bool:
     try:
         torch._C._increment_version([torch.zeros(1), torch.zeros(1)])
-    except TypeError:  # (releases whose increment takes one tensor)
+    except (TypeError, RuntimeError):  # (releases whose increment takes one tensor)
         return False
     return True
 

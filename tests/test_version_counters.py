@@ -232,6 +232,7 @@ def test_bump_versions_raises_torchs_error_for_an_inference_tensor() -> None:
         K.bump_versions([t])
 
 
+@needs_cpu_scaler
 @pytest.mark.parametrize("torch_bump", [True, False])
 def test_a_coefficient_under_a_loss_scale_counts_in_held_gradients(torch_bump: bool,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
