@@ -229,9 +229,10 @@ PYBIND11_MODULE(_C, m) {
         "What gather_rows' layout (methods[8]) reads of one tensor: the addresses of its TensorImpl, storage,\n"
         "autograd meta, gradient TensorImpl and Python object, or None; to check the layout against torch.");
   m.def("bump_versions", &fastopt::bump_versions, py::arg("tensors"), py::arg("methods"), py::arg("plain"),
-        py::arg("bump"),
-        "Counts one in-place change in each tensor's version counter through torch's bump (its address);\n"
-        "returns the tensors it cannot reach, for torch's own increment_version.");
+        py::arg("bump"), py::arg("version") = 0,
+        "Counts one in-place change in each tensor's version counter through torch's bump (its address),\n"
+        "prefetching the counters along `version` (0: unknown); returns the tensors it cannot reach,\n"
+        "for torch's own increment_version.");
   m.def("bump_held", &fastopt::bump_held, py::arg("held"), py::arg("bump"),
         "bump_versions for the gradients a HeldGrads holds.");
   m.def("norm_table", &fastopt::norm_table, py::arg("tensors"), py::arg("codes"), py::arg("methods"),

@@ -808,21 +808,37 @@ void bump_one(VersionBump bump, void* at) {
 
 }  // namespace
 
-py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain, uint64_t bump) {
+py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain, uint64_t bump,
+                       Py_ssize_t version) {
   if (!PyList_Check(tensors.ptr())) throw py::type_error("bump_versions: tensors must be a list");
   if (bump == 0) throw std::invalid_argument("bump_versions: no bump function");
+  if (version < 0 || version >= 128 || version % 8 != 0)
+    throw std::invalid_argument("bump_versions: version must be 0 or a multiple of 8 below 128");
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
   const Py_ssize_t offset = m.shim.offset != 0 ? m.shim.offset : m.layout.tensor;
   const auto fn = reinterpret_cast<VersionBump>(bump);
   PyObject* list = tensors.ptr();
   py::list left;
-  // objects two stages ahead, their TensorImpls' first lines one stage ahead
+  // objects three stages ahead, then their TensorImpls' line with the counter's pointer, then
+  // the counter (without its offset: the objects two stages ahead, the TensorImpls' first lines
+  // one). The counter's pointer is read for the prefetch alone: a wrong offset prefetches
+  // another line, and the count itself is torch's.
   constexpr Py_ssize_t d = kTensorStage;
+  const Py_ssize_t s = version != 0 ? 1 : 0;
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
-    if (PyObject* t = item(list, i + 2 * d)) prefetch(t);
-    if (PyObject* t = item(list, i + d))
-      if (char* at = tensor_at(m.plain, offset, t)) prefetch_lines(word(at, 0), 2);
+    if (PyObject* t = item(list, i + (2 + s) * d)) prefetch(t);
+    if (PyObject* t = item(list, i + (1 + s) * d))
+      if (char* at = tensor_at(m.plain, offset, t)) {
+        if (version != 0)
+          prefetch(word(at, 0) + version);
+        else
+          prefetch_lines(word(at, 0), 2);
+      }
+    if (version != 0)
+      if (PyObject* t = item(list, i + d))
+        if (char* at = tensor_at(m.plain, offset, t))
+          if (char* counter = word(word(at, 0), version)) prefetch_lines(counter, 1);
     PyObject* t = PyList_GET_ITEM(list, i);
     if (char* at = tensor_at(m.plain, offset, t)) {
       bump_one(fn, at);

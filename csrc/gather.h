@@ -99,9 +99,11 @@ using VersionBump = void (*)(void*);
 // tensor object holds (where the shim or layout of `methods` says); returns, in order, the ones
 // it does not reach that way (not of a `plain` type, a borrowed tensor; every one where methods
 // know no at::Tensor offset), for the caller to bump through torch. torch's error becomes a
-// RuntimeError at the first tensor that raises it (the ones before it bumped).
+// RuntimeError at the first tensor that raises it (the ones before it bumped). `version`: where
+// a TensorImpl keeps its version counter's pointer (byte offset; 0: unknown), along which the
+// pass prefetches the counters (never read by it otherwise).
 pybind11::list bump_versions(pybind11::handle tensors, pybind11::handle methods, pybind11::handle plain,
-                             uint64_t bump);
+                             uint64_t bump, Py_ssize_t version);
 
 // The same for the gradients `held` holds.
 void bump_held(HeldGrads& held, uint64_t bump);

@@ -322,12 +322,35 @@ def _bump_function(methods: tuple = GATHER_METHODS) -> int:
 BUMP_VERSION = _bump_function()
 
 
+def _version_word(layout: tuple = _LAYOUT) -> int:
+    """Where a TensorImpl keeps the pointer to its version counter (a byte offset), along which
+    ``_C.bump_versions`` prefetches the counters: the one word, besides the storage's, that a
+    tensor shares with its views and detached aliases (which share its counter) and that another
+    tensor does not; 0 where no single word is, or without the layout. Prefetching only: the
+    count goes through torch's bump."""
+    if layout == NO_LAYOUT:
+        return 0
+    found = []
+    for make in (lambda: torch.zeros(8), lambda: torch.nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))):
+        a, other = make(), make()
+        aliases = [a.view(-1)[1:], a.view(-1)[2:5], a.detach()]
+        mine, theirs = _words(a._cdata, 16), _words(other._cdata, 16)
+        shared = [_words(t._cdata, 16) for t in aliases]
+        found.append({8 * i for i in range(1, 16) if mine[i] and mine[i] != theirs[i] and 8 * i != layout[1]
+                      and all(w[i] == mine[i] for w in shared)})
+    return _unique(sorted(set.intersection(*found)))
+
+
+VERSION_WORD = _version_word() if BUMP_VERSION else 0
+
+
 def bump_versions(tensors: list[Tensor]) -> None:
     """Count one in-place change in each of ``tensors``' version counters, as torch's in-place
     ops do (autograd then refuses a backward through a value the step changed, and an inference
     tensor outside inference mode raises torch's error): through torch's own bump in one native
     pass where found, else through ``torch.autograd.graph.increment_version``."""
-    left = _C.bump_versions(tensors, GATHER_METHODS, PLAIN_TYPES, BUMP_VERSION) if BUMP_VERSION else tensors
+    left = (_C.bump_versions(tensors, GATHER_METHODS, PLAIN_TYPES, BUMP_VERSION, VERSION_WORD) if BUMP_VERSION
+            else tensors)
     if left:
         increment_versions(left)
 

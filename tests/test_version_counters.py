@@ -7,6 +7,7 @@ torch's default path (``foreach=False`` on the CPU) is the oracle throughout.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Any
 
@@ -208,12 +209,29 @@ def test_bump_versions_counts_once_per_tensor_and_hands_back_other_types() -> No
     other = torch.zeros(2).as_subclass(Other)
     tensors = [base[1:], param, torch.zeros((), dtype=torch.bfloat16), other]
     before = [t._version for t in tensors]
-    left = K._C.bump_versions(tensors, K.GATHER_METHODS, K.PLAIN_TYPES, K.BUMP_VERSION)
-    assert len(left) == 1 and left[0] is other
-    assert [t._version for t in tensors] == [before[0] + 1, before[1] + 1, before[2] + 1, before[3]]
-    assert base._version == before[0] + 1  # a view shares its base's counter
+    for k, version in enumerate((0, K.VERSION_WORD)):  # with and without the counters prefetched
+        left = K._C.bump_versions(tensors, K.GATHER_METHODS, K.PLAIN_TYPES, K.BUMP_VERSION, version)
+        assert len(left) == 1 and left[0] is other
+        assert [t._version for t in tensors] == [v + k + 1 for v in before[:3]] + [before[3]]
+        assert base._version == before[0] + k + 1  # a view shares its base's counter
     K.bump_versions(tensors)
-    assert [t._version for t in tensors] == [v + 2 for v in before[:3]] + [before[3] + 1]
+    assert [t._version for t in tensors] == [v + 3 for v in before[:3]] + [before[3] + 1]
+    with pytest.raises(ValueError, match="multiple of 8"):
+        K._C.bump_versions(tensors, K.GATHER_METHODS, K.PLAIN_TYPES, K.BUMP_VERSION, 12)
+
+
+def test_the_version_word_points_at_each_tensors_counter() -> None:
+    """What the bump pass prefetches: the counter torch's ``_version`` reads (torch 2.13: a
+    VersionCounter whose count follows its reference counts)."""
+    if not K.VERSION_WORD:
+        pytest.skip("no layout (or no native bump) on this torch")
+    base = torch.zeros(4)
+    tensors = [base, base[1:], torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)), torch.zeros(3)]
+    tensors[3].add_(1).add_(1).add_(1)
+    words = [ctypes.c_uint64.from_address(t._cdata + K.VERSION_WORD).value for t in tensors]
+    assert words[0] == words[1] and len(set(words)) == 3
+    if torch.__version__.startswith("2.13."):
+        assert [ctypes.c_uint32.from_address(w + 16).value for w in words] == [t._version for t in tensors]
 
 
 def test_bump_versions_raises_torchs_error_for_an_inference_tensor() -> None:
