@@ -849,6 +849,51 @@ py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain,
   return left;
 }
 
+py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods, py::handle plain,
+                      py::handle functions) {
+  PyObject* tl = targets.ptr();
+  PyObject* sl = sources.ptr();
+  if (!PyList_Check(tl) || !PyList_Check(sl) || PyList_GET_SIZE(tl) != PyList_GET_SIZE(sl))
+    throw py::type_error("resize_like: targets and sources must be lists of one length");
+  if (!PyTuple_Check(functions.ptr()) || PyTuple_GET_SIZE(functions.ptr()) != 4)
+    throw py::type_error("resize_like: functions must be (resize_, get_dim, get_sizes, get_strides)");
+  uint64_t fn[4];
+  for (int k = 0; k < 4; ++k) {
+    fn[k] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(functions.ptr(), k));
+    if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+    if (fn[k] == 0) throw std::invalid_argument("resize_like: a shim function is missing");
+  }
+  const auto resize = reinterpret_cast<int32_t (*)(void*, const int64_t*, int64_t, int32_t*)>(fn[0]);
+  const auto get_dim = reinterpret_cast<int32_t (*)(void*, int64_t*)>(fn[1]);
+  const auto get_sizes = reinterpret_cast<int32_t (*)(void*, int64_t**)>(fn[2]);
+  const auto get_strides = reinterpret_cast<int32_t (*)(void*, int64_t**)>(fn[3]);
+  const py::str dtype_name("dtype");
+  const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
+  const Py_ssize_t offset = m.shim.offset != 0 ? m.shim.offset : m.layout.tensor;
+  const Py_ssize_t n = PyList_GET_SIZE(tl);
+  py::list restride;
+  Py_ssize_t done = 0;
+  for (; done < n; ++done) {
+    void* t = tensor_at(m.plain, offset, PyList_GET_ITEM(tl, done));
+    PyObject* source = PyList_GET_ITEM(sl, done);
+    if (t == nullptr) break;
+    if (source == Py_None) {  // a 0-dim tensor
+      if (resize(t, nullptr, 0, nullptr) != 0) break;
+      continue;
+    }
+    void* s = tensor_at(m.plain, offset, source);
+    int64_t dim = 0;
+    int64_t* sizes = nullptr;
+    if (s == nullptr || get_dim(s, &dim) != 0 || get_sizes(s, &sizes) != 0 || resize(t, sizes, dim, nullptr) != 0)
+      break;
+    int64_t* want = nullptr;
+    int64_t* got = nullptr;
+    if (get_strides(s, &want) != 0 || get_strides(t, &got) != 0) break;
+    if (!std::equal(want, want + dim, got)) restride.append(done);
+  }
+  return py::make_tuple(done, restride);
+}
+
 void bump_held(HeldGrads& held, uint64_t bump) {
   if (bump == 0) throw std::invalid_argument("bump_held: no bump function");
   const auto fn = reinterpret_cast<VersionBump>(bump);

@@ -108,6 +108,16 @@ pybind11::list bump_versions(pybind11::handle tensors, pybind11::handle methods,
 // The same for the gradients `held` holds.
 void bump_held(HeldGrads& held, uint64_t bump);
 
+// Resizes each tensor of `targets` (a list) in place to the sizes of the same item of
+// `sources` (a list of tensors; None: to a 0-dim tensor), contiguous, as Tensor.resize_ does,
+// through torch's C shim (`functions`: the addresses of aoti_torch_cpu_resize_, aoti_torch_get_dim,
+// aoti_torch_get_sizes, aoti_torch_get_strides) on the at::Tensor each plain tensor object holds
+// (where the shim or layout of `methods` says). Returns (how many were resized, from the first on:
+// the pass stops at one it cannot resize that way, not plain or a shim error, for the caller to
+// go on from; the indices among them whose strides now differ from their source's).
+pybind11::tuple resize_like(pybind11::handle targets, pybind11::handle sources, pybind11::handle methods,
+                            pybind11::handle plain, pybind11::handle functions);
+
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.
 using AddressReader = void* (*)(PyObject*);

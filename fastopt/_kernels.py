@@ -522,6 +522,46 @@ def _adam_fresh(opt_state: dict, p: Tensor, group: dict) -> tuple[tuple[str, str
 KINDS = ("zeros", "empty", "step")
 
 
+#: torch's C shim functions ``_C.resize_like`` resizes through
+_RESIZE_FUNCTIONS = ("aoti_torch_cpu_resize_", "aoti_torch_get_dim", "aoti_torch_get_sizes",
+                     "aoti_torch_get_strides")
+
+
+def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
+    """The addresses of torch's C shim functions with which ``_C.resize_like`` resizes new state
+    tensors without a call into torch's Python bindings (about 2 µs each), or ``()`` where this
+    torch lacks one, ``FASTOPT_DIRECT_READS=0``, or they disagree with ``Tensor.resize_`` on
+    probe tensors (sizes, strides, storage offset and size, which ones need restriding)."""
+    if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
+        return ()
+    functions = shim_functions(_RESIZE_FUNCTIONS)
+    if 0 in functions:
+        return ()
+    sources = [torch.zeros(3, 4), torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last),
+               torch.nn.Parameter(torch.zeros(7, dtype=torch.float64)), torch.zeros(0), None,
+               torch.zeros(2, 1, 1, 3).to(memory_format=torch.channels_last),
+               torch.zeros(4, dtype=torch.bfloat16)]
+    base = {d: torch.empty(0, dtype=d) for d in (torch.float32, torch.float64, torch.bfloat16)}
+    targets = [base[torch.float32 if s is None else s.dtype].new_empty(0) for s in sources]
+    try:
+        done, restride = _C.resize_like(targets, sources, methods, PLAIN_TYPES, functions)
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
+        return ()
+    want = [base[torch.float32 if s is None else s.dtype].new_empty(0).resize_(() if s is None else s.shape)
+            for s in sources]
+    if done != len(sources) or restride != [i for i, (s, w) in enumerate(zip(sources, want))
+                                            if s is not None and w.stride() != s.stride()]:
+        return ()
+    for t, w in zip(targets, want):
+        if (t.shape != w.shape or t.stride() != w.stride() or t.storage_offset() != w.storage_offset()
+                or t.untyped_storage().nbytes() != w.untyped_storage().nbytes() or t.dtype != w.dtype):
+            return ()
+    return functions
+
+
+RESIZE_FUNCTIONS = _resize_functions()
+
+
 def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], groups: list[dict]
                   ) -> dict[int, dict[str, Tensor]]:
     """The state tensors that ``algorithm.prepare`` would make for ``params`` (in ``groups``),
@@ -557,13 +597,15 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
             by_key.setdefault((key, kind), []).append((t, p))
     zeros: list[Tensor] = []
     for (_, kind), pairs in by_key.items():  # then the elements, a key at a time
-        if kind == "step":
-            for t, _ in pairs:
-                t.resize_(())
-        else:
-            for t, p in pairs:
-                t.resize_(p.shape)
-                if kind == "zeros" and t.stride() != p.stride():  # (zeros_like keeps a dense p's strides)
+        targets = [t for t, _ in pairs]
+        sources = [None if kind == "step" else p for _, p in pairs]
+        done, restride = (_C.resize_like(targets, sources, GATHER_METHODS, PLAIN_TYPES, RESIZE_FUNCTIONS)
+                          if RESIZE_FUNCTIONS else (0, []))
+        for t, p in zip(targets[done:], sources[done:]):  # (the long way: no shim, or from where it stopped)
+            t.resize_(() if p is None else p.shape)
+        if kind == "zeros":  # (zeros_like keeps a dense p's strides)
+            for t, p in [pairs[i] for i in restride] + pairs[done:]:
+                if t.stride() != p.stride():
                     t.as_strided_(p.shape, p.stride())
         if kind != "empty":
             zeros.extend(t for t, _ in pairs)

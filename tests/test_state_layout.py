@@ -57,8 +57,23 @@ def steps(name: str, n: int = 2, **extra: Any) -> tuple[Any, Any, list, list]:
     return ours, ref, ps, qs
 
 
+#: how new state tensors get their elements: through torch's C shim where found, else resize_
+RESIZES = ["shim", "resize_"]
+
+
+def resize_by(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make new state tensors' elements ``how`` (the shim's test skipped where torch lacks it)."""
+    if how == "resize_":
+        monkeypatch.setattr(_kernels, "RESIZE_FUNCTIONS", ())
+    elif not _kernels.RESIZE_FUNCTIONS:
+        pytest.skip("this torch's C shim cannot resize (aoti_torch_cpu_resize_ and the rest)")
+
+
+@pytest.mark.parametrize("how", RESIZES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_state_made_together_is_the_state_torch_makes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_made_together_is_the_state_torch_makes(name: str, how: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    resize_by(how, monkeypatch)
     calls: list[dict] = []
     premade = _kernels.premade_state
 
@@ -93,8 +108,11 @@ def made_by_factory(kind: str, p: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.skipif(_kernels.torch_function_mode_on(), reason="this torch cannot tell whether a mode is on")
+@pytest.mark.parametrize("how", RESIZES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_each_kind_is_the_tensor_its_factory_makes(name: str) -> None:
+def test_each_kind_is_the_tensor_its_factory_makes(name: str, how: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    resize_by(how, monkeypatch)
     ours_cls, _, opts = CASES[name]
     ps = odd_params()
     opt = ours_cls(ps, **opts)
@@ -158,3 +176,25 @@ def test_a_parameter_only_torch_can_step_among_new_ones(name: str) -> None:
         for key, t in ref.state[q].items():
             assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
             torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+
+
+def test_the_shim_resizes_as_resize_and_stops_where_it_cannot() -> None:
+    """``_C.resize_like`` against ``Tensor.resize_``: sizes, strides, storage; the ones whose strides
+    differ from their source's named; a tensor it cannot take (a subclass) stops the pass there."""
+    if not _kernels.RESIZE_FUNCTIONS:
+        pytest.skip("this torch's C shim cannot resize (aoti_torch_cpu_resize_ and the rest)")
+
+    class Other(torch.Tensor):
+        pass
+
+    sources = [torch.zeros(2, 3), None, torch.zeros(1, 4, 2, 2).to(memory_format=torch.channels_last),
+               torch.zeros(5), torch.zeros(6)]
+    targets = [torch.empty(0).new_empty(0) for _ in sources]
+    targets[4] = targets[4].as_subclass(Other)
+    done, restride = _kernels._C.resize_like(targets, sources, _kernels.GATHER_METHODS, _kernels.PLAIN_TYPES,
+                                             _kernels.RESIZE_FUNCTIONS)
+    assert (done, restride) == (4, [2])
+    for t, s in zip(targets[:4], sources[:4]):
+        want = torch.empty(0).resize_(() if s is None else s.shape)
+        assert tensor_facts(t) == tensor_facts(want)
+    assert targets[4].shape == (0,)
