@@ -26,7 +26,11 @@ _C = pytest.importorskip("fastopt._C")
 
 PAIRS = {"SGD": (fo.SGD, torch.optim.SGD), "Adam": (fo.Adam, torch.optim.Adam),
          "AdamW": (fo.AdamW, torch.optim.AdamW)}
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-14)}
+#: fp32's atol: with lr 0.3 and L2 decay 0.3 the parameters' last-bit differences from torch's
+#: feed back into the gradient through the decay, so after 5 steps a moment that cancels to about
+#: 0.01 from terms near 3 differs by up to 1.33e-6 (Adam, betas (0.3, 0.5), maximize: the worst
+#: over every option and two seeds); 4e-6 leaves a margin for the other shapes drawn.
+TOL = {torch.float32: dict(rtol=1e-5, atol=4e-6), torch.float64: dict(rtol=1e-12, atol=1e-14)}
 #: bf16/fp16: fastopt computes in float and rounds once per stored value, like the vectorised body
 #: of torch's kernels; only the elements torch handles in its scalar tail (it rounds every
 #: intermediate there) may differ. After a few steps that is well under 0.1% of the elements.

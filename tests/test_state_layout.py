@@ -65,8 +65,16 @@ def resize_by(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make new state tensors' elements ``how`` (the shim's test skipped where torch lacks it)."""
     if how == "resize_":
         monkeypatch.setattr(_kernels, "RESIZE_FUNCTIONS", ())
-    elif not _kernels.RESIZE_FUNCTIONS:
-        pytest.skip("this torch's C shim cannot resize (aoti_torch_cpu_resize_ and the rest)")
+    else:
+        needs_shim_resize()
+
+
+def needs_shim_resize() -> None:
+    """Skip where this torch's C shim lacks the resize functions; where it has them, fastopt must
+    have taken them (its probe agreed with ``Tensor.resize_``)."""
+    if 0 in _kernels.shim_functions(_kernels._RESIZE_FUNCTIONS):
+        pytest.skip("this torch exports no C shim resize (aoti_torch_cpu_resize_ and the rest)")
+    assert _kernels.RESIZE_FUNCTIONS, "the shim's resize disagreed with Tensor.resize_ on a probe"
 
 
 @pytest.mark.parametrize("how", RESIZES)
@@ -181,8 +189,7 @@ def test_a_parameter_only_torch_can_step_among_new_ones(name: str) -> None:
 def test_the_shim_resizes_as_resize_and_stops_where_it_cannot() -> None:
     """``_C.resize_like`` against ``Tensor.resize_``: sizes, strides, storage; the ones whose strides
     differ from their source's named; a tensor it cannot take (a subclass) stops the pass there."""
-    if not _kernels.RESIZE_FUNCTIONS:
-        pytest.skip("this torch's C shim cannot resize (aoti_torch_cpu_resize_ and the rest)")
+    needs_shim_resize()
 
     class Other(torch.Tensor):
         pass
