@@ -106,6 +106,10 @@ char* tensor_at(PyObject* plain, Py_ssize_t offset, PyObject* t) {
 // The at::Tensor of `t` for the shim (null: no shim, or see tensor_at).
 void* tensor_of(const Methods& m, PyObject* t) { return tensor_at(m.plain, m.shim.offset, t); }
 
+// Where a plain tensor object holds its at::Tensor as the shim or else the layout found it (0:
+// neither), for calls into torch that take an at::Tensor without needing the shim's readers.
+Py_ssize_t held_tensor_offset(const Methods& m) { return m.shim.offset != 0 ? m.shim.offset : m.layout.tensor; }
+
 bool address_of(const Methods& m, PyObject* t, uint64_t* out) {
   if (void* h = tensor_of(m, t)) {
     void* p = nullptr;
@@ -816,7 +820,7 @@ py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain,
     throw std::invalid_argument("bump_versions: version must be 0 or a multiple of 8 below 128");
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
-  const Py_ssize_t offset = m.shim.offset != 0 ? m.shim.offset : m.layout.tensor;
+  const Py_ssize_t offset = held_tensor_offset(m);
   const auto fn = reinterpret_cast<VersionBump>(bump);
   PyObject* list = tensors.ptr();
   py::list left;
@@ -869,7 +873,7 @@ py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods
   const auto get_strides = reinterpret_cast<int32_t (*)(void*, int64_t**)>(fn[3]);
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
-  const Py_ssize_t offset = m.shim.offset != 0 ? m.shim.offset : m.layout.tensor;
+  const Py_ssize_t offset = held_tensor_offset(m);
   const Py_ssize_t n = PyList_GET_SIZE(tl);
   py::list restride;
   Py_ssize_t done = 0;

@@ -114,8 +114,9 @@ def _tensor_offset(samples: list[Tensor]) -> int:
 
 
 def shim_functions(names: tuple[str, ...] = _SHIM_FUNCTIONS) -> tuple[int, ...]:
-    """The addresses of the C shim's functions ``names`` as this torch's ``torch_cpu`` library
-    exports them, 0 for each it lacks (all 0 without the library)."""
+    """The addresses of the functions ``names`` (the C shim's by default; any symbol it exports)
+    as this torch's ``torch_cpu`` library exports them, 0 for each it lacks (all 0 without the
+    library)."""
     found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
     try:
         lib = ctypes.CDLL(found[0])
@@ -288,15 +289,9 @@ def _bump_function(methods: tuple = GATHER_METHODS) -> int:
     refused; a tensor of another type handed back): ``increment_versions`` does it then."""
     if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
         return 0
-    found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu.*")))
-    try:
-        lib = ctypes.CDLL(found[0])
-    except (IndexError, OSError):
+    bump = next((address for address in shim_functions(_BUMP_SYMBOLS) if address), 0)
+    if not bump:
         return 0
-    fn = next((getattr(lib, s) for s in _BUMP_SYMBOLS if hasattr(lib, s)), None)
-    if fn is None:
-        return 0
-    bump = ctypes.cast(fn, ctypes.c_void_p).value or 0
     base = torch.arange(6.0)
     param = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
     param.grad = torch.ones(2, 3, dtype=torch.float64)
