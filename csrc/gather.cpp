@@ -6,11 +6,13 @@
 // object per read), and .grad/.dtype through their getters without attribute lookup.
 #include "gather.h"
 
+#include "dtype.h"
 #include "identity.h"
 #include "prefetch.h"
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -853,8 +855,36 @@ py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain,
   return left;
 }
 
+namespace {
+
+// Bytes per element of kernel dtype `code` (0: not a kernel dtype).
+std::size_t element_bytes(int code) {
+  switch (code) {
+    case kFloat32: return 4;
+    case kFloat64: return 8;
+    case kBFloat16:
+    case kFloat16: return 2;
+    default: return 0;
+  }
+}
+
+// Sets every element of at::Tensor `t` (contiguous, of a kernel dtype) to +0 through the shim's
+// reads, as zero_ would, but as no op of torch's (its version counter stays where it is);
+// false where the shim cannot read t or its dtype is none of the kernel's.
+bool zero_elements(const Methods& m, void* t) {
+  int64_t numel = 0;
+  void* data = nullptr;
+  if (m.shim.numel == nullptr || m.shim.numel(t, &numel) != 0) return false;
+  const std::size_t bytes = element_bytes(code_at(m, t));
+  if (bytes == 0 || m.shim.data_ptr(t, &data) != 0) return false;
+  if (numel > 0) std::memset(data, 0, static_cast<std::size_t>(numel) * bytes);
+  return true;
+}
+
+}  // namespace
+
 py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods, py::handle plain,
-                      py::handle functions) {
+                      py::handle functions, bool zero) {
   PyObject* tl = targets.ptr();
   PyObject* sl = sources.ptr();
   if (!PyList_Check(tl) || !PyList_Check(sl) || PyList_GET_SIZE(tl) != PyList_GET_SIZE(sl))
@@ -882,13 +912,14 @@ py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods
     PyObject* source = PyList_GET_ITEM(sl, done);
     if (t == nullptr) break;
     if (source == Py_None) {  // a 0-dim tensor
-      if (resize(t, nullptr, 0, nullptr) != 0) break;
+      if (resize(t, nullptr, 0, nullptr) != 0 || (zero && !zero_elements(m, t))) break;
       continue;
     }
     void* s = tensor_at(m.plain, offset, source);
     int64_t dim = 0;
     int64_t* sizes = nullptr;
-    if (s == nullptr || get_dim(s, &dim) != 0 || get_sizes(s, &sizes) != 0 || resize(t, sizes, dim, nullptr) != 0)
+    if (s == nullptr || get_dim(s, &dim) != 0 || get_sizes(s, &sizes) != 0 || resize(t, sizes, dim, nullptr) != 0 ||
+        (zero && !zero_elements(m, t)))
       break;
     int64_t* want = nullptr;
     int64_t* got = nullptr;

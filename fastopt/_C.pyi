@@ -101,6 +101,25 @@ def last_gather_threads() -> int:
     """Threads this thread's last gather_rows pass ran on (1: the calling thread alone; 0 before
     the first)."""
 
+def norm_table(tensors: list, codes: dict, methods: tuple, plain: tuple, strided: object,
+               getters: tuple, ptrs: npt.NDArray[np.uint64], numels: npt.NDArray[np.int64],
+               dtypes: npt.NDArray[np.int32]) -> bool:
+    """Each tensor's address, numel and dtype code into the arrays, in one pass: False at the first
+    that is not a plain contiguous CPU tensor of a kernel dtype."""
+
+def bump_versions(tensors: list, methods: tuple, plain: tuple, bump: int, version: int = 0) -> list:
+    """Counts one in-place change in each tensor's version counter through torch's bump_version;
+    returns the ones it does not reach, for torch's increment_version."""
+
+def bump_held(held: HeldGrads, bump: int) -> None:
+    """bump_versions for the gradients a HeldGrads holds."""
+
+def resize_like(targets: list, sources: list, methods: tuple, plain: tuple, functions: tuple,
+                zero: bool = False) -> tuple[int, list[int]]:
+    """Resizes each target to its source's sizes (None: 0-dim) through torch's C shim, then sets its
+    elements to +0 with ``zero``: (how many, from the first on; those whose strides differ from
+    their source's)."""
+
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""
 

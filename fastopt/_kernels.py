@@ -20,11 +20,12 @@ import ctypes
 import functools
 import glob
 import importlib
+import math
 import operator
 import os
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -457,9 +458,11 @@ def _sgd_prepare(opt_state: dict, p: Tensor, group: dict, made: dict[str, Tensor
         if buf.shape != p.shape or buf.dtype != p.dtype or not local(buf).is_contiguous():
             raise Fallback  # an unusual buffer: torch's path handles this parameter
         return {"momentum_buffer": buf}, False
-    buf = made["momentum_buffer"] if made else torch.empty_like(p, memory_format=torch.contiguous_format)
-    state["momentum_buffer"] = buf
-    return {"momentum_buffer": buf}, True  # the kernel copies the gradient in
+    if made:  # premade_state's buffer, as empty_like makes it
+        state["momentum_buffer"] = made["momentum_buffer"]
+        return made, True  # the kernel copies the gradient in
+    buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+    return {"momentum_buffer": buf}, True
 
 
 def _sgd_fresh(opt_state: dict, p: Tensor, group: dict) -> tuple[tuple[str, str], ...]:
@@ -490,6 +493,11 @@ def _adam_prepare(opt_state: dict, p: Tensor, group: dict, made: dict[str, Tenso
                   ) -> tuple[dict[str, Tensor], bool]:
     keys = _adam_buffers(group)
     state = opt_state[p]
+    if made and len(state) == 0:  # premade_state's tensors, each as torch makes it: nothing to check
+        state["step"] = made["step"]
+        for key in keys:
+            state[key] = made[key]
+        return made, False
     if len(state) == 0:  # as torch's first step: a float32 step counter, zero moments
         state["step"] = made["step"] if made else torch.tensor(0.0, dtype=scalar_dtype())
         for key in keys:
@@ -526,7 +534,8 @@ def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
     """The addresses of torch's C shim functions with which ``_C.resize_like`` resizes new state
     tensors without a call into torch's Python bindings (about 2 µs each), or ``()`` where this
     torch lacks one, ``FASTOPT_DIRECT_READS=0``, or they disagree with ``Tensor.resize_`` on
-    probe tensors (sizes, strides, storage offset and size, which ones need restriding)."""
+    probe tensors (sizes, strides, storage offset and size, which ones need restriding), or the
+    zeroing leaves an element other than +0 (one probe's memory held NaN) or counts a version."""
     if _C is None or os.environ.get("FASTOPT_DIRECT_READS") == "0":
         return ()
     functions = shim_functions(_RESIZE_FUNCTIONS)
@@ -535,11 +544,12 @@ def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
     sources = [torch.zeros(3, 4), torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last),
                torch.nn.Parameter(torch.zeros(7, dtype=torch.float64)), torch.zeros(0), None,
                torch.zeros(2, 1, 1, 3).to(memory_format=torch.channels_last),
-               torch.zeros(4, dtype=torch.bfloat16)]
+               torch.zeros(4, dtype=torch.bfloat16), torch.zeros(3, 4)]
     base = {d: torch.empty(0, dtype=d) for d in (torch.float32, torch.float64, torch.bfloat16)}
     targets = [base[torch.float32 if s is None else s.dtype].new_empty(0) for s in sources]
+    targets[-1] = torch.full((3, 4), math.nan).resize_(0)  # (memory the zeroing must overwrite)
     try:
-        done, restride = _C.resize_like(targets, sources, methods, PLAIN_TYPES, functions)
+        done, restride = _C.resize_like(targets, sources, methods, PLAIN_TYPES, functions, True)
     except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
         return ()
     want = [base[torch.float32 if s is None else s.dtype].new_empty(0).resize_(() if s is None else s.shape)
@@ -549,8 +559,11 @@ def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
         return ()
     for t, w in zip(targets, want):
         if (t.shape != w.shape or t.stride() != w.stride() or t.storage_offset() != w.storage_offset()
-                or t.untyped_storage().nbytes() != w.untyped_storage().nbytes() or t.dtype != w.dtype):
+                or t.untyped_storage().nbytes() != w.untyped_storage().nbytes() or t.dtype != w.dtype
+                or bool((t != 0).any()) or bool(t.signbit().any())):
             return ()
+    if any(t._version != 0 for t in targets[:-1]):
+        return ()
     return functions
 
 
@@ -569,47 +582,62 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
     device context would change what the factories make); empty where nothing is made."""
     if torch_function_mode_on():
         return {}
-    wants = []
+    wants: list[tuple[int, Tensor, tuple[tuple[str, str], ...]]] = []
+    empty_keys: dict[int, tuple[tuple[str, str], ...]] = {}  # by group: what a parameter without state gets
     for i, (p, group) in enumerate(zip(params, groups)):
-        if type(p) in PLAIN_TYPES and p.device.type == "cpu":
-            keys = algorithm.fresh(opt_state, p, group)
+        if type(p) in PLAIN_TYPES and p.is_cpu:
+            st = opt_state.get(p)
+            if st is None or (type(st) is dict and not st):  # (no state: the same keys for the whole group)
+                keys = empty_keys.get(id(group))
+                if keys is None:
+                    keys = empty_keys[id(group)] = algorithm.fresh({}, p, group)
+            else:
+                keys = algorithm.fresh(opt_state, p, group)
             if keys:
                 wants.append((i, p, keys))
     if len(wants) < 2:
         return {}
     step_dtype = scalar_dtype()
-    bases: dict[torch.dtype, Tensor] = {}  # an empty tensor per dtype: new_empty(0) is the cheap factory
+    factories: dict[torch.dtype, Callable[[], Tensor]] = {}  # an empty tensor's new(): the cheapest factory
     made: dict[int, dict[str, Tensor]] = {}
-    by_key: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}  # (key, kind): (tensor, parameter)
-    for i, p, keys in wants:  # the objects and metadata, in the order a step reads them
-        row = made[i] = {}
-        for key, kind in keys:
-            dtype = step_dtype if kind == "step" else p.dtype
-            base = bases.get(dtype)
-            if base is None:
-                base = bases[dtype] = torch.empty(0, dtype=dtype)
-            t = row[key] = base.new_empty(0)
-            by_key.setdefault((key, kind), []).append((t, p))
-    zeros: list[Tensor] = []
-    for (_, kind), pairs in by_key.items():  # then the elements, a key at a time
-        targets = [t for t, _ in pairs]
-        sources = [None if kind == "step" else p for _, p in pairs]
-        done, restride = (_C.resize_like(targets, sources, GATHER_METHODS, PLAIN_TYPES, RESIZE_FUNCTIONS)
-                          if RESIZE_FUNCTIONS else (0, []))
+    by_key: dict[tuple[str, str], tuple[list[Tensor], list[Tensor]]] = {}  # (key, kind): tensors, parameters
+    start = 0
+    while start < len(wants):  # the objects and metadata, in the order a step reads them
+        _, p0, keys = wants[start]
+        end = start + 1  # a run of parameters of one dtype with the same keys
+        while end < len(wants) and wants[end][2] == keys and wants[end][1].dtype == p0.dtype:
+            end += 1
+        makers = []
+        for _, kind in keys:
+            dtype = step_dtype if kind == "step" else p0.dtype
+            if dtype not in factories:
+                factories[dtype] = torch.empty(0, dtype=dtype).new
+            makers.append(factories[dtype])
+        run = wants[start:end]
+        tensors = [make() for _ in run for make in makers]
+        names = [key for key, _ in keys]
+        width = len(keys)
+        for r, (i, _, _) in enumerate(run):
+            made[i] = dict(zip(names, tensors[r * width:(r + 1) * width]))
+        run_params = [p for _, p, _ in run]
+        for k, key_kind in enumerate(keys):
+            made_of, params_of = by_key.setdefault(key_kind, ([], []))
+            made_of.extend(tensors[k::width])
+            params_of.extend(run_params)
+        start = end
+    for (_, kind), (targets, params_of) in by_key.items():  # then the elements, a key at a time
+        sources: list[Tensor | None] = [None] * len(targets) if kind == "step" else params_of
+        done, restride = (_C.resize_like(targets, sources, GATHER_METHODS, PLAIN_TYPES, RESIZE_FUNCTIONS,
+                                         kind != "empty") if RESIZE_FUNCTIONS else (0, []))
         for t, p in zip(targets[done:], sources[done:]):  # (the long way: no shim, or from where it stopped)
             t.resize_(() if p is None else p.shape)
+            if kind != "empty":  # (zeros in memory, not by an op: the version counter stays at 0)
+                t.untyped_storage().fill_(0)
         if kind == "zeros":  # (zeros_like keeps a dense p's strides)
-            for t, p in [pairs[i] for i in restride] + pairs[done:]:
+            for j in [*restride, *range(done, len(targets))]:
+                t, p = targets[j], params_of[j]
                 if t.stride() != p.stride():
                     t.as_strided_(p.shape, p.stride())
-        if kind != "empty":
-            zeros.extend(t for t, _ in pairs)
-    zero_all = getattr(torch, "_foreach_zero_", None)  # (one call for all; else one each)
-    if zero_all is not None and zeros:
-        zero_all(zeros)
-    else:
-        for t in zeros:
-            t.zero_()
     return made
 
 
@@ -698,11 +726,14 @@ def group_settings(group: dict) -> tuple[bool, bool, bool]:
     return bool(group.get("differentiable")), bool(group.get("capturable")), tensor_valued
 
 
-def group_native(group: dict) -> bool:
+def group_native(group: dict, params_checked: bool = False) -> bool:
     """Whether the native kernel can step a group: CPU, contiguous, a dtype it knows, plain
-    (non-tensor) hyperparameters, neither differentiable nor capturable."""
+    (non-tensor) hyperparameters, neither differentiable nor capturable (``params_checked``: the
+    parameters' part was found true already, by ``tensor_table``)."""
     if _C is None or any(group_settings(group)):
         return False
+    if params_checked:
+        return True
     for p in map(local, group["params"]):
         if p.device.type != "cpu" or p.dtype not in DTYPE_CODES or not p.is_contiguous():
             return False
@@ -711,6 +742,34 @@ def group_native(group: dict) -> bool:
 
 def _as_uint64(values: list[int]) -> np.ndarray:
     return np.fromiter(values, dtype=np.uint64, count=len(values))
+
+
+#: Tensor's is_cpu and layout getters, which ``_C.norm_table`` calls directly where it may
+_TABLE_GETTERS = (getset("is_cpu"), getset("layout"))
+
+TensorTable = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def tensor_table(tensors: list[Tensor]) -> TensorTable | None:
+    """Each tensor's address, number of elements and dtype code, read in one native pass
+    (``_C.norm_table``, with the step's own reads: see ``GATHER_METHODS``); None unless every
+    one is a plain contiguous CPU tensor of a kernel dtype."""
+    if _C is None:
+        return None
+    n = len(tensors)
+    ptrs = np.empty(n, dtype=np.uint64)
+    numels = np.empty(n, dtype=np.int64)
+    dtypes = np.empty(n, dtype=np.int32)
+    if not _C.norm_table(tensors, DTYPE_CODES, GATHER_METHODS, PLAIN_TYPES, torch.strided, _TABLE_GETTERS,
+                         ptrs, numels, dtypes):
+        return None
+    return ptrs, numels, dtypes
+
+
+def addresses(tensors: list[Tensor]) -> np.ndarray:
+    """Each tensor's ``data_ptr()``, one native pass where ``tensor_table`` reads them all."""
+    table = tensor_table(tensors)
+    return table[0] if table is not None else _as_uint64(list(map(Tensor.data_ptr, tensors)))
 
 
 class Plan:
@@ -726,28 +785,38 @@ class Plan:
         self.params: list[Tensor] = [p for g in groups for p in g["params"]]
         self.param_addresses = param_addresses(groups)  # (self.params keeps them alive)
         ids = [id(p) for p in self.params]
-        self.native = len(set(ids)) == len(ids) and all(group_native(g) for g in groups)
-        if self.native:  # parameters sharing storage step one after another on torch's path
-            self.native = not shares_storage([local(p) for p in self.params])
         # FSDP2: sharded parameters step on their local shards
         self.sharded = any(type(p) not in PLAIN_TYPES for p in self.params)
+        distinct = len(set(ids)) == len(ids)
+        # plain parameters: one native pass reads what group_native checks of them (else the long way)
+        table = tensor_table(self.params) if distinct and not self.sharded else None
+        self.native = distinct and all(group_native(g, table is not None) for g in groups)
+        if self.native:  # (parameters sharing storage step one after another on torch's path)
+            if table is not None:
+                starts = table[0][table[1] > 0]
+                self.native = len(np.unique(starts)) == len(starts)
+            else:
+                self.native = not shares_storage([local(p) for p in self.params])
         if not self.native:
             return
-        locals_ = [local(p) for p in self.params] if self.sharded else self.params
         sizes = [len(g["params"]) for g in groups]
         self.group_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-        self.numels = np.fromiter((p.numel() for p in locals_), dtype=np.int64, count=len(self.params))
-        self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in locals_), dtype=np.int32,
-                                  count=len(self.params))
+        if table is not None:
+            self.param_ptrs, self.numels, self.dtypes = table
+        else:
+            locals_ = [local(p) for p in self.params] if self.sharded else self.params
+            self.numels = np.fromiter((p.numel() for p in locals_), dtype=np.int64, count=len(self.params))
+            self.dtypes = np.fromiter((DTYPE_CODES.get(p.dtype, -1) for p in locals_), dtype=np.int32,
+                                      count=len(self.params))
+            self.param_ptrs = _as_uint64([p.data_ptr() for p in locals_])
         self.ptrs = np.zeros((len(self.params), len(algorithm.columns)), dtype=np.uint64)
-        self.param_ptrs = _as_uint64([p.data_ptr() for p in locals_])
         self.param_column = algorithm.column("param")
         self.ptrs[:, self.param_column] = self.param_ptrs
         self.ready = np.zeros(len(self.params), dtype=bool)  # state pointers filled in
         self.every_row = np.arange(len(self.params))
         self.table: tuple | None = None  # the hyperparameter table ``rows`` was made from
         self.rows: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int32), np.zeros((0, 0)))
-        self.keep: list[dict[str, Tensor]] = [{} for _ in self.params]  # state tensors pointed to
+        self.keep: list[dict[str, Tensor]] = [NO_STATE] * len(self.params)  # state tensors pointed to
         # what the state looked like when the pointers were taken (see check_state)
         self.states: list[dict] = [NO_STATE] * len(self.params)  # each row's state dict
         self.row_values: list[tuple] = [()] * len(self.params)  # and its entries
@@ -840,13 +909,17 @@ class Plan:
         """Remember the state as it is now, after rows were prepared."""
         self._remember(state, list(map(state.get, self.params, repeat(NO_STATE))))
         rows = np.flatnonzero(self.ready)
-        tensors, owners = [], []
-        for i in rows.tolist():
-            for t in self.keep[i].values():
-                tensors.append(local(t))
-                owners.append(i)
+        kept = [self.keep[i] for i in rows.tolist()]
+        tensors = list(chain.from_iterable(map(dict.values, kept)))
+        if self.sharded:
+            tensors = list(map(local, tensors))
+        owners = np.repeat(rows, list(map(len, kept)))
         self.state_tensors = tensors
         self.state_rows = np.asarray(owners, dtype=np.int64)
+        table = tensor_table(tensors)
+        if table is not None:
+            self.state_ptrs, self.state_numels, self.state_dtypes = table
+            return
         self.state_ptrs = np.fromiter(map(Tensor.data_ptr, tensors), dtype=np.uint64, count=len(tensors))
         self.state_numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
         self.state_dtypes = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int32,
@@ -869,7 +942,7 @@ def state_snapshot(state: dict) -> tuple[np.ndarray, tuple]:
     """Identity snapshot of an optimizer's state (``_C.state_addresses``) and the objects it
     stands for, to be kept alive with it: no other object can then take one of the addresses."""
     dicts = list(state.values())
-    held = (list(state), dicts, [list(d.items()) for d in dicts if isinstance(d, dict)])
+    held = (list(state), dicts, [(*d, *d.values()) for d in dicts if isinstance(d, dict)])  # (keys, entries)
     return _C.state_addresses(state), held
 
 
@@ -974,16 +1047,21 @@ def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
         rows_todo = todo.tolist()
         row_groups = [groups[g] for g in plan.group_of[todo].tolist()]
         made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups)
+        columns: dict[str, tuple[list[int], list[Tensor]]] = {}  # key: rows, tensors to point to
         try:
             for k, (i, group) in enumerate(zip(rows_todo, row_groups)):
                 p = params[i]
-                tensors, first[i] = algorithm.prepare(state, p, group, made.get(k))
-                if first[i]:
+                tensors, first_step = algorithm.prepare(state, p, group, made.get(k))
+                if first_step:
+                    first[i] = True
                     created.append((state[p], tensors))
                 for key, t in tensors.items():
-                    plan.ptrs[i, algorithm.column(key)] = local(t).data_ptr()
+                    column = columns.get(key)
+                    if column is None:
+                        column = columns[key] = ([], [])
+                    column[0].append(i)
+                    column[1].append(t)
                 plan.keep[i] = tensors
-                plan.ready[i] = True
         except Fallback:
             # torch's path takes this step: buffers made for the kernel to fill must not reach
             # it (it would read them as state), so they go again
@@ -992,6 +1070,10 @@ def _native_step(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
                     st.pop(key, None)
             plan.native = False  # until the groups change: torch's path
             return False
+        for key, (key_rows, tensors_of) in columns.items():
+            plan.ptrs[key_rows, algorithm.column(key)] = addresses(
+                list(map(local, tensors_of)) if plan.sharded else tensors_of)
+        plan.ready[todo] = True
     if len(todo) or not unchanged:
         plan.snapshot(state)
     # every row: the plan's own table, whose gradient column is filled here and read by nothing else

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import _kernels
 from ._core import _C
-from ._kernels import DTYPE_CODES, PLAIN_TYPES, getset, is_sharded
+from ._kernels import is_sharded
 from ._torch_compat import get_total_norm
 
 __all__ = ["NormTable", "check_clip_grad", "clip_coefficient", "clip_in_next_step", "clips_all_it_steps",
@@ -79,28 +79,17 @@ def check_clip_grad(clip_type: str, kwargs: dict[str, Any]) -> None:
 #: (pointers, sizes, dtype codes) of the gradients the native norm pass reads
 NormTable = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-#: Tensor's is_cpu and layout getters, which ``_C.norm_table`` calls directly where it may
-_TABLE_GETTERS = (getset("is_cpu"), getset("layout"))
-
-
 def native_norm_table(grads: list[Tensor], norm_type: float) -> NormTable | None:
     """What the native norm pass needs of ``grads``, or None when it does not take them: only
     plain (not sharded) contiguous CPU tensors of a kernel dtype, the 2- or inf-norm, and no
     empty tensor for the inf-norm (which torch refuses: let it say so). One native pass reads
-    them all (``_C.norm_table``, with the step's own reads: see ``_kernels.GATHER_METHODS``)."""
+    them all (``_kernels.tensor_table``)."""
     if _C is None or norm_type not in (2.0, math.inf) or not grads:
         return None
-    grads = grads if type(grads) is list else list(grads)
-    n = len(grads)
-    ptrs = np.empty(n, dtype=np.uint64)
-    numels = np.empty(n, dtype=np.int64)
-    dtypes = np.empty(n, dtype=np.int32)
-    if not _C.norm_table(grads, DTYPE_CODES, _kernels.GATHER_METHODS, PLAIN_TYPES, torch.strided,
-                         _TABLE_GETTERS, ptrs, numels, dtypes):
+    table = _kernels.tensor_table(grads if type(grads) is list else list(grads))
+    if table is None or (norm_type == math.inf and not table[1].all()):
         return None
-    if norm_type == math.inf and not numels.all():
-        return None
-    return ptrs, numels, dtypes
+    return table
 
 
 def total_norm(grads: list[Tensor], norm_type: float | str = 2.0, divide_by: float = 1.0,

@@ -512,7 +512,7 @@ def torch_fused_tier_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
     if needs_fused_on_cpu.args[0]:
         pytest.skip(needs_fused_on_cpu.kwargs["reason"])
-    monkeypatch.setattr(_kernels, "group_native", lambda group: False)
+    monkeypatch.setattr(_kernels, "group_native", lambda group, params_checked=False: False)
     monkeypatch.setattr(_tiers, "TORCH_FUSED_DEVICES", ("cpu",))
 
 

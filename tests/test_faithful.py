@@ -446,6 +446,36 @@ def test_more_mutations_give_torchs_result(name: str, mutation: str) -> None:
     twin.assert_same()
 
 
+@pytest.mark.parametrize("when", ["from the first step", "after p.data ="])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_parameters_on_the_same_memory_step_one_after_another(name: str, when: str) -> None:
+    """Two parameter objects over the same elements (``Parameter(a.data)``, a tied copy, or
+    ``p.data =`` another's data after some native steps) step one after the other as torch's
+    loop does, each reading what the one before wrote: never in one native pass, which would
+    read both before either wrote."""
+    ours_cls, ref_cls = PAIRS[name]
+    gen = torch.Generator().manual_seed(3)
+    a, c = (torch.nn.Parameter(torch.randn(6, 4, generator=gen)) for _ in range(2))
+    b = torch.nn.Parameter(a.data if when == "from the first step" else torch.randn(6, 4, generator=gen))
+    ps = [a, b, c]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    if when == "from the first step":
+        qs[1] = torch.nn.Parameter(qs[0].data)
+    ours, ref = ours_cls(ps, **OPTS[name]), ref_cls(qs, foreach=False, **OPTS[name])
+    for step in range(4):
+        if step == 2 and when == "after p.data =":
+            assert ours.fastopt_tier == "native"
+            c.data, qs[2].data = a.data, qs[0].data
+        for p, q in zip(ps, qs):
+            g = torch.randn(6, 4, generator=gen)
+            p.grad, q.grad = g.clone(), g
+        ours.step()
+        ref.step()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    assert ours.fastopt_tier == "torch"
+
+
 def test_sgd_first_step_buffers_do_not_reach_torchs_path() -> None:
     """A first-step momentum buffer made for the kernel, then another parameter sends the step
     to torch's path: the buffer must not be there for torch to read."""

@@ -356,7 +356,7 @@ def test_device_path_uses_torch_fused_kernels(name: str, monkeypatch: pytest.Mon
     """Tensors the native kernel does not take (e.g. CUDA) step through torch's fused kernel
     on the merged groups. Exercised on CPU by routing CPU tensors to that path."""
     ours_cls, ref_cls = PAIRS[name]
-    monkeypatch.setattr(_kernels, "group_native", lambda group: False)
+    monkeypatch.setattr(_kernels, "group_native", lambda group, params_checked=False: False)
     monkeypatch.setattr(_tiers, "TORCH_FUSED_DEVICES", ("cpu",))
     torch.manual_seed(0)
     ps = [torch.randn(s, requires_grad=True) for s in [(5, 3), (7,), (0,)]]

@@ -135,6 +135,12 @@ def test_each_kind_is_the_tensor_its_factory_makes(name: str, how: str,
             assert tensor_facts(made[i][key]) == tensor_facts(want), (i, key)
             if kind != "empty":
                 assert torch.equal(made[i][key], want), (i, key)
+                assert not made[i][key].signbit().any(), (i, key)  # (+0, as zero_ writes)
+            # The shim's resize and zeroing are no ops of torch's: the counter stays where the
+            # factory leaves it, except where as_strided_ gave the tensor p's strides, and the
+            # long way's Tensor.resize_ counts a change of size.
+            if how == "shim" and want.stride() == torch.empty(want.shape).stride():
+                assert made[i][key]._version == want._version, (i, key)
 
 
 @pytest.mark.skipif(_kernels.torch_function_mode_on(), reason="this torch cannot tell whether a mode is on")

@@ -47,7 +47,7 @@ def _optimizers(name: str, tier: str, monkeypatch: pytest.MonkeyPatch) -> tuple[
     elif tier == "torch-fused":  # torch's fused kernels on the CPU stand in for a GPU's
         if needs_fused_on_cpu.args[0]:
             pytest.skip(needs_fused_on_cpu.kwargs["reason"])
-        monkeypatch.setattr(K, "group_native", lambda group: False)
+        monkeypatch.setattr(K, "group_native", lambda group, params_checked=False: False)
         monkeypatch.setattr(_tiers, "TORCH_FUSED_DEVICES", ("cpu",))
     return ours, ref
 
