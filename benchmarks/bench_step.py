@@ -8,6 +8,7 @@ backward), so no implementation can rely on cached gradient pointers.
     python benchmarks/bench_step.py                      # Swin-L Cascade Mask R-CNN, AdamW and SGD
     python benchmarks/bench_step.py --model vitdet_h --optimizer adamw
     python benchmarks/bench_step.py --scale              # per-tensor cost, 400 ... 100,000 tensors
+    python benchmarks/bench_step.py --first              # the first step (state made), vs torch
 
 Variants:
   mmengine            mmengine 0.10.7 build_optim_wrapper as is: one group per parameter
@@ -40,6 +41,7 @@ from fastopt.tools.bench import (
     log,
     machine,
     machine_line,
+    time_once,
 )
 from fastopt.tools.check import installed_reference
 
@@ -161,13 +163,13 @@ def report(fig: dict[str, Any]) -> bool:
     return ok
 
 
-def _fused_or_foreach(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """torch's AdamW arguments with ``fused=True`` where this torch steps fused on the CPU (2.4
-    on), else ``foreach=True``."""
+def _fused_or_foreach(kwargs: dict[str, Any], cls: type = torch.optim.AdamW) -> dict[str, Any]:
+    """torch's arguments for ``cls`` (AdamW) with ``fused=True`` where this torch steps it fused
+    on the CPU (AdamW from 2.4 on), else ``foreach=True``."""
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = torch.ones(2)
     try:
-        torch.optim.AdamW([p], **kwargs, fused=True).step()
+        cls([p], **kwargs, fused=True).step()
     except (RuntimeError, ValueError):
         return dict(kwargs, foreach=True)
     return dict(kwargs, fused=True)
@@ -372,6 +374,59 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FIRST_COUNTS = (400, 4_000, 100_000)
+
+
+def first_steps(counts: tuple[int, ...] = FIRST_COUNTS, elements: int = SCALE_ELEMENTS,
+                repeats: int = 5) -> list[dict[str, Any]]:
+    """The first step, the one that makes the optimizer's state: ``elements`` elements split
+    into N equal tensors, AdamW and SGD with momentum, fastopt against torch's fused and default
+    (``foreach=False``) step; every repeat a new list, gradients and optimizer for each (untimed,
+    earlier garbage collected), the variants' order rotated by one each repeat; medians."""
+    gen = torch.Generator().manual_seed(0)
+    cfgs = {"adamw": {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"},
+            "sgd": {k: v for k, v in OPTIMIZER_CFGS["sgd"].items() if k != "type"}}
+    classes = {"adamw": (fastopt.optim.AdamW, torch.optim.AdamW), "sgd": (fastopt.optim.SGD, torch.optim.SGD)}
+    rows = []
+    for n in counts:
+        for name, kwargs in cfgs.items():
+            ours, theirs = classes[name]
+            variants = {"fastopt": lambda ps, k=kwargs, c=ours: c(ps, **k),
+                        "torch fused": lambda ps, k=kwargs, c=theirs: c(ps, **_fused_or_foreach(k, c)),
+                        "torch default": lambda ps, k=kwargs, c=theirs: c(ps, foreach=False, **k)}
+            times: dict[str, list[float]] = {k: [] for k in variants}
+            names = list(variants)
+            for r in range(repeats):
+                for k in names[r % len(names):] + names[:r % len(names)]:
+                    params = [torch.nn.Parameter(torch.randn(elements // n, generator=gen)) for _ in range(n)]
+                    for p in params:
+                        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+                    opt = variants[k](params)
+                    dt, _ = time_once(opt.step)
+                    times[k].append(dt)
+                    del opt, params
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            rows.append({"tensors": n, "optimizer": name, "fastopt_s": med["fastopt"],
+                         "torch_fused_s": med["torch fused"], "torch_default_s": med["torch default"],
+                         "fused_vs_fastopt": med["torch fused"] / med["fastopt"],
+                         "default_vs_fastopt": med["torch default"] / med["fastopt"]})
+            log(f"  first step, {n:,} tensors, {name}: done")
+    return rows
+
+
+def first_table(rows: list[dict[str, Any]]) -> str:
+    """The ``first_steps`` rows as a table."""
+    lines = [f"The first step (state made), {SCALE_ELEMENTS:,} elements split into N equal tensors "
+             "(medians, one run)",
+             f"{'tensors':>9} {'optimizer':>9} {'fastopt':>11} {'torch fused':>12} {'torch default':>14} "
+             f"{'fastopt faster: than fused':>27} {'than default':>13}"]
+    for r in rows:
+        lines.append(f"{r['tensors']:>9,} {r['optimizer']:>9} {r['fastopt_s'] * 1e3:>8.1f} ms "
+                     f"{r['torch_fused_s'] * 1e3:>9.1f} ms {r['torch_default_s'] * 1e3:>11.1f} ms "
+                     f"{r['fused_vs_fastopt']:>26.2f}x {r['default_vs_fastopt']:>12.2f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the step benchmark; print tables (and JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -383,10 +438,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=None, help="zoo width multiplier (default: ~30M elements)")
     ap.add_argument("--scale", action="store_true",
                     help="only the per-tensor cost table: 400 ... 100,000 tensors of 8M elements in all")
+    ap.add_argument("--first", action="store_true",
+                    help="only the first step (state made): 400 ... 100,000 tensors, AdamW and SGD, vs torch")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
     args = ap.parse_args(argv)
+    if args.first:
+        info = machine()
+        print(f"machine: {machine_line(info)}")
+        rows = first_steps(repeats=min(args.repeats, 5))
+        print(first_table(rows))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": info, "first": rows}, fh, indent=2)
+        return 0
     if args.scale:
         info = machine()
         print(f"machine: {machine_line(info)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -38,6 +39,29 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert "contiguous" in table
     assert "from backward" in table and "state per param" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
+
+
+def test_first_step_rows_time_every_variant_from_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_step = script("bench_step")
+    seen: list[tuple[str, int]] = []  # (optimizer class, state entries before the timed step)
+    real = bench_step.time_once
+
+    def spy(fn: Any) -> Any:
+        opt = fn.__self__
+        seen.append((type(opt).__module__.split(".")[0], len(opt.state)))
+        return real(fn)
+
+    monkeypatch.setattr(bench_step, "time_once", spy)
+    rows = bench_step.first_steps(counts=(4, 16), elements=256, repeats=2)
+    want = [(n, o) for n in (4, 16) for o in ("adamw", "sgd")]
+    assert [(r["tensors"], r["optimizer"]) for r in rows] == want
+    for r in rows:
+        assert all(r[k] > 0 for k in ("fastopt_s", "torch_fused_s", "torch_default_s"))
+    # every timed step is an optimizer's first (no state yet): 3 variants, 2 repeats, 4 rows
+    assert len(seen) == 24 and all(entries == 0 for _, entries in seen)
+    assert sorted({cls for cls, _ in seen}) == ["fastopt", "torch"]
+    table = bench_step.first_table(rows)
+    assert len(table.splitlines()) == 2 + len(rows) and "torch fused" in table
 
 
 def twin_lists(seed: int, random_values: bool
@@ -135,6 +159,37 @@ def test_interleaved_steps_rotate_their_order(rotate: bool) -> None:
     assert order[:3] == list("abc")  # (the warmup)
     rounds = ["".join(order[3 + 3 * r:6 + 3 * r]) for r in range(4)]
     assert rounds == (["abc", "bca", "cab", "abc"] if rotate else ["abc"] * 4)
+
+
+def test_interleaved_steps_time_each_first_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastopt.tools import bench
+
+    calls: dict[str, int] = {}
+    timed: list[tuple[str, int]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self) -> None:
+            calls[self.name] = calls.get(self.name, 0) + 1
+
+    real = bench._timed_step
+
+    def spy(step: Any, device: Any) -> tuple[float, int]:
+        before = dict(calls)
+        out = real(step, device)
+        timed.append(next((k, calls[k]) for k in calls if calls[k] != before.get(k)))
+        return out
+
+    monkeypatch.setattr(bench, "_timed_step", spy)
+    firsts: dict[str, float] = {}
+    bench.interleaved_step_times({k: Recorder(k) for k in "ab"}, lambda name, r: None,  # type: ignore[misc]
+                                 repeats=3, warmup=2, progress=lambda msg: None, firsts=firsts)
+    assert set(firsts) == set("ab") and all(t >= 0 for t in firsts.values())
+    # each optimizer's first step timed, its second (warmup) not, then every repeat
+    assert timed[:2] == [("a", 1), ("b", 1)] and len(timed) == 2 + 2 * 3
+    assert calls == {"a": 5, "b": 5}
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the probe reads /proc")

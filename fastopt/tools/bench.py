@@ -168,9 +168,11 @@ def _timed_step(step: Callable[[], Any], device: torch.device | None) -> tuple[f
 def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
                            set_grads: Callable[[str, int], None], repeats: int, warmup: int = 1,
                            progress: Callable[[str], None] = log, device: torch.device | None = None,
-                           peaks: dict[str, int] | None = None, rotate: bool = False) -> dict[str, float]:
+                           peaks: dict[str, int] | None = None, rotate: bool = False,
+                           firsts: dict[str, float] | None = None) -> dict[str, float]:
     """Median step time of each optimizer; repeats interleaved, ``set_grads(name, r)`` before
-    every step (outside the timing), ``warmup`` untimed steps first (state creation). With
+    every step (outside the timing), ``warmup`` steps first (state creation), of which only the
+    first is timed, into ``firsts`` (when given: each optimizer's first step, if it had none). With
     ``rotate`` repeat r starts at the r-th optimizer (in turn), so that each one follows every
     other in some repeats rather than always the same one, whose footprint it would inherit.
 
@@ -182,7 +184,10 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
     for k, opt in optimizers.items():
         for r in range(warmup):
             set_grads(k, r)
-            opt.step()
+            if r == 0 and firsts is not None:
+                firsts[k] = _timed_step(opt.step, device)[0]
+            else:
+                opt.step()
     steps: dict[str, list[float]] = {k: [] for k in optimizers}
     names = list(optimizers)
     for r in range(repeats):
@@ -358,10 +363,11 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
     ``width``, see :func:`bench_source`; with a Source, ``width`` is only reported).
     ``optimizer``: 'adamw' or 'sgd' replaces the source's optimizer (None keeps it).
     Returns {"model", "kind", "api", "device", "optimizer", "width", "tensors", "numel",
-    "repeats", "machine", "results": [{"impl", "construct_s", "step_s", "groups", "gb_per_s"},
-    ...]} (construct_s is null for the flat-tensor limit, which needs no construction from a
-    config, and for fastopt's flat-buffer mode, on the CPU, over a copy of the model); on CUDA
-    each result also has "state_bytes" and "step_peak_bytes".
+    "repeats", "machine", "results": [{"impl", "construct_s", "first_step_s", "step_s", "groups",
+    "gb_per_s"}, ...]} (construct_s is null for the flat-tensor limit, which needs no construction
+    from a config, and for fastopt's flat-buffer mode, on the CPU, over a copy of the model;
+    first_step_s is the step that makes the state, timed once); on CUDA each result also has
+    "state_bytes" and "step_peak_bytes".
     """
     dev = torch.device(device)
     source, width = bench_source(source, width, numel, dev)
@@ -416,8 +422,9 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
             p.grad = g
 
     peaks: dict[str, int] = {}
+    firsts: dict[str, float] = {}
     steps = interleaved_step_times(optimizers, set_grads, repeats, warmup=2 if dev.type == "cuda" else 1,
-                                   progress=progress, device=dev, peaks=peaks)
+                                   progress=progress, device=dev, peaks=peaks, firsts=firsts)
     if "fastopt flat" in optimizers and getattr(optimizers["fastopt flat"], "fastopt_tier", None) != "flat":
         progress("fastopt flat stepped outside its buffers: left out")  # (never expected)
         del optimizers["fastopt flat"]
@@ -425,7 +432,7 @@ def compare(source: Source | str, optimizer: str | None = None, width: float | N
     for k, opt in optimizers.items():
         step_s = steps[k]
         row = {"impl": k, "construct_s": statistics.median(construct[k]) if k in construct else None,
-               "step_s": step_s, "groups": len(opt.param_groups),
+               "first_step_s": firsts.get(k), "step_s": step_s, "groups": len(opt.param_groups),
                "gb_per_s": n_elem * BYTES_PER_ELEMENT[cfg.optimizer] / step_s / 1e9}
         if dev.type == "cuda":
             row.update(state_bytes=state_bytes(opt), step_peak_bytes=peaks[k])
@@ -463,21 +470,24 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
 
 
 def compare_table(report: dict[str, Any]) -> str:
-    """``compare``'s figures as a table: medians, groups, GB/s and how many times faster fastopt
-    is (on CUDA also the optimizer state and the step's peak memory above it, in MB)."""
+    """``compare``'s figures as a table: medians, the first step (state made, timed once), groups,
+    GB/s and how many times faster fastopt is (on CUDA also the optimizer state and the step's
+    peak memory above it, in MB)."""
     ours = next(r for r in report["results"] if r["impl"] == "fastopt")
     cuda = report.get("device") == "cuda"
     at = f" (width {report['width']})" if report.get("width") is not None else ""
     where = " on CUDA" if cuda else ""
     lines = [f"{report['model']}{at}: {report['tensors']:,} tensors, {report['numel'] / 1e6:.1f}M "
              f"parameters; {report['optimizer']}{where}; medians of {report['repeats']} interleaved repeats",
-             f"  {'implementation':<18}{'construct':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
+             f"  {'implementation':<18}{'construct':>11}{'1st step':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
              f"{'fastopt faster: build':>23}{'step':>7}" + (f"{'state MB':>10}{'peak MB':>9}" * cuda)]
     for r in report["results"]:
         c = f"{r['construct_s'] * 1e3:9.1f}ms" if r["construct_s"] is not None else f"{'-':>11}"
+        first = r.get("first_step_s")
+        f = f"{first * 1e3:9.1f}ms" if first is not None else f"{'-':>11}"
         cr = f"{r['construct_s'] / ours['construct_s']:22.1f}x" if r["construct_s"] else f"{'-':>23}"
         mem = f"{r['state_bytes'] / 1e6:10.1f}{r['step_peak_bytes'] / 1e6:9.1f}" if cuda else ""
-        lines.append(f"  {r['impl']:<18}{c}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
+        lines.append(f"  {r['impl']:<18}{c}{f}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
                      f"{cr}{r['step_s'] / ours['step_s']:6.2f}x{mem}")
     return "\n".join(lines)
 
