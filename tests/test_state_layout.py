@@ -211,3 +211,52 @@ def test_the_shim_resizes_as_resize_and_stops_where_it_cannot() -> None:
         want = torch.empty(0).resize_(() if s is None else s.shape)
         assert tensor_facts(t) == tensor_facts(want)
     assert targets[4].shape == (0,)
+
+
+@pytest.mark.parametrize("was_on", [True, False])
+def test_the_collector_waits_while_many_rows_get_state_and_is_left_as_it_was(
+        was_on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first step over at least ``GC_PAUSE_ROWS`` parameters makes their state with Python's
+    cyclic garbage collector off (many long-lived objects would start full collections), and
+    leaves the collector as it found it: on, or off where the user had turned it off."""
+    import gc
+
+    seen: list[bool] = []
+    premade = _kernels.premade_state
+
+    def spy(*args: Any) -> dict:
+        seen.append(gc.isenabled())
+        return premade(*args)
+
+    monkeypatch.setattr(_kernels, "premade_state", spy)
+    monkeypatch.setattr(_kernels, "GC_PAUSE_ROWS", 8)
+    ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(12)]
+    for p in ps:
+        p.grad = torch.randn(3)
+    small = [torch.nn.Parameter(torch.randn(3)) for _ in range(4)]
+    for p in small:
+        p.grad = torch.randn(3)
+    (gc.enable if was_on else gc.disable)()
+    try:
+        fo.AdamW(ps, lr=0.1).step()
+        fo.AdamW(small, lr=0.1).step()  # (under GC_PAUSE_ROWS: left alone)
+        assert seen == [False, was_on]
+        assert gc.isenabled() == was_on
+    finally:
+        gc.enable()
+
+
+def test_pauses_of_the_collector_nest_and_end_with_an_error() -> None:
+    import gc
+
+    gc.enable()
+    with _kernels.gc_paused():
+        with _kernels.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # (the outer pause still open)
+    assert gc.isenabled()
+    with pytest.raises(KeyError), _kernels.gc_paused():
+        raise KeyError("x")
+    assert gc.isenabled()
+    with _kernels.gc_paused(on=False):
+        assert gc.isenabled()
