@@ -880,7 +880,7 @@ class Plan:
                 return True
             self.ready[self.state_rows[moved]] = False
             return False
-        states = list(map(state.get, self.params, repeat(NO_STATE)))
+        states = states_of(state, self.params)
         for i, (now, then, then_values) in enumerate(zip(states, self.states, self.row_values)):
             if (now is not then or len(now) != len(then_values)
                     or not all(map(operator.is_, now.values(), then_values))):
@@ -910,7 +910,7 @@ class Plan:
 
     def snapshot(self, state: dict) -> None:
         """Remember the state as it is now, after rows were prepared."""
-        self._remember(state, list(map(state.get, self.params, repeat(NO_STATE))))
+        self._remember(state, states_of(state, self.params))
         rows = np.flatnonzero(self.ready)
         kept = [self.keep[i] for i in rows.tolist()]
         tensors = list(chain.from_iterable(map(dict.values, kept)))
@@ -927,6 +927,15 @@ class Plan:
         self.state_numels = np.fromiter(map(Tensor.numel, tensors), dtype=np.int64, count=len(tensors))
         self.state_dtypes = np.fromiter((DTYPE_CODES.get(t.dtype, -1) for t in tensors), dtype=np.int32,
                                         count=len(tensors))
+
+
+def states_of(state: dict, params: list[Tensor]) -> list[dict]:
+    """Each parameter's state dict (``NO_STATE`` where it has none): ``state``'s values as they
+    are where its keys are ``params`` themselves, in order (as a first step over all of them
+    leaves it), with no tensor hashed; else one lookup each."""
+    if len(state) == len(params) and all(map(operator.is_, state, params)):
+        return list(state.values())
+    return list(map(state.get, params, repeat(NO_STATE)))
 
 
 def tensor_layout(tensors: list[Tensor]) -> np.ndarray:
@@ -1078,7 +1087,7 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
     (``plan.native`` is then False)."""
     params = plan.params
     first = np.zeros(len(params), dtype=bool)
-    created: list[tuple[dict, dict[str, Tensor]]] = []  # buffers the kernel would fill
+    created: list[tuple[Tensor, dict[str, Tensor]]] = []  # parameters whose buffers the kernel would fill
     rows_todo = todo.tolist()
     row_groups = [groups[g] for g in plan.group_of[todo].tolist()]
     made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups)
@@ -1089,7 +1098,7 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
             tensors, first_step = algorithm.prepare(state, p, group, made.get(k))
             if first_step:
                 first[i] = True
-                created.append((state[p], tensors))
+                created.append((p, tensors))
             for key, t in tensors.items():
                 column = columns.get(key)
                 if column is None:
@@ -1100,9 +1109,9 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
     except Fallback:
         # torch's path takes this step: buffers made for the kernel to fill must not reach it
         # (it would read them as state), so they go again
-        for st, tensors in created:
+        for p, tensors in created:
             for key in tensors:
-                st.pop(key, None)
+                state[p].pop(key, None)
         plan.native = False  # until the groups change: torch's path
         return None
     for key, (key_rows, tensors_of) in columns.items():

@@ -260,3 +260,16 @@ def test_pauses_of_the_collector_nest_and_end_with_an_error() -> None:
     assert gc.isenabled()
     with _kernels.gc_paused(on=False):
         assert gc.isenabled()
+
+
+def test_each_parameters_state_dict_whatever_the_states_order() -> None:
+    """``states_of``: each parameter's own state dict, whether the state holds exactly the
+    parameters in their order (read off its values), in another order, or only some of them."""
+    ps = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    dicts = [{"k": i} for i in range(3)]
+    cases = {"in order": [0, 1, 2], "another order": [2, 0, 1], "some": [1, 2], "none": []}
+    for name, order in cases.items():
+        state = {ps[i]: dicts[i] for i in order}
+        got = _kernels.states_of(state, ps)
+        want = [dicts[i] if i in order else _kernels.NO_STATE for i in range(3)]
+        assert all(g is w for g, w in zip(got, want)) and len(got) == 3, name
