@@ -236,10 +236,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("bump_held", &fastopt::bump_held, py::arg("held"), py::arg("bump"),
         "bump_versions for the gradients a HeldGrads holds.");
   m.def("resize_like", &fastopt::resize_like, py::arg("targets"), py::arg("sources"), py::arg("methods"),
-        py::arg("plain"), py::arg("functions"), py::arg("zero") = false,
+        py::arg("plain"), py::arg("functions"), py::arg("zero_itemsize") = 0,
         "Resizes tensors in place to their sources' sizes (None: 0-dim) through torch's C shim, their\n"
-        "elements then set to +0 with zero=True: (how many, from the first on; the indices among them\n"
-        "whose strides differ from their source's).");
+        "elements (of zero_itemsize bytes; 0: left) then set to +0: (how many, from the first on; the\n"
+        "indices among them whose strides differ from their source's).");
   m.def("norm_table", &fastopt::norm_table, py::arg("tensors"), py::arg("codes"), py::arg("methods"),
         py::arg("plain"), py::arg("strided"), py::arg("getters"), py::arg("ptrs"), py::arg("numels"),
         py::arg("dtypes"),

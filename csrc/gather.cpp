@@ -6,7 +6,6 @@
 // object per read), and .grad/.dtype through their getters without attribute lookup.
 #include "gather.h"
 
-#include "dtype.h"
 #include "identity.h"
 #include "prefetch.h"
 
@@ -855,44 +854,20 @@ py::list bump_versions(py::handle tensors, py::handle methods, py::handle plain,
   return left;
 }
 
-namespace {
-
-// Bytes per element of kernel dtype `code` (0: not a kernel dtype).
-std::size_t element_bytes(int code) {
-  switch (code) {
-    case kFloat32: return 4;
-    case kFloat64: return 8;
-    case kBFloat16:
-    case kFloat16: return 2;
-    default: return 0;
-  }
-}
-
-// Sets every element of at::Tensor `t` (contiguous, of a kernel dtype) to +0 through the shim's
-// reads, as zero_ would, but as no op of torch's (its version counter stays where it is);
-// false where the shim cannot read t or its dtype is none of the kernel's.
-bool zero_elements(const Methods& m, void* t) {
-  int64_t numel = 0;
-  void* data = nullptr;
-  if (m.shim.numel == nullptr || m.shim.numel(t, &numel) != 0) return false;
-  const std::size_t bytes = element_bytes(code_at(m, t));
-  if (bytes == 0 || m.shim.data_ptr(t, &data) != 0) return false;
-  if (numel > 0) std::memset(data, 0, static_cast<std::size_t>(numel) * bytes);
-  return true;
-}
-
-}  // namespace
-
 py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods, py::handle plain,
-                      py::handle functions, bool zero) {
+                      py::handle functions, int64_t zero_itemsize) {
   PyObject* tl = targets.ptr();
   PyObject* sl = sources.ptr();
   if (!PyList_Check(tl) || !PyList_Check(sl) || PyList_GET_SIZE(tl) != PyList_GET_SIZE(sl))
     throw py::type_error("resize_like: targets and sources must be lists of one length");
-  if (!PyTuple_Check(functions.ptr()) || PyTuple_GET_SIZE(functions.ptr()) != 4)
-    throw py::type_error("resize_like: functions must be (resize_, get_dim, get_sizes, get_strides)");
-  uint64_t fn[4];
-  for (int k = 0; k < 4; ++k) {
+  constexpr int kFunctions = 7;
+  if (!PyTuple_Check(functions.ptr()) || PyTuple_GET_SIZE(functions.ptr()) != kFunctions)
+    throw py::type_error(
+        "resize_like: functions must be (resize_, get_dim, get_sizes, get_strides, get_data_ptr, "
+        "get_storage_size, get_storage_offset)");
+  if (zero_itemsize < 0) throw std::invalid_argument("resize_like: zero_itemsize must be 0 or more");
+  uint64_t fn[kFunctions];
+  for (int k = 0; k < kFunctions; ++k) {
     fn[k] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(functions.ptr(), k));
     if (PyErr_Occurred() != nullptr) throw py::error_already_set();
     if (fn[k] == 0) throw std::invalid_argument("resize_like: a shim function is missing");
@@ -901,6 +876,24 @@ py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods
   const auto get_dim = reinterpret_cast<int32_t (*)(void*, int64_t*)>(fn[1]);
   const auto get_sizes = reinterpret_cast<int32_t (*)(void*, int64_t**)>(fn[2]);
   const auto get_strides = reinterpret_cast<int32_t (*)(void*, int64_t**)>(fn[3]);
+  const auto get_data_ptr = reinterpret_cast<int32_t (*)(void*, void**)>(fn[4]);
+  const auto get_storage_size = reinterpret_cast<int32_t (*)(void*, int64_t*)>(fn[5]);
+  const auto get_storage_offset = reinterpret_cast<int32_t (*)(void*, int64_t*)>(fn[6]);
+  // Sets the `numel` elements of at::Tensor t (contiguous, just resized) to +0 in memory, as
+  // zero_ would but as no op of torch's: its version counter stays where it is. Only where they
+  // fill its storage from its start (false otherwise: the caller's element size is checked, and
+  // nothing past the storage is written).
+  const auto zero = [&](void* t, int64_t numel) {
+    if (zero_itemsize == 0 || numel == 0) return true;
+    void* data = nullptr;
+    int64_t bytes = 0;
+    int64_t start = 0;
+    if (get_storage_size(t, &bytes) != 0 || get_storage_offset(t, &start) != 0 || start != 0 ||
+        bytes != numel * zero_itemsize || get_data_ptr(t, &data) != 0 || data == nullptr)
+      return false;
+    std::memset(data, 0, static_cast<std::size_t>(bytes));
+    return true;
+  };
   const py::str dtype_name("dtype");
   const Methods m = methods_of(methods.ptr(), plain.ptr(), dtype_name.ptr());
   const Py_ssize_t offset = held_tensor_offset(m);
@@ -912,15 +905,17 @@ py::tuple resize_like(py::handle targets, py::handle sources, py::handle methods
     PyObject* source = PyList_GET_ITEM(sl, done);
     if (t == nullptr) break;
     if (source == Py_None) {  // a 0-dim tensor
-      if (resize(t, nullptr, 0, nullptr) != 0 || (zero && !zero_elements(m, t))) break;
+      if (resize(t, nullptr, 0, nullptr) != 0 || !zero(t, 1)) break;
       continue;
     }
     void* s = tensor_at(m.plain, offset, source);
     int64_t dim = 0;
     int64_t* sizes = nullptr;
-    if (s == nullptr || get_dim(s, &dim) != 0 || get_sizes(s, &sizes) != 0 || resize(t, sizes, dim, nullptr) != 0 ||
-        (zero && !zero_elements(m, t)))
+    if (s == nullptr || get_dim(s, &dim) != 0 || get_sizes(s, &sizes) != 0 || resize(t, sizes, dim, nullptr) != 0)
       break;
+    int64_t numel = 1;
+    for (int64_t d = 0; d < dim; ++d) numel *= sizes[d];
+    if (!zero(t, numel)) break;
     int64_t* want = nullptr;
     int64_t* got = nullptr;
     if (get_strides(s, &want) != 0 || get_strides(t, &got) != 0) break;

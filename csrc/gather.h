@@ -111,15 +111,17 @@ void bump_held(HeldGrads& held, uint64_t bump);
 // Resizes each tensor of `targets` (a list) in place to the sizes of the same item of
 // `sources` (a list of tensors; None: to a 0-dim tensor), contiguous, as Tensor.resize_ does,
 // through torch's C shim (`functions`: the addresses of aoti_torch_cpu_resize_, aoti_torch_get_dim,
-// aoti_torch_get_sizes, aoti_torch_get_strides) on the at::Tensor each plain tensor object holds
-// (where the shim or layout of `methods` says). Returns (how many were resized, from the first on:
-// the pass stops at one it cannot resize that way, not plain or a shim error, for the caller to
-// go on from; the indices among them whose strides now differ from their source's). `zero`: each
-// resized tensor's elements are then set to +0 in memory, as zero_ sets them but not through an op
-// of torch's, so its version counter stays at 0 as a factory leaves it (a tensor whose dtype the
-// shim cannot read, or none of the kernel's, stops the pass before it is counted as done).
+// aoti_torch_get_sizes, aoti_torch_get_strides, aoti_torch_get_data_ptr, aoti_torch_get_storage_size
+// and aoti_torch_get_storage_offset) on the at::Tensor each plain tensor object holds (where the
+// shim or layout of `methods` says). `zero_itemsize` (the targets' element size; 0: none): each
+// resized tensor's elements are then set to +0 in memory, as zero_ sets them but not through an
+// op of torch's, so its version counter stays at 0 as a factory leaves it (only a tensor whose
+// elements fill its storage exactly, from its start: a fresh one; the pass stops at another).
+// Returns (how many were resized, from the first on: the pass stops at one it
+// cannot resize that way, not plain or a shim error, for the caller to go on from; the indices
+// among them whose strides now differ from their source's).
 pybind11::tuple resize_like(pybind11::handle targets, pybind11::handle sources, pybind11::handle methods,
-                            pybind11::handle plain, pybind11::handle functions, bool zero);
+                            pybind11::handle plain, pybind11::handle functions, int64_t zero_itemsize);
 
 // torch's C-level data-pointer reader (a tensor object to its data_ptr(); throws a C++
 // exception for what it cannot read), as torch hands it to its own compiled kernels.

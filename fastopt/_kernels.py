@@ -530,7 +530,8 @@ KINDS = ("zeros", "empty", "step")
 
 #: torch's C shim functions ``_C.resize_like`` resizes through
 _RESIZE_FUNCTIONS = ("aoti_torch_cpu_resize_", "aoti_torch_get_dim", "aoti_torch_get_sizes",
-                     "aoti_torch_get_strides")
+                     "aoti_torch_get_strides", "aoti_torch_get_data_ptr", "aoti_torch_get_storage_size",
+                     "aoti_torch_get_storage_offset")
 
 
 def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
@@ -551,10 +552,17 @@ def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
     base = {d: torch.empty(0, dtype=d) for d in (torch.float32, torch.float64, torch.bfloat16)}
     targets = [base[torch.float32 if s is None else s.dtype].new_empty(0) for s in sources]
     targets[-1] = torch.full((3, 4), math.nan).resize_(0)  # (memory the zeroing must overwrite)
-    try:
-        done, restride = _C.resize_like(targets, sources, methods, PLAIN_TYPES, functions, True)
-    except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
-        return ()
+    done, restride = 0, []
+    for dtype in base:  # (one call per element size, as premade_state makes them)
+        picked = [i for i, t in enumerate(targets) if t.dtype == dtype]
+        try:
+            n, again = _C.resize_like([targets[i] for i in picked], [sources[i] for i in picked], methods,
+                                      PLAIN_TYPES, functions, base[dtype].element_size())
+        except (AttributeError, TypeError, ValueError, RuntimeError):  # (an extension built without it)
+            return ()
+        done += n
+        restride += [picked[j] for j in again]
+    restride.sort()
     want = [base[torch.float32 if s is None else s.dtype].new_empty(0).resize_(() if s is None else s.shape)
             for s in sources]
     if done != len(sources) or restride != [i for i, (s, w) in enumerate(zip(sources, want))
@@ -603,7 +611,8 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
     step_dtype = scalar_dtype()
     factories: dict[torch.dtype, Callable[[], Tensor]] = {}  # an empty tensor's new(): the cheapest factory
     made: dict[int, dict[str, Tensor]] = {}
-    by_key: dict[tuple[str, str], tuple[list[Tensor], list[Tensor]]] = {}  # (key, kind): tensors, parameters
+    # (key, kind, dtype): the tensors made, and their parameters
+    by_key: dict[tuple[str, str, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
     start = 0
     while start < len(wants):  # the objects and metadata, in the order a step reads them
         _, p0, keys = wants[start]
@@ -623,15 +632,17 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
         for r, (i, _, _) in enumerate(run):
             made[i] = dict(zip(names, tensors[r * width:(r + 1) * width]))
         run_params = [p for _, p, _ in run]
-        for k, key_kind in enumerate(keys):
-            made_of, params_of = by_key.setdefault(key_kind, ([], []))
+        for k, (key, kind) in enumerate(keys):
+            dtype = step_dtype if kind == "step" else p0.dtype
+            made_of, params_of = by_key.setdefault((key, kind, dtype), ([], []))
             made_of.extend(tensors[k::width])
             params_of.extend(run_params)
         start = end
-    for (_, kind), (targets, params_of) in by_key.items():  # then the elements, a key at a time
+    for (_, kind, _), (targets, params_of) in by_key.items():  # then the elements, a key at a time
         sources: list[Tensor | None] = [None] * len(targets) if kind == "step" else params_of
+        itemsize = 0 if kind == "empty" else targets[0].element_size()  # (0: left as they are)
         done, restride = (_C.resize_like(targets, sources, GATHER_METHODS, PLAIN_TYPES, RESIZE_FUNCTIONS,
-                                         kind != "empty") if RESIZE_FUNCTIONS else (0, []))
+                                         itemsize) if RESIZE_FUNCTIONS else (0, []))
         for t, p in zip(targets[done:], sources[done:]):  # (the long way: no shim, or from where it stopped)
             t.resize_(() if p is None else p.shape)
             if kind != "empty":  # (zeros in memory, not by an op: the version counter stays at 0)

@@ -192,6 +192,33 @@ def test_a_parameter_only_torch_can_step_among_new_ones(name: str) -> None:
             torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
 
 
+def test_the_shim_zeroes_only_what_fills_a_fresh_storage() -> None:
+    """``_C.resize_like``'s zeroing writes +0 over every element (memory that held NaN included)
+    and no byte past them: a tensor whose elements would not fill its storage exactly from its
+    start (an element size that is not the tensor's, a storage larger from an earlier size) stops
+    the pass there, before it is counted."""
+    needs_shim_resize()
+    fns = _kernels.RESIZE_FUNCTIONS
+
+    def resize(targets: list, sources: list, itemsize: int) -> int:
+        done, _ = _kernels._C.resize_like(targets, sources, _kernels.GATHER_METHODS, _kernels.PLAIN_TYPES,
+                                          fns, itemsize)
+        return done
+
+    reused = torch.full((3, 4), float("nan")).resize_(0)  # (48 bytes of NaN, no element)
+    fresh = [torch.empty(0).new_empty(0) for _ in range(2)]
+    assert resize([reused, *fresh], [torch.zeros(3, 4), None, torch.zeros(5)], 4) == 3
+    for t in (reused, *fresh):
+        assert torch.equal(t, torch.zeros_like(t)) and not t.signbit().any()
+    assert [t._version for t in fresh] == [0, 0]
+    wrong = torch.empty(0).new_empty(0)
+    assert resize([wrong], [torch.zeros(5)], 8) == 0  # (float32 elements are 4 bytes)
+    larger = torch.full((3, 4), float("nan")).resize_(0)
+    assert resize([larger], [torch.zeros(2)], 4) == 0  # (2 elements of a 12-element storage)
+    whole = torch.empty(0).set_(larger.untyped_storage(), 0, (12,))
+    assert torch.isnan(whole).all()  # (nothing written)
+
+
 def test_the_shim_resizes_as_resize_and_stops_where_it_cannot() -> None:
     """``_C.resize_like`` against ``Tensor.resize_``: sizes, strides, storage; the ones whose strides
     differ from their source's named; a tensor it cannot take (a subclass) stops the pass there."""
