@@ -638,6 +638,7 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
             made_of.extend(tensors[k::width])
             params_of.extend(run_params)
         start = end
+    long_way_zeros: list[Tensor] = []  # (zeroed by the shim's pass, except these)
     for (_, kind, _), (targets, params_of) in by_key.items():  # then the elements, a key at a time
         sources: list[Tensor | None] = [None] * len(targets) if kind == "step" else params_of
         itemsize = 0 if kind == "empty" else targets[0].element_size()  # (0: left as they are)
@@ -645,13 +646,19 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
                                          itemsize) if RESIZE_FUNCTIONS else (0, []))
         for t, p in zip(targets[done:], sources[done:]):  # (the long way: no shim, or from where it stopped)
             t.resize_(() if p is None else p.shape)
-            if kind != "empty":  # (zeros in memory, not by an op: the version counter stays at 0)
-                t.untyped_storage().fill_(0)
+        if kind != "empty":
+            long_way_zeros.extend(targets[done:])  # (resize_ counted a change already)
         if kind == "zeros":  # (zeros_like keeps a dense p's strides)
             for j in [*restride, *range(done, len(targets))]:
                 t, p = targets[j], params_of[j]
                 if t.stride() != p.stride():
                     t.as_strided_(p.shape, p.stride())
+    zero_all = getattr(torch, "_foreach_zero_", None)  # (one call for all; else one each)
+    if zero_all is not None and long_way_zeros:
+        zero_all(long_way_zeros)
+    else:
+        for t in long_way_zeros:
+            t.zero_()
     return made
 
 
