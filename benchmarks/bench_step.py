@@ -384,8 +384,7 @@ def first_steps(counts: tuple[int, ...] = FIRST_COUNTS, elements: int = SCALE_EL
     (``foreach=False``) step; every repeat a new list, gradients and optimizer for each (untimed,
     earlier garbage collected), the variants' order rotated by one each repeat; medians."""
     gen = torch.Generator().manual_seed(0)
-    cfgs = {"adamw": {k: v for k, v in OPTIMIZER_CFGS["adamw"].items() if k != "type"},
-            "sgd": {k: v for k, v in OPTIMIZER_CFGS["sgd"].items() if k != "type"}}
+    cfgs = {name: {k: v for k, v in OPTIMIZER_CFGS[name].items() if k != "type"} for name in ("adamw", "sgd")}
     classes = {"adamw": (fastopt.optim.AdamW, torch.optim.AdamW), "sgd": (fastopt.optim.SGD, torch.optim.SGD)}
     rows = []
     for n in counts:
@@ -444,23 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
     args = ap.parse_args(argv)
-    if args.first:
+    if args.first or args.scale:  # one table only
         info = machine()
         print(f"machine: {machine_line(info)}")
-        rows = first_steps(repeats=min(args.repeats, 5))
-        print(first_table(rows))
+        key, rows, table = (("first", first_steps(repeats=min(args.repeats, 5)), first_table) if args.first
+                            else ("scale", scale(repeats=min(args.repeats, 7)), scale_table))
+        print(table(rows))
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"machine": info, "first": rows}, fh, indent=2)
-        return 0
-    if args.scale:
-        info = machine()
-        print(f"machine: {machine_line(info)}")
-        rows = scale(repeats=min(args.repeats, 7))
-        print(scale_table(rows))
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"machine": info, "scale": rows}, fh, indent=2)
+                json.dump({"machine": info, key: rows}, fh, indent=2)
         return 0
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
     optimizers = ["adamw", "sgd"] if args.optimizer == "both" else [args.optimizer]

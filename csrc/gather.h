@@ -117,9 +117,9 @@ void bump_held(HeldGrads& held, uint64_t bump);
 // resized tensor's elements are then set to +0 in memory, as zero_ sets them but not through an
 // op of torch's, so its version counter stays at 0 as a factory leaves it (only a tensor whose
 // elements fill its storage exactly, from its start: a fresh one; the pass stops at another).
-// Returns (how many were resized, from the first on: the pass stops at one it
-// cannot resize that way, not plain or a shim error, for the caller to go on from; the indices
-// among them whose strides now differ from their source's).
+// Returns (how many were resized, from the first on: the pass stops at one it cannot resize that
+// way, not plain or a shim error, for the caller to go on from; the indices among them whose
+// strides now differ from their source's).
 pybind11::tuple resize_like(pybind11::handle targets, pybind11::handle sources, pybind11::handle methods,
                             pybind11::handle plain, pybind11::handle functions, int64_t zero_itemsize);
 

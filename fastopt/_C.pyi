@@ -115,10 +115,10 @@ def bump_held(held: HeldGrads, bump: int) -> None:
     """bump_versions for the gradients a HeldGrads holds."""
 
 def resize_like(targets: list, sources: list, methods: tuple, plain: tuple, functions: tuple,
-                zero: bool = False) -> tuple[int, list[int]]:
+                zero_itemsize: int = 0) -> tuple[int, list[int]]:
     """Resizes each target to its source's sizes (None: 0-dim) through torch's C shim, then sets its
-    elements to +0 with ``zero``: (how many, from the first on; those whose strides differ from
-    their source's)."""
+    elements (of ``zero_itemsize`` bytes; 0: left) to +0: (how many, from the first on; those whose
+    strides differ from their source's)."""
 
 def cpu_isa() -> str:
     """Instruction set of the step kernels in use (avx512, avx2, baseline)."""

@@ -619,12 +619,11 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
         end = start + 1  # a run of parameters of one dtype with the same keys
         while end < len(wants) and wants[end][2] == keys and wants[end][1].dtype == p0.dtype:
             end += 1
-        makers = []
-        for _, kind in keys:
-            dtype = step_dtype if kind == "step" else p0.dtype
+        dtypes = [step_dtype if kind == "step" else p0.dtype for _, kind in keys]
+        for dtype in dtypes:
             if dtype not in factories:
                 factories[dtype] = torch.empty(0, dtype=dtype).new
-            makers.append(factories[dtype])
+        makers = [factories[dtype] for dtype in dtypes]
         run = wants[start:end]
         tensors = [make() for _ in run for make in makers]
         names = [key for key, _ in keys]
@@ -632,8 +631,7 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
         for r, (i, _, _) in enumerate(run):
             made[i] = dict(zip(names, tensors[r * width:(r + 1) * width]))
         run_params = [p for _, p, _ in run]
-        for k, (key, kind) in enumerate(keys):
-            dtype = step_dtype if kind == "step" else p0.dtype
+        for k, ((key, kind), dtype) in enumerate(zip(keys, dtypes)):
             made_of, params_of = by_key.setdefault((key, kind, dtype), ([], []))
             made_of.extend(tensors[k::width])
             params_of.extend(run_params)

@@ -481,10 +481,11 @@ def compare_table(report: dict[str, Any]) -> str:
              f"parameters; {report['optimizer']}{where}; medians of {report['repeats']} interleaved repeats",
              f"  {'implementation':<18}{'construct':>11}{'1st step':>11}{'step':>11}{'groups':>8}{'GB/s':>7}"
              f"{'fastopt faster: build':>23}{'step':>7}" + (f"{'state MB':>10}{'peak MB':>9}" * cuda)]
+    def ms(seconds: float | None) -> str:  # (a column of 11; "-" where there is no figure)
+        return f"{seconds * 1e3:9.1f}ms" if seconds is not None else f"{'-':>11}"
+
     for r in report["results"]:
-        c = f"{r['construct_s'] * 1e3:9.1f}ms" if r["construct_s"] is not None else f"{'-':>11}"
-        first = r.get("first_step_s")
-        f = f"{first * 1e3:9.1f}ms" if first is not None else f"{'-':>11}"
+        c, f = ms(r["construct_s"]), ms(r.get("first_step_s"))
         cr = f"{r['construct_s'] / ours['construct_s']:22.1f}x" if r["construct_s"] else f"{'-':>23}"
         mem = f"{r['state_bytes'] / 1e6:10.1f}{r['step_peak_bytes'] / 1e6:9.1f}" if cuda else ""
         lines.append(f"  {r['impl']:<18}{c}{f}{r['step_s'] * 1e3:9.2f}ms{r['groups']:>8}{r['gb_per_s']:>7.1f}"
