@@ -13,10 +13,12 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from fastopt import _kernels
 from fastopt import optim as fo
 
 pytest.importorskip("fastopt._C")
@@ -474,6 +476,36 @@ def test_parameters_on_the_same_memory_step_one_after_another(name: str, when: s
         for p, q in zip(ps, qs):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
     assert ours.fastopt_tier == "torch"
+
+
+@pytest.mark.parametrize("tied", [(0, 999), (500, 3), (998, 999)])
+def test_a_tie_anywhere_among_many_parameters_keeps_them_off_one_pass(tied: tuple[int, int]) -> None:
+    """The plan's check that no two parameters start at the same address finds a tie wherever
+    the two stand in a long list (first and last, out of order, side by side)."""
+    gen = torch.Generator().manual_seed(5)
+    ps = [torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(1000)]
+    ps[tied[1]] = torch.nn.Parameter(ps[tied[0]].data)
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    qs[tied[1]] = torch.nn.Parameter(qs[tied[0]].data)
+    ours, ref = fo.SGD(ps, lr=0.1, momentum=0.9), torch.optim.SGD(qs, lr=0.1, momentum=0.9, foreach=False)
+    for _ in range(2):
+        for p, q in zip(ps, qs):
+            g = torch.randn(3, generator=gen)
+            p.grad, q.grad = g.clone(), g
+        ours.step()
+        ref.step()
+    assert ours.fastopt_tier == "torch"
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_all_distinct_compares_every_value_with_every_other() -> None:
+    values = np.array([7, 3, 2**63 + 5, 11, 2**40], dtype=np.uint64)
+    assert _kernels.all_distinct(values) and _kernels.all_distinct(values[:0]) and _kernels.all_distinct(values[:1])
+    for i, j in ((0, 4), (4, 0), (1, 2), (2, 3)):
+        tied = values.copy()
+        tied[j] = tied[i]
+        assert not _kernels.all_distinct(tied)
 
 
 def test_sgd_first_step_buffers_do_not_reach_torchs_path() -> None:
