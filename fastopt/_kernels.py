@@ -28,7 +28,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, groupby, repeat
 from typing import Any
 
 import numpy as np
@@ -408,13 +408,14 @@ class Algorithm:
     #   kernel initialises them); raises Fallback for unusual state
     fresh: Callable[[dict, Tensor, dict], tuple[tuple[str, str], ...]]
     # ^ (optimizer state, p, group) -> the state tensors prepare would make for p now, in the
-    #   order the plan keeps them, and of what kind (premade_state's KINDS); touches nothing
+    #   order it adds them to p's state, and of what kind (premade_state's KINDS); touches nothing
     structure: Callable[[dict], Any]  # group settings that decide which state exists
     flat_first: Callable[[dict, bool], bool]  # flat mode: first step initialises state?
     torch_group_step: Callable[..., None]  # (optimizer, group, fused, grad_scale, found_inf)
     # ^ one group through torch's functional API, state prepared by torch's own _init_group
     functional: str  # torch's functional optimizer: torch.optim.<functional>.<functional>
     sparse_error: str | None = None  # None: sparse gradients go through torch's path
+    made_first: bool = False  # whether prepare calls premade_state's tensors their first step
 
     def takes_fused(self) -> bool:
         """Whether this torch's functional API for the algorithm has a fused kernel."""
@@ -519,7 +520,7 @@ def _adam_fresh(opt_state: dict, p: Tensor, group: dict) -> tuple[tuple[str, str
     state = opt_state.get(p)
     if state is not None and (not isinstance(state, dict) or len(state) != 0):
         return ()
-    return (*((key, "zeros") for key in _adam_buffers(group)), ("step", "step"))  # (the plan's order)
+    return (("step", "step"), *((key, "zeros") for key in _adam_buffers(group)))  # (as prepare adds them)
 
 
 #: What premade_state makes of each kind: the zeros ``zeros_like(p)`` makes (p's strides), the
@@ -581,31 +582,38 @@ def _resize_functions(methods: tuple = GATHER_METHODS) -> tuple:
 RESIZE_FUNCTIONS = _resize_functions()
 
 
-def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], groups: list[dict]
-                  ) -> dict[int, dict[str, Tensor]]:
+def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], groups: list[dict],
+                  plain_cpu: bool = False) -> dict[int, dict[str, Tensor]]:
     """The state tensors that ``algorithm.prepare`` would make for ``params`` (in ``groups``),
     made for all of them at once, by index into ``params``: first every tensor's object and
     metadata (empty tensors, one after another in the order a step reads them), then their
     elements, a key at a time. Each is the tensor ``prepare`` would make (``KINDS``), but the
     metadata a step reads of it lies together rather than between the tensors' elements, and
     each key's elements follow one another: a step over many small tensors reads the state
-    and streams it faster. Only for plain CPU parameters and with no torch function mode on (a
-    device context would change what the factories make); empty where nothing is made."""
+    and streams it faster. Only for plain CPU parameters (``plain_cpu``: the caller found every
+    one so) and with no torch function mode on (a device context would change what the
+    factories make); empty where nothing is made."""
     if torch_function_mode_on():
         return {}
-    wants: list[tuple[int, Tensor, tuple[tuple[str, str], ...]]] = []
-    empty_keys: dict[int, tuple[tuple[str, str], ...]] = {}  # by group: what a parameter without state gets
-    for i, (p, group) in enumerate(zip(params, groups)):
-        if type(p) in PLAIN_TYPES and p.is_cpu:
-            st = opt_state.get(p)
-            if st is None or (type(st) is dict and not st):  # (no state: the same keys for the whole group)
-                keys = empty_keys.get(id(group))
-                if keys is None:
-                    keys = empty_keys[id(group)] = algorithm.fresh({}, p, group)
-            else:
-                keys = algorithm.fresh(opt_state, p, group)
-            if keys:
-                wants.append((i, p, keys))
+    per_group: dict[int, tuple[tuple[str, str], ...]] = {}  # by group: what a parameter without state gets
+    if plain_cpu and not opt_state:  # (a first step: no parameter has state, so each group's keys)
+        for g in {id(g): g for g in groups}.values():
+            per_group[id(g)] = algorithm.fresh({}, params[0], g)
+        wants = [(i, p, keys) for i, (p, keys) in enumerate(zip(params, [per_group[id(g)] for g in groups]))
+                 if keys]
+    else:
+        wants = []
+        for i, (p, group) in enumerate(zip(params, groups)):
+            if plain_cpu or (type(p) in PLAIN_TYPES and p.is_cpu):
+                st = opt_state.get(p)
+                if st is None or (type(st) is dict and not st):  # (no state: the group's keys)
+                    keys = per_group.get(id(group))
+                    if keys is None:
+                        keys = per_group[id(group)] = algorithm.fresh({}, p, group)
+                else:
+                    keys = algorithm.fresh(opt_state, p, group)
+                if keys:
+                    wants.append((i, p, keys))
     if len(wants) < 2:
         return {}
     step_dtype = scalar_dtype()
@@ -614,12 +622,11 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
     # (key, kind, dtype): the tensors made, and their parameters
     by_key: dict[tuple[str, str, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
     start = 0
-    while start < len(wants):  # the objects and metadata, in the order a step reads them
-        _, p0, keys = wants[start]
-        end = start + 1  # a run of parameters of one dtype with the same keys
-        while end < len(wants) and wants[end][2] == keys and wants[end][1].dtype == p0.dtype:
-            end += 1
-        dtypes = [step_dtype if kind == "step" else p0.dtype for _, kind in keys]
+    # the objects and metadata, in the order a step reads them, in runs of parameters of one
+    # dtype with the same keys
+    for (keys, p_dtype), members in groupby(zip([w[2] for w in wants], [w[1].dtype for w in wants])):
+        end = start + len(list(members))
+        dtypes = [step_dtype if kind == "step" else p_dtype for _, kind in keys]
         for dtype in dtypes:
             if dtype not in factories:
                 factories[dtype] = torch.empty(0, dtype=dtype).new
@@ -628,12 +635,12 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
         tensors = [make() for _ in run for make in makers]
         names = [key for key, _ in keys]
         width = len(keys)
-        for r, (i, _, _) in enumerate(run):
-            made[i] = dict(zip(names, tensors[r * width:(r + 1) * width]))
+        columns = [tensors[k::width] for k in range(width)]
+        made.update(zip([i for i, _, _ in run], map(dict, map(zip, repeat(names), zip(*columns)))))
         run_params = [p for _, p, _ in run]
-        for k, ((key, kind), dtype) in enumerate(zip(keys, dtypes)):
+        for column, (key, kind), dtype in zip(columns, keys, dtypes):
             made_of, params_of = by_key.setdefault((key, kind, dtype), ([], []))
-            made_of.extend(tensors[k::width])
+            made_of.extend(column)
             params_of.extend(run_params)
         start = end
     long_way_zeros: list[Tensor] = []  # (zeroed by the shim's pass, except these)
@@ -710,7 +717,7 @@ SGD = Algorithm(
     row=_sgd_row, buffers=lambda g: ("momentum_buffer",) if g["momentum"] != 0 else (),
     prepare=_sgd_prepare, fresh=_sgd_fresh, structure=lambda g: g["momentum"] != 0,
     flat_first=lambda g, had_state: g["momentum"] != 0 and not had_state, torch_group_step=_sgd_torch,
-    functional="sgd")
+    functional="sgd", made_first=True)
 
 _ADAM_COMMON: dict[str, Any] = dict(
     kernel="adam_step", columns=_exported("ADAM_COLUMNS", ()), hypers=_exported("ADAM_HYPERS", ()),
@@ -1112,7 +1119,9 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
     created: list[tuple[Tensor, dict[str, Tensor]]] = []  # parameters whose buffers the kernel would fill
     rows_todo = todo.tolist()
     row_groups = [groups[g] for g in plan.group_of[todo].tolist()]
-    made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups)
+    made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups, not plan.sharded)
+    if made and len(made) == len(rows_todo):  # every row's state made together: nothing to check
+        return adopt_rows(plan, state, algorithm, rows_todo, [made[k] for k in range(len(rows_todo))])
     columns: dict[str, tuple[list[int], list[Tensor]]] = {}  # key: rows, tensors to point to
     try:
         for k, (i, group) in enumerate(zip(rows_todo, row_groups)):
@@ -1140,6 +1149,40 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
         plan.ptrs[key_rows, algorithm.column(key)] = addresses(
             list(map(local, tensors_of)) if plan.sharded else tensors_of)
     plan.ready[todo] = True
+    return first
+
+
+def adopt_rows(plan: Plan, state: dict, algorithm: Algorithm, rows: list[int], made: list[dict[str, Tensor]]
+               ) -> np.ndarray:
+    """``prepare_rows`` where ``premade_state`` made the state of every row: each parameter's
+    state dict gets its tensors as ``algorithm.prepare`` would add them (in ``algorithm.fresh``'s
+    order; a new dict, or the empty one there filled in place), and the table points to them,
+    with one pass per key rather than a ``prepare`` call per row; per parameter, whether this is
+    its first step."""
+    params = plan.params
+    owners = [params[i] for i in rows]
+    if not state:  # (no parameter has a state dict: each gets a new one, in the rows' order)
+        state.update(zip(owners, map(dict, made)))
+    else:
+        for p, m in zip(owners, made):
+            st = state.get(p)
+            if st is None:
+                state[p] = dict(m)
+            else:
+                st.update(m)  # (an empty dict, or SGD's with its buffer None: filled in place)
+    kinds = [tuple(m) for m in made]
+    distinct = dict.fromkeys(kinds)  # (one set of keys per group setting, in the rows' order)
+    for keys in distinct:
+        at = range(len(made)) if len(distinct) == 1 else [k for k, ks in enumerate(kinds) if ks == keys]
+        key_rows = [rows[k] for k in at]
+        for key in keys:
+            plan.ptrs[key_rows, algorithm.column(key)] = addresses([made[k][key] for k in at])
+    for i, m in zip(rows, made):
+        plan.keep[i] = m
+    first = np.zeros(len(params), dtype=bool)
+    if algorithm.made_first:
+        first[rows] = True
+    plan.ready[rows] = True
     return first
 
 

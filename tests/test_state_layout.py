@@ -300,3 +300,70 @@ def test_each_parameters_state_dict_whatever_the_states_order() -> None:
         got = _kernels.states_of(state, ps)
         want = [dicts[i] if i in order else _kernels.NO_STATE for i in range(3)]
         assert all(g is w for g, w in zip(got, want)) and len(got) == 3, name
+
+
+#: state dicts a parameter may hold before its first native step, as prepare fills them: the
+#: empty dict a look-up of ``opt.state[p]`` leaves, and SGD's with its buffer None
+BEFORE = {"SGD": {"momentum_buffer": None}, "Adam": {}, "AdamW amsgrad": {}}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_state_dicts_there_before_the_first_step_are_filled_in_place(name: str) -> None:
+    """Parameters whose state dict is there (empty, or SGD's with its buffer None) among ones
+    without: each keeps its own dict object, every dict gets torch's keys in torch's order, and
+    the state lists the parameters in the order torch's own step leaves."""
+    ours_cls, ref_cls, opts = CASES[name]
+    gen = torch.Generator().manual_seed(4)
+    ps = [torch.nn.Parameter(torch.randn(3, 2, generator=gen)) for _ in range(6)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours, ref = ours_cls(ps, **opts), ref_cls(qs, foreach=False, **opts)
+    there = {}
+    for i in (4, 1):
+        there[i] = ours.state[ps[i]]
+        there[i].update(BEFORE[name])
+        ref.state[qs[i]].update(BEFORE[name])
+    for _ in range(2):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    assert ours.fastopt_tier == "native"
+    assert all(ours.state[ps[i]] is d for i, d in there.items())
+    index = {id(t): i for ts in (ps, qs) for i, t in enumerate(ts)}
+    assert [index[id(p)] for p in ours.state] == [index[id(q)] for q in ref.state]
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert list(ours.state[p]) == list(ref.state[q])
+        for key, t in ref.state[q].items():
+            assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
+            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+
+
+def test_groups_whose_state_has_other_keys_get_theirs_in_one_first_step() -> None:
+    """AdamW groups with and without amsgrad, one after another: each parameter gets its own
+    group's state, and the table points to it (the steps give torch's result)."""
+    gen = torch.Generator().manual_seed(6)
+    ps = [torch.nn.Parameter(torch.randn(4, generator=gen)) for _ in range(6)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+
+    def groups(ts: list) -> list[dict]:
+        return [{"params": ts[0:2], "amsgrad": True}, {"params": ts[2:3]},
+                {"params": ts[3:5], "amsgrad": True}, {"params": ts[5:]}]
+
+    ours = fo.AdamW(groups(ps), lr=0.05, weight_decay=0.1)
+    ref = torch.optim.AdamW(groups(qs), lr=0.05, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    assert ours.fastopt_tier == "native"
+    index = {id(t): i for ts in (ps, qs) for i, t in enumerate(ts)}
+    assert [index[id(p)] for p in ours.state] == [index[id(q)] for q in ref.state]
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert list(ours.state[p]) == list(ref.state[q])
+        for key, t in ref.state[q].items():
+            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
