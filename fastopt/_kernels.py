@@ -596,24 +596,18 @@ def premade_state(algorithm: Algorithm, opt_state: dict, params: list[Tensor], g
     if torch_function_mode_on():
         return {}
     per_group: dict[int, tuple[tuple[str, str], ...]] = {}  # by group: what a parameter without state gets
-    if plain_cpu and not opt_state:  # (a first step: no parameter has state, so each group's keys)
-        for g in {id(g): g for g in groups}.values():
-            per_group[id(g)] = algorithm.fresh({}, params[0], g)
-        wants = [(i, p, keys) for i, (p, keys) in enumerate(zip(params, [per_group[id(g)] for g in groups]))
-                 if keys]
-    else:
-        wants = []
-        for i, (p, group) in enumerate(zip(params, groups)):
-            if plain_cpu or (type(p) in PLAIN_TYPES and p.is_cpu):
-                st = opt_state.get(p)
-                if st is None or (type(st) is dict and not st):  # (no state: the group's keys)
-                    keys = per_group.get(id(group))
-                    if keys is None:
-                        keys = per_group[id(group)] = algorithm.fresh({}, p, group)
-                else:
-                    keys = algorithm.fresh(opt_state, p, group)
-                if keys:
-                    wants.append((i, p, keys))
+    wants: list[tuple[int, Tensor, tuple[tuple[str, str], ...]]] = []
+    for i, (p, group) in enumerate(zip(params, groups)):
+        if plain_cpu or (type(p) in PLAIN_TYPES and p.is_cpu):
+            st = opt_state.get(p) if opt_state else None  # (a first step: no look-up, no tensor hashed)
+            if st is None or (type(st) is dict and not st):  # (no state: the group's keys)
+                keys = per_group.get(id(group))
+                if keys is None:
+                    keys = per_group[id(group)] = algorithm.fresh({}, p, group)
+            else:
+                keys = algorithm.fresh(opt_state, p, group)
+            if keys:
+                wants.append((i, p, keys))
     if len(wants) < 2:
         return {}
     step_dtype = scalar_dtype()
@@ -747,8 +741,7 @@ def all_distinct(values: np.ndarray) -> bool:
 
 def shares_storage(params: list[Tensor]) -> bool:
     """Whether two non-empty parameters start at the same address."""
-    starts = [p.data_ptr() for p in params if p.numel()]
-    return len(set(starts)) != len(starts)
+    return not all_distinct(_as_uint64([p.data_ptr() for p in params if p.numel()]))
 
 
 def group_settings(group: dict) -> tuple[bool, bool, bool]:
@@ -1115,13 +1108,13 @@ def prepare_rows(plan: Plan, groups: list[dict], state: dict, algorithm: Algorit
     initialises its state). None, with nothing left in the state, where a row needs torch's path
     (``plan.native`` is then False)."""
     params = plan.params
-    first = np.zeros(len(params), dtype=bool)
-    created: list[tuple[Tensor, dict[str, Tensor]]] = []  # parameters whose buffers the kernel would fill
     rows_todo = todo.tolist()
     row_groups = [groups[g] for g in plan.group_of[todo].tolist()]
     made = premade_state(algorithm, state, [params[i] for i in rows_todo], row_groups, not plan.sharded)
     if made and len(made) == len(rows_todo):  # every row's state made together: nothing to check
         return adopt_rows(plan, state, algorithm, rows_todo, [made[k] for k in range(len(rows_todo))])
+    first = np.zeros(len(params), dtype=bool)
+    created: list[tuple[Tensor, dict[str, Tensor]]] = []  # parameters whose buffers the kernel would fill
     columns: dict[str, tuple[list[int], list[Tensor]]] = {}  # key: rows, tensors to point to
     try:
         for k, (i, group) in enumerate(zip(rows_todo, row_groups)):
