@@ -57,6 +57,30 @@ def steps(name: str, n: int = 2, **extra: Any) -> tuple[Any, Any, list, list]:
     return ours, ref, ps, qs
 
 
+def step_both(ours: Any, ref: Any, ps: list, qs: list, gen: torch.Generator, n: int) -> None:
+    """``n`` steps of each optimizer, every one with the same new gradients on both sides."""
+    for _ in range(n):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+
+
+def assert_state_as_torchs(ours: Any, ref: Any, ps: list, qs: list, order: bool = False) -> None:
+    """The parameters as torch's, and each one's state: torch's keys in torch's order, each tensor
+    with torch's facts and values (``order``: also the state's parameters in torch's order)."""
+    if order:
+        index = {id(t): i for ts in (ps, qs) for i, t in enumerate(ts)}
+        assert [index[id(p)] for p in ours.state] == [index[id(q)] for q in ref.state]
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert list(ours.state[p]) == list(ref.state[q])
+        for key, t in ref.state[q].items():
+            assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
+            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+
+
 #: how new state tensors get their elements: through torch's C shim where found, else resize_
 RESIZES = ["shim", "resize_"]
 
@@ -178,18 +202,8 @@ def test_a_parameter_only_torch_can_step_among_new_ones(name: str) -> None:
             opt.state[ts[2]].update(step=torch.tensor(0.0), exp_avg_sq=torch.zeros(5, 4))
             if opts.get("amsgrad"):
                 opt.state[ts[2]]["max_exp_avg_sq"] = torch.zeros(5, 4)
-    for _ in range(3):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
-        ours.step()
-        ref.step()
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        assert list(ours.state[p]) == list(ref.state[q])
-        for key, t in ref.state[q].items():
-            assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
-            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+    step_both(ours, ref, ps, qs, gen, 3)
+    assert_state_as_torchs(ours, ref, ps, qs)
 
 
 def test_the_shim_zeroes_only_what_fills_a_fresh_storage() -> None:
@@ -322,22 +336,10 @@ def test_state_dicts_there_before_the_first_step_are_filled_in_place(name: str) 
         there[i] = ours.state[ps[i]]
         there[i].update(BEFORE[name])
         ref.state[qs[i]].update(BEFORE[name])
-    for _ in range(2):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
-        ours.step()
-        ref.step()
+    step_both(ours, ref, ps, qs, gen, 2)
     assert ours.fastopt_tier == "native"
     assert all(ours.state[ps[i]] is d for i, d in there.items())
-    index = {id(t): i for ts in (ps, qs) for i, t in enumerate(ts)}
-    assert [index[id(p)] for p in ours.state] == [index[id(q)] for q in ref.state]
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        assert list(ours.state[p]) == list(ref.state[q])
-        for key, t in ref.state[q].items():
-            assert tensor_facts(ours.state[p][key]) == tensor_facts(t), key
-            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+    assert_state_as_torchs(ours, ref, ps, qs, order=True)
 
 
 def test_groups_whose_state_has_other_keys_get_theirs_in_one_first_step() -> None:
@@ -353,17 +355,6 @@ def test_groups_whose_state_has_other_keys_get_theirs_in_one_first_step() -> Non
 
     ours = fo.AdamW(groups(ps), lr=0.05, weight_decay=0.1)
     ref = torch.optim.AdamW(groups(qs), lr=0.05, weight_decay=0.1, foreach=False)
-    for _ in range(3):
-        for p, q in zip(ps, qs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
-        ours.step()
-        ref.step()
+    step_both(ours, ref, ps, qs, gen, 3)
     assert ours.fastopt_tier == "native"
-    index = {id(t): i for ts in (ps, qs) for i, t in enumerate(ts)}
-    assert [index[id(p)] for p in ours.state] == [index[id(q)] for q in ref.state]
-    for p, q in zip(ps, qs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        assert list(ours.state[p]) == list(ref.state[q])
-        for key, t in ref.state[q].items():
-            torch.testing.assert_close(ours.state[p][key], t, rtol=1e-5, atol=1e-6)
+    assert_state_as_torchs(ours, ref, ps, qs, order=True)
