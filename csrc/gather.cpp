@@ -407,10 +407,13 @@ struct States {
 // no reference count touched (see check_states); false where the shim cannot read h (null
 // included).
 bool matches_at(const Methods& m, void* h, int64_t numel, int32_t code, uint64_t* address) {
+  const auto& types = m.shim.scalar_types;
   int64_t count = 0;
+  int32_t scalar_type = 0;
   bool contiguous = false;
   void* at = nullptr;
-  if (h == nullptr || code < 0 || m.shim.numel(h, &count) != 0 || count != numel || code_at(m, h) != code ||
+  if (h == nullptr || code < 0 || static_cast<std::size_t>(code) >= types.size() || m.shim.numel(h, &count) != 0 ||
+      count != numel || m.shim.dtype(h, &scalar_type) != 0 || scalar_type != types[static_cast<std::size_t>(code)] ||
       m.shim.is_contiguous(h, &contiguous) != 0 || !contiguous || m.shim.data_ptr(h, &at) != 0)
     return false;
   *address = reinterpret_cast<uint64_t>(at);
@@ -425,9 +428,11 @@ bool shim_matches(const Methods& m, PyObject* t, int64_t numel, int32_t code, ui
 // The state tensors of `list` checked in [from, to): each contiguous, of the size and dtype
 // `st` gives and at its address (an in-place resize_, as_strided_, t_ or .data = a view as
 // another dtype keeps the address). Returns the index of the first that differs, or `to`.
-// `nogil`: only what the shim reads of plain tensors, with no Python call and no reference count
-// touched, so that a thread without the GIL may run it while the one holding it runs no Python
-// code; a tensor it cannot read that way counts as a difference.
+// A plain tensor the shim reads is read through it alone (shim_matches: a shim error counts as a
+// difference, for the long way to raise); others through Tensor's methods. `nogil`: the shim
+// alone, with no Python call and no reference count touched, so that a thread without the GIL
+// may run it while the one holding it runs no Python code; a tensor it cannot read that way
+// counts as a difference.
 Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ssize_t to, const States& st,
                         PyObject* dtype_objects, PyObject* plain, PyObject* dtype_name, bool nogil) {
   const Py_ssize_t n_dtypes = PyTuple_GET_SIZE(dtype_objects);
@@ -438,7 +443,7 @@ Py_ssize_t check_states(const Methods& m, PyObject* list, Py_ssize_t from, Py_ss
     const int32_t code = st.dtypes[j];
     uint64_t sp = 0;
     bool ok = false;
-    if (nogil) {
+    if (nogil || tensor_of(m, t) != nullptr) {  // (a plain tensor the shim reads: its four reads at once)
       ok = shim_matches(m, t, st.numels[j], code, &sp);
     } else {
       PyObject* want = code >= 0 && code < n_dtypes ? PyTuple_GET_ITEM(dtype_objects, code) : nullptr;
