@@ -14,6 +14,7 @@
 
 #include "chunking.h"
 #include "dtype.h"
+#include "prefetch.h"
 #include "prepare.h"
 #include "step_kernels.h"
 
@@ -99,6 +100,10 @@ std::atomic<const Kernels*>& active() {
 }
 
 const Kernels* load_active() { return active().load(std::memory_order_acquire); }
+
+// How many rows ahead a step's preparation prefetches the step counters it increments: each is
+// a scalar tensor's element of its own, a cold line per tensor.
+constexpr int64_t kStepAhead = 16;
 
 // Threads of the calling thread's last parallel loop (last_num_threads).
 thread_local int last_team = 0;
@@ -186,7 +191,11 @@ void adam_step_cpu(int64_t n, const uint64_t* ptrs, const int64_t* numels, const
   };
   const auto fill = [&](int64_t lo, int64_t hi, std::deque<AdamSet>& sets, AdamTensor* tensors) {
     double last_step = 0.0;
+    for (int64_t i = lo; i < std::min(lo + kStepAhead, hi); ++i)
+      prefetch(reinterpret_cast<const char*>(static_cast<uintptr_t>(ptrs[i * kAdamPtrs + kAdamStep])));
     for (int64_t i = lo; i < hi; ++i) {
+      if (i + kStepAhead < hi)
+        prefetch(reinterpret_cast<const char*>(static_cast<uintptr_t>(ptrs[(i + kStepAhead) * kAdamPtrs + kAdamStep])));
       const uint64_t* row = ptrs + i * kAdamPtrs;
       const double* h = hyper + i * kAdamHypers;
       const int32_t fl = flags[i];
