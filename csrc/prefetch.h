@@ -18,5 +18,17 @@ inline void prefetch(const void* p) {
 #endif
 }
 
+// The same with intent to write (the line fetched for ownership: a following atomic update of it
+// needs no second request); a plain prefetch where the instruction set has none.
+inline void prefetch_for_write(const void* p) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetchw (%0)" : : "r"(p));
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+  asm volatile("prfm pstl1keep, [%0]" : : "r"(p));
+#else
+  __builtin_prefetch(p, 1);
+#endif
+}
+
 }  // namespace
 }  // namespace fastopt

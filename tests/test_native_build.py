@@ -22,3 +22,6 @@ def test_the_built_extension_keeps_its_prefetch_instructions() -> None:
     # the gradient pass, the state checks and the norm table's pass each prefetch along torch's
     # pointers (csrc/gather.cpp through csrc/prefetch.h)
     assert listing.count(mnemonic) >= 10
+    # the gradient holder's release prefetches the reference counts it drops for writing
+    write = "prefetchw" if platform.machine() == "x86_64" else "pstl1keep"
+    assert write in listing, f"no {write} in the extension"
