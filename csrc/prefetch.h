@@ -1,6 +1,10 @@
 // A software prefetch the optimizer keeps.
 #pragma once
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
+
 namespace fastopt {
 namespace {  // internal linkage: each instruction-set build keeps its own copy (see step_kernels.h)
 
@@ -18,11 +22,25 @@ inline void prefetch(const void* p) {
 #endif
 }
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+// Whether this x86 CPU reports PREFETCHW (CPUID 0x80000001, ECX bit 8), read once.
+inline bool has_prefetchw() {
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(0x80000001u, &a, &b, &c, &d) != 0 && (c & (1u << 8)) != 0;
+  }();
+  return yes;
+}
+#endif
+
 // The same with intent to write (the line fetched for ownership: a following atomic update of it
-// needs no second request); a plain prefetch where the instruction set has none.
+// needs no second request); a plain prefetch where the CPU has no such instruction.
 inline void prefetch_for_write(const void* p) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetchw (%0)" : : "r"(p));
+  if (has_prefetchw())
+    asm volatile("prefetchw (%0)" : : "r"(p));
+  else
+    prefetch(p);
 #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
   asm volatile("prfm pstl1keep, [%0]" : : "r"(p));
 #else
