@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import warnings
 from typing import Any
@@ -261,7 +262,9 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     repeats (``repeats_at``; the order rotated by one each repeat, so that every variant follows
     every other as often: the list step no longer always follows torch's fused step, nor the
     one-tensor step the flat one); per N, the times and the extra time per tensor,
-    ``(list - one) / N``. The flat
+    ``(list - one) / N``, with the middle half of its per-repeat values (the quartiles of the
+    list step less the one-tensor step of the same repeat, over N): how far the machine moves
+    the row. The flat
     variant's gradients are accumulated into in place before each step (untimed), as a
     backward does. "methods only" is fastopt's list step reading every tensor through
     torch.Tensor's methods, as on torch releases without the C-level address reader (before
@@ -318,15 +321,20 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
                     for p in flat:
                         p.grad.add_(0.0)  # type: ignore[union-attr]
 
+        samples: dict[str, list[float]] = {}
         try:
             times = interleaved_step_times(variants, accumulate, repeats_at(n, repeats), warmup=1,
-                                           progress=lambda msg: None, rotate=True)
+                                           progress=lambda msg: None, rotate=True, samples=samples)
         finally:
             _kernels.GATHER_METHODS = DIRECT_READS
         assert variants["fastopt flat, list"].fastopt_tier == "flat"  # type: ignore[attr-defined]
         listed, single = times["fastopt, list"], times["fastopt, one tensor"]
-        rows.append({"tensors": n, "list_s": listed, "one_s": single, "ratio": listed / single,
-                     "extra_per_tensor_s": (listed - single) / n, "flat_list_s": times["fastopt flat, list"],
+        q1, q3 = quartiles([a - b for a, b in zip(samples["fastopt, list"], samples["fastopt, one tensor"])])
+        rows.append({"tensors": n, "elements": elements, "list_s": listed, "one_s": single,
+                     "ratio": listed / single,
+                     "extra_per_tensor_s": (listed - single) / n,
+                     "extra_q1_per_tensor_s": q1 / n, "extra_q3_per_tensor_s": q3 / n,
+                     "flat_list_s": times["fastopt flat, list"],
                      "flat_extra_per_tensor_s": (times["fastopt flat, list"] - single) / n,
                      "torch_fused_list_s": times["torch fused, list"],
                      "methods_only_list_s": times["methods only, list"],
@@ -345,17 +353,29 @@ def scale(counts: tuple[int, ...] = SCALE_COUNTS, elements: int = SCALE_ELEMENTS
     return rows
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of ``values`` (one value: itself twice)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def scale_table(rows: list[dict[str, Any]]) -> str:
     """The ``scale`` rows as a table."""
-    lines = [f"AdamW, {SCALE_ELEMENTS:,} elements split into N equal tensors (medians, one run)",
+    elements = rows[0].get("elements", SCALE_ELEMENTS) if rows else SCALE_ELEMENTS
+    lines = [f"AdamW, {elements:,} elements split into N equal tensors (medians, one run; the middle half: "
+             "of the per-repeat extra)",
              f"{'tensors':>9} {'fastopt, list':>14} {'one tensor':>11} {'list / one':>11} "
-             f"{'extra per tensor':>17} {'from backward':>14} {'its extra':>10} "
+             f"{'extra per tensor':>17} {'middle half':>16} {'from backward':>14} {'its extra':>10} "
              f"{'methods only':>13} {'its extra':>10} {'kernel only':>12} "
              f"{'its extra':>10} {'contiguous':>11} {'layout':>10} {'state per param':>16} {'its extra':>10} "
              f"{'flat, list':>11} {'flat extra':>11} {'torch fused, list':>18}"]
     for r in rows:
         lines.append(f"{r['tensors']:>9,} {r['list_s'] * 1e3:>11.2f} ms {r['one_s'] * 1e3:>8.2f} ms "
                      f"{r['ratio']:>11.2f} {r['extra_per_tensor_s'] * 1e6:>14.2f} us "
+                     f"{r['extra_q1_per_tensor_s'] * 1e6:>6.2f} - "
+                     f"{r['extra_q3_per_tensor_s'] * 1e6:>5.2f} us "
                      f"{r['backward_list_s'] * 1e3:>11.2f} ms "
                      f"{r['backward_extra_per_tensor_s'] * 1e6:>7.2f} us "
                      f"{r['methods_only_list_s'] * 1e3:>10.2f} ms "

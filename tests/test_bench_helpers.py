@@ -32,12 +32,13 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
         for key in ("list_s", "one_s", "flat_list_s", "torch_fused_list_s", "methods_only_list_s",
                     "kernel_only_list_s", "kernel_contiguous_s", "backward_list_s", "per_parameter_list_s"):
             assert r[key] > 0
+        assert r["extra_q1_per_tensor_s"] <= r["extra_q3_per_tensor_s"]
     from fastopt import _kernels
     assert _kernels.GATHER_METHODS is bench_step.DIRECT_READS  # (the methods-only column's swap undone)
     table = bench_step.scale_table(rows)
     assert "flat, list" in table and "methods only" in table and "kernel only" in table
     assert "contiguous" in table
-    assert "from backward" in table and "state per param" in table
+    assert "from backward" in table and "state per param" in table and "middle half" in table
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
 

@@ -169,7 +169,8 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
                            set_grads: Callable[[str, int], None], repeats: int, warmup: int = 1,
                            progress: Callable[[str], None] = log, device: torch.device | None = None,
                            peaks: dict[str, int] | None = None, rotate: bool = False,
-                           firsts: dict[str, float] | None = None) -> dict[str, float]:
+                           firsts: dict[str, float] | None = None,
+                           samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median step time of each optimizer; repeats interleaved, ``set_grads(name, r)`` before
     every step (outside the timing), ``warmup`` steps first (state creation), of which only the
     first is timed, into ``firsts`` (when given: each optimizer's first step, if it had none). With
@@ -179,7 +180,8 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
     On a CUDA ``device`` every step is timed with CUDA events after ``torch.cuda.synchronize``
     and ``peaks`` (when given) gets each optimizer's largest step peak: the bytes a step had
     allocated at most above what was allocated before it (peak statistics reset per step).
-    Host memory freed between steps stays in the process (``steady_allocator``)."""
+    Host memory freed between steps stays in the process (``steady_allocator``). ``samples``
+    (when given) gets every timed repeat of each optimizer, in repeat order."""
     steady_allocator()
     for k, opt in optimizers.items():
         for r in range(warmup):
@@ -200,6 +202,8 @@ def interleaved_step_times(optimizers: dict[str, torch.optim.Optimizer],
             if peaks is not None:
                 peaks[k] = max(peaks.get(k, 0), peak)
         progress(f"  step: repeat {r + 1}/{repeats}")
+    if samples is not None:
+        samples.update(steps)
     return {k: statistics.median(v) for k, v in steps.items()}
 
 
