@@ -42,6 +42,7 @@ from fastopt.tools.bench import (
     log,
     machine,
     machine_line,
+    plot_scale,
     time_once,
 )
 from fastopt.tools.check import installed_reference
@@ -54,6 +55,9 @@ TARGETS = {
 }
 FLAT_TARGET = 1 / 1.1  # fastopt flat vs the flat limit
 TINY_FLAT_TARGET = 1 / 1.5  # the same on a model of 5k tiny tensors
+#: the scale table's targets: the extra time per tensor at every N, and list / one tensor at N
+SCALE_EXTRA_TARGET_S = 0.3e-6
+SCALE_RATIO_TARGETS = {400: 1.05, 4_000: 1.3}
 
 
 def build_variants(model: torch.nn.Module, opt_cfg: dict, paramwise: dict | None
@@ -244,13 +248,14 @@ SCALE_ELEMENTS = 8_000_000
 
 
 def repeats_at(tensors: int, repeats: int) -> int:
-    """Repeats of the scale table's row of ``tensors`` tensors: at least 41 up to 400 tensors and
-    21 up to 4,000, whose steps are short and whose differences are a few percent of them (a
-    row of 7 moved by 0.3 ms between runs at 400), ``repeats`` beyond."""
+    """Repeats of the scale table's row of ``tensors`` tensors: at least 101 up to 400 tensors and
+    41 up to 4,000, whose steps are short and whose differences are a few percent of them (the
+    middle half of one row's per-repeat differences spans about 1 us a tensor at 400: a row of
+    41 moved by 0.5 us a tensor between runs), ``repeats`` beyond."""
     if tensors <= 400:
-        return max(repeats, 41)
+        return max(repeats, 101)
     if tensors <= 4_000:
-        return max(repeats, 21)
+        return max(repeats, 41)
     return repeats
 
 
@@ -394,6 +399,21 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scale_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """Each target of the scale table met by ``rows`` or not, in words: the extra time per tensor
+    at every N (``SCALE_EXTRA_TARGET_S``) and list / one tensor where a row has a ratio target."""
+    out = []
+    for r in rows:
+        n, extra = r["tensors"], r["extra_per_tensor_s"]
+        out.append((f"{n:>9,} tensors: extra per tensor {extra * 1e6:5.2f} us "
+                    f"(target at most {SCALE_EXTRA_TARGET_S * 1e6:.2f} us)", extra <= SCALE_EXTRA_TARGET_S))
+        if n in SCALE_RATIO_TARGETS:
+            need = SCALE_RATIO_TARGETS[n]
+            out.append((f"{n:>9,} tensors: list / one tensor {r['ratio']:5.2f} (target at most {need:.2f})",
+                        r["ratio"] <= need))
+    return out
+
+
 FIRST_COUNTS = (400, 4_000, 100_000)
 
 
@@ -461,18 +481,30 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the first step (state made): 400 ... 100,000 tensors, AdamW and SGD, vs torch")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PNG", help="with --scale: the step times and the extra time per "
+                    "tensor (with each row's middle half) against the tensor count")
     ap.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
     args = ap.parse_args(argv)
+    if args.plot and not args.scale:
+        ap.error("--plot draws the --scale table: pass --scale with it")
     if args.first or args.scale:  # one table only
         info = machine()
         print(f"machine: {machine_line(info)}")
         key, rows, table = (("first", first_steps(repeats=min(args.repeats, 5)), first_table) if args.first
                             else ("scale", scale(repeats=min(args.repeats, 7)), scale_table))
         print(table(rows))
+        ok = True
+        if args.scale:
+            for line, good in scale_verdicts(rows):
+                ok &= good
+                print(f"  {line}: {'meets' if good else 'MISSES'}")
+            if args.plot:
+                plot_scale(rows, args.plot, SCALE_EXTRA_TARGET_S)
+                print(f"plot: {args.plot}")
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"machine": info, key: rows}, fh, indent=2)
-        return 0
+        return 0 if ok or not args.check else 1
     width = args.width or DEFAULT_WIDTH.get(args.model, 0.25)
     optimizers = ["adamw", "sgd"] if args.optimizer == "both" else [args.optimizer]
     info = machine()

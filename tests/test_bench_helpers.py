@@ -42,6 +42,33 @@ def test_scale_rows_cover_list_flat_and_one_tensor() -> None:
     assert len(table.splitlines()) == 4 + (not rows[0]["direct_reads"])
 
 
+def test_scale_plot_draws_the_rows(tmp_path: Path) -> None:
+    bench_step = script("bench_step")
+    rows = bench_step.scale(counts=(4, 16), elements=256, repeats=3)
+    png = tmp_path / "scale.png"
+    from fastopt.tools.bench import plot_scale
+    plot_scale(rows, str(png), bench_step.SCALE_EXTRA_TARGET_S)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # the plot draws the scale table only
+        bench_step.main(["--plot", str(tmp_path / "other.png")])
+
+
+def test_scale_verdicts_check_each_row_against_its_targets() -> None:
+    bench_step = script("bench_step")
+    target = bench_step.SCALE_EXTRA_TARGET_S
+
+    def row(n: int, extra: float, ratio: float) -> dict[str, Any]:
+        return {"tensors": n, "extra_per_tensor_s": extra, "ratio": ratio}
+
+    meets = [row(400, target, 1.05), row(4_000, target / 2, 1.3), row(40_000, 0.0, 3.0)]
+    verdicts = bench_step.scale_verdicts(meets)
+    assert len(verdicts) == 5 and all(good for _, good in verdicts)  # extra at each N, ratio at two
+    misses = bench_step.scale_verdicts([row(400, target * 1.01, 1.0), row(4_000, 0.0, 1.31),
+                                        row(100_000, target * 2, 9.0)])
+    assert [good for _, good in misses] == [False, True, True, False, False]
+    assert "list / one tensor" in misses[3][0] and "4,000" in misses[3][0]
+
+
 def test_first_step_rows_time_every_variant_from_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
     bench_step = script("bench_step")
     seen: list[tuple[str, int]] = []  # (optimizer class, state entries before the timed step)

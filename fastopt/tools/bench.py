@@ -564,6 +564,49 @@ def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) ->
     plt.close(fig)
 
 
+def plot_scale(rows: list[dict[str, Any]], path: str, extra_target_s: float | None = None) -> None:
+    """PNG of ``bench_step.py --scale``'s rows: the step times against the tensor count (log-log:
+    fastopt's list, one tensor, flat-buffer mode, torch's fused list), and the extra time per
+    tensor over the one-tensor step with each row's middle half (``extra_target_s`` as a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["tensors"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for key, label, style in (("list_s", "fastopt, list", "o-"), ("one_s", "fastopt, one tensor", "s--"),
+                              ("flat_list_s", "fastopt flat-buffer mode, list", "^:"),
+                              ("torch_fused_list_s", "torch fused, list", "x-")):
+        ax1.loglog(ns, [r[key] * 1e3 for r in rows], style, label=label)
+    ax1.set_xlabel("tensors (the same elements in all)")
+    ax1.set_ylabel("step time (ms, median)")
+    elements = rows[0].get("elements") if rows else None
+    ax1.set_title("AdamW step" + (f", {elements:,} elements" if elements else ""))
+    ax1.legend()
+    ax1.grid(True, which="both", alpha=0.3)
+    extra = [r["extra_per_tensor_s"] * 1e6 for r in rows]
+    low = [e - r["extra_q1_per_tensor_s"] * 1e6 for e, r in zip(extra, rows)]
+    high = [r["extra_q3_per_tensor_s"] * 1e6 - e for e, r in zip(extra, rows)]
+    ax2.errorbar(ns, extra, yerr=[[max(v, 0.0) for v in low], [max(v, 0.0) for v in high]], fmt="o-",
+                 capsize=4, label="fastopt, list (bars: middle half of the repeats)")
+    if all("backward_extra_per_tensor_s" in r for r in rows):
+        ax2.plot(ns, [r["backward_extra_per_tensor_s"] * 1e6 for r in rows], "s:",
+                 label="gradients from a backward")
+    if extra_target_s is not None:
+        ax2.axhline(extra_target_s * 1e6, color="tab:red", ls="--", label="target")
+    ax2.set_xscale("log")
+    ax2.axhline(0.0, color="gray", lw=0.8)
+    ax2.set_xlabel("tensors")
+    ax2.set_ylabel("extra time per tensor (us)")
+    ax2.set_title("(list step - one-tensor step) / tensors")
+    ax2.legend()
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_phase(fig_data: dict[str, Any], path: str) -> None:
     """PNG of ``phase_compare``'s figures: one bar per variant (fastopt's phase highlighted), the
     plain step and the floor (step + one read of the gradients) as lines."""
