@@ -526,13 +526,28 @@ def scaling(sizes: list[int], reference_up_to: int = 5000, repeats: int = 3,
     return rows
 
 
-def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) -> None:
-    """PNG: construction time vs tensor count (log-log) and step time bars."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Lay ``fig`` out, write it to ``path`` (PNG at 120 dpi) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) -> None:
+    """PNG: construction time vs tensor count (log-log) and step time bars."""
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for impl, style in (("fastopt", "o-"), ("mmengine", "s-")):
         pts = [(r["tensors"], r["construct_s"]) for r in scale_rows if r["impl"] == impl]
@@ -559,20 +574,14 @@ def plot(report: dict[str, Any], scale_rows: list[dict[str, Any]], path: str) ->
     ax2.set_title(f"{report['optimizer']} step, {report['model']} "
                   f"({report['tensors']} tensors, {report['numel'] / 1e6:.1f}M)")
     ax2.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_scale(rows: list[dict[str, Any]], path: str, extra_target_s: float | None = None) -> None:
     """PNG of ``bench_step.py --scale``'s rows: the step times against the tensor count (log-log:
     fastopt's list, one tensor, flat-buffer mode, torch's fused list), and the extra time per
     tensor over the one-tensor step with each row's middle half (``extra_target_s`` as a line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ns = [r["tensors"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for key, label, style in (("list_s", "fastopt, list", "o-"), ("one_s", "fastopt, one tensor", "s--"),
@@ -602,19 +611,13 @@ def plot_scale(rows: list[dict[str, Any]], path: str, extra_target_s: float | No
     ax2.set_title("(list step - one-tensor step) / tensors")
     ax2.legend()
     ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_phase(fig_data: dict[str, Any], path: str) -> None:
     """PNG of ``phase_compare``'s figures: one bar per variant (fastopt's phase highlighted), the
     plain step and the floor (step + one read of the gradients) as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by = {r["impl"]: r["phase_s"] * 1e3 for r in fig_data["results"]}
     names = [n for n in by if n != READ_FLOOR]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.6))
@@ -632,9 +635,7 @@ def plot_phase(fig_data: dict[str, Any], path: str) -> None:
                  f"{fig_data['optimizer']}{where}, clip_grad max_norm {fig_data['max_norm']}")
     ax.legend(loc="lower right")
     ax.set_xlim(0, max(by.values()) * 1.18)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _held(build: Callable[..., Any], *args: Any) -> Any:

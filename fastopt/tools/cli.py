@@ -293,12 +293,9 @@ def cmd_lr_curve(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump({"iters_per_epoch": args.iters_per_epoch, "lr": lrs}, fh)
     if args.out:
-        import matplotlib
+        from .bench import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = pyplot().subplots(figsize=(8, 4))
         ax.plot(range(len(lrs)), lrs)
         ax.set_xlabel("iteration")
         ax.set_ylabel("lr")
@@ -307,9 +304,7 @@ def cmd_lr_curve(args: argparse.Namespace) -> int:
         ax.grid(True, which="both", alpha=0.3)
         for epoch in range(1, len(lrs) // args.iters_per_epoch):
             ax.axvline(epoch * args.iters_per_epoch, color="gray", alpha=0.15)
-        fig.tight_layout()
-        fig.savefig(args.out, dpi=120)
-        plt.close(fig)
+        save_figure(fig, args.out)
     print(f"{len(lrs):,} iterations: lr {lrs[0]:.6g} at the start, max {max(lrs):.6g}, "
           f"{lrs[-1]:.6g} at the end")
     return 0
